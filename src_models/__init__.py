@@ -1,0 +1,9 @@
+"""Screen-less engine of napari-dsms: models, volumes, inference, training, metrics.
+
+Never imports napari or Qt, so it runs on GPU servers and in the ``dsms`` command.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+from .registry import ARCHITECTURES, DESCRIPTIONS, build_model

@@ -1,0 +1,7 @@
+"""``python -m src_models`` runs the ``dsms`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

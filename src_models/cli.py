@@ -1,0 +1,58 @@
+"""The ``dsms`` command: the engine without a screen, for batch work and GPU servers.
+
+Each sub-command lives in :mod:`src_models.commands` as a module with ``add_arguments(parser)``
+and ``run(args) -> int``. Bad input ends with exit status 2 and one line ``error: ...`` on
+stderr, without a traceback (set ``DSMS_DEBUG=1`` to see it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+#: Sub-command name -> (module in src_models.commands, one-line help).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("info", "print shape, spacing, orientation and intensity range of a volume"),
+    "predict": ("predict", "segment pancreas and tumour in a CT volume"),
+    "train": ("train", "train or fine-tune a model"),
+    "evaluate": ("evaluate", "the paper's Table 1 (Dice, PPV, sensitivity) for one or more models"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Parser with one sub-parser per entry of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="dsms",
+        description="Pancreas and pancreatic-tumour segmentation of abdominal CT "
+        "(deeply supervised multi-scale U-Net family).",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(f"src_models.commands.{module_name}")
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(sub)
+        sub.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dsms`` console script and of ``python -m src_models``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, OSError) as error:
+        if os.environ.get("DSMS_DEBUG"):
+            raise
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
