@@ -6,4 +6,13 @@ Never imports napari or Qt, so it runs on GPU servers and in the ``dsms`` comman
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from .nets import SegmentationOutput
 from .registry import ARCHITECTURES, DESCRIPTIONS, build_model
+
+__all__ = [
+    "ARCHITECTURES",
+    "DESCRIPTIONS",
+    "SegmentationOutput",
+    "build_model",
+]
