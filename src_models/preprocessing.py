@@ -32,7 +32,7 @@ def model_size(
     spacing_yx: Sequence[float] | None,
     preprocessing: Mapping[str, Any],
 ) -> tuple[int, int]:
-    """Slice size (rows, columns) the model sees for a slice of ``shape_hw`` at ``spacing_yx`` mm."""
+    """Size (rows, columns) the model sees for a slice of ``shape_hw`` at ``spacing_yx`` mm."""
     target = preprocessing.get("spacing_mm")
     if not target:
         return int(shape_hw[0]), int(shape_hw[1])
@@ -48,7 +48,7 @@ def to_model_input(
     spacing_yx: Sequence[float] | None,
     preprocessing: Mapping[str, Any],
 ) -> torch.Tensor:
-    """Window and resample a stack of HU slices (N, H, W) into a model batch (N, 1, h, w) in [0, 1]."""
+    """Window and resample HU slices (N, H, W) into a model batch (N, 1, h, w) in [0, 1]."""
     unit = torch.from_numpy(hu_to_unit(hu_slices, preprocessing["hu_window"]))[:, None]
     size = model_size(hu_slices.shape[-2:], spacing_yx, preprocessing)
     if size == tuple(unit.shape[-2:]):
@@ -57,7 +57,7 @@ def to_model_input(
 
 
 def resample_labels(labels: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Resample integer labels (N, H, W) to ``size`` with nearest neighbour, for training targets."""
+    """Resample integer labels (N, H, W) to ``size`` by nearest neighbour (training targets)."""
     tensor = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.uint8))[:, None]
     if tuple(size) == tuple(tensor.shape[-2:]):
         return labels.astype(np.uint8, copy=False)
