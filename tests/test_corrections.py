@@ -1,0 +1,169 @@
+"""Screen-less logic of the Review widget: edited slices, clean-up, hold-out, side-car, names."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import numpy as np
+import pytest
+
+from src_models.corrections import (
+    CorrectionsError,
+    edited_slices,
+    fine_tuned_path,
+    foreground_slices,
+    keep_largest_components,
+    neighbour_slice,
+    sidecar,
+    sidecar_path,
+    source_slice_indices,
+    split_holdout,
+    structure_volumes,
+    training_slices,
+)
+from src_models.orientation import to_canonical
+
+
+def _prediction() -> np.ndarray:
+    labels = np.zeros((10, 16, 16), np.uint8)
+    labels[2:7, 4:10, 4:10] = 1
+    labels[3:5, 5:7, 5:7] = 2
+    return labels
+
+
+def test_edited_slices_compare_with_prediction_per_slice() -> None:
+    prediction = _prediction()
+    labels = prediction.copy()
+    labels[1, 0, 0] = 1  # added
+    labels[4, 5, 5] = 1  # tumour relabelled
+    labels[8, 15, 15] = 2
+    assert edited_slices(labels, prediction) == [1, 4, 8]
+    labels[8, 15, 15] = 0  # undoing an edit makes the slice unedited again
+    assert edited_slices(labels, prediction) == [1, 4]
+    assert edited_slices(prediction, prediction) == []
+
+
+def test_edited_slices_refuse_another_images_labels() -> None:
+    with pytest.raises(CorrectionsError, match="different images"):
+        edited_slices(np.zeros((4, 8, 8), np.uint8), np.zeros((5, 8, 8), np.uint8))
+
+
+def test_foreground_and_neighbour_slices() -> None:
+    slices = foreground_slices(_prediction())
+    assert slices == [2, 3, 4, 5, 6]
+    assert neighbour_slice(slices, 0, +1) == 2
+    assert neighbour_slice(slices, 4, +1) == 5
+    assert neighbour_slice(slices, 4, -1) == 3
+    assert neighbour_slice(slices, 6, +1) is None
+    assert neighbour_slice(slices, 2, -1) is None
+
+
+def test_keep_largest_components_per_structure() -> None:
+    labels = _prediction()
+    labels[8, 0:2, 0:2] = 1  # a false-positive island
+    labels[9, 14, 14] = 2  # a tumour island outside the pancreas
+    labels[6, 8, 8] = 2  # a small tumour island inside the pancreas
+    before = labels.copy()
+    cleaned = keep_largest_components(labels)
+    assert np.array_equal(labels, before)  # input untouched
+    assert cleaned.dtype == np.uint8
+    assert cleaned[8].sum() == 0 and cleaned[9].sum() == 0
+    assert cleaned[6, 8, 8] == 1  # small tumour island stays pancreas
+    assert np.count_nonzero(cleaned == 2) == 8
+    assert np.array_equal(cleaned > 0, _prediction() > 0)
+    # a diagonal step between slices is still one structure (26-connectivity)
+    diagonal = np.zeros((3, 5, 5), np.uint8)
+    diagonal[0, 1, 1] = diagonal[1, 2, 2] = diagonal[2, 3, 3] = 1
+    assert np.array_equal(keep_largest_components(diagonal), diagonal)
+
+
+@pytest.mark.parametrize(
+    ("n", "n_holdout"), [(0, 0), (1, 0), (2, 0), (3, 1), (8, 2), (10, 2), (13, 3)]
+)
+def test_split_holdout_sizes_and_spread(n: int, n_holdout: int) -> None:
+    slices = list(range(40, 40 + 2 * n, 2))
+    train, holdout = split_holdout(slices)
+    assert len(holdout) == n_holdout
+    assert sorted(train + holdout) == slices
+    assert not set(train) & set(holdout)
+    assert split_holdout(list(reversed(slices))) == (train, holdout)  # deterministic
+    if n_holdout:
+        assert holdout[0] != slices[0] and holdout[-1] != slices[-1]
+
+
+def test_training_slices_and_refusals() -> None:
+    prediction = _prediction()
+    labels = prediction.copy()
+    labels[3, 0, 0] = 1
+    assert training_slices(labels, prediction) == [3]
+    assert training_slices(labels, prediction, reviewed=[5, 99], include_reviewed=True) == [3, 5]
+    assert training_slices(labels, prediction, reviewed=[5]) == [3]
+    with pytest.raises(CorrectionsError, match="no corrected slices"):
+        training_slices(prediction, prediction)
+    erased = prediction.copy()
+    erased[:] = 0
+    with pytest.raises(CorrectionsError, match="no pancreas"):
+        training_slices(erased, prediction)
+    with pytest.raises(CorrectionsError, match="different images"):
+        training_slices(labels[:5], prediction)
+
+
+def test_source_slice_indices_follow_the_file_orientation() -> None:
+    shape = (6, 5, 4)  # file axes: L->R x, S->I on axis 1, A->P on axis 2
+    affine = np.array(
+        [[-1.0, 0, 0, 0], [0, 0, -1.0, 0], [0, -2.0, 0, 0], [0, 0, 0, 1]]
+    )
+    source = np.arange(np.prod(shape)).reshape(shape)
+    canonical, _ = to_canonical(source, affine)
+    axis, indices = source_slice_indices([0, 3], affine, shape)
+    assert axis == 1
+    for k, j in zip([0, 3], indices, strict=True):
+        assert set(np.unique(canonical[k])) == set(np.unique(np.take(source, j, axis=axis)))
+
+
+def test_volumes_and_sidecar_content(tmp_path) -> None:
+    labels = _prediction()
+    volumes = structure_volumes(labels, (2.0, 1.0, 1.0))
+    assert volumes["pancreas"] == pytest.approx(5 * 36 * 2 / 1000)
+    assert volumes["tumour"] == pytest.approx(8 * 2 / 1000)
+    export = tmp_path / "case_labels.nii.gz"
+    assert sidecar_path(export) == tmp_path / "case_labels.json"
+    affine = np.diag([0.8, 0.8, 2.0, 1.0])  # RAS: canonical slice k = source z index k
+    content = sidecar(
+        export_path=export,
+        kind="labels",
+        source="/data/ct.nii.gz",
+        affine=affine,
+        source_shape=(16, 16, 10),
+        labels=labels,
+        spacing=(2.0, 0.8, 0.8),
+        model={"arch": "unet", "checkpoint": "/models/unet.pt"},
+        edited=[6, 2],
+        reviewed=[3],
+        plugin_version="0.1.0",
+        now=dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc),
+    )
+    json.dumps(content)
+    assert content["file"] == "case_labels.nii.gz"
+    assert content["source_image"] == "/data/ct.nii.gz"
+    assert content["model"]["checkpoint"] == "/models/unet.pt"
+    assert content["edited_slices"]["canonical"] == [2, 6]
+    assert content["reviewed_slices"] == {"canonical": [3], "source": [3]}
+    assert content["edited_slices"]["source"] == [2, 6]
+    assert "axis 2" in content["slice_index_conventions"]["source"]
+    assert content["date"] == "2024-05-01T12:00:00+00:00"
+    assert content["plugin_version"] == "0.1.0"
+    assert content["volumes_ml"]["pancreas"] == pytest.approx(5 * 36 * 0.64 * 2 / 1000, abs=1e-3)
+
+
+def test_fine_tuned_path_versions_and_never_overwrites(tmp_path) -> None:
+    first = fine_tuned_path(tmp_path, "/bundled/unet.pt", "/data/ct.nii.gz")
+    assert first == tmp_path / "unet-ft-ct-v1.pt"
+    first.write_bytes(b"")
+    second = fine_tuned_path(tmp_path, "/bundled/unet.pt", "ct.nii.gz")
+    assert second.name == "unet-ft-ct-v2.pt"
+    second.write_bytes(b"")
+    # fine-tuning the fine-tuned model counts on instead of nesting names
+    assert fine_tuned_path(tmp_path, second, "CT scan 1").name == "unet-ft-ct-scan-1-v1.pt"
+    assert fine_tuned_path(tmp_path, second, "ct").name == "unet-ft-ct-v3.pt"
