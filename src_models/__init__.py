@@ -7,12 +7,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .nets import SegmentationOutput
 from .registry import ARCHITECTURES, DESCRIPTIONS, build_model
 
 __all__ = [
     "ARCHITECTURES",
+    "CheckpointError",
     "DESCRIPTIONS",
     "SegmentationOutput",
     "build_model",
+    "load_checkpoint",
+    "save_checkpoint",
 ]

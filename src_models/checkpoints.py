@@ -1,0 +1,290 @@
+"""Self-describing checkpoints that load safely.
+
+One file holds everything needed to use a model: the architecture and its constructor arguments,
+how inputs were prepared (HU window, in-plane spacing), the class names, where the weights came
+from, validation metrics, and the weights. It contains only dicts, lists, strings, numbers and
+tensors, so :func:`torch.load` reads it with ``weights_only=True``: loading never imports or runs
+code from the file. A file that asks for anything else is refused with :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import numbers
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .registry import ARCHITECTURES, build_model
+
+#: Marker stored in every checkpoint, so foreign files are told apart from damaged ones.
+FORMAT = "napari-dsms-checkpoint"
+FORMAT_VERSION = 1
+CLASS_NAMES = ["pancreas", "tumour"]
+#: Top-level keys of a checkpoint besides the weights; ``load_checkpoint`` returns these as meta.
+META_KEYS = (
+    "format",
+    "format_version",
+    "arch",
+    "config",
+    "preprocessing",
+    "class_names",
+    "provenance",
+    "metrics",
+)
+_CONVERT = {str: str, numbers.Integral: int, numbers.Real: float}
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+class CheckpointError(ValueError):
+    """A file is not a usable napari-dsms checkpoint; the message names the file and why."""
+
+
+def _plain(value: Any, where: str) -> Any:
+    """Return ``value`` as built-in types (tuples as lists), or raise if it is not plain data.
+
+    Checked at save time, so a checkpoint that saves also loads with ``weights_only=True``.
+    """
+    if isinstance(value, dict):
+        if not all(isinstance(key, str) for key in value):
+            raise TypeError(f"{where}: dictionary keys must be strings")
+        return {key: _plain(item, f"{where}.{key}") for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if value is None or isinstance(value, bool):
+        return value
+    # Subclasses (numpy scalars, torch's TorchVersion) would be pickled by class and refused.
+    for kind in (str, numbers.Integral, numbers.Real):
+        if isinstance(value, kind):
+            return _CONVERT[kind](value)
+    raise TypeError(
+        f"{where}: {type(value).__name__} is not a plain type (dict, list, str, number, None)"
+    )
+
+
+def _check_preprocessing(preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """Validate and normalise the preprocessing record that inference must repeat."""
+    prep = _plain(dict(preprocessing), "preprocessing")
+    window = prep.get("hu_window")
+    if not (
+        isinstance(window, list)
+        and len(window) == 2
+        and all(isinstance(v, (int, float)) for v in window)
+        and window[1] > window[0]
+    ):
+        raise ValueError(f"preprocessing['hu_window'] must be [lower, upper], got {window!r}")
+    prep["hu_window"] = [float(window[0]), float(window[1])]
+    spacing = prep.get("spacing_mm")
+    if spacing is not None:
+        if not (isinstance(spacing, (int, float)) and math.isfinite(spacing) and spacing > 0):
+            raise ValueError(f"preprocessing['spacing_mm'] must be positive or None: {spacing!r}")
+        prep["spacing_mm"] = float(spacing)
+    prep.setdefault("spacing_mm", None)
+    prep.setdefault("size", None)
+    return prep
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    preprocessing: dict[str, Any],
+    provenance: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` and its description to one file, atomically.
+
+    The file is written under a temporary name in the same folder and renamed over ``path``, so
+    a crash or a full disk never leaves a half-written checkpoint where a good one was.
+
+    Parameters
+    ----------
+    path
+        Destination file (``.pt`` is the suffix the model folders list); parent folders are
+        created.
+    model
+        A model from :func:`~src_models.registry.build_model` (it has ``model.config``).
+    preprocessing
+        ``{"hu_window": [lower, upper], "spacing_mm": float or None, "size": None}``: the HU
+        window scaled to [0, 1] and the in-plane spacing the model was trained at (inference
+        resamples slices to it); further plain keys are kept.
+    provenance
+        Training data, steps, base checkpoint, ...; ``date`` (UTC), ``code_version`` and
+        ``torch_version`` are filled in unless given.
+    metrics
+        Validation metrics, e.g. ``{"dice_pancreas": 0.81}``.
+
+    Returns
+    -------
+    Path
+        The written file.
+
+    Raises
+    ------
+    ValueError, TypeError
+        The model has no ``config``, or the metadata is malformed or not made of plain types.
+    """
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict) or config.get("arch") not in ARCHITECTURES:
+        raise ValueError("model has no config with a known 'arch'; build it with build_model()")
+    stamp = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "code_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": config["arch"],
+        "config": _plain(config, "config"),
+        "preprocessing": _check_preprocessing(preprocessing),
+        "class_names": list(CLASS_NAMES),
+        "provenance": _plain({**stamp, **(provenance or {})}, "provenance"),
+        "metrics": _plain(dict(metrics or {}), "metrics"),
+        "state_dict": {
+            key: tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()
+        },
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _read(path: Path, mmap: bool) -> dict[str, Any]:
+    """Load ``path`` with ``weights_only=True`` and check it is a napari-dsms checkpoint."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as stream:
+        magic = stream.read(len(_ZIP_MAGIC))
+    if not zipfile.is_zipfile(path):
+        if magic == _ZIP_MAGIC:
+            raise CheckpointError(f"{path}: truncated or corrupt (the archive is incomplete)")
+        raise CheckpointError(
+            f"{path}: not a napari-dsms checkpoint (not a PyTorch archive written by "
+            "save_checkpoint)"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        detail = [line for line in str(error).splitlines() if "global" in line.lower()]
+        if detail:
+            raise CheckpointError(
+                f"{path}: refused: it asks to import Python objects ({detail[0].strip()}); "
+                "not a safe napari-dsms checkpoint"
+            ) from None
+        raise CheckpointError(f"{path}: corrupt ({_first_line(error)})") from None
+    except Exception as error:  # torch reports damage as RuntimeError, EOFError, KeyError, ...
+        raise CheckpointError(f"{path}: truncated or corrupt ({_first_line(error)})") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        hint = ""
+        if (
+            isinstance(payload, dict)
+            and payload
+            and all(isinstance(v, torch.Tensor) for v in payload.values())
+        ):
+            hint = "; it looks like a bare state dict, save models with save_checkpoint()"
+        raise CheckpointError(f"{path}: not a napari-dsms checkpoint (no format marker){hint}")
+    missing = [key for key in (*META_KEYS, "state_dict") if key not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint is missing keys {missing}")
+    if payload["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format version {payload['format_version']} is newer than this napari-dsms "
+            f"reads ({FORMAT_VERSION}); update napari-dsms"
+        )
+    return payload
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Everything in checkpoint ``path`` except the weights, without reading the weights.
+
+    The tensors are memory-mapped, not read, so listing a folder of checkpoints stays cheap.
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`load_checkpoint`, except that the weights are not checked.
+    """
+    payload = _read(Path(path), mmap=True)
+    return {key: payload[key] for key in META_KEYS} | {"path": str(path)}
+
+
+def load_checkpoint(
+    path_or_name: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored in a checkpoint, safely.
+
+    Parameters
+    ----------
+    path_or_name
+        A checkpoint file, or a name resolved by :func:`~src_models.weights.resolve_checkpoint`
+        (a bundled architecture such as ``"dsmsc_unet"`` or a checkpoint in the user's model
+        folder).
+    map_location
+        Device for the model; the file is always read to the CPU first.
+
+    Returns
+    -------
+    model
+        The network in evaluation mode.
+    meta
+        A plain dict with ``format``, ``format_version``, ``arch``, ``config``,
+        ``preprocessing``, ``class_names``, ``provenance``, ``metrics`` and ``path`` (the
+        resolved file): everything except the weights.
+
+    Raises
+    ------
+    CheckpointError
+        The name is unknown, or the file is missing, truncated, corrupt, of another format,
+        refused because it asks to import or run code, lacks keys, or its weights do not match
+        its declared architecture or class count. The message names the file.
+    """
+    from .weights import resolve_checkpoint  # weights imports this module for CheckpointError
+
+    path = resolve_checkpoint(path_or_name)
+    payload = _read(path, mmap=False)
+    config = dict(payload["config"])
+    arch = config.pop("arch", payload["arch"])
+    if arch != payload["arch"] or arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: unknown or inconsistent architecture {arch!r}")
+    if len(payload["class_names"]) != config.get("num_classes", 2):
+        raise CheckpointError(
+            f"{path}: {len(payload['class_names'])} class names but the architecture declares "
+            f"num_classes={config.get('num_classes', 2)}"
+        )
+    try:
+        model = build_model(arch, **config)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: config does not build {arch!r}: {error}") from None
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as error:
+        reason = " ".join(str(error).split())[:300]
+        raise CheckpointError(
+            f"{path}: weights do not match the declared architecture {arch!r} "
+            f"(config {config}): {reason}"
+        ) from None
+    model.to(map_location).eval()
+    meta = {key: payload[key] for key in META_KEYS} | {"path": str(path)}
+    return model, meta

@@ -1,0 +1,109 @@
+"""Where checkpoints live and how names resolve to files.
+
+Two folders hold named checkpoints: the bundled ones inside the package (``<arch>.pt``) and the
+user's model folder, where fine-tuned models go. The user folder is ``user_data_dir/models`` of
+platformdirs, or ``$DSMS_MODEL_DIR`` when set (for shared servers and for tests). Every place that
+takes a model name goes through :func:`resolve_checkpoint`, so names mean the same everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from .checkpoints import CheckpointError, read_metadata
+
+BUNDLED_DIR = Path(__file__).parent / "weights"
+MODEL_DIR_ENV = "DSMS_MODEL_DIR"
+SUFFIX = ".pt"
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """A named checkpoint for model menus.
+
+    Attributes
+    ----------
+    name
+        The file's stem, accepted by :func:`resolve_checkpoint` (a bundled name hides a user
+        checkpoint of the same name; that one is still reachable by ``path``).
+    path
+        The file.
+    bundled
+        Whether it ships with the package (``False``: the user's model folder).
+    arch
+        Architecture declared in the file's metadata.
+    """
+
+    name: str
+    path: Path
+    bundled: bool
+    arch: str
+
+
+def user_model_dir() -> Path:
+    """The user's model folder: ``$DSMS_MODEL_DIR`` if set, else platformdirs' data folder.
+
+    The folder is not created here; :func:`~src_models.checkpoints.save_checkpoint` creates it.
+    """
+    override = os.environ.get(MODEL_DIR_ENV)
+    if override:
+        return Path(override).expanduser()
+    return Path(platformdirs.user_data_dir("napari-dsms")) / "models"
+
+
+def _named_files() -> list[tuple[Path, bool]]:
+    """Checkpoint files of both folders, bundled first, each folder sorted by name."""
+    found = []
+    for folder, bundled in ((BUNDLED_DIR, True), (user_model_dir(), False)):
+        if folder.is_dir():
+            found += [(path, bundled) for path in sorted(folder.glob(f"*{SUFFIX}"))]
+    return found
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
+    """The checkpoint file that ``name_or_path`` means.
+
+    In order: an existing file; a bundled checkpoint of that name; a checkpoint of that stem in
+    :func:`user_model_dir`.
+
+    Raises
+    ------
+    CheckpointError
+        Nothing matches; the message lists the available names and the folders searched.
+    """
+    candidate = Path(name_or_path).expanduser()
+    if candidate.is_file():
+        return candidate
+    name = str(name_or_path)
+    for folder in (BUNDLED_DIR, user_model_dir()):
+        path = folder / f"{name}{SUFFIX}"
+        if path.is_file():
+            return path
+    available = sorted({path.stem for path, _ in _named_files()})
+    raise CheckpointError(
+        f"{name}: no such checkpoint file or model name; available names: "
+        f"{', '.join(available) or 'none'} (searched {BUNDLED_DIR} and {user_model_dir()}, "
+        f"set {MODEL_DIR_ENV} to use another model folder)"
+    )
+
+
+def list_checkpoints() -> list[CheckpointEntry]:
+    """Bundled and user checkpoints with their architectures, bundled first.
+
+    Only metadata is read (weights are memory-mapped), so this is cheap enough for a menu. A
+    file that is not a valid checkpoint is skipped with a warning naming it and the reason.
+    """
+    entries = []
+    for path, bundled in _named_files():
+        try:
+            arch = read_metadata(path)["arch"]
+        except CheckpointError as error:
+            warnings.warn(f"skipping {error}", stacklevel=2)
+            continue
+        entries.append(CheckpointEntry(path.stem, path, bundled, arch))
+    return entries
