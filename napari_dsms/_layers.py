@@ -1,0 +1,201 @@
+"""Volumes <-> napari layer data, with the geometry that makes layers overlay and export exactly.
+
+Layers hold the canonical array (:mod:`src_models.orientation`: slices towards Superior, rows
+towards Posterior, columns towards the patient's Left), ``scale`` = voxel size in mm and
+``translate`` = world position of voxel 0, so volumes of one patient on different grids overlay.
+The file's affine, native shape and path travel in ``layer.metadata``; :func:`layer_to_volume`
+uses them to put edited labels back on the file's grid without resampling.
+
+Pure numpy and napari model classes: no Qt, so readers, sample data and tests use it headless.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.utils.colormaps import DirectLabelColormap
+
+from src_models.orientation import (
+    canonical_origin,
+    canonical_spacing,
+    from_canonical,
+    to_canonical,
+)
+from src_models.volumes import LABEL_NAMES, Volume, VolumeError, check_same_grid
+from src_models.windows import CT_WINDOWS, DEFAULT_WINDOW
+
+LayerDataTuple = tuple[Any, dict[str, Any], str]
+
+#: RGBA per label value: pancreas orange, tumour magenta, background transparent.
+LABEL_COLOURS: dict[int | None, tuple[float, float, float, float]] = {
+    0: (0.0, 0.0, 0.0, 0.0),
+    1: (1.0, 0.6, 0.0, 1.0),
+    2: (1.0, 0.0, 1.0, 1.0),
+    None: (0.5, 0.5, 0.5, 1.0),  # any other value a user paints
+}
+
+#: ``layer.metadata`` keys written here and read by the writer and the widgets.
+METADATA_KEYS = ("affine", "source", "shape", "description", "volume_info")
+
+
+def label_colormap() -> DirectLabelColormap:
+    """Fixed colours, so pancreas and tumour look the same in every layer and screenshot."""
+    return DirectLabelColormap(color_dict=dict(LABEL_COLOURS))
+
+
+def label_features() -> dict[str, list]:
+    """Per-label table; napari's status bar shows the name of the label under the cursor."""
+    return {"index": list(LABEL_NAMES), "name": list(LABEL_NAMES.values())}
+
+
+def geometry_metadata(volume: Volume) -> dict[str, Any]:
+    """``layer.metadata`` describing ``volume``'s file grid (see :data:`METADATA_KEYS`)."""
+    return {
+        "affine": np.array(volume.affine, dtype=np.float64),
+        "source": volume.source,
+        "shape": tuple(int(n) for n in volume.shape),
+        "description": volume.description,
+        "volume_info": dict(volume.info),
+    }
+
+
+def _placement(affine: np.ndarray, shape: tuple[int, ...]) -> dict[str, tuple[float, ...]]:
+    return {"scale": canonical_spacing(affine), "translate": canonical_origin(affine, shape)}
+
+
+def image_layer_data(
+    volume: Volume, window: str = DEFAULT_WINDOW, name: str | None = None
+) -> LayerDataTuple:
+    """Image layer data for a CT volume in the radiological view.
+
+    Parameters
+    ----------
+    volume : Volume
+        CT in HU on its file grid; the layer gets a view of its canonical array (no copy).
+    window : str
+        Key of :data:`src_models.windows.CT_WINDOWS` that sets the initial contrast limits.
+    name : str, optional
+        Layer name; defaults to the volume's description.
+    """
+    if window not in CT_WINDOWS:
+        raise KeyError(f"unknown CT window {window!r}; choose one of {sorted(CT_WINDOWS)}")
+    canonical, _ = to_canonical(volume.array, volume.affine)
+    kwargs = {
+        "name": name or volume.description or "CT",
+        "colormap": "gray",
+        "contrast_limits": tuple(float(v) for v in CT_WINDOWS[window]),
+        "metadata": geometry_metadata(volume),
+        **_placement(volume.affine, volume.shape),
+    }
+    return canonical, kwargs, "image"
+
+
+def reference_volume(reference: Any) -> Volume:
+    """Geometry-only :class:`Volume` from a Volume, a layer or a layer's metadata dict.
+
+    The array is a zero-size placeholder broadcast to the native shape (no memory): writers and
+    checks only need ``shape``, ``affine``, ``source`` and ``info``.
+    """
+    if isinstance(reference, Volume):
+        return reference
+    metadata = reference if isinstance(reference, dict) else getattr(reference, "metadata", None)
+    name = getattr(reference, "name", None) or (metadata or {}).get("name", "layer")
+    if not metadata or "affine" not in metadata or "shape" not in metadata:
+        raise VolumeError(
+            f"{name}: the layer has no file geometry (metadata 'affine' and 'shape'); "
+            "open the CT with napari-dsms or create the labels with its widgets"
+        )
+    shape = tuple(int(n) for n in metadata["shape"])
+    placeholder = np.broadcast_to(np.zeros((), dtype=np.uint8), shape)
+    return Volume(
+        placeholder,
+        np.asarray(metadata["affine"], dtype=np.float64),
+        str(metadata.get("source", "")),
+        str(metadata.get("description", "")),
+        dict(metadata.get("volume_info", {})),
+    )
+
+
+def _labels_kwargs(reference: Volume, name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "colormap": label_colormap(),
+        "features": label_features(),
+        "opacity": 0.5,
+        "metadata": geometry_metadata(reference),
+        **_placement(reference.affine, reference.shape),
+    }
+
+
+def labels_layer_data(
+    labels: Volume | np.ndarray, reference: Any, name: str = "labels"
+) -> LayerDataTuple:
+    """Labels layer data aligned with a CT, with the fixed pancreas / tumour colours.
+
+    Parameters
+    ----------
+    labels : Volume or numpy.ndarray
+        A :class:`Volume` is on its own file grid, which must equal the reference's, and is
+        reoriented here. A plain array is taken as already canonical (what inference returns).
+    reference : Volume or napari layer
+        The CT (volume or image layer made by :func:`image_layer_data`) the labels belong to.
+    name : str
+        Layer name.
+    """
+    ref = reference_volume(reference)
+    canonical_shape = to_canonical(np.broadcast_to(np.uint8(0), ref.shape), ref.affine)[0].shape
+    if isinstance(labels, Volume):
+        check_same_grid(labels, ref, what="labels")
+        data, _ = to_canonical(labels.array, labels.affine)
+    else:
+        data = np.asarray(labels)
+        if data.shape != canonical_shape:
+            raise VolumeError(
+                f"{name}: labels of shape {data.shape} do not fit the CT "
+                f"(canonical shape {canonical_shape})"
+            )
+    if not np.issubdtype(data.dtype, np.integer):
+        data = data.astype(np.uint8)
+    return data, _labels_kwargs(ref, name), "labels"
+
+
+def new_labels_like(image_layer: Any, name: str = "labels") -> LayerDataTuple:
+    """Empty (all background) labels layer data on ``image_layer``'s grid and geometry."""
+    ref = reference_volume(image_layer)
+    data = np.zeros(np.asarray(image_layer.data).shape, dtype=np.uint8)
+    return data, _labels_kwargs(ref, name), "labels"
+
+
+def canonical_to_volume(data: Any, metadata: dict[str, Any], name: str = "layer") -> Volume:
+    """Canonical layer data back on the file grid described by ``metadata``.
+
+    Parameters
+    ----------
+    data : array-like
+        Layer data in the canonical layout.
+    metadata : dict
+        ``layer.metadata`` as written by :func:`geometry_metadata`.
+    name : str
+        Layer name for error messages.
+    """
+    ref = reference_volume(metadata if metadata else {"name": name})
+    data = np.asarray(data)
+    expected = to_canonical(np.broadcast_to(np.uint8(0), ref.shape), ref.affine)[0].shape
+    if data.shape != expected:
+        raise VolumeError(
+            f"{name}: data shape {data.shape} no longer matches the file grid {ref.shape} "
+            f"recorded in its metadata (canonical {expected})"
+        )
+    return Volume(
+        from_canonical(data, ref.affine), ref.affine, ref.source, ref.description, dict(ref.info)
+    )
+
+
+def layer_to_volume(layer: Any) -> Volume:
+    """The layer's data back on its file grid, as a :class:`Volume` with the file's affine.
+
+    Used by the writer and by exports: the canonical array goes through
+    :func:`src_models.orientation.from_canonical`, an exact permutation and flip.
+    """
+    return canonical_to_volume(layer.data, layer.metadata, getattr(layer, "name", "layer"))

@@ -1,0 +1,79 @@
+"""npe2 reader: NIfTI files and DICOM series folders open as CT images or pancreas labels.
+
+napari asks every plugin whether it can read a path, so :func:`napari_get_reader` decides from
+the name and a few bytes only, and answers ``None`` for anything it does not claim. Once it has
+claimed a path, a failure raises :class:`~src_models.volumes.VolumeError` with a message naming
+the file and the problem, which napari shows as a notification.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from src_models.dicom import is_dicom_file
+from src_models.volumes import NIFTI_SUFFIXES, Volume, label_array, read_volume
+
+from ._layers import LayerDataTuple, image_layer_data, labels_layer_data
+
+ReaderFunction = Callable[[str | list[str]], list[LayerDataTuple]]
+
+#: File names that announce a segmentation rather than an image.
+_LABEL_NAME = re.compile(r"label|seg|mask", re.IGNORECASE)
+
+#: Files looked at when deciding whether a folder is a DICOM series (enough for any layout).
+_DICOM_PROBE = 64
+
+
+def _single_path(path: str | os.PathLike[str] | list) -> Path | None:
+    if isinstance(path, list | tuple):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    return Path(path)
+
+
+def _folder_has_dicom(folder: Path) -> bool:
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return False
+    files = [p for p in entries if p.is_file() and not p.name.startswith(".")]
+    return any(is_dicom_file(p) for p in files[:_DICOM_PROBE])
+
+
+def napari_get_reader(path: str | list[str]) -> ReaderFunction | None:
+    """Return :func:`read_ct` for a NIfTI file, a DICOM file or folder, else ``None``."""
+    target = _single_path(path)
+    if target is None:
+        return None
+    if target.is_dir():
+        return read_ct if _folder_has_dicom(target) else None
+    if target.name.lower().endswith(NIFTI_SUFFIXES):
+        return read_ct
+    if target.is_file() and is_dicom_file(target):
+        return read_ct
+    return None
+
+
+def looks_like_labels(volume: Volume) -> bool:
+    """A label file: integer voxels, values within {0, 1, 2}, and a name that says so."""
+    name = Path(volume.source).name
+    if not _LABEL_NAME.search(name) or not np.issubdtype(volume.array.dtype, np.integer):
+        return False
+    return int(volume.array.min()) >= 0 and int(volume.array.max()) <= 2
+
+
+def read_ct(path: str | list[str]) -> list[LayerDataTuple]:
+    """Read a CT (abdomen window) or a label file (fixed colours) as napari layer data."""
+    target = _single_path(path)
+    volume = read_volume(target)
+    if looks_like_labels(volume):
+        volume.array = label_array(volume.array, volume.source)
+        name = Path(volume.source).name
+        return [labels_layer_data(volume, volume, name=name.split(".nii")[0])]
+    return [image_layer_data(volume)]
