@@ -1,0 +1,255 @@
+"""NIfTI in and labels out with exact geometry, and a clear refusal for every bad input."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from src_models import Volume, VolumeError, read_labels, read_volume, write_image, write_labels
+from src_models.orientation import to_canonical
+from src_models.volumes import describe
+
+AFFINE = np.array(
+    [[-0.8, 0.0, 0.0, 100.0], [0.0, 0.8, 0.0, -120.0], [0.0, 0.0, 2.5, -50.0], [0, 0, 0, 1.0]]
+)
+
+
+def save(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE, **codes) -> Path:
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=codes.get("qform", 1))
+    img.set_sform(affine, code=codes.get("sform", 1))
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.fixture
+def ct(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    return save(tmp_path / "ct.nii.gz", rng.integers(-1024, 1500, (12, 10, 6), dtype=np.int16))
+
+
+def only(tmp_path: Path) -> list[str]:
+    return sorted(p.name for p in tmp_path.iterdir())
+
+
+# --- real CT -----------------------------------------------------------------------------------
+
+
+def test_real_ct_reads_with_its_geometry(nih_ct):
+    volume = read_volume(nih_ct)
+    assert volume.shape == (512, 512, 101)
+    assert volume.array.dtype == np.int16
+    assert volume.axcodes == ("L", "A", "S")
+    assert volume.spacing == pytest.approx((0.859375, 0.859375, 1.0))
+    np.testing.assert_array_equal(volume.affine, nib.load(str(nih_ct)).affine)
+    assert volume.info["qform_code"] == 1 and volume.info["sform_code"] == 1
+    text = describe(volume)
+    assert "512 x 512 x 101" in text and "LAS" in text and "int16" in text
+
+
+def test_real_label_overlays_ct_exactly(nih_ct, nih_label):
+    ct = read_volume(nih_ct)
+    labels = read_labels(nih_label, reference=ct)
+    assert labels.array.dtype == np.uint8
+    assert np.count_nonzero(labels.array == 1) == 78329
+    hu = ct.array[labels.array == 1]
+    assert 40 < np.median(hu) < 160  # pancreas in a portal-venous CT
+
+
+def test_real_round_trip_is_bit_exact(nih_ct, nih_label, tmp_path):
+    ct = read_volume(nih_ct)
+    labels = read_labels(nih_label, reference=ct)
+    out = write_labels(tmp_path / "labels.nii.gz", labels.array, ct)
+    again = read_labels(out, reference=ct)
+    np.testing.assert_array_equal(again.array, labels.array)
+    np.testing.assert_array_equal(again.affine, ct.affine)
+    header = nib.load(str(out)).header
+    assert header.get_data_dtype() == np.uint8
+    assert int(header["qform_code"]) == 1 and int(header["sform_code"]) == 1
+
+
+# --- synthetic NIfTI ---------------------------------------------------------------------------
+
+
+def test_singleton_fourth_axis_is_squeezed(tmp_path):
+    data = np.arange(4 * 5 * 3, dtype=np.int16).reshape(4, 5, 3, 1)
+    volume = read_volume(save(tmp_path / "t.nii", data))
+    assert volume.shape == (4, 5, 3)
+    np.testing.assert_array_equal(volume.array, data[..., 0])
+
+
+def test_scaled_nifti_gives_compact_hu(tmp_path):
+    raw = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4) * 10
+    img = nib.Nifti1Image(raw, AFFINE)
+    img.header.set_slope_inter(2.0, -1024.0)
+    nib.save(img, str(tmp_path / "scaled.nii"))
+    volume = read_volume(tmp_path / "scaled.nii")
+    assert volume.array.dtype == np.int16
+    np.testing.assert_array_equal(volume.array, raw * 2 - 1024)
+    img.header.set_slope_inter(0.5, 0.25)
+    nib.save(img, str(tmp_path / "fraction.nii"))
+    assert read_volume(tmp_path / "fraction.nii").array.dtype == np.float32
+
+
+def test_qform_used_when_sform_code_is_zero(tmp_path):
+    data = np.zeros((3, 4, 5), dtype=np.int16)
+    path = save(tmp_path / "q.nii.gz", data, sform=0)
+    volume = read_volume(path)
+    np.testing.assert_allclose(volume.affine, AFFINE, atol=1e-5)
+    assert volume.info["sform_code"] == 0
+
+
+def test_write_labels_round_trip_and_codes(ct, tmp_path):
+    reference = read_volume(ct)
+    labels = np.zeros(reference.shape, dtype=np.int64)
+    labels[2:5, 3:6, 1:4] = 1
+    labels[3, 4, 2] = 2
+    out = write_labels(tmp_path / "seg.nii.gz", labels, reference)
+    again = read_labels(out, reference)
+    np.testing.assert_array_equal(again.array, labels)
+    np.testing.assert_array_equal(again.affine, reference.affine)
+    assert only(tmp_path) == ["ct.nii.gz", "seg.nii.gz"]  # no temporary file left
+
+
+def test_write_labels_copies_form_codes(tmp_path):
+    reference = read_volume(
+        save(tmp_path / "ct.nii", np.zeros((3, 4, 5), np.int16), qform=2, sform=4)
+    )
+    out = write_labels(tmp_path / "l.nii", np.ones(reference.shape, np.uint8), reference)
+    header = nib.load(str(out)).header
+    assert (int(header["qform_code"]), int(header["sform_code"])) == (2, 4)
+
+
+def test_write_image_float(ct, tmp_path):
+    reference = read_volume(ct)
+    image = np.linspace(0, 1, int(np.prod(reference.shape))).reshape(reference.shape)
+    out = write_image(tmp_path / "recon.nii.gz", image, reference)
+    again = read_volume(out)
+    assert again.array.dtype == np.float32
+    np.testing.assert_array_equal(again.array, image.astype(np.float32))
+    np.testing.assert_array_equal(again.affine, reference.affine)
+
+
+def test_labels_back_from_canonical_land_on_source_grid(ct, tmp_path):
+    from src_models.orientation import from_canonical
+
+    reference = read_volume(ct)
+    labels = np.zeros(reference.shape, np.uint8)
+    labels[1, 2, 3] = 2
+    canonical, _ = to_canonical(labels, reference.affine)
+    out = write_labels(tmp_path / "x.nii", from_canonical(canonical, reference.affine), reference)
+    assert read_volume(out).array[1, 2, 3] == 2
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+
+def refuse(match: str, func, *args):
+    with pytest.raises(VolumeError, match=match) as info:
+        func(*args)
+    return str(info.value)
+
+
+def test_missing_file(tmp_path):
+    message = refuse("no such file", read_volume, tmp_path / "absent.nii.gz")
+    assert "absent.nii.gz" in message
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    assert "empty.nii.gz" in refuse("empty", read_volume, tmp_path / "empty.nii.gz")
+
+
+def test_truncated_gzip(ct, tmp_path):
+    blob = ct.read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(blob[: len(blob) // 2])
+    assert "cut.nii.gz" in refuse("truncated|damaged|not a readable", read_volume, cut)
+
+
+def test_not_a_nifti(tmp_path):
+    (tmp_path / "notes.nii").write_text("hello, this is not an image\n" * 20)
+    refuse("notes.nii.*NIfTI", read_volume, tmp_path / "notes.nii")
+    (tmp_path / "photo.png").write_bytes(b"\x89PNG" + b"\0" * 300)
+    refuse("neither a NIfTI", read_volume, tmp_path / "photo.png")
+    (tmp_path / "gz.nii.gz").write_bytes(gzip.compress(b"x" * 400))
+    refuse("gz.nii.gz", read_volume, tmp_path / "gz.nii.gz")
+
+
+def test_2d_image(tmp_path):
+    path = save(tmp_path / "slice.nii", np.zeros((8, 8), np.int16))
+    refuse("2D", read_volume, path)
+    path = save(tmp_path / "one.nii", np.zeros((8, 8, 1), np.int16))
+    refuse("2D", read_volume, path)
+
+
+def test_4d_image(tmp_path):
+    refuse("4D.*several volumes", read_volume, save(tmp_path / "t.nii", np.zeros((4, 4, 3, 2))))
+
+
+def test_nan_and_inf_voxels(tmp_path):
+    data = np.zeros((4, 4, 3), np.float32)
+    data[1, 1, 1] = np.nan
+    refuse("NaN", read_volume, save(tmp_path / "nan.nii", data))
+    data[1, 1, 1] = np.inf
+    refuse("NaN or infinite", read_volume, save(tmp_path / "inf.nii", data))
+
+
+def test_label_shape_mismatch(ct, tmp_path):
+    reference = read_volume(ct)
+    bad = save(tmp_path / "label.nii.gz", np.zeros((12, 10, 5), np.uint8))
+    message = refuse("shape", read_labels, bad, reference)
+    assert "label.nii.gz" in message and "(12, 10, 5)" in message
+
+
+def test_label_affine_mismatch(ct, tmp_path):
+    reference = read_volume(ct)
+    moved = AFFINE.copy()
+    moved[0, 3] += 5.0
+    bad = save(tmp_path / "label.nii.gz", np.zeros(reference.shape, np.uint8), moved)
+    refuse("affine does not match", read_labels, bad, reference)
+
+
+def test_label_tolerates_float32_affine_rounding(ct, tmp_path):
+    reference = read_volume(ct)
+    nudged = reference.affine.copy()
+    nudged[:3, 3] += 1e-4
+    ok = save(tmp_path / "label.nii.gz", np.zeros(reference.shape, np.uint8), nudged)
+    assert read_labels(ok, reference).shape == reference.shape
+
+
+def test_non_integer_and_out_of_range_labels(ct, tmp_path):
+    reference = read_volume(ct)
+    probabilities = np.full(reference.shape, 0.3, np.float32)
+    refuse("whole numbers", read_labels, save(tmp_path / "p.nii", probabilities), reference)
+    many = np.zeros(reference.shape, np.int16)
+    many[0, 0, 0] = 7
+    refuse("0 \\(background\\).*7", read_labels, save(tmp_path / "m.nii", many), reference)
+    exact = np.zeros(reference.shape, np.float32)
+    exact[0, 0, 0] = 2.0
+    assert read_labels(save(tmp_path / "f.nii", exact), reference).array.dtype == np.uint8
+
+
+def test_writer_refusals_write_nothing(ct, tmp_path):
+    reference = read_volume(ct)
+    good = np.zeros(reference.shape, np.uint8)
+    before = ct.read_bytes()
+    refuse("overwrite the source CT", write_labels, ct, good, reference)
+    assert ct.read_bytes() == before
+    refuse("shape", write_labels, tmp_path / "a.nii.gz", np.zeros((2, 2, 2), np.uint8), reference)
+    refuse("\\.nii or \\.nii\\.gz", write_labels, tmp_path / "a.png", good, reference)
+    refuse("does not exist", write_labels, tmp_path / "no" / "a.nii", good, reference)
+    refuse("whole numbers", write_labels, tmp_path / "a.nii", good + 0.5, reference)
+    refuse("NaN", write_image, tmp_path / "r.nii", np.full(reference.shape, np.nan), reference)
+    assert only(tmp_path) == ["ct.nii.gz"]
+
+
+def test_volume_properties():
+    volume = Volume(np.zeros((2, 3, 4), np.int16), AFFINE, "x.nii", "x")
+    assert volume.spacing == pytest.approx((0.8, 0.8, 2.5))
+    assert volume.axcodes == ("L", "A", "S")
+    assert volume.shape == (2, 3, 4)
