@@ -202,7 +202,8 @@ def _decode(path: Path) -> tuple[pydicom.Dataset, np.ndarray]:
 
 
 def _check_decoder(path: Path, ds: pydicom.Dataset) -> None:
-    syntax = ds.file_meta.get("TransferSyntaxUID", None) if "file_meta" in dir(ds) else None
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID", None) if meta is not None else None
     if syntax is None or not syntax.is_compressed:
         return
     from pydicom.pixels import get_decoder
@@ -218,7 +219,7 @@ def _check_decoder(path: Path, ds: pydicom.Dataset) -> None:
         )
 
 
-def _rescale(files, stack: np.ndarray, datasets: list[pydicom.Dataset]) -> np.ndarray:
+def _rescale(stack: np.ndarray, datasets: list[pydicom.Dataset]) -> np.ndarray:
     slopes = np.array([float(ds.get("RescaleSlope", 1) or 1) for ds in datasets])
     inters = np.array([float(ds.get("RescaleIntercept", 0) or 0) for ds in datasets])
     if np.all(slopes == slopes[0]) and np.all(inters == inters[0]):
@@ -286,7 +287,7 @@ def read_dicom_series(folder: Path, series_of: Path | None = None) -> Volume:
         )
     files, row, col, positions = _geometry(folder, group)
     step = _check_spacing(folder, files, positions, np.cross(row, col))
-    _check_decoder(files[0][0], pydicom.dcmread(files[0][0], stop_before_pixels=True))
+    _check_decoder(*files[0])
 
     rows, cols = int(files[0][1].Rows), int(files[0][1].Columns)
     datasets = []
@@ -298,7 +299,7 @@ def read_dicom_series(folder: Path, series_of: Path | None = None) -> Volume:
         stack[k] = pixels
         del ds.PixelData  # keep only headers: the pixels live in ``stack``
         datasets.append(ds)
-    hu = _rescale(files, stack, datasets)
+    hu = _rescale(stack, datasets)
 
     row_spacing, col_spacing = (float(v) for v in files[0][1].PixelSpacing)
     lps = np.eye(4)

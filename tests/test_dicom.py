@@ -1,0 +1,331 @@
+"""DICOM series: slice order, LPS -> RAS geometry, rescale, and refusals of broken series.
+
+Synthetic series are written with pydicom so that orientations and faults no shared file has
+(reversed listing, oblique or sagittal planes, gaps, mixed series) are checked against the
+geometry DICOM defines: voxel (column i, row j) of a slice lies at
+ImagePositionPatient + i * column spacing * row direction + j * row spacing * column direction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.pixels import get_decoder
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEGLosslessSV1,
+    RLELossless,
+    generate_uid,
+)
+
+from src_models import VolumeError, read_volume
+from src_models.orientation import to_canonical
+
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+ROWS, COLS = 12, 16
+SPACING = (0.7, 0.9)  # DICOM PixelSpacing: (between rows, between columns)
+
+
+def pattern(slice_id: int, rows: int = ROWS, cols: int = COLS) -> np.ndarray:
+    """Pixel values that say which slice, row and column they came from."""
+    r, c = np.mgrid[:rows, :cols]
+    return (slice_id * 1000 + r * 30 + c).astype(np.int16)
+
+
+def write_slice(
+    path: Path,
+    pixels: np.ndarray,
+    position,
+    orientation=AXIAL,
+    series_uid: str = "1.2.3.4",
+    instance: int = 1,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    description: str = "Abdomen portal",
+    spacing=SPACING,
+) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.PatientName = "Phantom^Test"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesDescription = description
+    ds.InstanceNumber = instance
+    ds.ImagePositionPatient = [float(v) for v in position]
+    ds.ImageOrientationPatient = [float(v) for v in orientation]
+    ds.PixelSpacing = list(spacing)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.RescaleSlope = slope
+    ds.RescaleIntercept = intercept
+    ds.PixelData = pixels.astype(np.int16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_series(
+    folder: Path,
+    orientation=AXIAL,
+    n: int = 6,
+    step: float = 2.5,
+    origin=(-120.0, -90.0, -40.0),
+    reverse: bool = False,
+    **kwargs,
+):
+    """A series stacked along the slice normal; returns [(position, pixels)] by slice id."""
+    folder.mkdir(exist_ok=True)
+    row, col = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    normal = np.cross(row, col)
+    slices = []
+    ids = range(n)
+    for sid in ids:
+        position = np.asarray(origin) + sid * step * normal
+        slices.append((position, pattern(sid)))
+    order = list(ids)[::-1] if reverse else list(ids)
+    for rank, sid in enumerate(order):
+        name = f"IM{(rank * 7919) % 1000:04d}.dcm"  # names in neither spatial nor acquisition order
+        write_slice(
+            folder / name, slices[sid][1], slices[sid][0], orientation, instance=rank + 1, **kwargs
+        )
+    return slices
+
+
+def check_geometry(volume, slices, orientation=AXIAL, spacing=SPACING):
+    """Every voxel sits where DICOM puts its source pixel (LPS -> RAS)."""
+    row, col = np.asarray(orientation[:3]), np.asarray(orientation[3:])
+    values = volume.array.astype(np.int64)
+    index = np.indices(values.shape).reshape(3, -1)
+    value = values.reshape(-1)
+    sid, rest = value // 1000, value % 1000
+    r, c = rest // 30, rest % 30
+    positions = np.array([p for p, _ in slices])[sid]
+    lps = positions + (c * spacing[1])[:, None] * row + (r * spacing[0])[:, None] * col
+    ras = lps * np.array([-1.0, -1.0, 1.0])
+    world = (volume.affine @ np.vstack([index, np.ones(index.shape[1])]))[:3].T
+    np.testing.assert_allclose(world, ras, atol=1e-6)
+    # index convention: i = column, j = row
+    assert np.array_equal(c.reshape(values.shape)[:, 0, 0], np.arange(values.shape[0]))
+
+
+def test_axial_lps_series(tmp_path):
+    slices = write_series(tmp_path / "s")
+    volume = read_volume(tmp_path / "s")
+    assert volume.shape == (COLS, ROWS, 6)
+    assert volume.axcodes == ("L", "P", "S")
+    assert volume.spacing == pytest.approx((0.9, 0.7, 2.5))
+    expected = np.array(
+        [[-0.9, 0, 0, 120.0], [0, -0.7, 0, 90.0], [0, 0, 2.5, -40.0], [0, 0, 0, 1.0]]
+    )
+    np.testing.assert_allclose(volume.affine, expected)
+    check_geometry(volume, slices)
+    assert volume.description == "Abdomen portal"
+    assert volume.info["modality"] == "CT" and volume.info["n_slices"] == 6
+    assert "Phantom" not in repr(volume.info)  # no patient identifiers
+
+
+def test_reverse_listed_series_reads_the_same(tmp_path):
+    write_series(tmp_path / "a")
+    write_series(tmp_path / "b", reverse=True)
+    a, b = read_volume(tmp_path / "a"), read_volume(tmp_path / "b")
+    np.testing.assert_array_equal(a.array, b.array)
+    np.testing.assert_array_equal(a.affine, b.affine)
+
+
+def test_flipped_rows_orientation_like_the_shared_series(tmp_path):
+    orientation = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # normal points to the feet
+    slices = write_series(tmp_path / "s", orientation)
+    volume = read_volume(tmp_path / "s")
+    assert volume.axcodes == ("L", "A", "S")  # slices still run feet -> head
+    check_geometry(volume, slices, orientation)
+
+
+def test_oblique_series(tmp_path):
+    a = np.deg2rad(25.0)
+    orientation = (np.cos(a), np.sin(a), 0.0, -np.sin(a) * 0.9, np.cos(a) * 0.9, 0.43589)
+    row = np.asarray(orientation[:3])
+    col = np.asarray(orientation[3:])
+    col = col - row * (row @ col)
+    col /= np.linalg.norm(col)
+    orientation = (*row, *col)
+    slices = write_series(tmp_path / "s", orientation, n=5, step=1.25)
+    volume = read_volume(tmp_path / "s")
+    check_geometry(volume, slices, orientation)
+    canonical, _ = to_canonical(volume.array, volume.affine)
+    assert canonical.size == volume.array.size
+
+
+def test_sagittal_series(tmp_path):
+    orientation = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+    slices = write_series(tmp_path / "s", orientation, n=4)
+    volume = read_volume(tmp_path / "s")
+    assert volume.axcodes == ("P", "I", "L")  # slices run towards +x (patient left)
+    check_geometry(volume, slices, orientation)
+
+
+def test_rescale_slope_and_intercept(tmp_path):
+    write_series(tmp_path / "s", slope=2.0, intercept=-1024.0)
+    volume = read_volume(tmp_path / "s")
+    assert volume.array.dtype == np.int16
+    np.testing.assert_array_equal(volume.array[..., 1], pattern(1).T * 2 - 1024)
+    write_series(tmp_path / "f", slope=0.5, intercept=-0.25)
+    fractional = read_volume(tmp_path / "f")
+    assert fractional.array.dtype == np.float32
+    assert fractional.array[0, 0, 1] == pytest.approx(1000 * 0.5 - 0.25)
+
+
+def test_largest_series_chosen_with_a_warning(tmp_path):
+    folder = tmp_path / "study"
+    write_series(folder, n=6)
+    for k in range(2):
+        write_slice(
+            folder / f"scout{k}.dcm",
+            pattern(0, 8, 8),
+            (0, 0, k * 5.0),
+            series_uid="9.9.9",
+            description="Bone thin",
+        )
+    with pytest.warns(UserWarning, match="largest.*Abdomen portal.*6 images.*Bone thin"):
+        volume = read_volume(folder)
+    assert volume.shape == (COLS, ROWS, 6)
+    assert volume.info["other_series"]
+
+
+def test_single_file_reads_its_series(tmp_path):
+    folder = tmp_path / "study"
+    write_series(folder, n=5)
+    for k in range(3):
+        write_slice(folder / f"z{k}.dcm", pattern(0, 8, 8), (0, 0, k * 5.0), series_uid="9.9")
+    volume = read_volume(folder / "z1.dcm")
+    assert volume.shape == (8, 8, 3)
+
+
+def test_non_image_files_are_ignored(tmp_path):
+    folder = tmp_path / "s"
+    write_series(folder, n=4)
+    (folder / "README.txt").write_text("exported by a PACS")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"  # Media Storage Directory (DICOMDIR)
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    report = FileDataset(str(folder / "DICOMDIR"), {}, file_meta=meta, preamble=b"\0" * 128)
+    report.FileSetID = "X"
+    report.save_as(folder / "DICOMDIR", enforce_file_format=True)
+    assert read_volume(folder).shape == (COLS, ROWS, 4)
+
+
+def test_compressed_series_decodes_with_an_available_decoder(tmp_path):
+    folder = tmp_path / "rle"
+    slices = write_series(folder, n=3)
+    if not get_decoder(RLELossless).is_available:
+        pytest.skip("no RLE decoder")
+    for path in folder.iterdir():
+        ds = dcmread(path)
+        ds.compress(RLELossless)
+        ds.save_as(path, enforce_file_format=True)
+    check_geometry(read_volume(folder), slices)
+
+
+def test_compressed_without_decoder_names_the_package(tmp_path):
+    if get_decoder(JPEGLosslessSV1).is_available:
+        pytest.skip("a JPEG Lossless decoder is installed here")
+    folder = tmp_path / "jpeg"
+    write_series(folder, n=3)
+    for path in folder.iterdir():
+        ds = dcmread(path)
+        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+        ds.PixelData = encapsulate([b"\xff\xd8" + b"\0" * 64 + b"\xff\xd9"])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(path, enforce_file_format=True)
+    with pytest.raises(VolumeError, match="compressed.*pip install pylibjpeg"):
+        read_volume(folder)
+
+
+# --- refusals ----------------------------------------------------------------------------------
+
+
+def test_folder_without_images(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(VolumeError, match="no DICOM images"):
+        read_volume(tmp_path)
+
+
+def test_missing_slice(tmp_path):
+    folder = tmp_path / "s"
+    write_series(folder, n=6)
+    positions = sorted(folder.iterdir())
+    victim = next(p for p in positions if float(dcmread(p).ImagePositionPatient[2]) == -35.0)
+    victim.unlink()
+    with pytest.raises(VolumeError, match="missing") as info:
+        read_volume(folder)
+    assert str(folder) in str(info.value)
+
+
+def test_single_slice_series(tmp_path):
+    write_slice(tmp_path / "one.dcm", pattern(0), (0, 0, 0))
+    with pytest.raises(VolumeError, match="single slice"):
+        read_volume(tmp_path)
+
+
+def test_mixed_sizes(tmp_path):
+    folder = tmp_path / "s"
+    write_series(folder, n=4)
+    write_slice(folder / "big.dcm", pattern(9, 20, 20), (-120.0, -90.0, -40.0 + 4 * 2.5))
+    with pytest.raises(VolumeError, match="image sizes"):
+        read_volume(folder)
+
+
+def test_mixed_orientations(tmp_path):
+    folder = tmp_path / "s"
+    write_series(folder, n=4)
+    write_slice(
+        folder / "tilted.dcm",
+        pattern(9),
+        (-120.0, -90.0, -30.0),
+        orientation=(1.0, 0.0, 0.0, 0.0, 0.0, -1.0),
+    )
+    with pytest.raises(VolumeError, match="orientations"):
+        read_volume(folder)
+
+
+def test_duplicate_positions(tmp_path):
+    folder = tmp_path / "s"
+    write_series(folder, n=4)
+    write_slice(folder / "again.dcm", pattern(9), (-120.0, -90.0, -40.0))
+    with pytest.raises(VolumeError, match="same position"):
+        read_volume(folder)
+
+
+# --- the shared real series --------------------------------------------------------------------
+
+
+def test_real_dicom_equals_nifti_crop(nih_dicom, nih_ct):
+    dicom = read_volume(nih_dicom)
+    nifti = read_volume(nih_ct)
+    assert dicom.shape == (512, 512, 24)
+    assert dicom.array.dtype == np.int16
+    np.testing.assert_array_equal(dicom.array, nifti.array[:, :, 38:62])
+    crop_affine = nifti.affine @ nib.affines.from_matvec(np.eye(3), [0, 0, 38])
+    np.testing.assert_allclose(dicom.affine, crop_affine, atol=1e-6)
+    a, _ = to_canonical(dicom.array, dicom.affine)
+    b, _ = to_canonical(nifti.array[:, :, 38:62], crop_affine)
+    np.testing.assert_array_equal(a, b)
+    for i, j in ((0, 0), (100, 300), (511, 511)):
+        np.testing.assert_allclose(dicom.affine @ [i, j, 0, 1], nifti.affine @ [i, j, 38, 1])
+    assert dicom.info["series_description"] == "Pancreas"
+    assert "PANCREAS_0001" not in repr(dicom.info)
