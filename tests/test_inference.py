@@ -1,0 +1,278 @@
+"""The slice-wise engine: geometry, progress, cancel, out-of-memory, bounded memory."""
+
+from __future__ import annotations
+
+import logging
+import tracemalloc
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from nibabel.orientations import apply_orientation, inv_ornt_aff
+from torch import nn
+
+from src_models import build_model
+from src_models import inference as inference_module
+from src_models.inference import (
+    InsufficientMemoryError,
+    autocast_dtype,
+    reconstruction_error,
+    segment,
+    segment_to_completion,
+    window_on_device,
+)
+from src_models.nets import SegmentationOutput
+from src_models.orientation import to_canonical
+from src_models.phantom import make_phantom
+from src_models.preprocessing import to_model_input
+from src_models.volumes import Volume, read_volume
+from src_models.windows import hu_to_unit
+
+#: No resampling: the model sees the slices at their own spacing, so outputs are exact.
+NATIVE = {"preprocessing": {"hu_window": [0.0, 255.0], "spacing_mm": None}}
+
+
+class Threshold(nn.Module):
+    """Stand-in network whose outputs are known: pancreas above 100 HU, tumour above 200 HU.
+
+    Works pixel by pixel in the [0, 255] HU window, returns the input as its reconstruction and
+    records every batch it sees, so tests check geometry and batching exactly.
+    """
+
+    has_restoration = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(50.0))
+        self.calls: list[dict] = []
+
+    def forward(self, x: torch.Tensor, reconstruct: bool = True) -> SegmentationOutput:
+        self.calls.append({"shape": tuple(x.shape), "reconstruct": reconstruct})
+        logits = torch.cat([x - 100.5 / 255, x - 200.5 / 255], dim=1) * self.scale
+        restored = torch.logit(x.clamp(1e-4, 1 - 1e-4)) if reconstruct else None
+        return SegmentationOutput(logits, restored)
+
+
+def _expected_labels(hu: np.ndarray) -> np.ndarray:
+    return (hu > 100).astype(np.uint8) + (hu > 200).astype(np.uint8)
+
+
+def _ramp_volume(shape=(24, 20, 7), spacing=(0.8, 0.9, 2.5)) -> Volume:
+    """Asymmetric int16 volume spanning -50 .. 300 HU, LAS affine like the NIH CT."""
+    rng = np.random.default_rng(0)
+    hu = rng.integers(-50, 300, size=shape).astype(np.int16)
+    affine = np.diag([-spacing[0], spacing[1], spacing[2], 1.0])
+    affine[:3, 3] = (12.0, -40.0, 7.0)
+    return Volume(hu, affine, source="ramp.nii.gz")
+
+
+def test_labels_reconstruction_probabilities_exact_on_source_grid():
+    volume = _ramp_volume()
+    result = segment_to_completion(
+        volume, Threshold(), NATIVE, device="cpu", precision="float32", probabilities=True
+    )
+    assert result.labels.shape == volume.shape and result.labels.dtype == np.uint8
+    np.testing.assert_array_equal(result.labels, _expected_labels(volume.array))
+    unit = hu_to_unit(volume.array, (0.0, 255.0))
+    assert result.reconstruction.dtype == np.float16
+    np.testing.assert_allclose(result.reconstruction, unit, atol=2e-3)
+    assert result.probabilities.shape == (*volume.shape, 2)
+    np.testing.assert_array_equal(result.probabilities[..., 0] > 0.5, volume.array > 100)
+    error = reconstruction_error(volume.array, result.reconstruction, (0.0, 255.0))
+    assert error.dtype == np.float16 and float(error.max()) < 2e-3
+
+
+def test_stats_count_volumes_and_slices():
+    volume = _ramp_volume()
+    hu = volume.array.copy()
+    hu[:, :, 3] = 0  # one axial slice (file axis 2 is S) without foreground
+    volume = Volume(hu, volume.affine)
+    stats = segment_to_completion(volume, Threshold(), NATIVE, device="cpu").stats
+    voxel_ml = 0.8 * 0.9 * 2.5 / 1000
+    assert stats.pancreas_ml == pytest.approx(np.count_nonzero(hu > 100) * voxel_ml)
+    assert stats.tumour_ml == pytest.approx(np.count_nonzero(hu > 200) * voxel_ml)
+    assert (stats.foreground_slices, stats.total_slices) == (6, 7)
+    assert stats.device == "cpu" and stats.seconds > 0
+    assert "mL" in stats.summary() and "cpu" in stats.summary()
+
+
+def _reoriented(volume: Volume, ornt: np.ndarray) -> Volume:
+    """The same voxels stored in another index order, with the affine that keeps them in place."""
+    array = apply_orientation(volume.array, ornt)
+    affine = volume.affine @ inv_ornt_aff(ornt, volume.shape)
+    return Volume(np.ascontiguousarray(array), affine)
+
+
+@pytest.mark.parametrize(
+    "ornt",
+    [
+        [[0, -1], [1, -1], [2, 1]],  # LAS -> RPS (DICOM-like LPS after the flip of x)
+        [[2, 1], [0, 1], [1, -1]],  # axes permuted and a flip
+        [[1, 1], [2, -1], [0, -1]],  # slices first, flipped: a reversed series
+    ],
+)
+def test_any_file_layout_gives_the_same_labels_in_the_world(ornt):
+    """A real (spatially non-symmetric) network sees identical slices in every layout."""
+    torch.manual_seed(0)
+    model = build_model("drs_unet", width=4, depth=2)
+    volume = _ramp_volume(shape=(24, 20, 5))
+    reference = segment_to_completion(volume, model, NATIVE, device="cpu", probabilities=True)
+    moved = _reoriented(volume, np.array(ornt))
+    result = segment_to_completion(moved, model, NATIVE, device="cpu", probabilities=True)
+    ref_canonical = to_canonical(reference.labels, volume.affine)[0]
+    assert len(np.unique(ref_canonical)) > 1
+    np.testing.assert_array_equal(to_canonical(result.labels, moved.affine)[0], ref_canonical)
+    np.testing.assert_array_equal(result.canonical_labels, ref_canonical)
+    np.testing.assert_array_equal(result.canonical_probabilities, reference.canonical_probabilities)
+    np.testing.assert_array_equal(
+        result.canonical_reconstruction, reference.canonical_reconstruction
+    )
+
+
+def test_slices_are_resampled_to_the_checkpoint_spacing_and_back():
+    model = Threshold()
+    volume = _ramp_volume(shape=(40, 30, 3), spacing=(0.85, 0.85, 1.0))
+    meta = {"preprocessing": {"hu_window": [0.0, 255.0], "spacing_mm": 1.7}}
+    result = segment_to_completion(volume, model, meta, device="cpu", batch_size=8)
+    assert model.calls[0]["shape"] == (3, 1, 15, 20)  # canonical rows = P (file y), cols = L (x)
+    assert result.labels.shape == volume.shape
+
+
+def test_progress_batches_and_precision_are_reported():
+    model = Threshold()
+    volume = _ramp_volume()
+    generator = segment(volume, model, NATIVE, device="cpu", batch_size=3, precision="float32")
+    progress = []
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            progress.append(next(generator))
+    assert progress == [(0, 7), (3, 7), (6, 7), (7, 7)]
+    assert [call["shape"][0] for call in model.calls] == [3, 3, 1]
+    stats = stop.value.value.stats
+    assert (stats.batch_size, stats.precision) == (3, "float32")
+
+
+def test_closing_stops_between_batches_and_releases_memory(monkeypatch):
+    released = []
+    monkeypatch.setattr(inference_module, "release_memory", released.append)
+    model = Threshold()
+    generator = segment(_ramp_volume(), model, NATIVE, device="cpu", batch_size=2)
+    assert next(generator) == (0, 7)
+    assert next(generator) == (2, 7)
+    generator.close()
+    assert len(model.calls) == 1
+    assert [device.type for device in released] == ["cpu"]
+
+
+def test_out_of_memory_halves_the_batch_and_goes_on(monkeypatch, caplog):
+    model = Threshold()
+    forward = model.forward
+    failures = []
+
+    def flaky_forward(x, **kwargs):
+        if x.shape[0] > 1 and not failures:
+            failures.append(x.shape[0])
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return forward(x, **kwargs)
+
+    monkeypatch.setattr(model, "forward", flaky_forward)
+    volume = _ramp_volume()
+    with caplog.at_level(logging.WARNING, logger="src_models.inference"):
+        result = segment_to_completion(volume, model, NATIVE, device="cpu", batch_size=4)
+    assert failures == [4]
+    assert [call["shape"][0] for call in model.calls] == [2, 2, 2, 1]
+    assert result.stats.batch_size == 2
+    assert "going on with 2" in caplog.text
+    np.testing.assert_array_equal(result.labels, _expected_labels(volume.array))
+
+
+def test_out_of_memory_with_one_slice_is_a_clear_error(monkeypatch):
+    model = Threshold()
+
+    def always_oom(x, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(model, "forward", always_oom)
+    with pytest.raises(InsufficientMemoryError, match="single slice"):
+        segment_to_completion(_ramp_volume(), model, NATIVE, device="cpu", batch_size=2)
+
+
+def test_volume_too_large_for_memory_is_refused_before_any_work(monkeypatch):
+    monkeypatch.setattr(inference_module, "_memory_available_bytes", lambda: 600 * 2**20)
+    model = Threshold()
+    huge = Volume(np.broadcast_to(np.int16(0), (512, 512, 2000)), np.eye(4), source="huge.nii")
+    generator = segment(huge, model, NATIVE, device="cpu")
+    with pytest.raises(InsufficientMemoryError, match=r"huge\.nii.*GiB"):
+        next(generator)
+    assert model.calls == []
+
+
+def test_reconstruct_false_skips_the_restoration_decoder():
+    torch.manual_seed(0)
+    model = build_model("dsmsc_unet", width=4, depth=2)
+    decoder_calls = []
+    model.restorer.register_forward_hook(lambda *args: decoder_calls.append(1))
+    result = segment_to_completion(_ramp_volume(), model, NATIVE, device="cpu", reconstruct=False)
+    assert result.reconstruction is None and decoder_calls == []
+    unet = build_model("unet", width=4, depth=2)
+    assert segment_to_completion(_ramp_volume(), unet, NATIVE, device="cpu").reconstruction is None
+
+
+def test_memory_does_not_grow_with_slices_beyond_the_outputs():
+    """numpy allocations (traced by tracemalloc) stay at the outputs plus one batch."""
+    model = Threshold()
+
+    def peak(slices: int) -> int:
+        volume = _ramp_volume(shape=(64, 64, slices))
+        tracemalloc.start()
+        segment_to_completion(volume, model, NATIVE, device="cpu", batch_size=4)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    small, large = peak(8), peak(64)
+    outputs_per_slice = 64 * 64 * (1 + 2)  # uint8 labels + float16 reconstruction
+    assert large - small < 56 * outputs_per_slice * 1.2
+
+
+def test_device_side_windowing_matches_the_training_path():
+    hu = np.random.default_rng(1).integers(-1024, 2000, size=(3, 47, 61)).astype(np.int16)
+    for spacing, size in (((0.8, 0.8), (22, 29)), (None, (47, 61))):
+        prep = {"hu_window": [-100.0, 240.0], "spacing_mm": 1.7 if spacing else None}
+        expected = to_model_input(hu, spacing, prep)
+        got = window_on_device(torch.from_numpy(hu), (-100.0, 240.0), size)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_precision_choices():
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "float32") is None
+    assert autocast_dtype(cpu, "bfloat16") is torch.bfloat16
+    with pytest.raises(ValueError, match="unknown precision"):
+        autocast_dtype(cpu, "int8")
+    with pytest.raises(ValueError, match="not available"):
+        next(segment(_ramp_volume(), Threshold(), NATIVE, device="cuda:7"))
+
+
+def test_phantom_with_a_tiny_model_runs_end_to_end():
+    image, _ = make_phantom(seed=3, shape=(64, 64, 12), spacing=(2.0, 2.0, 2.5))
+    model = build_model("dsmsc_unet", width=4)
+    result = segment_to_completion(image, model, None, device="cpu", probabilities=True)
+    assert result.labels.shape == image.shape
+    assert set(np.unique(result.labels)) <= {0, 1, 2}
+    assert result.reconstruction.shape == image.shape
+    assert float(result.reconstruction.min()) >= 0 and float(result.reconstruction.max()) <= 1
+
+
+def test_real_ct_crop(nih_ct):
+    ct = read_volume(nih_ct)
+    crop = ct.array[:, :, 40:43]
+    affine = ct.affine.copy()
+    affine[:3, 3] = ct.affine[:3, :3] @ [0, 0, 40] + ct.affine[:3, 3]
+    volume = Volume(crop, affine, source=str(nih_ct))
+    assert nib.aff2axcodes(affine) == ("L", "A", "S")
+    result = segment_to_completion(volume, build_model("unet", width=4), None, device="cpu")
+    assert result.labels.shape == (512, 512, 3)
+    assert result.stats.total_slices == 3
