@@ -1,0 +1,122 @@
+"""``dsms predict INPUT -o OUT.nii.gz``: labels on the input's voxel grid, for batch work.
+
+Everything that can be checked before the slow part is checked first (output names, device,
+volume, checkpoint), so a typo costs a second, not a segmentation run; nothing is written until
+the segmentation is complete, and files are written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..checkpoints import load_checkpoint
+from ..devices import resolve_device
+from ..inference import PRECISIONS, segment
+from ..registry import has_restoration
+from ..volumes import NIFTI_SUFFIXES, VolumeError, read_volume, write_image, write_labels
+
+#: The model used when ``--model`` is not given: the paper's architecture, bundled.
+DEFAULT_MODEL = "dsmsc_unet"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="CT volume: a .nii / .nii.gz file or a DICOM series folder")
+    parser.add_argument(
+        "-o", "--output", required=True, metavar="OUT.nii.gz", help="labels file to write"
+    )
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="NAME_OR_PATH",
+        help=f"bundled model name, name in the user model folder, or checkpoint file "
+        f"(default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--batch-size", type=int, metavar="N", help="slices per batch (default: per device)"
+    )
+    parser.add_argument(
+        "--reconstruction",
+        metavar="OUT.nii.gz",
+        help="also write the restoration decoder's reconstruction (DRS models), in [0, 1]",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="model arithmetic (default auto: bfloat16 where the hardware has it)",
+    )
+
+
+def _check_outputs(input_path: Path, outputs: list[Path]) -> None:
+    """Refuse output names that cannot work before any time is spent on the volume."""
+    source = input_path.resolve()
+    for output in outputs:
+        if not output.name.lower().endswith(NIFTI_SUFFIXES):
+            raise VolumeError(f"{output}: output must be a NIfTI file ending in .nii or .nii.gz")
+        if not output.parent.is_dir():
+            raise VolumeError(f"{output}: the folder {output.parent} does not exist")
+        if output.is_dir():
+            raise VolumeError(f"{output}: is a folder, not a file name")
+        target = output.resolve()
+        if target == source or source in target.parents:
+            raise VolumeError(
+                f"{output}: refusing to overwrite the input {input_path}; choose another name"
+            )
+    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
+        raise VolumeError(f"{outputs[0]}: labels and reconstruction need different file names")
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    input_path = Path(args.input)
+    output = Path(args.output)
+    reconstruction_path = Path(args.reconstruction) if args.reconstruction else None
+    if not input_path.exists():
+        raise VolumeError(f"{input_path}: no such file or folder")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    _check_outputs(input_path, [output] + ([reconstruction_path] if reconstruction_path else []))
+    device = resolve_device(args.device)
+    volume = read_volume(input_path)
+    model, meta = load_checkpoint(args.model)
+    if reconstruction_path is not None and not has_restoration(meta["arch"]):
+        raise ValueError(
+            f"{meta['path']}: architecture {meta['arch']!r} has no restoration decoder, so "
+            "there is no reconstruction to write; drop --reconstruction or use a DRS model"
+        )
+    generator = segment(
+        volume,
+        model,
+        meta,
+        device=device,
+        batch_size=args.batch_size,
+        reconstruct=reconstruction_path is not None,
+        precision=args.precision,
+    )
+    with tqdm(unit="slice", desc="segmenting", file=sys.stderr, leave=False) as bar:
+        while True:
+            try:
+                done, total = next(generator)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            bar.total = total
+            bar.update(done - bar.n)
+    write_labels(output, result.labels, volume)
+    if reconstruction_path is not None:
+        try:
+            write_image(reconstruction_path, result.reconstruction, volume)
+        except BaseException:
+            output.unlink(missing_ok=True)
+            raise
+    print(
+        f"{output}: {result.stats.summary()}; "
+        f"{time.perf_counter() - started:.1f} s from reading to writing"
+    )
+    return 0

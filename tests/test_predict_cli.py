@@ -1,0 +1,137 @@
+"""``dsms predict``: labels on the input grid, a summary line, and one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from src_models import build_model
+from src_models import devices as devices_module
+from src_models.checkpoints import save_checkpoint
+from src_models.cli import main
+from src_models.phantom import make_phantom
+
+REPO = Path(__file__).resolve().parents[1]
+PREPROCESSING = {"hu_window": [0.0, 255.0], "spacing_mm": 3.0}
+
+
+@pytest.fixture
+def ct_file(tmp_path: Path) -> Path:
+    image, _ = make_phantom(seed=1, shape=(40, 36, 5), spacing=(2.0, 2.0, 3.0))
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(image.array, image.affine), path)
+    return path
+
+
+def _checkpoint(path: Path, arch: str) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(path, build_model(arch, width=4, depth=2), preprocessing=PREPROCESSING)
+
+
+@pytest.fixture
+def drs_checkpoint(tmp_path: Path) -> Path:
+    return _checkpoint(tmp_path / "models" / "tiny_drs.pt", "drs_unet")
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("error: ")
+    return err[0]
+
+
+def test_predict_writes_labels_and_reconstruction_on_the_input_grid(
+    ct_file, drs_checkpoint, tmp_path, capsys
+):
+    out, rec = tmp_path / "labels.nii.gz", tmp_path / "rec.nii.gz"
+    argv = ["predict", str(ct_file), "-o", str(out), "--model", str(drs_checkpoint)]
+    assert main([*argv, "--device", "cpu", "--reconstruction", str(rec)]) == 0
+    source = nib.load(ct_file)
+    labels = nib.load(out)
+    assert labels.shape == source.shape and labels.get_data_dtype() == np.uint8
+    np.testing.assert_allclose(labels.affine, source.affine)
+    assert set(np.unique(np.asarray(labels.dataobj))) <= {0, 1, 2}
+    restored = np.asarray(nib.load(rec).dataobj)
+    assert restored.shape == source.shape and 0 <= restored.min() and restored.max() <= 1
+    summary = capsys.readouterr().out.strip()
+    assert "pancreas" in summary and "tumour" in summary and "mL" in summary
+    assert "cpu" in summary and " s " in summary
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "no such file"),
+        ("not_a_volume", "not"),
+        ("unknown_model", "available names"),
+        ("bad_checkpoint", "not a napari-dsms checkpoint"),
+        ("unavailable_device", "not available"),
+        ("output_is_input", "refusing to overwrite"),
+        ("no_decoder", "no restoration decoder"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_no_file(
+    case, message, ct_file, drs_checkpoint, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "labels.nii.gz"
+    extra: list[str] = []
+    input_path, model = ct_file, str(drs_checkpoint)
+    if case == "missing":
+        input_path = tmp_path / "nowhere.nii.gz"
+    elif case == "not_a_volume":
+        input_path = tmp_path / "notes.nii.gz"
+        input_path.write_text("not a CT")
+    elif case == "unknown_model":
+        model = "no_such_model"
+    elif case == "bad_checkpoint":
+        bad = tmp_path / "bad.pt"
+        bad.write_bytes(b"definitely not a checkpoint")
+        model = str(bad)
+    elif case == "unavailable_device":
+        monkeypatch.setattr(devices_module, "available_devices", lambda: ["cpu"])
+        extra = ["--device", "cuda"]
+    elif case == "output_is_input":
+        out = ct_file
+    elif case == "no_decoder":
+        model = str(_checkpoint(tmp_path / "tiny_unet.pt", "unet"))
+        extra = ["--reconstruction", str(tmp_path / "rec.nii.gz")]
+    before = ct_file.read_bytes()
+    code = main(["predict", str(input_path), "-o", str(out), "--model", model, *extra])
+    assert code == 2
+    assert message in _error_line(capsys)
+    assert ct_file.read_bytes() == before
+    leftovers = {p.name for p in tmp_path.iterdir()} - {
+        "ct.nii.gz",
+        "models",
+        "notes.nii.gz",
+        "bad.pt",
+        "tiny_unet.pt",
+    }
+    assert leftovers == set()
+
+
+def test_predict_as_a_module_with_a_model_name_from_the_user_folder(
+    ct_file, drs_checkpoint, tmp_path
+):
+    out = tmp_path / "labels.nii"
+    env = {**os.environ, "DSMS_MODEL_DIR": str(drs_checkpoint.parent)}
+    completed = subprocess.run(
+        [sys.executable, "-m", "src_models", "predict", str(ct_file), "-o", str(out)]
+        + ["--model", "tiny_drs", "--device", "cpu", "--batch-size", "2"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "mL" in completed.stdout and "batch 2" in completed.stdout
+    assert "Traceback" not in completed.stderr
+    assert nib.load(out).shape == nib.load(ct_file).shape
