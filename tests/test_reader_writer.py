@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from napari.layers import Image, Labels
 
 from napari_dsms._layers import (
     LABEL_COLOURS,
@@ -165,3 +166,20 @@ def test_phantom_written_and_read_back(tmp_path):
     out = write_labels(tmp_path / "phantom_label.nii.gz", labels, image)
     again = read_labels(Path(out), reference=image)
     np.testing.assert_array_equal(again.array, labels.array)
+
+
+def test_viewer_opens_and_saves_through_the_plugin(make_napari_viewer, nih_ct, nih_label, tmp_path):
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(nih_ct), plugin="napari-dsms")
+    [labels] = viewer.open(str(nih_label), plugin="napari-dsms")
+    assert isinstance(image, Image) and isinstance(labels, Labels)
+    assert image.data.shape == labels.data.shape == (101, 512, 512)
+    assert tuple(image.scale) == pytest.approx(NIH_SCALE)
+    labels.data[50, 200, 200] = 2
+    [written] = labels.save(str(tmp_path / "edited.nii.gz"), plugin="napari-dsms")
+    again = read_labels(written, reference=read_volume(nih_ct))
+    np.testing.assert_array_equal(again.array, layer_to_volume(labels).array)
+    native = np.argwhere(again.array == 2)[0]
+    world = image.data_to_world((50, 200, 200))  # (S, P, L) mm
+    ras = again.affine @ np.append(native, 1.0)
+    assert (ras[2], -ras[1], -ras[0]) == pytest.approx(tuple(world))

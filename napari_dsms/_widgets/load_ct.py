@@ -1,0 +1,196 @@
+"""Load CT dock widget: open a NIfTI file or DICOM folder, pick a CT window, open labels.
+
+The widget holds no science: reading is :func:`src_models.read_volume` /
+:func:`src_models.read_labels`, layers come from :mod:`napari_dsms._layers`. Reading a 512 x 512 x
+240 series takes seconds, so it runs in a napari worker while a busy bar shows; any failure ends
+as a notification that names the file and the problem, never as a crash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from napari.layers import Image, Layer
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from src_models.volumes import Volume, describe, read_labels, read_volume
+from src_models.windows import CT_WINDOWS, DEFAULT_WINDOW
+
+from .._layers import LayerDataTuple, image_layer_data, labels_layer_data, reference_volume
+
+if TYPE_CHECKING:
+    import napari
+
+NIFTI_FILTER = "NIfTI (*.nii *.nii.gz);;All files (*)"
+
+
+def _read_image(path: str, window: str) -> tuple[LayerDataTuple, str]:
+    volume = read_volume(path)
+    return image_layer_data(volume, window=window), describe(volume)
+
+
+def _read_labels(path: str, reference: Volume, image_layer: Any) -> tuple[LayerDataTuple, str]:
+    labels = read_labels(path, reference=reference)
+    name = Path(path).name.split(".nii")[0]
+    return labels_layer_data(labels, image_layer, name=name), describe(labels)
+
+
+def is_ct_layer(layer: Layer | None) -> bool:
+    """An Image layer made by napari-dsms (it carries the file geometry in its metadata)."""
+    return isinstance(layer, Image) and "affine" in layer.metadata and "shape" in layer.metadata
+
+
+class LoadCTWidget(QWidget):
+    """Open CT volumes and labels with exact geometry and set the CT window.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer to add layers to (npe2 passes it by this name).
+    """
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self._workers: set = set()
+
+        self.open_nifti_button = QPushButton("Open NIfTI file…")
+        self.open_dicom_button = QPushButton("Open DICOM folder…")
+        self.open_labels_button = QPushButton("Open labels…")
+        self.open_labels_button.setToolTip(
+            "Open a label NIfTI (0 background, 1 pancreas, 2 tumour) on the selected CT's grid"
+        )
+        self.window_combo = QComboBox()
+        self.window_combo.addItems(list(CT_WINDOWS))
+        self.window_combo.setCurrentText(DEFAULT_WINDOW)
+        self.window_combo.setToolTip("CT window applied to the selected CT image layer")
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 0)  # busy indicator: reading has no meaningful percentage
+        self.progress.setVisible(False)
+        self.info = QLabel("No CT loaded.")
+        self.info.setWordWrap(True)
+        self.info.setStyleSheet("font-family: monospace")
+
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.open_nifti_button)
+        buttons.addWidget(self.open_dicom_button)
+        form = QFormLayout()
+        form.addRow("Window", self.window_combo)
+        layout = QVBoxLayout(self)
+        layout.addLayout(buttons)
+        layout.addWidget(self.open_labels_button)
+        layout.addLayout(form)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.info)
+        layout.addStretch(1)
+
+        self.open_nifti_button.clicked.connect(self._open_nifti_dialog)
+        self.open_dicom_button.clicked.connect(self._open_dicom_dialog)
+        self.open_labels_button.clicked.connect(self._open_labels_dialog)
+        self.window_combo.currentTextChanged.connect(self.set_window)
+
+    # --- dialogs (kept small so tests call load / load_labels directly) -----------------------
+
+    def _open_nifti_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open CT (NIfTI)", "", NIFTI_FILTER)
+        if path:
+            self.load(path)
+
+    def _open_dicom_dialog(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open DICOM series folder")
+        if path:
+            self.load(path)
+
+    def _open_labels_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open labels (NIfTI)", "", NIFTI_FILTER)
+        if path:
+            self.load_labels(path)
+
+    # --- actions ------------------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """True while a file is being read."""
+        return bool(self._workers)
+
+    def current_ct_layer(self) -> Image | None:
+        """The selected CT image layer, else the most recently added one."""
+        active = self.viewer.layers.selection.active
+        if is_ct_layer(active):
+            return active
+        candidates = [layer for layer in self.viewer.layers if is_ct_layer(layer)]
+        return candidates[-1] if candidates else None
+
+    def load(self, path: str | Path):
+        """Read a NIfTI file or DICOM folder in a worker and add it as a CT image layer."""
+        return self._start(_read_image, str(path), self.window_combo.currentText())
+
+    def load_labels(self, path: str | Path):
+        """Read a label file, check it against the current CT's grid, add it as labels."""
+        image = self.current_ct_layer()
+        if image is None:
+            show_error("Open labels: open the CT first; the labels are checked against its grid")
+            return None
+        return self._start(_read_labels, str(path), reference_volume(image), image)
+
+    def set_window(self, name: str) -> None:
+        """Apply the CT window ``name`` to the current CT image layer."""
+        layer = self.current_ct_layer()
+        if layer is not None and name in CT_WINDOWS:
+            layer.contrast_limits = CT_WINDOWS[name]
+
+    # --- worker plumbing ----------------------------------------------------------------------
+
+    def _start(self, function, *args):
+        # Connecting "errored" here also stops napari from re-raising the error in the event loop.
+        worker = create_worker(
+            function,
+            *args,
+            _start_thread=False,
+            _connect={"returned": self._add_layer, "errored": self._report_error},
+        )
+        self._workers.add(worker)
+        worker.finished.connect(lambda: self._finish(worker))
+        self.progress.setVisible(True)
+        self._set_buttons_enabled(False)
+        worker.start()
+        return worker
+
+    def _finish(self, worker) -> None:
+        self._workers.discard(worker)
+        if not self._workers:
+            self.progress.setVisible(False)
+            self._set_buttons_enabled(True)
+
+    def _set_buttons_enabled(self, enabled: bool) -> None:
+        for button in (self.open_nifti_button, self.open_dicom_button, self.open_labels_button):
+            button.setEnabled(enabled)
+
+    def _add_layer(self, result: tuple[LayerDataTuple, str]) -> None:
+        (data, kwargs, kind), text = result
+        try:
+            layer = self.viewer.add_layer(Layer.create(data, kwargs, kind))
+        except Exception as exc:  # a layer napari refuses must not take the viewer down
+            self._report_error(exc)
+            return
+        self.viewer.layers.selection.active = layer
+        if kind == "image":
+            self.viewer.reset_view()
+        self.info.setText(text)
+        show_info(f"Opened {layer.name}: {' x '.join(str(n) for n in data.shape)} voxels")
+
+    def _report_error(self, exc: Exception) -> None:
+        show_error(str(exc))

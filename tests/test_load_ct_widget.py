@@ -1,0 +1,89 @@
+"""Load CT widget in a real viewer: real CT, DICOM, labels, windows, and errors as notifications."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_dsms._widgets.load_ct import LoadCTWidget
+from src_models.windows import CT_WINDOWS
+
+NIH_SCALE = (1.0, 0.859375, 0.859375)
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def widget(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    widget = LoadCTWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return widget
+
+
+def wait(widget, qtbot) -> None:
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
+
+
+def test_load_nifti_then_labels_and_windows(widget, qtbot, nih_ct, nih_label):
+    viewer = widget.viewer
+    widget.load(nih_ct)
+    wait(widget, qtbot)
+    [image] = viewer.layers
+    assert image.data.shape == (101, 512, 512)
+    assert tuple(image.scale) == pytest.approx(NIH_SCALE)
+    assert tuple(image.translate) == pytest.approx((-184.0, -439.140625, 0.0))
+    assert tuple(image.contrast_limits) == CT_WINDOWS["abdomen"]
+    assert np.asarray(image.metadata["affine"])[0, 0] == pytest.approx(-0.859375)
+    assert "512 x 512 x 101" in widget.info.text() and "LAS" in widget.info.text()
+
+    widget.load_labels(nih_label)
+    wait(widget, qtbot)
+    labels = viewer.layers[-1]
+    assert labels.data.shape == image.data.shape
+    assert tuple(labels.scale) == tuple(image.scale)
+    assert tuple(labels.translate) == tuple(image.translate)
+    assert np.count_nonzero(labels.data == 1) == 78329
+    assert 40 < np.median(image.data[labels.data == 1]) < 160
+    # the pancreas label reads "pancreas" under the cursor
+    z, y, x = np.argwhere(labels.data == 1)[0]
+    world = np.asarray(image.data_to_world((z, y, x)))
+    assert "pancreas" in str(labels.get_status(world, world=True))
+
+    widget.window_combo.setCurrentText("bone")
+    assert tuple(image.contrast_limits) == CT_WINDOWS["bone"]
+
+
+def test_load_dicom_folder(widget, qtbot, nih_dicom):
+    widget.load(nih_dicom)
+    wait(widget, qtbot)
+    [image] = widget.viewer.layers
+    assert image.data.shape == (24, 512, 512)
+    assert tuple(image.scale) == pytest.approx(NIH_SCALE)
+    assert image.translate[0] == pytest.approx(-146.0)
+    assert "Pancreas" in widget.info.text()
+
+
+def test_errors_become_notifications(widget, qtbot, tmp_path, monkeypatch):
+    messages = []
+    monkeypatch.setattr("napari_dsms._widgets.load_ct.show_error", messages.append)
+    widget.load(tmp_path / "absent.nii.gz")
+    wait(widget, qtbot)
+    assert messages and "absent.nii.gz" in messages[0]
+    assert len(widget.viewer.layers) == 0
+    widget.load_labels(tmp_path / "label.nii.gz")  # no CT yet
+    assert "open the CT first" in messages[-1]
+    assert widget.open_nifti_button.isEnabled()
+
+
+def test_mismatched_labels_refused(widget, qtbot, tmp_path, nih_ct, monkeypatch):
+    messages = []
+    monkeypatch.setattr("napari_dsms._widgets.load_ct.show_error", messages.append)
+    widget.load(nih_ct)
+    wait(widget, qtbot)
+    small = tmp_path / "label.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), str(small))
+    widget.load_labels(small)
+    wait(widget, qtbot)
+    assert "shape" in messages[-1] and "label.nii.gz" in messages[-1]
+    assert len(widget.viewer.layers) == 1
