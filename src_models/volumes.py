@@ -292,10 +292,15 @@ def _check_output_path(path: Path, reference: Volume) -> None:
     if reference.source:
         source = Path(reference.source).resolve()
         target = path.resolve()
-        if target == source or source in target.parents:
+        if target == source:
             raise VolumeError(
                 f"{path}: refusing to overwrite the source CT {reference.source}; "
                 "choose another file name"
+            )
+        if source in target.parents:
+            raise VolumeError(
+                f"{path}: refusing to write into the source DICOM folder {reference.source} "
+                "(it would become part of the series); choose another folder"
             )
 
 

@@ -25,7 +25,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from src_models import VolumeError, read_volume
+from src_models import VolumeError, read_labels, read_volume, write_labels
 from src_models.orientation import to_canonical
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -329,3 +329,18 @@ def test_real_dicom_equals_nifti_crop(nih_dicom, nih_ct):
         np.testing.assert_allclose(dicom.affine @ [i, j, 0, 1], nifti.affine @ [i, j, 38, 1])
     assert dicom.info["series_description"] == "Pancreas"
     assert "PANCREAS_0001" not in repr(dicom.info)
+
+
+def test_labels_written_on_a_dicom_grid_read_back(tmp_path):
+    a = np.deg2rad(17.0)
+    orientation = (np.cos(a), np.sin(a), 0.0, -np.sin(a), np.cos(a), 0.0)
+    write_series(tmp_path / "s", orientation, n=4, step=1.3)
+    volume = read_volume(tmp_path / "s")
+    labels = (volume.array % 3).astype(np.uint8)
+    with pytest.raises(VolumeError, match="into the source DICOM folder"):
+        write_labels(tmp_path / "s" / "labels.nii.gz", labels, volume)
+    out = write_labels(tmp_path / "labels.nii.gz", labels, volume)
+    again = read_labels(out, reference=volume)  # float32 NIfTI affine within tolerance
+    np.testing.assert_array_equal(again.array, labels)
+    header = nib.load(str(out)).header
+    assert (int(header["qform_code"]), int(header["sform_code"])) == (1, 1)

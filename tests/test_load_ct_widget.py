@@ -5,6 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+from test_dicom import pattern, write_series, write_slice
 
 from napari_dsms._widgets.load_ct import LoadCTWidget
 from src_models.windows import CT_WINDOWS
@@ -87,3 +88,17 @@ def test_mismatched_labels_refused(widget, qtbot, tmp_path, nih_ct, monkeypatch)
     wait(widget, qtbot)
     assert "shape" in messages[-1] and "label.nii.gz" in messages[-1]
     assert len(widget.viewer.layers) == 1
+
+
+def test_several_series_named_in_a_warning(widget, qtbot, tmp_path, monkeypatch):
+    warnings_shown = []
+    monkeypatch.setattr("napari_dsms._widgets.load_ct.show_warning", warnings_shown.append)
+    write_series(tmp_path, n=5)
+    for k in range(2):
+        write_slice(tmp_path / f"other{k}.dcm", pattern(0, 8, 8), (0, 0, 3.0 * k), series_uid="7.7")
+    widget.load(tmp_path)
+    wait(widget, qtbot)
+    assert widget.viewer.layers[0].data.shape == (5, 12, 16)
+    assert (
+        warnings_shown and "largest" in warnings_shown[0] and "Abdomen portal" in warnings_shown[0]
+    )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image, Layer
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -160,7 +160,11 @@ class LoadCTWidget(QWidget):
             function,
             *args,
             _start_thread=False,
-            _connect={"returned": self._add_layer, "errored": self._report_error},
+            _connect={
+                "returned": self._add_layer,
+                "errored": self._report_error,
+                "warned": self._report_warning,  # e.g. which DICOM series of several was read
+            },
         )
         self._workers.add(worker)
         worker.finished.connect(lambda: self._finish(worker))
@@ -194,3 +198,6 @@ class LoadCTWidget(QWidget):
 
     def _report_error(self, exc: Exception) -> None:
         show_error(str(exc))
+
+    def _report_warning(self, warning: tuple) -> None:
+        show_warning(str(warning[0]))
