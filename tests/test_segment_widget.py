@@ -1,0 +1,194 @@
+"""Segment dock widget: layers with the CT's geometry, cancel, no overwrite of edited labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from napari.layers import Image, Labels
+
+from napari_dsms._layers import image_layer_data
+from napari_dsms._widgets import _worker
+from napari_dsms._widgets.segment import SegmentWidget
+from src_models import build_model
+from src_models.checkpoints import save_checkpoint
+from src_models.devices import available_devices
+from src_models.phantom import make_phantom
+from src_models.volumes import Volume, read_volume
+
+PREPROCESSING = {"hu_window": [0.0, 255.0], "spacing_mm": 3.0}
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, monkeypatch) -> Path:
+    """A user model folder with tiny DSMSC and U-Net checkpoints."""
+    folder = tmp_path / "models"
+    monkeypatch.setenv("DSMS_MODEL_DIR", str(folder))
+    torch.manual_seed(0)
+    for arch in ("dsmsc_unet", "unet"):
+        model = build_model(arch, width=4, depth=2)
+        save_checkpoint(folder / f"tiny_{arch}.pt", model, preprocessing=PREPROCESSING)
+    return folder
+
+
+def _phantom_layer(viewer, slices: int = 6) -> Image:
+    image, _ = make_phantom(seed=2, shape=(48, 40, slices), spacing=(3.0, 3.0, 3.0))
+    data, kwargs, _ = image_layer_data(image, name="phantom")
+    return viewer.add_image(data, **kwargs)
+
+
+def _widget(viewer, model_dir: Path, arch: str = "dsmsc_unet") -> SegmentWidget:
+    widget = SegmentWidget(viewer)
+    assert widget.select_checkpoint(model_dir / f"tiny_{arch}.pt")
+    widget.device_combo.setCurrentText("cpu")
+    return widget
+
+
+def _run(qtbot, widget: SegmentWidget) -> Labels:
+    with qtbot.waitSignal(widget.segmented, timeout=TIMEOUT_MS) as blocker:
+        widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    return blocker.args[0]
+
+
+def _assert_same_geometry(layer, image: Image) -> None:
+    assert layer.data.shape == image.data.shape
+    np.testing.assert_allclose(layer.scale, image.scale)
+    np.testing.assert_allclose(layer.translate, image.translate)
+    np.testing.assert_array_equal(layer.metadata["affine"], image.metadata["affine"])
+    assert layer.metadata["source"] == image.metadata["source"]
+
+
+def test_segmenting_the_phantom_adds_editable_labels_and_reconstruction(
+    make_napari_viewer, qtbot, model_dir
+):
+    viewer = make_napari_viewer()
+    image = _phantom_layer(viewer)
+    widget = _widget(viewer, model_dir)
+    labels = _run(qtbot, widget)
+
+    assert labels.name == "phantom pancreas/tumour" and labels.data.dtype == np.uint8
+    _assert_same_geometry(labels, image)
+    prediction = labels.metadata["prediction"]
+    np.testing.assert_array_equal(prediction, labels.data)
+    assert not np.shares_memory(prediction, labels.data)
+    assert labels.metadata["model"]["arch"] == "dsmsc_unet"
+    assert Path(labels.metadata["model"]["checkpoint"]).name == "tiny_dsmsc_unet.pt"
+    assert viewer.layers.selection.active is labels
+    assert labels.selected_label == 1 and labels.mode == "paint"
+    assert labels.colormap.map(np.array([1]))[0, 3] > 0  # fixed pancreas colour, opaque
+
+    reconstruction = viewer.layers["phantom reconstruction"]
+    error = viewer.layers["phantom reconstruction error"]
+    for layer in (reconstruction, error):
+        assert isinstance(layer, Image)
+        _assert_same_geometry(layer, image)
+    assert not error.visible
+    assert 0 <= float(reconstruction.data.min()) and float(reconstruction.data.max()) <= 1
+    assert "mL" in widget.readout.text() and "cpu" in widget.readout.text()
+    assert [layer.name for layer in viewer.layers][-1] == labels.name
+    assert widget.image_combo.count() == 1  # result layers are not offered as inputs
+
+
+def test_a_second_run_never_overwrites_edited_labels(make_napari_viewer, qtbot, model_dir):
+    viewer = make_napari_viewer()
+    _phantom_layer(viewer)
+    widget = _widget(viewer, model_dir, arch="unet")
+    first = _run(qtbot, widget)
+    again = _run(qtbot, widget)
+    assert again is first  # unedited: data replaced in place
+    assert "phantom reconstruction" not in viewer.layers  # U-Net has no decoder
+
+    edited = first.data.copy()
+    edited[2, 5:9, 5:9] = 2
+    first.data = edited
+    second = _run(qtbot, widget)
+    assert second is not first and second.name == "phantom pancreas/tumour (2)"
+    np.testing.assert_array_equal(first.data, edited)
+    np.testing.assert_array_equal(second.data, second.metadata["prediction"])
+
+
+def test_cancel_stops_between_batches_and_adds_no_layer(make_napari_viewer, qtbot, model_dir):
+    viewer = make_napari_viewer()
+    _phantom_layer(viewer, slices=40)
+    widget = _widget(viewer, model_dir)
+    widget.batch_spin.setValue(1)
+    seen = []
+
+    def cancel_after_first(value):
+        seen.append(value)
+        if value[0] >= 1:
+            widget.cancel()
+
+    widget.run()
+    widget.worker.yielded.connect(cancel_after_first)
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert seen and seen[-1][0] < 40
+    assert [type(layer) for layer in viewer.layers] == [Image]
+    assert "Cancelled" in widget.readout.text()
+    assert widget.run_button.isEnabled()
+
+
+def test_failures_become_notifications(make_napari_viewer, qtbot, model_dir, monkeypatch):
+    shown = []
+    monkeypatch.setattr(_worker, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    _phantom_layer(viewer)
+    widget = _widget(viewer, model_dir)
+    (model_dir / "tiny_dsmsc_unet.pt").write_bytes(b"damaged after it was chosen")
+    widget.run()
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert len(shown) == 1 and "tiny_dsmsc_unet.pt" in shown[0]
+    assert len(viewer.layers) == 1
+    bogus = model_dir / "bogus.pt"
+    bogus.write_text("not a checkpoint")
+    assert widget.select_checkpoint(bogus) is False
+    assert len(shown) == 2
+
+
+def test_menus_follow_the_viewer_and_the_model_folder(make_napari_viewer, model_dir):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    assert widget.image_combo.count() == 0 and not widget.run_button.isEnabled()
+    image = _phantom_layer(viewer)
+    assert widget.image_combo.currentText() == "phantom"
+    image.name = "renamed"
+    assert widget.image_combo.currentText() == "renamed"
+
+    widget.arch_combo.setCurrentText("drs_unet")
+    assert "restoration decoder" in widget.arch_label.text()
+    assert widget.checkpoint is None and not widget.run_button.isEnabled()
+    torch.manual_seed(0)
+    new = save_checkpoint(
+        model_dir / "fine_tuned.pt",
+        build_model("drs_unet", width=4, depth=2),
+        preprocessing=PREPROCESSING,
+    )
+    widget.refresh_checkpoints()
+    assert Path(widget.checkpoint) == new and widget.run_button.isEnabled()
+    widget.arch_combo.setCurrentText("unet")
+    assert "no restoration decoder" in widget.arch_label.text()
+    assert Path(widget.checkpoint).name == "tiny_unet.pt"
+
+    assert [widget.device_combo.itemText(i) for i in range(widget.device_combo.count())] == (
+        available_devices()
+    )
+    viewer.layers.remove(image)
+    assert widget.image_combo.count() == 0
+
+
+def test_real_ct_keeps_its_geometry(make_napari_viewer, qtbot, model_dir, nih_ct):
+    ct = read_volume(nih_ct)
+    affine = ct.affine.copy()
+    affine[:3, 3] = ct.affine[:3, :3] @ [0, 0, 40] + ct.affine[:3, 3]
+    crop = Volume(ct.array[:, :, 40:44], affine, source=str(nih_ct), description="NIH 0001")
+    viewer = make_napari_viewer()
+    data, kwargs, _ = image_layer_data(crop, name="nih")
+    image = viewer.add_image(data, **kwargs)
+    widget = _widget(viewer, model_dir, arch="unet")
+    labels = _run(qtbot, widget)
+    _assert_same_geometry(labels, image)
+    assert labels.data.shape == (4, 512, 512)
