@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from nibabel.orientations import io_orientation
 from scipy import ndimage
 
 from . import __version__
-from .metrics import STRUCTURES, case_metrics, volume_ml
+from .checkpoints import load_checkpoint, save_checkpoint
+from .metrics import STRUCTURES, volume_ml
+from .training import TrainEvent, fine_tune
 
 #: Share of the corrected slices kept out of fine-tuning to measure Dice before and after.
 HOLDOUT_FRACTION = 0.2
@@ -359,7 +362,133 @@ def fine_tuned_path(model_dir: str | Path, base_checkpoint: str | Path, image: s
     return model_dir / f"{stem}{max(taken, default=0) + 1}.pt"
 
 
-def holdout_dice(prediction: np.ndarray, reference: np.ndarray) -> dict[str, float]:
-    """Dice of pancreas (incl. tumour) and tumour on held-out slices, for before/after reports."""
-    result = case_metrics(prediction, reference)
-    return {name: round(m.dice, 4) for name, m in result.items()}
+#: Keys :func:`~src_models.checkpoints.save_checkpoint` stamps itself; a base checkpoint's
+#: values must not pass for the fine-tuned model's own.
+_STAMP_KEYS = ("date", "code_version", "torch_version")
+
+
+@dataclass(frozen=True)
+class FineTuneReport:
+    """Outcome of :func:`learn_from_corrections`.
+
+    Attributes
+    ----------
+    checkpoint
+        The new checkpoint.
+    base_checkpoint
+        The checkpoint fine-tuned from; never modified.
+    steps, elapsed_s
+        Optimiser steps done and seconds spent.
+    metrics_before, metrics_after
+        Figures on the held-out slices (``dice_pancreas``, ``dice_tumour``, ...) before and
+        after, at model resolution; empty without held-out slices.
+    """
+
+    checkpoint: Path
+    base_checkpoint: Path
+    steps: int
+    elapsed_s: float
+    metrics_before: dict[str, float] = field(default_factory=dict)
+    metrics_after: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line for the widget and the log."""
+        text = f"saved {self.checkpoint.name}: {self.steps} steps in {self.elapsed_s:.0f} s"
+        if self.metrics_before and self.metrics_after:
+            text += (
+                f"; held-out pancreas Dice {self.metrics_before['dice_pancreas']:.3f} -> "
+                f"{self.metrics_after['dice_pancreas']:.3f}"
+            )
+        return text
+
+
+def learn_from_corrections(
+    checkpoint: str | Path,
+    images_hu: np.ndarray,
+    labels: np.ndarray,
+    spacing_yx: Sequence[float] | None,
+    *,
+    output: str | Path,
+    holdout_images: np.ndarray | None = None,
+    holdout_labels: np.ndarray | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    steps: int | None = None,
+    time_budget_s: float | None = None,
+    device: str = "auto",
+    seed: int = 0,
+) -> Generator[TrainEvent, None, FineTuneReport]:
+    """Fine-tune a copy of ``checkpoint`` on corrected slices and save it as a new file.
+
+    A generator for a worker thread: it yields the training events of
+    :func:`~src_models.training.fine_tune` (loss per step, held-out figures before and after)
+    and returns a :class:`FineTuneReport`. Closing it (Cancel) stops between two steps and saves
+    nothing. The base checkpoint is loaded afresh, so the model the viewer is using is never
+    touched, and it is never overwritten: the result goes to ``output`` (atomically), which
+    must not exist.
+
+    Parameters
+    ----------
+    checkpoint
+        Base checkpoint file or model name.
+    images_hu, labels
+        (N, H, W) canonical slices in HU and their corrected labels.
+    spacing_yx
+        In-plane spacing in mm.
+    output
+        New checkpoint file (:func:`fine_tuned_path` gives a free versioned name).
+    holdout_images, holdout_labels
+        Held-out corrected slices, measured before and after.
+    provenance
+        Facts about the corrections (source image, slice indices) stored in the checkpoint
+        under ``provenance["fine_tune"]``.
+    steps, time_budget_s
+        Stop after this many steps or seconds, whichever first (training's defaults if both
+        are ``None``).
+    device, seed
+        As for :func:`~src_models.training.fine_tune`.
+
+    Raises
+    ------
+    FileExistsError
+        ``output`` exists (it could be a model someone relies on).
+    """
+    output = Path(output)
+    if output.exists():
+        raise FileExistsError(f"{output}: already exists; fine-tuned models never replace one")
+    model, meta = load_checkpoint(checkpoint)
+    base_path = Path(meta["path"])
+    events = fine_tune(
+        model,
+        meta,
+        images_hu,
+        labels,
+        spacing_yx,
+        steps=steps,
+        time_budget_s=time_budget_s,
+        device=device,
+        seed=seed,
+        val_images_hu=holdout_images,
+        val_labels=holdout_labels,
+    )
+    try:
+        result = yield from events
+    finally:
+        events.close()  # on cancel: fine_tune's own clean-up releases accelerator memory
+    base = {k: v for k, v in result.meta.get("provenance", {}).items() if k not in _STAMP_KEYS}
+    record = {**base.get("fine_tune", {}), **dict(provenance or {})}
+    record["base_checkpoint"] = str(base_path)
+    saved = save_checkpoint(
+        output,
+        result.model,
+        preprocessing=result.meta["preprocessing"],
+        provenance={**base, "fine_tune": record},
+        metrics=result.metrics_after or dict(meta.get("metrics", {})),
+    )
+    return FineTuneReport(
+        saved,
+        base_path,
+        result.steps,
+        result.elapsed_s,
+        dict(result.metrics_before),
+        dict(result.metrics_after),
+    )

@@ -1,0 +1,336 @@
+"""Review & fine-tune widget on the real NIH CT: find corrections, clean up, export, fine-tune."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from napari_dsms._layers import image_layer_data, labels_layer_data
+from napari_dsms._widgets.review import ReviewWidget
+from napari_dsms._widgets.segment import SegmentWidget
+from src_models import build_model, load_checkpoint, save_checkpoint
+from src_models.inference import segment_to_completion
+from src_models.orientation import to_canonical
+from src_models.preprocessing import DEFAULT_PREPROCESSING
+from src_models.volumes import Volume, read_labels, read_volume
+
+#: Source z range of the crop: 20 slices through the pancreas of patient 0001.
+CROP = slice(36, 56)
+#: Canonical slices (of the crop) painted with the manual reference as "corrections".
+CORRECTED = [2, 4, 6, 8, 10, 12, 14, 16]
+
+
+@functools.lru_cache(maxsize=1)
+def _cropped_arrays(ct_path: str, label_path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """HU, labels and affine of 20 slices of the real CT (read once per test session)."""
+    ct = read_volume(ct_path)
+    labels = read_labels(label_path, ct)
+    affine = ct.affine.copy()
+    affine[:3, 3] += affine[:3, 2] * CROP.start
+    return ct.array[:, :, CROP].copy(), labels.array[:, :, CROP].copy(), affine
+
+
+def _tiny_model() -> torch.nn.Module:
+    """The same width-4 DRS U-Net every time (seeded), so its prediction can be cached."""
+    torch.manual_seed(0)
+    return build_model("drs_unet", width=4, depth=2)
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_prediction(ct_path: str, label_path: str) -> np.ndarray:
+    """Canonical labels of the tiny model on the crop (segmented once per test session)."""
+    hu, _, affine = _cropped_arrays(ct_path, label_path)
+    model = _tiny_model()
+    model.eval()
+    meta = {"preprocessing": DEFAULT_PREPROCESSING}
+    result = segment_to_completion(Volume(hu, affine), model, meta, device="cpu")
+    return np.array(to_canonical(result.labels, affine)[0])
+
+
+@pytest.fixture
+def case(tmp_path, monkeypatch, nih_ct, nih_label):
+    """The cropped CT written as a file, its reference labels, and a tiny model folder."""
+    hu, reference, affine = _cropped_arrays(str(nih_ct), str(nih_label))
+    ct_path = tmp_path / "ct.nii"
+    nib.save(nib.Nifti1Image(hu, affine), ct_path)
+    models = tmp_path / "models"
+    monkeypatch.setenv("DSMS_MODEL_DIR", str(models))
+    checkpoint = save_checkpoint(
+        models / "tiny.pt",
+        _tiny_model(),
+        preprocessing=DEFAULT_PREPROCESSING,
+        provenance={"purpose": "test"},
+    )
+    prediction = _cached_prediction(str(nih_ct), str(nih_label))
+    return {
+        "ct": ct_path,
+        "reference": reference,
+        "affine": affine,
+        "checkpoint": checkpoint,
+        "prediction": prediction,
+    }
+
+
+def _open(viewer, case) -> tuple:
+    """Add the CT and a prediction layer built the way the Segment widget builds it."""
+    volume = read_volume(case["ct"])
+    data, kwargs, _ = image_layer_data(volume, name="ct")
+    image = viewer.add_image(data, **kwargs)
+    prediction = case["prediction"]
+    data, kwargs, _ = labels_layer_data(prediction.copy(), image, name="ct pancreas/tumour")
+    kwargs["metadata"].update(
+        prediction=prediction.copy(),
+        model={"arch": "drs_unet", "checkpoint": str(case["checkpoint"])},
+    )
+    labels = viewer.add_labels(data, **kwargs)
+    reference = np.asarray(to_canonical(case["reference"], case["affine"])[0])
+    return image, labels, reference
+
+
+def _correct(labels, reference) -> None:
+    """Paint the manual reference into the chosen slices, as a radiologist would."""
+    for k in CORRECTED:
+        labels.data[k] = reference[k]
+    labels.events.data(value=labels.data)
+
+
+@pytest.fixture
+def widget_and_layers(make_napari_viewer, qtbot, case):
+    viewer = make_napari_viewer()
+    image, labels, reference = _open(viewer, case)
+    widget = ReviewWidget(viewer)
+    qtbot.addWidget(widget)
+    return widget, viewer, image, labels, reference
+
+
+def test_finds_exactly_the_corrected_slices_and_navigates(widget_and_layers):
+    widget, viewer, image, labels, reference = widget_and_layers
+    assert widget.image_layer is image and widget.labels_layer is labels
+    assert widget.edited_slices() == []
+    _correct(labels, reference)
+    widget.refresh_status()
+    assert widget.edited_slices() == CORRECTED
+    widget.go_to_slice(0)
+    assert widget.current_slice() == 0
+    assert widget.next_edited() == 2 and widget.current_slice() == 2
+    assert widget.next_edited() == 4
+    assert widget.previous_edited() == 2
+    widget.go_to_slice(16)
+    assert widget.next_edited() is None and widget.current_slice() == 16
+    foreground = np.flatnonzero(np.asarray(labels.data).reshape(20, -1).any(axis=1))
+    widget.go_to_slice(0)
+    expected = [int(s) for s in foreground if s > 0]
+    assert widget.next_foreground() == (expected[0] if expected else None)
+    assert "mL" in widget.volumes_label.text()
+
+    # an edit reverted by hand is no longer an edit
+    labels.data[2] = labels.metadata["prediction"][2]
+    widget.refresh_status()
+    assert widget.edited_slices() == CORRECTED[1:]
+
+
+def test_reviewed_slices_visibility_and_brush(widget_and_layers):
+    widget, viewer, image, labels, reference = widget_and_layers
+    widget.go_to_slice(5)
+    widget.toggle_reviewed()
+    widget.go_to_slice(7)
+    widget.toggle_reviewed()
+    assert labels.metadata["reviewed"] == [5, 7]
+    assert widget.reviewed_list.count() == 2
+    widget.toggle_reviewed()
+    assert widget.reviewed_slices() == [5]
+
+    widget.show_pancreas.setChecked(False)
+    colours = labels.colormap.map(np.array([1, 2]))
+    assert colours[0][3] == 0 and colours[1][3] > 0
+    widget.show_pancreas.setChecked(True)
+    assert labels.colormap.map(np.array([1]))[0][3] > 0
+
+    before = np.array(labels.data)
+    widget.paint_tumour()
+    assert labels.selected_label == 2 and labels.mode == "paint"
+    assert labels.brush_size == round(6.0 / image.scale[-1])
+    widget.erase()
+    assert labels.mode == "erase"
+    widget.paint_pancreas()
+    assert labels.selected_label == 1
+    np.testing.assert_array_equal(labels.data, before)  # helpers never touch the labels
+
+
+def test_clean_up_keeps_largest_component_and_is_one_undo_step(widget_and_layers):
+    widget, viewer, image, labels, reference = widget_and_layers
+    labels.data[:] = 0
+    labels.data[5:9, 200:230, 200:240] = 1
+    labels.data[6:8, 210:215, 210:215] = 2
+    labels.data[15, 10:14, 10:14] = 1  # island
+    labels.data[6, 205, 205] = 2  # tumour island inside the pancreas
+    before = np.array(labels.data)
+    changed = widget.clean_up()
+    assert changed == 16 + 1
+    assert labels.data[15].sum() == 0 and labels.data[6, 205, 205] == 1
+    labels.undo()  # napari's own undo (Ctrl+Z) reverts the whole clean-up
+    np.testing.assert_array_equal(labels.data, before)
+    widget.clean_up()
+    assert widget.undo_clean_up()
+    np.testing.assert_array_equal(labels.data, before)
+
+
+def test_metrics_between_model_output_and_corrected_labels(widget_and_layers):
+    widget, viewer, image, labels, reference = widget_and_layers
+    labels.data[:] = reference
+    widget.refresh_status()
+    assert widget.prediction_combo.variant() == "prediction"
+    assert widget.reference_combo.layer() is labels
+    widget.go_to_slice(10)
+    result = widget.compute_metrics()
+    from src_models.metrics import case_metrics
+
+    expected = case_metrics(labels.metadata["prediction"], reference)
+    assert result["volume"]["pancreas"].dice == pytest.approx(expected["pancreas"].dice)
+    assert result["slice"]["pancreas"] == case_metrics(
+        labels.metadata["prediction"][10], reference[10], image.scale[1:]
+    )["pancreas"]
+    assert "Dice" in widget.metrics_label.text()
+
+
+def test_export_is_bit_exact_on_the_source_grid_with_sidecar(widget_and_layers, case, tmp_path):
+    widget, viewer, image, labels, reference = widget_and_layers
+    _correct(labels, reference)
+    widget.go_to_slice(3)
+    widget.toggle_reviewed()
+    target = tmp_path / "out" / "corrected.nii.gz"
+    target.parent.mkdir()
+    written = widget.export_labels(target)
+    assert written == target
+    saved = nib.load(target)
+    np.testing.assert_array_equal(np.asarray(saved.dataobj), _source_grid(labels.data, case))
+    np.testing.assert_allclose(saved.affine, case["affine"], atol=1e-4)
+    sidecar = json.loads((tmp_path / "out" / "corrected.json").read_text())
+    assert sidecar["edited_slices"]["canonical"] == CORRECTED
+    assert sidecar["edited_slices"]["source"] == CORRECTED  # LAS file: z index = canonical
+    assert sidecar["reviewed_slices"]["canonical"] == [3]
+    assert sidecar["source_image"] == str(case["ct"])
+    assert sidecar["model"]["checkpoint"] == str(case["checkpoint"])
+    assert sidecar["volumes_ml"]["pancreas"] > 0
+
+    # an existing file is replaced only when the user agrees
+    asked: list[Path] = []
+    widget._confirm_replace = lambda path: asked.append(path) or False
+    first = np.asarray(saved.dataobj).copy()
+    labels.data[0, 0, 0] = 0 if labels.data[0, 0, 0] else 1
+    assert widget.export_labels(target) is None and asked == [target]
+    np.testing.assert_array_equal(np.asarray(nib.load(target).dataobj), first)
+    # the source CT is never overwritten
+    widget._confirm_replace = lambda path: True
+    assert widget.export_labels(case["ct"]) is None
+    assert nib.load(case["ct"]).get_data_dtype() == np.int16
+
+
+def test_export_reconstruction_needs_a_drs_layer(widget_and_layers, case, tmp_path):
+    widget, viewer, image, labels, reference = widget_and_layers
+    assert widget.export_reconstruction(tmp_path / "r.nii.gz") is None
+    recon = np.random.default_rng(0).random(image.data.shape).astype(np.float16)
+    viewer.add_image(
+        recon, name="ct reconstruction", metadata=dict(image.metadata), scale=image.scale,
+        translate=image.translate,
+    )
+    written = widget.export_reconstruction(tmp_path / "r.nii.gz")
+    saved = nib.load(written)
+    np.testing.assert_array_equal(
+        np.asarray(saved.dataobj), _source_grid(recon, case).astype(np.float32)
+    )
+    assert json.loads((tmp_path / "r.json").read_text())["kind"] == "reconstruction"
+
+
+def _source_grid(canonical: np.ndarray, case) -> np.ndarray:
+    from src_models.orientation import from_canonical
+
+    return from_canonical(np.asarray(canonical), case["affine"])
+
+
+def _wait_idle(qtbot, widget, timeout_ms: int = 120_000) -> None:
+    qtbot.waitUntil(lambda: not widget.is_busy, timeout=timeout_ms)
+
+
+def test_fine_tune_on_corrections_saves_a_new_listed_checkpoint(widget_and_layers, qtbot, case):
+    widget, viewer, image, labels, reference = widget_and_layers
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="Segment")
+    _correct(labels, reference)
+    widget.refresh_status()
+    assert Path(widget.checkpoint_combo.currentData()) == case["checkpoint"]
+    widget.steps_spin.setValue(30)
+    widget.budget_spin.setValue(0)
+    before = np.array(labels.data)
+    with qtbot.waitSignal(widget.fine_tuned, timeout=120_000) as saved:
+        worker = widget.fine_tune()
+        assert worker is not None and widget.is_busy
+    _wait_idle(qtbot, widget)
+    path = saved.args[0]
+    assert path == case["checkpoint"].parent / "tiny-ft-ct-v1.pt"
+    assert widget.last_checkpoint == path
+    losses = widget.loss_plot.values
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])  # the loss goes down
+    model, meta = load_checkpoint(path)
+    record = meta["provenance"]["fine_tune"]
+    assert record["base_checkpoint"] == str(case["checkpoint"])
+    assert sorted(record["slices"] + record["holdout_slices"]) == CORRECTED
+    assert len(record["holdout_slices"]) == 2 and record["steps"] == 30
+    assert set(meta["metrics"]) >= {"dice_pancreas"}
+    listed = [widget.checkpoint_combo.itemData(i) for i in range(widget.checkpoint_combo.count())]
+    assert str(path) in listed
+    np.testing.assert_array_equal(labels.data, before)  # fine-tuning never edits labels
+    assert "Dice" in widget.fine_tune_label.text()
+
+    # the Segment widget lists and selects the new model at once, and re-segments with it
+    assert Path(segment.checkpoint).resolve() == path.resolve()
+    assert widget.resegment_button.isEnabled()
+    with qtbot.waitSignal(segment.segmented, timeout=60_000) as segmented:
+        widget.resegment_button.click()
+    qtbot.waitUntil(lambda: not segment.running, timeout=10_000)
+    new_layer = segmented.args[0]
+    assert new_layer is not labels and new_layer.metadata["model"]["checkpoint"] == str(path)
+    assert widget.prediction_combo.layer() is new_layer
+    assert widget.reference_combo.layer() is labels
+    assert widget.labels_layer is labels
+    np.testing.assert_array_equal(labels.data, before)
+
+
+def test_cancel_keeps_the_base_model_and_the_labels(widget_and_layers, qtbot, case):
+    widget, viewer, image, labels, reference = widget_and_layers
+    _correct(labels, reference)
+    widget.refresh_status()
+    widget.steps_spin.setValue(500)
+    before = np.array(labels.data)
+    worker = widget.fine_tune()
+    worker.yielded.connect(lambda event: widget.cancel_fine_tune())
+    _wait_idle(qtbot, widget)
+    assert widget.last_checkpoint is None
+    assert sorted(p.name for p in case["checkpoint"].parent.glob("*.pt")) == ["tiny.pt"]
+    assert Path(widget.checkpoint_combo.currentData()) == case["checkpoint"]
+    assert "cancelled" in widget.fine_tune_label.text()
+    np.testing.assert_array_equal(labels.data, before)
+    assert widget.fine_tune_button.isEnabled()
+
+
+def test_fine_tune_refuses_when_there_is_nothing_to_learn(widget_and_layers, qtbot, case):
+    widget, viewer, image, labels, reference = widget_and_layers
+    assert widget.fine_tune() is None
+    assert "no corrected slices" in widget.fine_tune_label.text()
+    labels.metadata["prediction"][3, 100:110, 100:110] = 1
+    labels.data[:] = 0  # edits that erase everything leave nothing to learn
+    widget.refresh_status()
+    assert widget.fine_tune() is None
+    assert "no pancreas" in widget.fine_tune_label.text()
+    other = viewer.add_labels(np.zeros((5, 8, 8), np.uint8), name="other")
+    widget.labels_combo.select(other)
+    assert widget.fine_tune() is None
+    assert "another image" in widget.fine_tune_label.text()
+    assert not widget.is_busy
