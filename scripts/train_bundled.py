@@ -1,0 +1,157 @@
+"""Train the five bundled checkpoints (``src_models/weights/<arch>.pt``) and evaluate them.
+
+The bundled models are trained on the little real CT this project may redistribute: the 2D
+slice sets of NIH Pancreas-CT patients (``nih-pancreas-slices``) plus seeded phantoms (the only
+source of tumour labels). Patients are held out for an honest measurement: a few slice-set
+patients for checkpoint selection (validation), more for the test figures, and the one full
+volume (``nih-pancreas-0001``) entirely, so its Dice is an unseen-patient 3D figure.
+
+Each architecture trains for a fixed wall-time budget (the learning-rate schedule follows the
+clock), so the whole run ends on time however busy the machine is. Example::
+
+    python scripts/train_bundled.py \\
+        --slices ../shared/data/nih-pancreas-slices --volume ../shared/data/nih-pancreas-0001 \\
+        --work-dir /tmp/dsms-bundled --out-dir src_models/weights
+
+Weights are stored as float16 (about 4 MB for width 12) and load into float32 models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from src_models.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+from src_models.data import cache_case, find_cases, phantom_cases, write_split  # noqa: E402
+from src_models.preprocessing import DEFAULT_PREPROCESSING  # noqa: E402
+from src_models.registry import ARCHITECTURES  # noqa: E402
+from src_models.training import TrainConfig, train  # noqa: E402
+
+#: Training order: the default model first, so it gets its budget even if the run is cut short.
+ORDER = ("dsmsc_unet", "unet", "fcn", "drs_unet", "kcmdrs_unet")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", required=True, type=Path, help="folder of *.npz slice sets")
+    parser.add_argument("--volume", required=True, type=Path, help="held-out full-volume case")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "src_models" / "weights")
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/dsms-bundled"))
+    parser.add_argument("--archs", nargs="+", default=list(ORDER), choices=ARCHITECTURES)
+    parser.add_argument("--minutes-default", type=float, default=20.0, help="dsmsc_unet budget")
+    parser.add_argument("--minutes-other", type=float, default=11.0, help="budget of the others")
+    parser.add_argument("--width", type=int, default=12)
+    parser.add_argument("--phantoms", type=int, default=6)
+    parser.add_argument("--val-patients", type=int, default=3)
+    parser.add_argument("--test-patients", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-training", action="store_true", help="only evaluate")
+    return parser.parse_args()
+
+
+def make_split(slice_ids: list[str], volume_id: str, phantom_ids: list[str], args) -> dict:
+    """Hold out slice-set patients (fixed seed) and the full volume; phantoms always train."""
+    order = [slice_ids[i] for i in np.random.default_rng(args.seed).permutation(len(slice_ids))]
+    test = sorted(order[: args.test_patients]) + [volume_id]
+    val = sorted(order[args.test_patients : args.test_patients + args.val_patients])
+    train_ids = sorted(order[args.test_patients + args.val_patients :]) + phantom_ids
+    return {"seed": args.seed, "train": train_ids, "val": val, "test": test}
+
+
+def export_half(source: Path, target: Path, extra: dict) -> Path:
+    """Re-save a checkpoint with float16 weights (half the size; loads into float32 models)."""
+    model, meta = load_checkpoint(source)
+    model.half()
+    return save_checkpoint(
+        target,
+        model,
+        preprocessing=meta["preprocessing"],
+        provenance={**meta["provenance"], **extra, "weights_dtype": "float16"},
+        metrics=meta["metrics"],
+    )
+
+
+def main() -> int:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    slice_cases = find_cases(args.slices)
+    volume_case = find_cases(args.volume)[0]
+    phantoms = phantom_cases(args.phantoms, seed=1000 + args.seed)
+    split = make_split(
+        [c.patient_id for c in slice_cases],
+        volume_case.patient_id,
+        [c.patient_id for c in phantoms],
+        args,
+    )
+    split_file = write_split(args.out_dir / "bundled-split.json", split)
+    print(f"split: {len(split['train'])} train, val {split['val']}, test {split['test']}")
+
+    if not args.skip_training:
+        all_cases = {c.patient_id: c for c in [*slice_cases, *phantoms]}
+        started = time.perf_counter()
+        cached_train = [cache_case(all_cases[p], DEFAULT_PREPROCESSING) for p in split["train"]]
+        cached_val = [cache_case(all_cases[p], DEFAULT_PREPROCESSING) for p in split["val"]]
+        print(f"cached in {time.perf_counter() - started:.0f} s", flush=True)
+        for arch in args.archs:
+            minutes = args.minutes_default if arch == "dsmsc_unet" else args.minutes_other
+            config = TrainConfig(
+                arch=arch,
+                width=args.width,
+                steps=100_000,
+                batch_size=4,
+                lr=2e-3,
+                patch_size=160,
+                val_every=40,
+                time_budget_s=minutes * 60,
+                loss="dice_bce",
+                seed=args.seed,
+                device="cpu",
+                amp="off",
+                log_csv=str(args.work_dir / f"{arch}.csv"),
+                threads=args.threads,
+            )
+            provenance = {
+                "data": ["nih-pancreas-slices (NIH Pancreas-CT, TCIA, CC BY 3.0)"],
+                "phantoms": args.phantoms,
+                "split_file": split_file.name,
+                "test_patients": split["test"],
+                "hardware": f"CPU, {args.threads} threads (shared machine)",
+            }
+            work = args.work_dir / f"{arch}.pt"
+            events = train(config, cached_train, cached_val, work, provenance=provenance)
+            for event in events:
+                if event.kind == "step" and event.step % 20 == 0:
+                    print(
+                        f"{arch} step {event.step} {event.elapsed_s:.0f}s lr {event.lr:.2e} "
+                        f"loss {event.losses['loss']:.4f}",
+                        flush=True,
+                    )
+                elif event.kind == "validation":
+                    print(f"{arch} step {event.step} val {event.metrics}", flush=True)
+                elif event.kind == "done":
+                    print(f"{arch} done: {event.step} steps {event.elapsed_s:.0f}s", flush=True)
+            export_half(work, args.out_dir / f"{arch}.pt", {"bundled": True})
+
+    from src_models.commands.evaluate import evaluate_to_files
+
+    models = [str(args.out_dir / f"{arch}.pt") for arch in ORDER]
+    slice_test = [c for c in slice_cases if c.patient_id in set(split["test"])]
+    evaluate_to_files(models, slice_test, args.work_dir / "table-slices.md", names=list(ORDER))
+    evaluate_to_files(models, [volume_case], args.work_dir / "table-volume.md", names=list(ORDER))
+    print(json.dumps(split), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

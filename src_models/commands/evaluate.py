@@ -1,0 +1,217 @@
+"""``dsms evaluate``: the paper's Table 1 (Dice, PPV, sensitivity; one column per model).
+
+Every case is segmented with the inference engine (:func:`~src_models.inference.segment`, what
+``dsms predict`` and the Segment widget run) and scored on its own voxel grid with
+:mod:`src_models.metrics`; each case weighs the same in the mean. A 2D slice set counts as one
+case (its slices pooled), so a patient with 11 slices weighs as much as one with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import Case, find_cases, load_case, read_split, select
+from ..metrics import METRICS, STRUCTURES, StructureMetrics, case_metrics, summarise
+from ..preprocessing import FALLBACK_SPACING_MM
+
+#: Column titles of the paper's Table 1 for the bundled architecture names.
+PAPER_NAMES: dict[str, str] = {
+    "fcn": "FCN",
+    "unet": "U-Net",
+    "drs_unet": "DRS U-Net",
+    "kcmdrs_unet": "KCMDRS U-Net",
+    "dsmsc_unet": "DSMSC U-Net",
+}
+_ROW_NAMES = {"dice": "Dice", "ppv": "PPV", "sensitivity": "Sensitivity"}
+_TITLES = {"pancreas": "Pancreas (including tumour)", "tumour": "Tumour"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, action="append", metavar="DIR",
+                        help="data folder (as for dsms train); repeat to mix")  # fmt: skip
+    parser.add_argument("--models", required=True, nargs="+", metavar="MODEL",
+                        help="bundled model names or checkpoint files")  # fmt: skip
+    parser.add_argument("--out", metavar="TABLE.md",
+                        help="also write the table there, with .csv and .json beside")  # fmt: skip
+    parser.add_argument("--split", metavar="FILE", help="evaluate only the split's test patients")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+
+
+class _CanonicalVolume:
+    """A case's slices, already canonical, as a volume for the inference engine.
+
+    The affine maps (slice, row, column) to (S, P, L) at the case's spacing (2D slice sets:
+    :data:`FALLBACK_SPACING_MM` in-plane), so :func:`~src_models.orientation.to_canonical`
+    leaves the slices as they are and the engine resamples them exactly as training cached them.
+    """
+
+    def __init__(self, array: np.ndarray, spacing: Sequence[float]) -> None:
+        self.array = array
+        sz, sy, sx = (float(v) for v in spacing)
+        self.affine = np.array(
+            [[0, 0, -sx, 0], [0, -sy, 0, 0], [sz, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64
+        )
+        self.source = ""
+
+
+def predict_case(
+    case: Case, model: Any, meta: dict[str, Any], device: str = "auto"
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """(prediction, reference, spacing) of one labelled case, in the canonical layout."""
+    from ..inference import segment_to_completion
+
+    arrays = load_case(case)
+    if arrays.labels is None:
+        raise ValueError(f"{case.case_id}: evaluation needs labels")
+    spacing = arrays.spacing or (1.0, FALLBACK_SPACING_MM, FALLBACK_SPACING_MM)
+    volume = _CanonicalVolume(arrays.image_hu, spacing)
+    result = segment_to_completion(volume, model, meta, device=device, reconstruct=False)
+    return result.canonical_labels, arrays.labels, spacing
+
+
+def evaluate(
+    models: Sequence[str],
+    cases: Sequence[Case],
+    device: str = "auto",
+    names: Sequence[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score every model on every case.
+
+    Returns
+    -------
+    dict
+        ``{"models": [column names], "cases": [ids], "per_case": {model: {case: {structure:
+        {dice, ppv, ...}}}}, "summary": {model: {structure: {metric: {mean, std, cases,
+        cases_with_structure}}}}}``, JSON-able.
+    """
+    from ..checkpoints import load_checkpoint
+
+    names = list(names) if names else [_column_name(m) for m in models]
+    if len(set(names)) != len(names):
+        names = [f"{n} ({m})" for n, m in zip(names, models, strict=True)]
+    loaded = [load_checkpoint(m) for m in models]  # fail early on a bad model name or file
+    scores: dict[str, dict[str, dict[str, StructureMetrics]]] = {name: {} for name in names}
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(cases) * len(models), disable=not progress, file=sys.stderr, unit="case")
+    for case in cases:
+        for name, (model, meta) in zip(names, loaded, strict=True):
+            prediction, reference, spacing = predict_case(case, model, meta, device)
+            scores[name][case.case_id] = case_metrics(prediction, reference, spacing)
+            bar.update()
+    bar.close()
+    summary = {}
+    for name in names:
+        table = summarise(scores[name].values())
+        summary[name] = {s: {m: vars(table[s][m]) for m in METRICS} for s in STRUCTURES}
+    per_case = {
+        name: {case: {s: m.as_dict() for s, m in by_structure.items()}
+               for case, by_structure in scores[name].items()}
+        for name in names
+    }  # fmt: skip
+    return {
+        "models": names,
+        "checkpoints": [meta["path"] for _, meta in loaded],
+        "cases": [c.case_id for c in cases],
+        "per_case": per_case,
+        "summary": summary,
+    }
+
+
+def _column_name(model: str) -> str:
+    stem = Path(model).name.removesuffix(".pt")
+    return PAPER_NAMES.get(stem, stem)
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """Table 1 as Markdown: per structure, rows Dice / PPV / Sensitivity, one column per model."""
+    names = result["models"]
+    lines = []
+    for structure in STRUCTURES:
+        first = result["summary"][names[0]][structure]["dice"]
+        lines.append(
+            f"**{_TITLES[structure]}**: mean over {first['cases']} cases, "
+            f"{first['cases_with_structure']} of which contain it"
+            + ("" if first["cases_with_structure"] else " (figures only check false positives)")
+        )
+        lines.append("")
+        lines.append("| | " + " | ".join(names) + " |")
+        lines.append("|---|" + "---:|" * len(names))
+        for metric in METRICS:
+            values = [result["summary"][n][structure][metric]["mean"] for n in names]
+            lines.append(
+                f"| {_ROW_NAMES[metric]} | " + " | ".join(f"{v:.4f}" for v in values) + " |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def csv_table(result: dict[str, Any]) -> str:
+    """Long-format CSV: model, structure, metric, mean, std, cases, cases_with_structure."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        ["model", "structure", "metric", "mean", "std", "cases", "cases_with_structure"]
+    )
+    for name in result["models"]:
+        for structure in STRUCTURES:
+            for metric in METRICS:
+                s = result["summary"][name][structure][metric]
+                writer.writerow([name, structure, metric, f"{s['mean']:.6f}", f"{s['std']:.6f}",
+                                 s["cases"], s["cases_with_structure"]])  # fmt: skip
+    return buffer.getvalue()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def evaluate_to_files(
+    models: Sequence[str],
+    cases: Sequence[Case],
+    out: str | os.PathLike[str] | None,
+    *,
+    names: Sequence[str] | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run :func:`evaluate`, print the Markdown table and write ``out`` (+ .csv, .json) if given."""
+    result = evaluate(models, cases, device=device, names=names, progress=progress)
+    table = markdown_table(result)
+    print(table)
+    if out is not None:
+        out = Path(out)
+        _write_atomic(out.with_suffix(".csv"), csv_table(result))
+        _write_atomic(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
+        _write_atomic(out, table + "\n")
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    cases = [case for folder in args.data for case in find_cases(folder)]
+    if args.split:
+        cases = select(cases, read_split(args.split), "test")
+        if not cases:
+            raise ValueError(f"{args.split}: none of its test patients is in the given data")
+    evaluate_to_files(args.models, cases, args.out, device=args.device)
+    return 0

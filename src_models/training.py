@@ -1,0 +1,800 @@
+"""Training and fine-tuning as generators that yield progress events.
+
+:func:`train` (the ``dsms train`` command, ``torchrun`` included) and :func:`fine_tune` (the
+napari Review widget) run the same loop: AdamW, linear warm-up then cosine decay, gradient
+accumulation (the paper's trick for small memory), mixed precision, and validation Dice with the
+functions of :mod:`src_models.metrics`. Being generators, they let a caller show progress and
+stop between two steps by closing the generator; a checkpoint on disk is only ever replaced
+atomically (:func:`~src_models.checkpoints.save_checkpoint`), so stopping never corrupts one.
+
+Event format (:class:`TrainEvent`): ``kind`` is ``"step"`` after every optimiser step,
+``"validation"`` after every validation and ``"done"`` last; ``step`` / ``total_steps`` give the
+progress, ``losses`` the loss terms of the step, ``lr`` the learning rate, ``metrics`` the
+validation figures (``dice_pancreas``, ``ppv_pancreas``, ``sensitivity_pancreas``,
+``dice_tumour``, ..., and ``best_dice_pancreas``), and ``checkpoint`` the file written (on the
+final event: the best checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from .data import Augmentation, CachedCase, SliceSampler, cache_arrays
+from .devices import release_memory, resolve_device
+from .losses import build_loss
+from .metrics import METRICS, STRUCTURES, case_metrics, summarise
+from .preprocessing import DEFAULT_PREPROCESSING, labels_from_logits
+from .registry import build_model
+
+#: Columns of the CSV log, one row per optimiser step (validation columns empty between).
+LOG_COLUMNS: tuple[str, ...] = (
+    "step",
+    "elapsed_s",
+    "lr",
+    "loss",
+    "segmentation",
+    "reconstruction",
+    *(f"val_{m}_{s}" for s in STRUCTURES for m in METRICS),
+)
+
+#: Suffix of the resumable training state written beside the checkpoint (not ``.pt``, so the
+#: model menus, which list ``*.pt``, never offer it as a model).
+STATE_SUFFIX = ".train-state"
+
+#: Final learning rate as a fraction of the peak at the end of the cosine decay.
+FINAL_LR_FRACTION = 0.01
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (saved in the checkpoint's provenance).
+
+    Attributes
+    ----------
+    arch, width
+        Architecture (:data:`~src_models.registry.ARCHITECTURES`) and base width of a new model;
+        ignored when the model comes from a checkpoint (``init``, ``resume``).
+    steps
+        Optimiser steps (each of ``batch_size * accumulate`` patches per process).
+    batch_size, accumulate
+        Patches per forward pass, and forward passes per optimiser step.
+    lr, weight_decay, warmup_fraction
+        AdamW peak learning rate and weight decay; linear warm-up over this fraction of the run,
+        then cosine decay to :data:`FINAL_LR_FRACTION` of the peak.
+    patch_size
+        Side of the square training patches at model resolution (pixels).
+    val_every
+        Validate (and keep the best checkpoint) every this many steps, and at the end.
+    time_budget_s
+        Stop after this many seconds even before ``steps``; the learning-rate schedule follows
+        whichever of steps and time is further along, so a budgeted run still anneals.
+    loss
+        ``"bce"`` (the paper's) or ``"dice_bce"`` (:mod:`src_models.losses`).
+    seed
+        Seeds weights, sampling and augmentation: the same seed gives the same run (without a
+        time budget, on the same device).
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
+    amp
+        ``"auto"`` (bf16 on GPUs that have it, else fp16 with loss scaling; float32 on CPU and
+        MPS), ``"off"``, ``"bf16"`` or ``"fp16"``.
+    channels_last
+        Use the NHWC memory layout (faster convolutions on CPUs and tensor cores).
+    augmentation
+        Random transforms (:class:`~src_models.data.Augmentation`).
+    foreground_fraction
+        Share of patches drawn from slices that contain pancreas.
+    preprocessing
+        HU window and in-plane spacing of a new model; a checkpoint's own preprocessing wins.
+    log_csv
+        CSV file for the losses and validation figures (``None``: no log).
+    threads
+        CPU threads for torch (``None``: leave torch's default).
+    """
+
+    arch: str = "dsmsc_unet"
+    width: int = 16
+    steps: int = 2000
+    batch_size: int = 8
+    accumulate: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    patch_size: int = 192
+    val_every: int = 200
+    time_budget_s: float | None = None
+    loss: str = "bce"
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool = True
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    foreground_fraction: float = 0.7
+    preprocessing: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_PREPROCESSING))
+    log_csv: str | None = None
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able record for checkpoints."""
+        record = asdict(self)
+        record["augmentation"] = asdict(self.augmentation)
+        record["preprocessing"] = dict(self.preprocessing)
+        return record
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """One progress report of :func:`train` or :func:`fine_tune` (see the module doc)."""
+
+    kind: str
+    step: int
+    total_steps: int
+    elapsed_s: float
+    lr: float = 0.0
+    losses: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` returns (also the content of its final event).
+
+    Attributes
+    ----------
+    checkpoint
+        The best checkpoint (by validation pancreas Dice).
+    steps
+        Optimiser steps done in total (including those before a resume).
+    elapsed_s
+        Training time in seconds (including before a resume).
+    best_metrics
+        Validation figures of the best checkpoint.
+    """
+
+    checkpoint: Path
+    steps: int
+    elapsed_s: float
+    best_metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class FineTuneResult:
+    """What :func:`fine_tune` returns.
+
+    Attributes
+    ----------
+    model
+        The fine-tuned model (the one passed in, updated in place), on the CPU, in eval mode.
+    meta
+        Metadata for :func:`~src_models.checkpoints.save_checkpoint`: the input's, with the
+        fine-tuning recorded under ``provenance["fine_tune"]``.
+    steps, elapsed_s
+        Steps done and seconds spent.
+    metrics_before, metrics_after
+        Figures on the held-out slices before and after (empty without held-out slices).
+    checkpoint
+        The saved file when ``out`` was given, else ``None``.
+    """
+
+    model: nn.Module
+    meta: dict[str, Any]
+    steps: int
+    elapsed_s: float
+    metrics_before: dict[str, float]
+    metrics_after: dict[str, float]
+    checkpoint: Path | None
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def lr_factor(progress: float, warmup_fraction: float) -> float:
+    """Learning-rate multiplier at ``progress`` in [0, 1]: linear warm-up, then cosine decay."""
+    progress = min(max(progress, 0.0), 1.0)
+    if warmup_fraction > 0 and progress < warmup_fraction:
+        return max(progress / warmup_fraction, 1e-3)
+    span = max(1.0 - warmup_fraction, 1e-9)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * (progress - warmup_fraction) / span))
+    return FINAL_LR_FRACTION + (1.0 - FINAL_LR_FRACTION) * cosine
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``amp`` on ``device``; ``None`` runs in float32."""
+    if amp not in ("auto", "off", "bf16", "fp16"):
+        raise ValueError(f"unknown amp mode {amp!r}: use auto, off, bf16 or fp16")
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _dist() -> tuple[int, int, int]:
+    """(rank, world size, local rank), initialising the process group under ``torchrun``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+@torch.no_grad()
+def predict_cached(
+    model: nn.Module,
+    case: CachedCase,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """Labels (N, h, w) of a cached case's slices at model resolution (validation)."""
+    was_training = model.training
+    model.eval()
+    labels = np.empty(case.labels.shape, dtype=np.uint8)
+    for start in range(0, len(case.images), batch_size):
+        batch = torch.from_numpy(case.images[start : start + batch_size]).to(device)
+        batch = batch.float().div_(255.0)[:, None]
+        with _autocast(device, amp_dtype):
+            logits = model(batch, reconstruct=False).logits
+        labels[start : start + batch_size] = labels_from_logits(logits.float()).cpu().numpy()
+    model.train(was_training)
+    return labels
+
+
+def validate(
+    model: nn.Module,
+    cases: Sequence[CachedCase],
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """Mean Dice, PPV and sensitivity over ``cases`` (each patient weighs the same).
+
+    Computed at model resolution on whole slices: close to, and much cheaper than, the figures
+    of ``dsms evaluate`` on the original grid.
+    """
+    per_case = [case_metrics(predict_cached(model, c, device, amp_dtype), c.labels) for c in cases]
+    summary = summarise(per_case)
+    return {f"{m}_{s}": summary[s][m].mean for s in STRUCTURES for m in METRICS}
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+class _CsvLog:
+    """Append-only CSV of :data:`LOG_COLUMNS`, flushed every row so a crash loses nothing."""
+
+    def __init__(self, path: str | os.PathLike[str], append: bool) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not (append and path.exists())
+        self.handle = open(path, "w" if fresh else "a", newline="")
+        self.writer = csv.DictWriter(self.handle, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+        if fresh:
+            self.writer.writeheader()
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        self.writer.writerow(
+            {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+        )
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+# ---------------------------------------------------------------------------------- loop
+
+
+@dataclass
+class _LoopState:
+    step: int = 0
+    elapsed_s: float = 0.0
+    best_score: float = -1.0
+    best_metrics: dict[str, float] = field(default_factory=dict)
+
+
+class _Loop:
+    """The optimisation loop shared by :func:`train` and :func:`fine_tune`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        sampler: SliceSampler,
+        config: TrainConfig,
+        device: torch.device,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        local_rank: int = 0,
+    ) -> None:
+        self.config = config
+        self.device = device
+        self.rank, self.world = rank, world
+        self.amp_dtype = _amp_dtype(config.amp, device)
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.memory_format = memory_format
+        self.model = model.to(device=device, memory_format=memory_format)
+        self.model.train()
+        if world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [local_rank] if device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.model, device_ids=ids)
+        self.sampler = sampler
+        self.loss_fn = build_loss(config.loss)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scaler = torch.amp.GradScaler(
+            device.type, enabled=self.amp_dtype == torch.float16 and device.type == "cuda"
+        )
+        self.state = _LoopState()
+
+    def progress(self) -> float:
+        """How far the run is, in [0, 1], by steps or by time, whichever is further."""
+        by_steps = self.state.step / max(self.config.steps, 1)
+        budget = self.config.time_budget_s
+        by_time = self.state.elapsed_s / budget if budget else 0.0
+        return max(by_steps, by_time)
+
+    def _synchronised(self, progress: float) -> float:
+        """Rank 0's progress on every rank, so all processes agree on learning rate and stop."""
+        if self.world == 1:
+            return progress
+        import torch.distributed as dist
+
+        value = torch.tensor([progress], dtype=torch.float64, device=self.device)
+        dist.broadcast(value, src=0)
+        return float(value.item())
+
+    def step(self) -> tuple[float, dict[str, float]]:
+        """One optimiser step over ``accumulate`` batches; returns (lr, mean loss terms)."""
+        config = self.config
+        lr = config.lr * lr_factor(self._synchronised(self.progress()), config.warmup_fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        totals: dict[str, float] = {}
+        for micro in range(config.accumulate):
+            images, labels = self.sampler.sample(config.batch_size)
+            images = images.to(self.device, non_blocking=True).contiguous(
+                memory_format=self.memory_format
+            )
+            labels = labels.to(self.device, non_blocking=True)
+            last = micro == config.accumulate - 1
+            sync = contextlib.nullcontext() if last or self.world == 1 else self.model.no_sync()
+            with sync:
+                with _autocast(self.device, self.amp_dtype):
+                    output = self.model(images)
+                terms = self.loss_fn(output, labels, images)
+                self.scaler.scale(terms.total / config.accumulate).backward()
+            for key, value in terms.as_floats().items():
+                totals[key] = totals.get(key, 0.0) + value / config.accumulate
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.state.step += 1
+        return lr, totals
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything :meth:`load_state_dict` needs to continue exactly where this run is."""
+        return {
+            "model": {k: v.detach().cpu() for k, v in _unwrap(self.model).state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "loop": asdict(self.state),
+            "torch_rng": torch.get_rng_state(),
+            "sampler_rng": self.sampler.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (model, optimiser, scaler, step, time, RNGs)."""
+        _unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.state = _LoopState(**state["loop"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.rank == 0:
+            self.sampler.rng.bit_generator.state = state["sampler_rng"]
+
+    def run(
+        self, on_validation: Callable[[], tuple[dict[str, float], Path | None]]
+    ) -> Iterator[TrainEvent]:
+        """Step until ``steps`` or the time budget; call ``on_validation`` every ``val_every``."""
+        config = self.config
+        started = time.perf_counter() - self.state.elapsed_s
+        while True:
+            stop = self.state.step >= config.steps or (
+                config.time_budget_s is not None and self.state.elapsed_s >= config.time_budget_s
+            )
+            if self._synchronised(1.0 if stop else 0.0) >= 1.0:
+                break
+            lr, losses = self.step()
+            self.state.elapsed_s = time.perf_counter() - started
+            yield TrainEvent(
+                "step", self.state.step, config.steps, self.state.elapsed_s, lr, losses
+            )
+            if config.val_every and self.state.step % config.val_every == 0:
+                metrics, saved = on_validation()
+                self.state.elapsed_s = time.perf_counter() - started
+                yield TrainEvent(
+                    "validation", self.state.step, config.steps, self.state.elapsed_s, lr,
+                    metrics=metrics, checkpoint=saved,
+                )  # fmt: skip
+
+
+def _atomic_torch_save(payload: Any, path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def state_path(checkpoint: str | os.PathLike[str]) -> Path:
+    """Where :func:`train` keeps the resumable state of the run that writes ``checkpoint``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name + STATE_SUFFIX)
+
+
+def _initial_model(
+    config: TrainConfig, init: str | os.PathLike[str] | None
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """(model, preprocessing, provenance of the base) for a new run or a fine-tune from ``init``."""
+    if init is None:
+        model = build_model(config.arch, width=config.width)
+        return model, dict(config.preprocessing), {}
+    model, meta = load_checkpoint(init)
+    if meta["arch"] != config.arch:
+        raise CheckpointError(
+            f"{meta['path']}: holds a {meta['arch']!r} model, but --arch is {config.arch!r}"
+        )
+    base = {
+        "init": str(init),
+        "init_path": meta["path"],
+        "init_date": meta["provenance"].get("date"),
+    }
+    return model, dict(meta["preprocessing"]), base
+
+
+def train(
+    config: TrainConfig,
+    train_cases: Sequence[CachedCase],
+    val_cases: Sequence[CachedCase],
+    out: str | os.PathLike[str],
+    *,
+    init: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    provenance: Mapping[str, Any] | None = None,
+) -> Generator[TrainEvent, None, TrainResult]:
+    """Train a model and keep its best checkpoint; a generator of :class:`TrainEvent`.
+
+    Parameters
+    ----------
+    config
+        The run (:class:`TrainConfig`).
+    train_cases, val_cases
+        Cases at model resolution (:func:`~src_models.data.cache_case`), cached with the
+        preprocessing of the model being trained (``config.preprocessing``, or ``init``'s).
+    out
+        The best checkpoint (by validation pancreas Dice) is written here; the resumable state
+        goes to :func:`state_path` ``(out)``.
+    init
+        Bundled model name or checkpoint file to fine-tune from (its architecture must be
+        ``config.arch``; its width and preprocessing win over ``config``).
+    resume
+        Continue the run whose state is at :func:`state_path` ``(out)``: model, optimiser, step,
+        elapsed time and random generators (bit-identical on one process and device).
+    provenance
+        Extra facts for the checkpoint (data folders, split file, ...).
+
+    Yields
+    ------
+    TrainEvent
+        ``"step"`` after every step, ``"validation"`` every ``val_every`` steps and at the end,
+        ``"done"`` last with the best checkpoint. Closing the generator stops the run between
+        steps; the state is then saved for ``resume``, and ``out`` holds the best model so far
+        (or, if nothing was validated yet, the current one).
+
+    Returns
+    -------
+    TrainResult
+        The best checkpoint, steps, time and its validation figures.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process runs this function; gradients are
+    averaged by DistributedDataParallel (gloo on CPU, nccl on CUDA), each process samples its own
+    patches, and only rank 0 validates and writes files.
+    """
+    out = Path(out)
+    rank, world, local_rank = _dist()
+    device = resolve_device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed + rank)
+    model, preprocessing, base = _initial_model(config, init)
+    window = preprocessing["hu_window"]
+    sampler = SliceSampler(
+        train_cases,
+        config.patch_size,
+        float(window[1]) - float(window[0]),
+        config.augmentation,
+        foreground_fraction=config.foreground_fraction,
+        seed=config.seed + 1000 * rank,
+    )
+    loop = _Loop(model, sampler, config, device, rank=rank, world=world, local_rank=local_rank)
+    state_file = state_path(out)
+    if resume:
+        if not state_file.is_file():
+            raise FileNotFoundError(f"{state_file}: no training state to resume from")
+        loop.load_state_dict(torch.load(state_file, map_location="cpu", weights_only=True))
+    record = {
+        **base,
+        **(provenance or {}),
+        "config": config.to_dict(),
+        "train_patients": sorted({c.patient_id for c in train_cases}),
+        "val_patients": sorted({c.patient_id for c in val_cases}),
+        "processes": world,
+        "device": str(device),
+    }
+    log = _CsvLog(config.log_csv, append=resume) if config.log_csv and rank == 0 else None
+    written = out.is_file() and resume
+
+    def save_best(metrics: dict[str, float]) -> None:
+        nonlocal written
+        steps = {"steps": loop.state.step, "elapsed_s": round(loop.state.elapsed_s, 1)}
+        save_checkpoint(
+            out,
+            _unwrap(loop.model),
+            preprocessing=preprocessing,
+            provenance={**record, **steps},
+            metrics=metrics,
+        )
+        written = True
+
+    def on_validation() -> tuple[dict[str, float], Path | None]:
+        if rank != 0:
+            return {}, None
+        metrics = validate(_unwrap(loop.model), val_cases, device, loop.amp_dtype)
+        saved = None
+        if metrics["dice_pancreas"] > loop.state.best_score:
+            loop.state.best_score = metrics["dice_pancreas"]
+            loop.state.best_metrics = dict(metrics)
+            save_best(metrics)
+            saved = out
+        _atomic_torch_save(loop.state_dict(), state_file)
+        metrics["best_dice_pancreas"] = loop.state.best_score
+        if log is not None:
+            log.write({"step": loop.state.step, **{f"val_{k}": v for k, v in metrics.items()}})
+        return metrics, saved
+
+    finished = False
+    try:
+        for event in loop.run(on_validation):
+            if log is not None and event.kind == "step":
+                log.write({"step": event.step, "elapsed_s": event.elapsed_s, "lr": event.lr,
+                           **event.losses})  # fmt: skip
+            yield event
+        if config.val_every == 0 or loop.state.step % config.val_every != 0:
+            metrics, saved = on_validation()
+            yield TrainEvent(
+                "validation", loop.state.step, config.steps, loop.state.elapsed_s,
+                metrics=metrics, checkpoint=saved,
+            )  # fmt: skip
+        finished = True
+    finally:
+        if not finished and rank == 0:
+            _atomic_torch_save(loop.state_dict(), state_file)
+            if not written:
+                save_best(loop.state.best_metrics)
+        if log is not None:
+            log.close()
+        release_memory(device)
+    result = TrainResult(out, loop.state.step, loop.state.elapsed_s, dict(loop.state.best_metrics))
+    yield TrainEvent(
+        "done", result.steps, config.steps, result.elapsed_s,
+        metrics=result.best_metrics, checkpoint=out,
+    )  # fmt: skip
+    return result
+
+
+# ----------------------------------------------------------------------------- fine-tune
+
+#: Fine-tuning defaults measured on 2 CPU cores (see docs/training.md): a few hundred small
+#: steps are what turns a model that misses a new patient into a usable one within minutes.
+FINE_TUNE_DEFAULTS = TrainConfig(
+    steps=150,
+    batch_size=4,
+    lr=3e-4,
+    warmup_fraction=0.05,
+    patch_size=160,
+    val_every=0,
+    loss="dice_bce",
+    time_budget_s=180.0,
+)
+
+
+def fine_tune(
+    model: nn.Module,
+    meta: Mapping[str, Any],
+    images_hu: np.ndarray,
+    labels: np.ndarray,
+    spacing_yx: Sequence[float] | None = None,
+    *,
+    steps: int | None = None,
+    time_budget_s: float | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    val_images_hu: np.ndarray | None = None,
+    val_labels: np.ndarray | None = None,
+    out: str | os.PathLike[str] | None = None,
+    config: TrainConfig | None = None,
+) -> Generator[TrainEvent, None, FineTuneResult]:
+    """Fine-tune ``model`` in place on a few corrected slices; a generator of :class:`TrainEvent`.
+
+    The napari Review widget's entry point: run it in a worker, show ``event.step /
+    event.total_steps``, and close the generator to stop (the model then keeps the weights of
+    the last finished step). The loop, augmentation and preprocessing are those of :func:`train`.
+
+    Parameters
+    ----------
+    model, meta
+        From :func:`~src_models.checkpoints.load_checkpoint`; ``meta["preprocessing"]`` prepares
+        the slices exactly as for inference.
+    images_hu, labels
+        (N, H, W) canonical axial slices in HU and their corrected labels (0/1/2). Slices without
+        any label are kept: they teach the model where the pancreas is not.
+    spacing_yx
+        In-plane spacing in mm of the slices (``None``: unknown, 0.8 mm assumed).
+    steps, time_budget_s
+        Stop after this many steps or seconds, whichever comes first; by default 150 steps or
+        180 s (:data:`FINE_TUNE_DEFAULTS`).
+    device, seed
+        As for :func:`train`.
+    val_images_hu, val_labels
+        Optional held-out slices of the same patient: measured before and after.
+    out
+        Save the fine-tuned model there (atomically) when it finishes.
+    config
+        Full control of the loop; ``steps``, ``time_budget_s``, ``device`` and ``seed`` given
+        explicitly still win.
+
+    Yields
+    ------
+    TrainEvent
+        ``"validation"`` (step 0, only with held-out slices), ``"step"`` per step,
+        ``"validation"`` at the end (held-out slices), ``"done"``.
+
+    Returns
+    -------
+    FineTuneResult
+    """
+    base = config or FINE_TUNE_DEFAULTS
+    budget = (
+        time_budget_s
+        if time_budget_s is not None
+        else (base.time_budget_s if steps is None else None)
+    )
+    config = replace(
+        base,
+        steps=steps if steps is not None else base.steps,
+        time_budget_s=budget,
+        device=device,
+        seed=seed,
+        val_every=0,
+    )
+    preprocessing = dict(meta["preprocessing"])
+    patient = str(meta.get("provenance", {}).get("patient", "fine-tune"))
+    cached = cache_arrays(
+        patient, np.asarray(images_hu), np.asarray(labels), spacing_yx, preprocessing
+    )
+    held_out = None
+    if val_images_hu is not None and val_labels is not None and len(val_images_hu):
+        held_out = cache_arrays(
+            patient, np.asarray(val_images_hu), np.asarray(val_labels), spacing_yx, preprocessing
+        )
+    torch.manual_seed(seed)
+    window = preprocessing["hu_window"]
+    sampler = SliceSampler(
+        [cached],
+        min(config.patch_size, max(cached.images.shape[1:])),
+        float(window[1]) - float(window[0]),
+        config.augmentation,
+        foreground_fraction=config.foreground_fraction,
+        seed=seed,
+    )
+    dev = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    loop = _Loop(model, sampler, config, dev)
+    before: dict[str, float] = {}
+    after: dict[str, float] = {}
+    try:
+        if held_out is not None:
+            before = validate(loop.model, [held_out], dev, loop.amp_dtype)
+            yield TrainEvent("validation", 0, config.steps, 0.0, metrics=before)
+        yield from loop.run(lambda: ({}, None))
+        if held_out is not None:
+            after = validate(loop.model, [held_out], dev, loop.amp_dtype)
+            yield TrainEvent(
+                "validation", loop.state.step, config.steps, loop.state.elapsed_s, metrics=after
+            )
+    finally:
+        model.to("cpu", memory_format=torch.contiguous_format).eval()
+        release_memory(dev)
+    new_meta = copy.deepcopy(dict(meta))
+    new_meta.setdefault("provenance", {})
+    new_meta["provenance"]["fine_tune"] = {
+        "base": meta.get("path"),
+        "slices": int(len(images_hu)),
+        "steps": loop.state.step,
+        "elapsed_s": round(loop.state.elapsed_s, 1),
+        "config": config.to_dict(),
+        "metrics_before": before,
+        "metrics_after": after,
+    }
+    saved = None
+    if out is not None:
+        saved = save_checkpoint(
+            out, model, preprocessing=preprocessing,
+            provenance=new_meta["provenance"], metrics=after or dict(meta.get("metrics", {})),
+        )  # fmt: skip
+    result = FineTuneResult(
+        model, new_meta, loop.state.step, loop.state.elapsed_s, before, after, saved
+    )
+    yield TrainEvent(
+        "done", result.steps, config.steps, result.elapsed_s, metrics=after, checkpoint=saved
+    )
+    return result
+
+
+def run_to_end(events: Generator[TrainEvent, None, Any]) -> Any:
+    """Drain a :func:`train` / :func:`fine_tune` generator and return its result."""
+    while True:
+        try:
+            next(events)
+        except StopIteration as stop:
+            return stop.value
+
+
+def default_threads() -> int:
+    """CPU threads per process: the cores shared among the local ``torchrun`` processes."""
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, (os.cpu_count() or 1) // local)
+
+
+def warn_if_tiny(train_cases: Sequence[CachedCase]) -> None:
+    """Warn when training data holds no pancreas at all (the model would learn nothing)."""
+    if not any(len(c.foreground) for c in train_cases):
+        warnings.warn(
+            "no training slice contains pancreas: the model cannot learn it", stacklevel=2
+        )
