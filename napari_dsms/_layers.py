@@ -94,7 +94,7 @@ def image_layer_data(
 def reference_volume(reference: Any) -> Volume:
     """Geometry-only :class:`Volume` from a Volume, a layer or a layer's metadata dict.
 
-    The array is a zero-size placeholder broadcast to the native shape (no memory): writers and
+    The array is a single zero broadcast to the native shape (no memory): writers and
     checks only need ``shape``, ``affine``, ``source`` and ``info``.
     """
     if isinstance(reference, Volume):
@@ -107,9 +107,9 @@ def reference_volume(reference: Any) -> Volume:
             "open the CT with napari-dsms or create the labels with its widgets"
         )
     shape = tuple(int(n) for n in metadata["shape"])
-    placeholder = np.broadcast_to(np.zeros((), dtype=np.uint8), shape)
+    stand_in = np.broadcast_to(np.zeros((), dtype=np.uint8), shape)
     return Volume(
-        placeholder,
+        stand_in,
         np.asarray(metadata["affine"], dtype=np.float64),
         str(metadata.get("source", "")),
         str(metadata.get("description", "")),

@@ -191,7 +191,7 @@ def _decode(path: Path) -> tuple[pydicom.Dataset, np.ndarray]:
     syntax = ds.file_meta.get("TransferSyntaxUID", None)
     try:
         pixels = ds.pixel_array
-    except Exception as exc:  # pydicom raises RuntimeError / NotImplementedError / ValueError
+    except Exception as exc:  # pydicom raises several error types for undecodable data
         if syntax is not None and syntax.is_compressed:
             raise VolumeError(
                 f"{path}: pixel data is compressed ({syntax.name}) and could not be decoded "
@@ -210,7 +210,7 @@ def _check_decoder(path: Path, ds: pydicom.Dataset) -> None:
 
     try:
         available = get_decoder(syntax).is_available
-    except NotImplementedError:
+    except Exception:  # a transfer syntax pydicom has no decoder class for at all
         available = False
     if not available:
         raise VolumeError(
