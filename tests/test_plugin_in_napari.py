@@ -56,4 +56,4 @@ def test_dock_widgets_can_be_added(make_napari_viewer, widget_name: str) -> None
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, widget_name)
     assert widget_name in dock.name
-    assert widget.isVisible()
+    assert dock.widget() is not None and widget.window() is viewer.window._qt_window
