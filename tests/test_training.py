@@ -1,0 +1,221 @@
+"""Training, resuming, stopping, fine-tuning and the train / evaluate commands, with tiny models."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from src_models.checkpoints import load_checkpoint, save_checkpoint
+from src_models.cli import main
+from src_models.data import cache_case, phantom_cases
+from src_models.registry import build_model
+from src_models.training import (
+    TrainConfig,
+    fine_tune,
+    lr_factor,
+    run_to_end,
+    state_path,
+    train,
+)
+
+#: Coarse grid and resolution that keep a phantom at 90 x 90 pixels per slice.
+PREP = {"hu_window": [0.0, 255.0], "spacing_mm": 4.0}
+GRID = ((64, 64, 8), (5.6, 5.6, 2.5))
+
+
+@pytest.fixture(scope="module")
+def phantoms():
+    return [cache_case(case, PREP) for case in phantom_cases(3, seed=0, grid=GRID)]
+
+
+def _config(**changes) -> TrainConfig:
+    base = TrainConfig(
+        arch="unet", width=4, steps=6, batch_size=2, patch_size=32, val_every=3, lr=3e-3,
+        loss="dice_bce", device="cpu", amp="off", preprocessing=PREP, seed=0,
+    )  # fmt: skip
+    return replace(base, **changes)
+
+
+def test_learning_rate_warms_up_then_decays():
+    assert lr_factor(0.0, 0.1) < lr_factor(0.05, 0.1) < lr_factor(0.1, 0.1) == pytest.approx(1.0)
+    assert lr_factor(0.5, 0.1) > lr_factor(0.9, 0.1) > lr_factor(1.0, 0.1) == pytest.approx(0.01)
+
+
+def test_a_few_steps_reduce_the_loss(phantoms, tmp_path):
+    config = _config(
+        steps=30, batch_size=4, patch_size=48, val_every=0, log_csv=str(tmp_path / "log.csv")
+    )
+    events = list(train(config, phantoms[:2], phantoms[2:], tmp_path / "m.pt"))
+    losses = [e.losses["loss"] for e in events if e.kind == "step"]
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    done = events[-1]
+    assert done.kind == "done" and done.checkpoint == tmp_path / "m.pt"
+    model, meta = load_checkpoint(done.checkpoint)
+    assert meta["preprocessing"]["spacing_mm"] == 4.0
+    assert meta["provenance"]["steps"] == 30
+    assert meta["provenance"]["train_patients"] == ["phantom-0000", "phantom-0001"]
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert rows[0]["step"] == "1" and rows[-1]["val_dice_pancreas"] != ""
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_stop_then_resume_continues_exactly(phantoms, tmp_path):
+    """Closing after step 2 and resuming gives the same weights as one uninterrupted run."""
+    config = _config(steps=4, val_every=2)
+    run_to_end(train(config, phantoms[:1], phantoms[1:2], tmp_path / "full.pt"))
+
+    events = train(config, phantoms[:1], phantoms[1:2], tmp_path / "cut.pt")
+    for event in events:
+        if event.kind == "step" and event.step == 1:
+            break
+    events.close()  # stop between two steps: the state and a usable checkpoint are saved
+    load_checkpoint(tmp_path / "cut.pt")
+    assert torch.load(state_path(tmp_path / "cut.pt"), weights_only=True)["loop"]["step"] == 1
+
+    resumed = list(train(config, phantoms[:1], phantoms[1:2], tmp_path / "cut.pt", resume=True))
+    assert [e.step for e in resumed if e.kind == "step"] == [2, 3, 4]
+    full, cut = (
+        _weights(state_path(tmp_path / "full.pt")),
+        _weights(state_path(tmp_path / "cut.pt")),
+    )
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_resume_without_state_is_refused(phantoms, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no training state"):
+        next(train(_config(), phantoms[:1], phantoms[1:2], tmp_path / "x.pt", resume=True))
+
+
+def test_fine_tune_updates_the_model_in_place(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("unet", width=4)
+    meta = {"preprocessing": PREP, "provenance": {}, "metrics": {}, "path": "base.pt"}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(3, 64, 64)).astype(np.float32)
+    labels = np.zeros((3, 64, 64), dtype=np.uint8)
+    labels[:, 20:40, 20:40] = 1
+    events = fine_tune(
+        model, meta, images[:2], labels[:2], (4.0, 4.0), steps=3, device="cpu",
+        val_images_hu=images[2:], val_labels=labels[2:], out=tmp_path / "tuned.pt",
+    )  # fmt: skip
+    kinds = [event.kind for event in events]
+    assert kinds == ["validation", "step", "step", "step", "validation", "done"]
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    tuned, tuned_meta = load_checkpoint(tmp_path / "tuned.pt")
+    assert tuned_meta["provenance"]["fine_tune"]["steps"] == 3
+    assert tuned_meta["provenance"]["fine_tune"]["slices"] == 2
+
+
+def test_fine_tune_stops_when_closed():
+    model = build_model("unet", width=4)
+    meta = {"preprocessing": PREP, "provenance": {}, "metrics": {}, "path": None}
+    images = np.zeros((2, 40, 40), dtype=np.float32)
+    labels = np.zeros((2, 40, 40), dtype=np.uint8)
+    labels[:, 10:20, 10:20] = 1
+    events = fine_tune(model, meta, images, labels, None, steps=100, device="cpu")
+    assert next(events).step == 1
+    events.close()
+    assert not model.training  # handed back in eval mode, on the CPU
+
+
+def test_train_command_on_phantoms(tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    args = ["train", "--phantoms", "2", "--arch", "unet", "--width", "4", "--steps", "2",
+            "--batch-size", "2", "--patch-size", "32", "--val-every", "1", "--out", str(out),
+            "--log", str(tmp_path / "log.csv"), "--device", "cpu"]  # fmt: skip
+    with pytest.warns(UserWarning, match="validating on the training cases"):
+        assert main(args) == 0
+    assert "best checkpoint" in capsys.readouterr().out
+    model, meta = load_checkpoint(out)
+    assert meta["arch"] == "unet" and meta["provenance"]["phantoms"] == 2
+    assert out.with_suffix(".split.json").is_file()
+
+
+def test_train_command_refuses_bad_input(tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "nope"),
+            "--arch",
+            "unet",
+            "--out",
+            str(tmp_path / "m.pt"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "nope: not a folder" in err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def _constant_model(tmp_path: Path) -> Path:
+    """A checkpoint that calls every pixel pancreas and none tumour: its figures are known."""
+    model = build_model("unet", width=4)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        model.head.bias.copy_(torch.tensor([5.0, -5.0]))
+    return save_checkpoint(
+        tmp_path / "everything.pt", model, preprocessing={"hu_window": [0, 255], "spacing_mm": None}
+    )
+
+
+def test_evaluate_prints_table_one_with_hand_computed_figures(tmp_path, capsys):
+    data = tmp_path / "cases"
+    data.mkdir()
+    reference = {}
+    for name, (pancreas, tumour) in {"a": (40, 0), "b": (90, 10)}.items():
+        labels = np.zeros((10, 10, 4), dtype=np.uint8)
+        labels.reshape(-1)[:pancreas] = 1
+        labels.reshape(-1)[pancreas - tumour : pancreas] = 2
+        reference[name] = (pancreas, tumour)
+        affine = np.diag([1.0, 1.0, 2.0, 1.0])
+        nib.save(
+            nib.Nifti1Image(np.zeros_like(labels, dtype=np.int16), affine),
+            str(data / f"{name}.nii.gz"),
+        )
+        nib.save(nib.Nifti1Image(labels, affine), str(data / f"{name}_label.nii.gz"))
+    checkpoint = _constant_model(tmp_path)
+    table = tmp_path / "table.md"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(data),
+                "--models",
+                str(checkpoint),
+                "--out",
+                str(table),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    # everything predicted pancreas: Dice 2r / (r + 400), PPV r / 400, sensitivity 1
+    dice = np.mean([2 * r / (r + 400) for r, _ in reference.values()])
+    ppv = np.mean([r / 400 for r, _ in reference.values()])
+    assert f"| Dice | {dice:.4f} |" in printed
+    assert f"| PPV | {ppv:.4f} |" in printed
+    assert "| Sensitivity | 1.0000 |" in printed
+    # no tumour predicted: case a (no tumour) scores 1, 1, 1; case b scores 0, 1, 0
+    tumour = printed.split("**Tumour**")[1]
+    assert "| Dice | 0.5000 |" in tumour and "| PPV | 1.0000 |" in tumour
+    assert table.read_text().strip() == printed.strip()
+    rows = list(csv.DictReader(open(table.with_suffix(".csv"))))
+    assert float(rows[0]["mean"]) == pytest.approx(dice, abs=1e-6)
+    assert table.with_suffix(".json").is_file()
