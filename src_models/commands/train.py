@@ -62,7 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--loss", choices=("bce", "dice_bce"), default=defaults.loss)
     parser.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto")
-    parser.add_argument("--log", metavar="CSV", help="CSV log of losses and validation figures")
+    parser.add_argument(
+        "--log-csv",
+        "--log",
+        dest="log",
+        metavar="CSV",
+        help="CSV log of losses and validation figures (under torchrun use --log-csv: torchrun "
+        "takes --log as an abbreviation of its own --log-dir)",
+    )
     parser.add_argument("--threads", type=int, help="CPU threads per process")
 
 
