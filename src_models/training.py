@@ -108,7 +108,7 @@ class TrainConfig:
     """
 
     arch: str = "dsmsc_unet"
-    width: int = 16
+    width: int = 32
     steps: int = 2000
     batch_size: int = 8
     accumulate: int = 1
