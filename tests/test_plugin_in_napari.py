@@ -57,3 +57,13 @@ def test_dock_widgets_can_be_added(make_napari_viewer, widget_name: str) -> None
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, widget_name)
     assert widget_name in dock.name
     assert dock.widget() is not None and widget.window() is viewer.window._qt_window
+
+
+def test_make_demo_opens_the_sample_with_every_widget_docked(make_napari_viewer) -> None:
+    from napari_dsms.demo import WIDGETS, open_demo_viewer
+
+    viewer = open_demo_viewer(viewer=make_napari_viewer())
+    assert {type(layer).__name__ for layer in viewer.layers} == {"Image", "Labels"}
+    docked = " ".join(viewer.window.dock_widgets.keys())
+    for name in WIDGETS:
+        assert name in docked
