@@ -16,15 +16,17 @@ geometry, with its ``metadata`` affine / shape / source).
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_info
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -97,6 +99,20 @@ def volume_of_layer(layer: Image) -> Volume:
     return Volume(data, affine, source="", description=layer.name)
 
 
+#: Modules napari imports the first time a Labels layer is made (its features table and brush):
+#: 0.3 s. Imported when the widget opens, so that the first result does not freeze the viewer
+#: (imported in the worker they hold the GIL and freeze it at the start of the run instead).
+_LAYER_DEPENDENCIES = ("pandas", "skimage.color", "skimage.exposure")
+
+
+def _import_layer_dependencies() -> None:
+    for name in _LAYER_DEPENDENCIES:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # a napari that no longer needs it
+            continue
+
+
 def _segment_job(
     volume: Volume,
     checkpoint: str,
@@ -141,6 +157,9 @@ class SegmentWidget(QWidget):
         self._run_image: Image | None = None
         self._browsed: dict[str, str] = {}  # path -> arch, for files chosen with Browse…
         self._last_checkpoint_index = 0
+        self._steps: list[Callable[[], Any]] = []  # result layers still to add
+        self._result_labels: Labels | None = None
+        _import_layer_dependencies()
 
         self.image_combo = QComboBox()
         self.image_combo.setToolTip("CT image layer to segment")
@@ -316,15 +335,15 @@ class SegmentWidget(QWidget):
             self.select_checkpoint(path)
 
     def _update_run_button(self) -> None:
-        ready = self.worker is None and self.image_layer is not None and bool(self.checkpoint)
+        ready = not self.running and self.image_layer is not None and bool(self.checkpoint)
         self.run_button.setEnabled(ready)
 
     # ------------------------------------------------------------------ running
 
     @property
     def running(self) -> bool:
-        """Whether a segmentation is in progress."""
-        return self.worker is not None
+        """Whether a segmentation is in progress (computing, or adding its layers)."""
+        return self.worker is not None or bool(self._steps)
 
     def run(self) -> None:
         """Segment the chosen image with the chosen checkpoint in a worker thread."""
@@ -374,7 +393,8 @@ class SegmentWidget(QWidget):
 
     def _on_finished(self) -> None:
         self.worker = None
-        self._run_image = None
+        if not self._steps:
+            self._run_image = None
         self.progress_bar.setVisible(False)
         self.cancel_button.setEnabled(False)
         self._update_run_button()
@@ -382,11 +402,14 @@ class SegmentWidget(QWidget):
     # ------------------------------------------------------------------ results
 
     def _on_result(self, returned: tuple[SegmentationResult, dict[str, Any], Any]) -> None:
+        """Queue the result layers, one per turn of the event loop.
+
+        Creating a napari layer costs about 0.1 s in the GUI thread (vispy visual, controls);
+        adding the three or five layers of a run one turn apart keeps every stall that short,
+        and the labels come last, on top and selected.
+        """
         result, meta, error = returned
         image = self._run_image
-        if image is None or image not in self.viewer.layers:
-            report_error(ValueError("the image layer was removed during the run"), "Segment")
-            return
         stats = result.stats
         model = {
             "arch": meta["arch"],
@@ -395,46 +418,89 @@ class SegmentWidget(QWidget):
             "device": stats.device,
             "precision": stats.precision,
         }
+        if image is None or image not in self.viewer.layers:
+            report_error(ValueError("the image layer was removed during the run"), "Segment")
+            return
         geometry = self._geometry(image)
+        steps: list[Callable[[], Any]] = []
         if error is not None:
-            self._put_image(
-                f"{image.name} reconstruction error",
-                error,
-                geometry,
-                role="reconstruction error",
-                colormap="inferno",
-                contrast_limits=ERROR_CONTRAST,
-                visible=False,
+            steps.append(
+                partial(
+                    self._put_image,
+                    f"{image.name} reconstruction error",
+                    error,
+                    geometry,
+                    role="reconstruction error",
+                    colormap="inferno",
+                    contrast_limits=ERROR_CONTRAST,
+                    visible=False,
+                )
             )
-            self._put_image(
-                f"{image.name} reconstruction",
-                result.canonical_reconstruction,
-                geometry,
-                role="reconstruction",
-                colormap="gray",
-                contrast_limits=(0.0, 1.0),
-                visible=False,
+            steps.append(
+                partial(
+                    self._put_image,
+                    f"{image.name} reconstruction",
+                    result.canonical_reconstruction,
+                    geometry,
+                    role="reconstruction",
+                    colormap="gray",
+                    contrast_limits=(0.0, 1.0),
+                    visible=False,
+                )
             )
         if result.canonical_probabilities is not None:
             for channel, what in enumerate(("pancreas", "tumour")):
-                self._put_image(
-                    f"{image.name} {what} probability",
-                    result.canonical_probabilities[..., channel],
-                    geometry,
-                    role=f"{what} probability",
-                    colormap="magma",
-                    contrast_limits=(0.0, 1.0),
-                    blending="additive",
+                steps.append(
+                    partial(
+                        self._put_image,
+                        f"{image.name} {what} probability",
+                        result.canonical_probabilities[..., channel],
+                        geometry,
+                        role=f"{what} probability",
+                        colormap="magma",
+                        contrast_limits=(0.0, 1.0),
+                        blending="additive",
+                    )
                 )
-        labels = self._put_labels(image, result.canonical_labels, model)
+        steps.append(partial(self._put_labels, image, result.canonical_labels, model))
+        steps.append(partial(self._finish_result, image, result, model))
+        self._steps = steps
+        QTimer.singleShot(0, self._next_step)
+
+    def _next_step(self) -> None:
+        if not self._steps:
+            return
+        image = self._run_image
+        if image is None or image not in self.viewer.layers:
+            self._steps = []
+            self._update_run_button()
+            report_error(ValueError("the image layer was removed during the run"), "Segment")
+            return
+        self._steps.pop(0)()
+        if self._steps:
+            QTimer.singleShot(0, self._next_step)
+        else:
+            self._run_image = None
+            self._update_run_button()
+
+    def _finish_result(
+        self, image: Image, result: SegmentationResult, model: dict[str, Any]
+    ) -> None:
+        """Select the new labels for painting (label 1, paint mode) and report the figures."""
+        labels = self._result_labels
+        self.viewer.layers.selection.active = labels
+        labels.selected_label = 1
+        labels.mode = "paint"
+        stats = result.stats
         self.readout.setText(
-            f"{image.name} with {model['name']} ({meta['arch']}):\n"
+            f"{image.name} with {model['name']} ({model['arch']}):\n"
             f"pancreas {stats.pancreas_ml:.1f} mL, tumour {stats.tumour_ml:.1f} mL\n"
             f"{stats.foreground_slices} of {stats.total_slices} slices with foreground\n"
             f"{stats.seconds:.1f} s on {stats.device} ({stats.precision}, "
             f"batch {stats.batch_size})"
         )
         show_info(f"{labels.name}: {stats.summary()}")
+        self._result_labels = None
         self.segmented.emit(labels)
 
     @staticmethod
@@ -471,7 +537,7 @@ class SegmentWidget(QWidget):
             **kwargs,
         )
 
-    def _put_labels(self, image: Image, labels: np.ndarray, model: dict[str, Any]) -> Labels:
+    def _put_labels(self, image: Image, labels: np.ndarray, model: dict[str, Any]) -> None:
         """Add the labels layer, or replace an earlier prediction the user has not edited.
 
         A layer whose data differ from its stored prediction holds manual work: it is left
@@ -490,10 +556,7 @@ class SegmentWidget(QWidget):
             if existing is not None:
                 kwargs["name"] = self._free_name(base)
             layer = self.viewer.add_labels(data, **kwargs)
-        self.viewer.layers.selection.active = layer
-        layer.selected_label = 1
-        layer.mode = "paint"
-        return layer
+        self._result_labels = layer
 
     @staticmethod
     def _unedited(layer: Labels, shape: tuple[int, ...]) -> bool:
