@@ -1,0 +1,326 @@
+"""Inference speed of the five models: engine vs a naive loop, GFLOP/s vs the matmul peak, RSS.
+
+What it measures, all in one run so that the ratios compare like with like:
+
+1. The machine's matmul peak (GFLOP/s) for float32 and for the autocast precision, from a large
+   square matrix product.
+2. For every architecture (the bundled checkpoint when there is one, else fresh weights at
+   ``--width`` with the default preprocessing; the table says which), on the shared CT and on a
+   240-slice volume stacked from it: slices/s of :func:`src_models.inference.segment` (labels
+   only, as ``dsms predict`` runs) and of a naive loop on the same model (batch 1, NCHW,
+   float32, ``torch.no_grad`` instead of ``inference_mode``), with the same pre- and
+   post-processing, over the first ``--naive-slices`` slices.
+3. Achieved GFLOP/s of the engine (model FLOPs of convolutions per slice times slices/s) as a
+   share of the peak of the precision used.
+4. End to end for the default model: ``python -m src_models predict`` on the 240-slice volume in
+   a fresh process: the command's own "from reading to writing" time, the process wall time and
+   its peak RSS (``os.wait4``).
+5. ``--precision-check``: float32 against bfloat16 on the shared CT, speed and label agreement.
+
+Usage::
+
+    .venv/bin/python benchmarks/inference_speed.py [--device cpu|cuda] [--repeats 3]
+        [--models dsmsc_unet unet] [--precision-check] [--markdown OUT.md]
+
+Medians over ``--repeats``; the load average before and after each block is printed, because
+a shared machine's other jobs slow every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from src_models import ARCHITECTURES, build_model
+from src_models.checkpoints import load_checkpoint, save_checkpoint
+from src_models.devices import resolve_device
+from src_models.inference import autocast_dtype, segment_to_completion
+from src_models.orientation import canonical_spacing, to_canonical
+from src_models.preprocessing import (
+    DEFAULT_PREPROCESSING,
+    labels_from_logits,
+    model_size,
+    to_model_input,
+    to_source_size,
+)
+from src_models.volumes import Volume, read_volume
+from src_models.weights import BUNDLED_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CT = REPO.parent / "shared" / "data" / "nih-pancreas-0001" / "ct.nii.gz"
+DEFAULT_MODEL = "dsmsc_unet"
+
+
+def machine(device: torch.device) -> str:
+    """One paragraph describing where the numbers come from."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model n")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    parts = [
+        f"{cpu}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}",
+        f"{memory:.0f} GiB RAM",
+        f"torch {torch.__version__}, Python {platform.python_version()}",
+    ]
+    if device.type == "cuda":
+        parts.insert(0, torch.cuda.get_device_name(device))
+    return "; ".join(parts)
+
+
+def load() -> str:
+    """The 1-minute load average, to show contention next to the timings."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(run: Callable[[], Any], repeats: int, device: torch.device) -> float:
+    """Median wall time of ``run`` after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        synchronise(device)
+        start = time.perf_counter()
+        run()
+        synchronise(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int) -> float:
+    """GFLOP/s of a large square matrix product in ``dtype``: the ceiling convolutions approach."""
+    n = 2048 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    seconds = median_seconds(lambda: torch.mm(a, b), max(repeats, 5), device)
+    return 2 * n**3 / seconds / 1e9
+
+
+def stacked(volume: Volume, slices: int) -> Volume:
+    """``volume`` repeated along its axial axis up to ``slices`` slices (same affine)."""
+    canonical, _ = to_canonical(volume.array, volume.affine)
+    axis = int(np.argmax(np.abs(volume.affine[2, :3])))  # file axis that runs along S
+    reps = -(-slices // canonical.shape[0])
+    array = np.concatenate([volume.array] * reps, axis=axis)
+    index = [slice(None)] * 3
+    index[axis] = slice(0, slices)
+    return Volume(np.ascontiguousarray(array[tuple(index)]), volume.affine, source="stacked")
+
+
+def model_for(arch: str, width: int) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    """The bundled checkpoint of ``arch`` if it exists, else fresh weights at ``width``."""
+    if (BUNDLED_DIR / f"{arch}.pt").is_file():
+        model, meta = load_checkpoint(arch)
+        return model, meta, f"bundled (width {model.config['width']})"
+    torch.manual_seed(0)
+    model = build_model(arch, width=width)
+    meta = {"arch": arch, "preprocessing": dict(DEFAULT_PREPROCESSING)}
+    return model, meta, f"fresh weights (width {width})"
+
+
+def gflop_per_slice(model: torch.nn.Module, size: tuple[int, int]) -> float:
+    """Convolution GFLOP of one labels-only forward pass at the model's slice size."""
+    x = torch.zeros(1, 1, *size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        copy.deepcopy(model).cpu()(x, reconstruct=False)
+    return counter.get_total_flops() / 1e9
+
+
+def naive_slices_per_second(
+    model: torch.nn.Module, volume: Volume, meta: dict[str, Any], slices: int, device: torch.device
+) -> float:
+    """The loop one writes first: a slice at a time, NCHW, float32, under ``no_grad`` only."""
+    naive = copy.deepcopy(model).to(device, memory_format=torch.contiguous_format).eval()
+    canonical, _ = to_canonical(volume.array, volume.affine)
+    spacing = canonical_spacing(volume.affine)[1:]
+    prep = meta["preprocessing"]
+    shape_hw = canonical.shape[1:]
+
+    def run() -> None:
+        with torch.no_grad():
+            for i in range(slices):
+                x = to_model_input(canonical[i : i + 1], spacing, prep).to(device)
+                logits = to_source_size(naive(x).logits, shape_hw)
+                labels_from_logits(logits).cpu().numpy()
+
+    return slices / median_seconds(run, 1, device)
+
+
+def engine_seconds(
+    model: torch.nn.Module,
+    volume: Volume,
+    meta: dict[str, Any],
+    device: torch.device,
+    repeats: int,
+    **kwargs: Any,
+) -> float:
+    def run() -> None:
+        segment_to_completion(volume, model, meta, device=device, reconstruct=False, **kwargs)
+
+    return median_seconds(run, repeats, device)
+
+
+def speed_table(args: argparse.Namespace, device: torch.device, ct: Volume) -> list[str]:
+    dtype = autocast_dtype(device, "auto")
+    precision = str(dtype or torch.float32).removeprefix("torch.")
+    peaks = {"float32": matmul_peak(device, torch.float32, args.repeats)}
+    if dtype is not None:
+        peaks[precision] = matmul_peak(device, dtype, args.repeats)
+    lines = [
+        f"Matmul peak: {', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peaks.items())}; "
+        f"engine precision: {precision}.",
+        "",
+        "| Model | Weights | Slices | GFLOP/slice | Engine slices/s | Naive slices/s | Ratio "
+        f"| Engine GFLOP/s | % of {precision} peak | Load before/after |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    volumes = {n: ct if n == ct.shape[2] else stacked(ct, n) for n in args.slices}
+    for arch in args.models:
+        model, meta, weights = model_for(arch, args.width)
+        spacing = canonical_spacing(ct.affine)[1:]
+        size = model_size(ct.shape[:2], spacing, meta["preprocessing"])
+        gflop = gflop_per_slice(model, size)
+        naive = naive_slices_per_second(model, ct, meta, args.naive_slices, device)
+        for slices, volume in volumes.items():
+            before = load()
+            seconds = engine_seconds(model, volume, meta, device, args.repeats)
+            rate = slices / seconds
+            achieved = gflop * rate
+            lines.append(
+                f"| {arch} | {weights} | {slices} | {gflop:.2f} | {rate:.1f} | {naive:.1f} | "
+                f"{rate / naive:.1f}x | {achieved:.0f} | {100 * achieved / peaks[precision]:.0f} % "
+                f"| {before}/{load()} |"
+            )
+            print(lines[-1], flush=True)
+    return lines
+
+
+def end_to_end(args: argparse.Namespace, ct: Volume, workdir: Path) -> list[str]:
+    """``dsms predict`` on a 240-slice NIfTI in fresh processes: time and peak RSS."""
+    volume = stacked(ct, 240)
+    source = workdir / "ct240.nii.gz"
+    nib.save(nib.Nifti1Image(volume.array, volume.affine), source)
+    model, meta, weights = model_for(DEFAULT_MODEL, args.width)
+    checkpoint = DEFAULT_MODEL
+    if not weights.startswith("bundled"):
+        checkpoint = str(
+            save_checkpoint(
+                workdir / f"{DEFAULT_MODEL}.pt", model, preprocessing=meta["preprocessing"]
+            )
+        )
+    command = [sys.executable, "-m", "src_models", "predict", str(source)]
+    command += ["-o", str(workdir / "labels.nii.gz"), "--model", checkpoint]
+    command += ["--device", args.device]
+    runs = []
+    for _ in range(args.repeats):
+        before = load()
+        start = time.perf_counter()
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        summary = process.stdout.read().strip()
+        process.stdout.close()
+        if status != 0:
+            raise RuntimeError(f"{' '.join(command)} failed with status {status}")
+        inner = float(summary.rsplit(";", 1)[1].split("s from")[0])
+        runs.append((inner, wall, usage.ru_maxrss / 1024, before, load(), summary))
+        print(summary, flush=True)
+    inner, wall, rss = (statistics.median(r[i] for r in runs) for i in range(3))
+    return [
+        f"`{' '.join(['python', *command[1:]])}` ({DEFAULT_MODEL}, {weights}, "
+        f"512 x 512 x 240 .nii.gz, {args.repeats} runs):",
+        "",
+        "| Read to labels written (median) | Process wall (median) | Peak RSS (median) "
+        "| Load before/after |",
+        "| --- | --- | --- | --- |",
+        f"| {inner:.1f} s | {wall:.1f} s | {rss:.0f} MiB | "
+        f"{', '.join(f'{r[3]}/{r[4]}' for r in runs)} |",
+        "",
+        f"Last summary line: `{runs[-1][5]}`",
+    ]
+
+
+def precision_check(args: argparse.Namespace, device: torch.device, ct: Volume) -> list[str]:
+    """float32 vs bfloat16 autocast on the shared CT: speed and how far the labels agree."""
+    model, meta, weights = model_for(DEFAULT_MODEL, args.width)
+    results = {}
+    for precision in ("float32", "bfloat16"):
+        seconds = []
+        for _ in range(args.repeats):
+            result = segment_to_completion(
+                ct, model, meta, device=device, reconstruct=False, precision=precision
+            )
+            seconds.append(result.stats.seconds)
+        results[precision] = (statistics.median(seconds), result.canonical_labels)
+    (t32, l32), (t16, l16) = results["float32"], results["bfloat16"]
+    p32, p16 = l32 > 0, l16 > 0
+    dice = 2 * np.count_nonzero(p32 & p16) / max(1, np.count_nonzero(p32) + np.count_nonzero(p16))
+    differ = np.count_nonzero(l32 != l16)
+    return [
+        f"float32 vs bfloat16 on the shared CT ({DEFAULT_MODEL}, {weights}, {ct.shape[2]} "
+        f"slices, {args.repeats} runs):",
+        "",
+        "| float32 s | bfloat16 s | Speed-up | Voxels differing | Pancreas voxels fp32 / bf16 "
+        "| Dice(bf16, fp32) |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| {t32:.2f} | {t16:.2f} | {t32 / t16:.2f}x | {differ} ({100 * differ / l32.size:.4f} %) "
+        f"| {np.count_nonzero(p32)} / {np.count_nonzero(p16)} | {dice:.4f} |",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
+    parser.add_argument("--slices", type=int, nargs="+", default=[101, 240])
+    parser.add_argument("--naive-slices", type=int, default=8)
+    parser.add_argument("--width", type=int, default=16, help="width of fresh models")
+    parser.add_argument("--ct", type=Path, default=SHARED_CT)
+    parser.add_argument("--skip-speed", action="store_true", help="skip the per-model table")
+    parser.add_argument("--skip-end-to-end", action="store_true")
+    parser.add_argument("--precision-check", action="store_true")
+    parser.add_argument("--markdown", type=Path, help="also write the report to this file")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    ct = read_volume(args.ct)
+    report = [f"Machine: {machine(device)}.", ""]
+    print(report[0], flush=True)
+    if not args.skip_speed:
+        report += speed_table(args, device, ct) + [""]
+    if args.precision_check:
+        report += precision_check(args, device, ct) + [""]
+        print("\n".join(report[-6:]), flush=True)
+    if not args.skip_end_to_end:
+        with tempfile.TemporaryDirectory() as workdir:
+            report += end_to_end(args, ct, Path(workdir)) + [""]
+    text = "\n".join(report)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
