@@ -20,6 +20,7 @@ What happens to a volume
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import time
@@ -389,6 +390,9 @@ class _Runner:
         self.wants_probabilities = probabilities
         self.forward_kwargs = {"reconstruct": reconstruct} if _accepts_reconstruct(model) else {}
         self.asynchronous = device.type == "cuda"
+        # On the CPU the slices go through the training path itself; accelerators receive raw
+        # HU and window them there (see window_on_device).
+        self.window_on_host = device.type == "cpu"
         self.labels = np.empty(canonical.shape, dtype=np.uint8)
         self.reconstruction: np.ndarray | None = None
         self.probabilities = (
@@ -399,7 +403,7 @@ class _Runner:
     def _input(self, start: int, stop: int) -> torch.Tensor:
         """Model input for canonical slices ``start:stop`` on the device, channels_last."""
         hu = self.canonical[start:stop]
-        if self.device.type == "cpu":
+        if self.window_on_host:
             x = to_model_input(hu, self.spacing_yx, self.preprocessing)
         else:
             dtype = hu.dtype if hu.dtype in _DEVICE_INPUT_DTYPES else np.dtype(np.float32)
@@ -410,14 +414,25 @@ class _Runner:
             )
         return x.contiguous(memory_format=torch.channels_last)
 
+    @torch.inference_mode()
     def submit(self, start: int, stop: int) -> _Pending:
         """Run slices ``start:stop`` and start copying the results to the host.
 
         On CUDA the work is only queued: the host prepares the next batch while the GPU computes
-        this one, and :meth:`collect` waits for it.
+        this one, and :meth:`collect` waits for it. Inference mode, autocast and cuDNN's
+        autotuner (every batch has the same shape) are switched on here only, never across the
+        generator's ``yield``, so the caller's thread keeps its own settings.
         """
         x = self._input(start, stop)
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+        cudnn = (
+            torch.backends.cudnn.flags(enabled=True, benchmark=True)
+            if self.device.type == "cuda"
+            else contextlib.nullcontext()
+        )
+        autocast = torch.autocast(
+            self.device.type, dtype=self.dtype, enabled=self.dtype is not None
+        )
+        with cudnn, autocast:
             out = self.model(x, **self.forward_kwargs)
         shape_hw = self.canonical.shape[1:]
         logits = to_source_size(out.logits.float(), shape_hw)
@@ -576,19 +591,18 @@ def segment(
     in_flight: deque[_Pending] = deque()
     start = 0
     try:
-        with torch.inference_mode():
-            while start < total or in_flight:
-                if start < total and len(in_flight) < depth:
-                    try:
-                        in_flight.append(runner.submit(start, min(total, start + batch)))
-                    except torch.cuda.OutOfMemoryError as error:
-                        batch = _halve_batch(batch, torch_device, error)
-                    else:
-                        start = in_flight[-1].stop
-                    continue
-                done = in_flight.popleft()
-                runner.collect(done)
-                yield done.stop, total
+        while start < total or in_flight:
+            if start < total and len(in_flight) < depth:
+                try:
+                    in_flight.append(runner.submit(start, min(total, start + batch)))
+                except torch.cuda.OutOfMemoryError as error:
+                    batch = _halve_batch(batch, torch_device, error)
+                else:
+                    start = in_flight[-1].stop
+                continue
+            done = in_flight.popleft()
+            runner.collect(done)
+            yield done.stop, total
     finally:
         in_flight.clear()
         release_memory(torch_device)

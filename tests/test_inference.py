@@ -246,6 +246,31 @@ def test_device_side_windowing_matches_the_training_path():
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
+def test_the_accelerator_input_path_gives_the_same_labels(monkeypatch):
+    """The path GPUs take (raw HU staged as a tensor, windowed by torch) run on the CPU."""
+
+    class DeviceWindowing(inference_module._Runner):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.window_on_host = False
+
+    volume = _ramp_volume(shape=(40, 30, 3), spacing=(0.85, 0.85, 1.0))
+    meta = {"preprocessing": {"hu_window": [0.0, 255.0], "spacing_mm": 1.7}}
+    host = segment_to_completion(volume, Threshold(), meta, device="cpu", probabilities=True)
+    monkeypatch.setattr(inference_module, "_Runner", DeviceWindowing)
+    device = segment_to_completion(volume, Threshold(), meta, device="cpu", probabilities=True)
+    np.testing.assert_array_equal(device.labels, host.labels)
+    np.testing.assert_allclose(device.probabilities, host.probabilities, atol=1e-3)
+
+
+def test_the_callers_thread_keeps_its_autograd_mode_between_yields():
+    generator = segment(_ramp_volume(), Threshold(), NATIVE, device="cpu", batch_size=2)
+    for _ in range(3):
+        next(generator)
+        assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled()
+    generator.close()
+
+
 def test_precision_choices():
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu, "float32") is None
