@@ -237,13 +237,17 @@ def end_to_end(args: argparse.Namespace, ct: Volume, workdir: Path) -> list[str]
     for _ in range(args.repeats):
         before = load()
         start = time.perf_counter()
-        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - start
-        summary = process.stdout.read().strip()
-        process.stdout.close()
-        if status != 0:
-            raise RuntimeError(f"{' '.join(command)} failed with status {status}")
+        with open(workdir / "stderr.txt", "w+", encoding="utf-8") as stderr:
+            process = subprocess.Popen(
+                command, cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True
+            )
+            summary = process.stdout.read().strip()
+            _, status, usage = os.wait4(process.pid, 0)
+            wall = time.perf_counter() - start
+            process.stdout.close()
+            if status != 0:
+                stderr.seek(0)
+                raise RuntimeError(f"{' '.join(command)} failed:\n{stderr.read()}")
         inner = float(summary.rsplit(";", 1)[1].split("s from")[0])
         runs.append((inner, wall, usage.ru_maxrss / 1024, before, load(), summary))
         print(summary, flush=True)
