@@ -327,7 +327,7 @@ _VERSIONED = re.compile(r"^(?P<base>.+?)-ft-.+-v\d+$")
 
 
 def _slug(text: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+    slug = re.sub(r"[^A-Za-z0-9_]+", "-", text).strip("-").lower()
     return slug or "image"
 
 

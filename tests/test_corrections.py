@@ -167,3 +167,6 @@ def test_fine_tuned_path_versions_and_never_overwrites(tmp_path) -> None:
     # fine-tuning the fine-tuned model counts on instead of nesting names
     assert fine_tuned_path(tmp_path, second, "CT scan 1").name == "unet-ft-ct-scan-1-v1.pt"
     assert fine_tuned_path(tmp_path, second, "ct").name == "unet-ft-ct-v3.pt"
+    assert fine_tuned_path(tmp_path, "dsmsc_unet", "PANCREAS_0001.nii").name == (
+        "dsmsc_unet-ft-pancreas_0001-v1.pt"
+    )

@@ -334,3 +334,16 @@ def test_fine_tune_refuses_when_there_is_nothing_to_learn(widget_and_layers, qtb
     assert widget.fine_tune() is None
     assert "another image" in widget.fine_tune_label.text()
     assert not widget.is_busy
+
+
+def test_base_model_defaults_to_the_checkpoint_that_made_the_labels(widget_and_layers, case):
+    widget, viewer, image, labels, reference = widget_and_layers
+    elsewhere = case["ct"].parent / "browsed.pt"
+    elsewhere.write_bytes(case["checkpoint"].read_bytes())  # a file outside the model folders
+    data = np.array(labels.data)
+    metadata = {**labels.metadata, "model": {"arch": "drs_unet", "checkpoint": str(elsewhere)}}
+    other = viewer.add_labels(data, name="ct second run", metadata=metadata, scale=labels.scale)
+    widget.labels_combo.select(other)
+    assert widget.checkpoint_combo.currentData() == str(elsewhere)
+    widget.labels_combo.select(labels)
+    assert Path(widget.checkpoint_combo.currentData()) == case["checkpoint"]

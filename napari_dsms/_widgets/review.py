@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGridLayout,
     QGroupBox,
     QHBoxLayout,
@@ -40,12 +41,14 @@ from qtpy.QtWidgets import (
     QMessageBox,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
 from src_models import corrections
+from src_models.checkpoints import CheckpointError, read_metadata
 from src_models.metrics import case_metrics
 from src_models.training import FINE_TUNE_DEFAULTS, TrainEvent
 from src_models.volumes import VolumeError, write_image, write_labels
@@ -184,12 +187,16 @@ class ReviewWidget(QWidget):
         self._cleanup_layer: Labels | None = None
         self._worker: Any = None
         self._last_checkpoint: Path | None = None
+        # Checkpoint files outside the model folders that produced a labels layer: path -> arch.
+        self._other_checkpoints: dict[str, str] = {}
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(REFRESH_DELAY_MS)
         self._refresh_timer.timeout.connect(self.refresh_status)
 
-        layout = QVBoxLayout(self)
+        # The panel is taller than a laptop screen: it scrolls instead of stretching the window.
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.addWidget(self._build_layers_box())
         layout.addWidget(self._build_navigate_box())
         layout.addWidget(self._build_edit_box())
@@ -197,6 +204,14 @@ class ReviewWidget(QWidget):
         layout.addWidget(self._build_export_box())
         layout.addWidget(self._build_fine_tune_box())
         layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
 
         events = self.viewer.layers.events
         events.inserted.connect(self._on_layer_inserted)
@@ -910,9 +925,14 @@ class ReviewWidget(QWidget):
         """Re-read the bundled and user checkpoints into the base-model combo."""
         current = self.checkpoint_combo.currentData()
         self.checkpoint_combo.clear()
+        listed = set()
         for entry in list_checkpoints():
             where = "bundled" if entry.bundled else "yours"
             self.checkpoint_combo.addItem(f"{entry.name} ({entry.arch}, {where})", str(entry.path))
+            listed.add(entry.path.resolve())
+        for path, arch in self._other_checkpoints.items():
+            if Path(path).is_file() and Path(path).resolve() not in listed:
+                self.checkpoint_combo.addItem(f"{Path(path).name} ({arch}, file)", path)
         if current is not None:
             self.select_checkpoint(current)
 
@@ -926,12 +946,17 @@ class ReviewWidget(QWidget):
         return False
 
     def _select_base_checkpoint(self, layer: Labels) -> None:
-        """Default the base model to the one that produced the labels."""
+        """Default the base model to the one that produced the labels (even a browsed file)."""
         model = layer.metadata.get("model")
         checkpoint = model.get("checkpoint") if isinstance(model, dict) else None
-        if checkpoint and not self.select_checkpoint(checkpoint):
-            self.refresh_checkpoints()
-            self.select_checkpoint(checkpoint)
+        if not checkpoint or self.select_checkpoint(checkpoint):
+            return
+        try:
+            self._other_checkpoints[str(checkpoint)] = read_metadata(checkpoint)["arch"]
+        except CheckpointError:
+            return  # moved or damaged since segmenting: the user picks another base model
+        self.refresh_checkpoints()
+        self.select_checkpoint(checkpoint)
 
     @property
     def is_busy(self) -> bool:
