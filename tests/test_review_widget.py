@@ -226,9 +226,10 @@ def test_export_is_bit_exact_on_the_source_grid_with_sidecar(widget_and_layers, 
     labels.data[0, 0, 0] = 0 if labels.data[0, 0, 0] else 1
     assert widget.export_labels(target) is None and asked == [target]
     np.testing.assert_array_equal(np.asarray(nib.load(target).dataobj), first)
-    # the source CT is never overwritten
-    widget._confirm_replace = lambda path: True
-    assert widget.export_labels(case["ct"]) is None
+    # the source CT is never overwritten, and the user is not even asked
+    asked.clear()
+    assert widget.export_labels(case["ct"]) is None and asked == []
+    assert "source CT" in widget.export_label.text()
     assert nib.load(case["ct"]).get_data_dtype() == np.int16
 
 

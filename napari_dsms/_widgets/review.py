@@ -350,7 +350,8 @@ class ReviewWidget(QWidget):
 
     def _build_export_box(self) -> QGroupBox:
         box = QGroupBox("Export")
-        row = QHBoxLayout(box)
+        column = QVBoxLayout(box)
+        row = QHBoxLayout()
         self.export_labels_button = QPushButton("Export labels…")
         self.export_labels_button.setToolTip(
             "NIfTI on the source CT's grid and affine, with a JSON side-car (model, edited and "
@@ -364,6 +365,10 @@ class ReviewWidget(QWidget):
         self.export_reconstruction_button.clicked.connect(lambda: self.export_reconstruction())
         row.addWidget(self.export_labels_button)
         row.addWidget(self.export_reconstruction_button)
+        self.export_label = QLabel("")
+        self.export_label.setWordWrap(True)
+        column.addLayout(row)
+        column.addWidget(self.export_label)
         return box
 
     def _build_fine_tune_box(self) -> QGroupBox:
@@ -617,7 +622,7 @@ class ReviewWidget(QWidget):
         """Mark the current slice as reviewed, or unmark it if it already is."""
         layer = self.labels_layer
         if layer is None:
-            self._refuse("choose a labels layer first")
+            self._refuse("choose a labels layer first", self.slice_label)
             return
         current = self.current_slice()
         reviewed = set(self.reviewed_slices())
@@ -647,7 +652,7 @@ class ReviewWidget(QWidget):
     def _prepare_brush(self, label: int, mode: str) -> Labels | None:
         layer = self.labels_layer
         if layer is None:
-            self._refuse("choose a labels layer first")
+            self._refuse("choose a labels layer first", self.slice_label)
             return None
         self.viewer.layers.selection.active = layer
         layer.visible = True
@@ -689,7 +694,7 @@ class ReviewWidget(QWidget):
         """
         layer = self.labels_layer
         if layer is None:
-            self._refuse("choose a labels layer first")
+            self._refuse("choose a labels layer first", self.slice_label)
             return 0
         data = np.asarray(layer.data)
         cleaned = corrections.keep_largest_components(data)
@@ -725,7 +730,10 @@ class ReviewWidget(QWidget):
         layer = self._cleanup_layer
         history = getattr(layer, "_undo_history", None) if layer is not None else None
         if not history or history[-1] is not self._cleanup_item:
-            self._refuse("the clean-up is no longer the last edit; use napari's undo (Ctrl+Z)")
+            self._refuse(
+                "the clean-up is no longer the last edit; use napari's undo (Ctrl+Z)",
+                self.slice_label,
+            )
             self.undo_cleanup_button.setEnabled(False)
             return False
         layer.undo()
@@ -817,6 +825,11 @@ class ReviewWidget(QWidget):
         target = Path(path)
         if not target.name.lower().endswith((".nii", ".nii.gz")):
             target = target.with_name(target.name + ".nii.gz")
+        source = str(image.metadata.get("source", "")) if image else ""
+        if source and (target.resolve() == Path(source).resolve()
+                       or Path(source).resolve() in target.resolve().parents):
+            self._refuse(f"{target} is the source CT; choose another file name", self.export_label)
+            return None
         if target.exists() and not self._confirm_replace(target):
             return None
         return target
@@ -862,10 +875,13 @@ class ReviewWidget(QWidget):
         """
         image, labels = self.image_layer, self.labels_layer
         if image is None or labels is None:
-            self._refuse("choose the image and its labels layer first")
+            self._refuse("choose the image and its labels layer first", self.export_label)
             return None
         if labels.data.shape != image.data.shape:
-            self._refuse(f"the labels layer {labels.name!r} does not fit image {image.name!r}")
+            self._refuse(
+                f"the labels layer {labels.name!r} does not fit image {image.name!r}",
+                self.export_label,
+            )
             return None
         target = self._export_target(path, "Export labels", f"{image.name} labels")
         if target is None:
@@ -875,9 +891,10 @@ class ReviewWidget(QWidget):
             volume = layer_to_volume(labels)
             written = write_labels(target, volume.array, reference_volume(image))
         except VolumeError as error:
-            self._refuse(str(error))
+            self._refuse(str(error), self.export_label)
             return None
-        self._write_sidecar(written, "labels", np.asarray(labels.data))
+        sidecar = self._write_sidecar(written, "labels", np.asarray(labels.data))
+        self.export_label.setText(f"labels written to {written}, side-car {sidecar.name}")
         show_info(f"Labels written to {written}")
         return written
 
@@ -898,7 +915,8 @@ class ReviewWidget(QWidget):
         if layer is None:
             self._refuse(
                 "no reconstruction layer: segment with a DRS model (drs_unet, kcmdrs_unet, "
-                "dsmsc_unet) to get one"
+                "dsmsc_unet) to get one",
+                self.export_label,
             )
             return None
         image = self.image_layer
@@ -911,11 +929,12 @@ class ReviewWidget(QWidget):
             volume = layer_to_volume(layer)
             written = write_image(target, volume.array, reference_volume(image))
         except VolumeError as error:
-            self._refuse(str(error))
+            self._refuse(str(error), self.export_label)
             return None
         labels = self.labels_layer
         fits = labels is not None and labels.data.shape == image.data.shape
         self._write_sidecar(written, "reconstruction", np.asarray(labels.data) if fits else None)
+        self.export_label.setText(f"reconstruction written to {written}")
         show_info(f"Reconstruction written to {written}")
         return written
 
