@@ -4,12 +4,13 @@ What it measures, all in one run so that the ratios compare like with like:
 
 1. The machine's matmul peak (GFLOP/s) for float32 and for the autocast precision, from a large
    square matrix product.
-2. For every architecture (the bundled checkpoint when there is one, else fresh weights at
-   ``--width`` with the default preprocessing; the table says which), on the shared CT and on a
-   240-slice volume stacked from it: slices/s of :func:`src_models.inference.segment` (labels
-   only, as ``dsms predict`` runs) and of a naive loop on the same model (batch 1, NCHW,
-   float32, ``torch.no_grad`` instead of ``inference_mode``), with the same pre- and
-   post-processing, over the first ``--naive-slices`` slices.
+2. For every architecture (``<arch>.pt`` from ``--checkpoints``, else the bundled checkpoint,
+   else fresh weights at ``--width`` with the default preprocessing; the table says which), on
+   the shared CT and on a 240-slice volume stacked from it: slices/s of
+   :func:`src_models.inference.segment` (labels only, as ``dsms predict`` runs) and of a naive
+   loop on the same model (batch 1, NCHW, float32, ``torch.no_grad`` instead of
+   ``inference_mode``), with the same pre- and post-processing, over the first
+   ``--naive-slices`` slices.
 3. Achieved GFLOP/s of the engine (model FLOPs of convolutions per slice times slices/s) as a
    share of the peak of the precision used.
 4. End to end for the default model: ``python -m src_models predict`` on the 240-slice volume in
@@ -20,7 +21,7 @@ What it measures, all in one run so that the ratios compare like with like:
 Usage::
 
     .venv/bin/python benchmarks/inference_speed.py [--device cpu|cuda] [--repeats 3]
-        [--models dsmsc_unet unet] [--precision-check] [--markdown OUT.md]
+        [--models dsmsc_unet unet] [--checkpoints DIR] [--precision-check] [--markdown OUT.md]
 
 Medians over ``--repeats``; the load average before and after each block is printed, because
 a shared machine's other jobs slow every figure.
@@ -129,11 +130,14 @@ def stacked(volume: Volume, slices: int) -> Volume:
     return Volume(np.ascontiguousarray(array[tuple(index)]), volume.affine, source="stacked")
 
 
-def model_for(arch: str, width: int) -> tuple[torch.nn.Module, dict[str, Any], str]:
-    """The bundled checkpoint of ``arch`` if it exists, else fresh weights at ``width``."""
-    if (BUNDLED_DIR / f"{arch}.pt").is_file():
-        model, meta = load_checkpoint(arch)
-        return model, meta, f"bundled (width {model.config['width']})"
+def model_for(
+    arch: str, width: int, folder: Path | None = None
+) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    """``arch``'s checkpoint from ``folder``, else the bundled one, else fresh weights."""
+    for directory, kind in ((folder, "checkpoint"), (BUNDLED_DIR, "bundled")):
+        if directory is not None and (directory / f"{arch}.pt").is_file():
+            model, meta = load_checkpoint(directory / f"{arch}.pt")
+            return model, meta, f"{kind} (width {model.config['width']})"
     torch.manual_seed(0)
     model = build_model(arch, width=width)
     meta = {"arch": arch, "preprocessing": dict(DEFAULT_PREPROCESSING)}
@@ -198,7 +202,7 @@ def speed_table(args: argparse.Namespace, device: torch.device, ct: Volume) -> l
     ]
     volumes = {n: ct if n == ct.shape[2] else stacked(ct, n) for n in args.slices}
     for arch in args.models:
-        model, meta, weights = model_for(arch, args.width)
+        model, meta, weights = model_for(arch, args.width, args.checkpoints)
         spacing = canonical_spacing(ct.affine)[1:]
         size = model_size(ct.shape[:2], spacing, meta["preprocessing"])
         gflop = gflop_per_slice(model, size)
@@ -222,9 +226,9 @@ def end_to_end(args: argparse.Namespace, ct: Volume, workdir: Path) -> list[str]
     volume = stacked(ct, 240)
     source = workdir / "ct240.nii.gz"
     nib.save(nib.Nifti1Image(volume.array, volume.affine), source)
-    model, meta, weights = model_for(DEFAULT_MODEL, args.width)
-    checkpoint = DEFAULT_MODEL
-    if not weights.startswith("bundled"):
+    model, meta, weights = model_for(DEFAULT_MODEL, args.width, args.checkpoints)
+    checkpoint = str(meta.get("path", DEFAULT_MODEL))
+    if "path" not in meta:
         checkpoint = str(
             save_checkpoint(
                 workdir / f"{DEFAULT_MODEL}.pt", model, preprocessing=meta["preprocessing"]
@@ -268,7 +272,7 @@ def end_to_end(args: argparse.Namespace, ct: Volume, workdir: Path) -> list[str]
 
 def precision_check(args: argparse.Namespace, device: torch.device, ct: Volume) -> list[str]:
     """float32 vs bfloat16 autocast on the shared CT: speed and how far the labels agree."""
-    model, meta, weights = model_for(DEFAULT_MODEL, args.width)
+    model, meta, weights = model_for(DEFAULT_MODEL, args.width, args.checkpoints)
     results = {}
     for precision in ("float32", "bfloat16"):
         seconds = []
@@ -301,8 +305,13 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     parser.add_argument("--slices", type=int, nargs="+", default=[101, 240])
     parser.add_argument("--naive-slices", type=int, default=8)
-    parser.add_argument("--width", type=int, default=16, help="width of fresh models")
+    parser.add_argument(
+        "--width", type=int, default=12, help="width of fresh models (the bundled width)"
+    )
     parser.add_argument("--ct", type=Path, default=SHARED_CT)
+    parser.add_argument(
+        "--checkpoints", type=Path, help="folder of <arch>.pt to use before the bundled ones"
+    )
     parser.add_argument("--skip-speed", action="store_true", help="skip the per-model table")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--precision-check", action="store_true")

@@ -11,7 +11,7 @@ Usage::
     .venv/bin/python benchmarks/responsiveness.py [--repeats 3] [--slices 101]
 
 Runs under a virtual X screen (pyvirtualdisplay, as the GUI tests) when ``DISPLAY`` is unset.
-Uses the bundled ``dsmsc_unet`` when it exists, else fresh weights at width 16.
+Uses the bundled ``dsmsc_unet`` when it exists, else fresh weights at width 12 (the bundled width).
 """
 
 from __future__ import annotations
@@ -106,11 +106,11 @@ def main() -> None:
         weights = "bundled"
         if not checkpoint.is_file():
             torch.manual_seed(0)
-            model = build_model("dsmsc_unet", width=16)
+            model = build_model("dsmsc_unet", width=12)
             checkpoint = save_checkpoint(
                 Path(folder) / "dsmsc_unet.pt", model, preprocessing=DEFAULT_PREPROCESSING
             )
-            weights = "fresh weights, width 16"
+            weights = "fresh weights, width 12"
         viewer = napari.Viewer(show=True)
         data, kwargs, _ = image_layer_data(ct, name="CT")
         viewer.add_image(data, **kwargs)
