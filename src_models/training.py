@@ -629,12 +629,15 @@ def train(
 
 # ----------------------------------------------------------------------------- fine-tune
 
-#: Fine-tuning defaults measured on 2 CPU cores (see docs/training.md): a few hundred small
-#: steps are what turns a model that misses a new patient into a usable one within minutes.
+#: Fine-tuning defaults, measured on 2 shared CPU cores (docs/training.md): the bundled
+#: dsmsc_unet fine-tuned on 10 slices of the unseen NIH volume 0001 went from Dice 0.53 to 0.82 on
+#: its 61 other pancreas slices in 400 steps (about 2 minutes); 150 steps gave 0.68, and a
+#: learning rate of 3e-4 needed twice the time for less (0.77). The time budget keeps the button
+#: at 3 minutes on a slower or busier machine.
 FINE_TUNE_DEFAULTS = TrainConfig(
-    steps=150,
+    steps=400,
     batch_size=4,
-    lr=3e-4,
+    lr=1e-3,
     warmup_fraction=0.05,
     patch_size=160,
     val_every=0,
@@ -676,7 +679,7 @@ def fine_tune(
     spacing_yx
         In-plane spacing in mm of the slices (``None``: unknown, 0.8 mm assumed).
     steps, time_budget_s
-        Stop after this many steps or seconds, whichever comes first; by default 150 steps or
+        Stop after this many steps or seconds, whichever comes first; by default 400 steps or
         180 s (:data:`FINE_TUNE_DEFAULTS`).
     device, seed
         As for :func:`train`.

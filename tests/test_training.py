@@ -37,7 +37,7 @@ def phantoms():
 def _config(**changes) -> TrainConfig:
     base = TrainConfig(
         arch="unet", width=4, steps=6, batch_size=2, patch_size=32, val_every=3, lr=3e-3,
-        loss="dice_bce", device="cpu", amp="off", preprocessing=PREP, seed=0,
+        loss="dice_bce", device="cpu", amp="off", preprocessing=PREP, seed=0, threads=1,
     )  # fmt: skip
     return replace(base, **changes)
 
@@ -133,7 +133,7 @@ def test_train_command_on_phantoms(tmp_path, capsys):
     out = tmp_path / "m.pt"
     args = ["train", "--phantoms", "2", "--arch", "unet", "--width", "4", "--steps", "2",
             "--batch-size", "2", "--patch-size", "32", "--val-every", "1", "--out", str(out),
-            "--log", str(tmp_path / "log.csv"), "--device", "cpu"]  # fmt: skip
+            "--log", str(tmp_path / "log.csv"), "--device", "cpu", "--threads", "1"]  # fmt: skip
     with pytest.warns(UserWarning, match="validating on the training cases"):
         assert main(args) == 0
     assert "best checkpoint" in capsys.readouterr().out
