@@ -716,7 +716,7 @@ def fine_tune(
         val_every=0,
     )
     preprocessing = dict(meta["preprocessing"])
-    patient = str(meta.get("provenance", {}).get("patient", "fine-tune"))
+    patient = "corrected-slices"
     cached = cache_arrays(
         patient, np.asarray(images_hu), np.asarray(labels), spacing_yx, preprocessing
     )
