@@ -11,8 +11,9 @@ from napari.layers import Image, Labels
 
 from napari_dsms._layers import image_layer_data
 from napari_dsms._widgets import _worker
+from napari_dsms._widgets import segment as segment_module
 from napari_dsms._widgets.segment import SegmentWidget
-from src_models import build_model
+from src_models import build_model, weights
 from src_models.checkpoints import save_checkpoint
 from src_models.devices import available_devices
 from src_models.phantom import make_phantom
@@ -24,9 +25,10 @@ TIMEOUT_MS = 120_000
 
 @pytest.fixture
 def model_dir(tmp_path: Path, monkeypatch) -> Path:
-    """A user model folder with tiny DSMSC and U-Net checkpoints."""
+    """A user model folder with tiny DSMSC and U-Net checkpoints, and no bundled ones."""
     folder = tmp_path / "models"
     monkeypatch.setenv("DSMS_MODEL_DIR", str(folder))
+    monkeypatch.setattr(weights, "BUNDLED_DIR", tmp_path / "bundled")
     torch.manual_seed(0)
     for arch in ("dsmsc_unet", "unet"):
         model = build_model(arch, width=4, depth=2)
@@ -178,6 +180,29 @@ def test_menus_follow_the_viewer_and_the_model_folder(make_napari_viewer, model_
     )
     viewer.layers.remove(image)
     assert widget.image_combo.count() == 0
+
+
+def test_browse_picks_a_file_and_its_architecture(
+    make_napari_viewer, model_dir, tmp_path, monkeypatch
+):
+    elsewhere = tmp_path / "elsewhere"
+    torch.manual_seed(0)
+    chosen = save_checkpoint(
+        elsewhere / "colleague.pt",
+        build_model("kcmdrs_unet", width=4, depth=2),
+        preprocessing=PREPROCESSING,
+    )
+    monkeypatch.setattr(
+        segment_module.QFileDialog, "getOpenFileName", lambda *args, **kwargs: (str(chosen), "")
+    )
+    widget = SegmentWidget(make_napari_viewer())
+    browse = widget.checkpoint_combo.findData(segment_module.BROWSE)
+    widget.checkpoint_combo.setCurrentIndex(browse)
+    widget.checkpoint_combo.activated.emit(browse)
+    assert widget.arch_combo.currentText() == "kcmdrs_unet"
+    assert Path(widget.checkpoint) == chosen.resolve()
+    widget.refresh_checkpoints()  # a browsed file stays listed
+    assert Path(widget.checkpoint) == chosen.resolve()
 
 
 def test_real_ct_keeps_its_geometry(make_napari_viewer, qtbot, model_dir, nih_ct):
