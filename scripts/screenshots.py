@@ -96,6 +96,17 @@ def scroll_to(panel: QWidget, child: QWidget) -> None:
     panel.findChild(QScrollArea).ensureWidgetVisible(child, 0, 400)
 
 
+def zoom_on(viewer: napari.Viewer, image, mask: np.ndarray, factor: float) -> None:
+    """Centre the camera on a mask's in-plane centroid and zoom in, or back out (factor 1)."""
+    viewer.reset_view()
+    if factor == 1:
+        return
+    rows, columns = np.nonzero(mask.any(axis=0))
+    centre = image.data_to_world((0, rows.mean(), columns.mean()))
+    viewer.camera.center = (float(centre[1]), float(centre[2]))
+    viewer.camera.zoom *= factor
+
+
 def corrected_slices(reference: np.ndarray, count: int) -> list[int]:
     """``count`` canonical slices spread evenly over the reference pancreas, head to tail."""
     slices = np.flatnonzero(reference.reshape(reference.shape[0], -1).any(axis=1))
@@ -168,7 +179,9 @@ def main() -> None:
     review.go_to_slice(slices[len(slices) // 2])
     review.toggle_reviewed()
     review.paint_pancreas()
+    zoom_on(viewer, image, reference, 2.0)
     shoot(viewer, args.out / "04-correct.png")
+    zoom_on(viewer, image, reference, 1)
 
     # 5. export (the side-car is quoted in the user guide)
     written = review.export_labels(export_dir / "ct_corrected.nii.gz")
@@ -204,7 +217,7 @@ def main() -> None:
     shoot(viewer, args.out / "06-resegment.png")
 
     # README screenshot: the CT with the fine-tuned result over it and the plugin's docks
-    show_dock("Segment")
+    zoom_on(viewer, image, reference, 1.6)
     shoot(viewer, args.out / "napari-dsms.png")
 
     # what the run measured: the slices nobody corrected, against the manual reference

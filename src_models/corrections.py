@@ -13,7 +13,10 @@ translates slice numbers back to the file's own index order for export side-cars
 from __future__ import annotations
 
 import datetime as _dt
+import json
+import os
 import re
+import tempfile
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,6 +313,35 @@ def sidecar(
             name: round(value, 3) for name, value in structure_volumes(labels, spacing).items()
         }
     return content
+
+
+def _compact_number_lists(text: str) -> str:
+    """Put JSON lists of plain numbers on one line, so slice lists read at a glance."""
+    return re.sub(
+        r"\[\s*([-0-9.,\s]*?)\s*\]",
+        lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",") if v.strip()) + "]",
+        text,
+    )
+
+
+def write_sidecar(export_path: str | Path, content: Mapping[str, Any]) -> Path:
+    """Write :func:`sidecar` content beside ``export_path`` (temporary file, then rename).
+
+    Returns
+    -------
+    Path
+        The JSON file, :func:`sidecar_path` of ``export_path``.
+    """
+    path = sidecar_path(export_path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(_compact_number_lists(json.dumps(content, indent=2)) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def sidecar_path(export_path: str | Path) -> Path:

@@ -21,6 +21,7 @@ from src_models.corrections import (
     split_holdout,
     structure_volumes,
     training_slices,
+    write_sidecar,
 )
 from src_models.orientation import to_canonical
 
@@ -155,6 +156,11 @@ def test_volumes_and_sidecar_content(tmp_path) -> None:
     assert content["date"] == "2024-05-01T12:00:00+00:00"
     assert content["plugin_version"] == "0.1.0"
     assert content["volumes_ml"]["pancreas"] == pytest.approx(5 * 36 * 0.64 * 2 / 1000, abs=1e-3)
+    written = write_sidecar(export, content)
+    assert written == tmp_path / "case_labels.json"
+    assert json.loads(written.read_text()) == content
+    assert '"canonical": [2, 6]' in written.read_text()  # slice lists on one line
+    assert [p.name for p in tmp_path.iterdir()] == ["case_labels.json"]  # no temporary left
 
 
 def test_fine_tuned_path_versions_and_never_overwrites(tmp_path) -> None:

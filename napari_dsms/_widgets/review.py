@@ -13,9 +13,7 @@ action here changes the labels except the painting helpers and the clean-up.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -87,19 +85,6 @@ def _ct_layers(viewer: napari.Viewer) -> list[Image]:
         if isinstance(layer, Image) and layer.ndim == 3 and not layer.rgb
         and not layer.metadata.get("dsms_role")
     ]
-
-
-def _write_json_atomic(path: Path, content: dict[str, Any]) -> None:
-    """Write JSON through a temporary file in the same folder, then rename it over ``path``."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(content, stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _step_progress(event: TrainEvent) -> tuple[int, int] | None:
@@ -209,6 +194,10 @@ class ReviewWidget(QWidget):
         scroll.setFrameShape(QFrame.Shape.NoFrame)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(content)
+        # No horizontal scrolling: the dock is made wide enough for the panel instead.
+        scroll.setMinimumWidth(
+            content.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width()
+        )
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(scroll)
@@ -855,9 +844,7 @@ class ReviewWidget(QWidget):
             reviewed=self.reviewed_slices(),
             plugin_version=__version__,
         )
-        path = corrections.sidecar_path(target)
-        _write_json_atomic(path, content)
-        return path
+        return corrections.write_sidecar(target, content)
 
     def export_labels(self, path: str | os.PathLike[str] | None = None) -> Path | None:
         """Write the labels as NIfTI on the source CT's grid and affine, plus a JSON side-car.
