@@ -135,6 +135,22 @@ def test_finds_exactly_the_corrected_slices_and_navigates(widget_and_layers):
     assert widget.edited_slices() == CORRECTED[1:]
 
 
+def test_edits_and_undo_update_the_edited_list_but_scrolling_does_not_recompute(
+    widget_and_layers, qtbot
+):
+    widget, viewer, image, labels, reference = widget_and_layers
+    widget.go_to_slice(3)
+    target = (np.array([7]), np.array([100]), np.array([100]))
+    labels.data_setitem(target, 2 if labels.data[7, 100, 100] != 2 else 1)  # a brush dab
+    qtbot.waitUntil(lambda: widget.edited_slices() == [7], timeout=5000)
+    labels.undo()  # napari's Ctrl+Z
+    qtbot.waitUntil(lambda: widget.edited_slices() == [], timeout=5000)
+    qtbot.wait(400)
+    widget.go_to_slice(12)
+    widget.go_to_slice(13)
+    assert not widget._refresh_timer.isActive()  # slice changes cost no full-volume pass
+
+
 def test_reviewed_slices_visibility_and_brush(widget_and_layers):
     widget, viewer, image, labels, reference = widget_and_layers
     widget.go_to_slice(5)

@@ -174,6 +174,7 @@ class ReviewWidget(QWidget):
         self._last_checkpoint: Path | None = None
         # Checkpoint files outside the model folders that produced a labels layer: path -> arch.
         self._other_checkpoints: dict[str, str] = {}
+        self._last_point = tuple(self.viewer.dims.point)
         self._refresh_timer = QTimer(self)
         self._refresh_timer.setSingleShot(True)
         self._refresh_timer.setInterval(REFRESH_DELAY_MS)
@@ -464,13 +465,14 @@ class ReviewWidget(QWidget):
     def _on_labels_changed(self, index: int = -1) -> None:
         layer = self.labels_layer
         if self._watched is not None and self._watched is not layer:
-            for event in (self._watched.events.paint, self._watched.events.data,
-                          self._watched.events.set_data):
-                event.disconnect(self._schedule_refresh)
+            self._watched.events.paint.disconnect(self._schedule_refresh)
+            self._watched.events.data.disconnect(self._schedule_refresh)
+            self._watched.events.set_data.disconnect(self._on_set_data)
         if layer is not None and layer is not self._watched:
             # paint: brush strokes and clean-up; data: a new array; set_data: undo / redo.
-            for event in (layer.events.paint, layer.events.data, layer.events.set_data):
-                event.connect(self._schedule_refresh)
+            layer.events.paint.connect(self._schedule_refresh)
+            layer.events.data.connect(self._schedule_refresh)
+            layer.events.set_data.connect(self._on_set_data)
             self._select_base_checkpoint(layer)
             self.prediction_combo.select(layer, "prediction")
             self.reference_combo.select(layer)
@@ -479,6 +481,19 @@ class ReviewWidget(QWidget):
 
     def _schedule_refresh(self, event: Any = None) -> None:
         self._refresh_timer.start()
+
+    def _on_set_data(self, event: Any = None) -> None:
+        """Refresh after undo / redo, but not when the layer merely shows another slice.
+
+        napari signals both with ``set_data``; moving through slices changes the viewer's point,
+        undo does not. Recomputing the whole volume on every slice change would make scrolling
+        through a long series stutter.
+        """
+        point = tuple(self.viewer.dims.point)
+        if point != self._last_point:
+            self._last_point = point
+            return
+        self._schedule_refresh()
 
     def _prediction(self, layer: Labels | None = None) -> np.ndarray | None:
         layer = layer if layer is not None else self.labels_layer
