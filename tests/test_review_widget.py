@@ -235,6 +235,12 @@ def test_export_is_bit_exact_on_the_source_grid_with_sidecar(widget_and_layers, 
     assert sidecar["model"]["checkpoint"] == str(case["checkpoint"])
     assert sidecar["volumes_ml"]["pancreas"] > 0
 
+    # without a path, a dialog proposes a name beside the source CT
+    proposed: list[str] = []
+    widget._ask_save_path = lambda title, suggested: proposed.append(suggested) or None
+    assert widget.export_labels() is None
+    assert proposed == [str(case["ct"].parent / "ct_labels.nii.gz")]
+
     # an existing file is replaced only when the user agrees
     asked: list[Path] = []
     widget._confirm_replace = lambda path: asked.append(path) or False

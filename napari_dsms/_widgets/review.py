@@ -816,12 +816,14 @@ class ReviewWidget(QWidget):
         return answer == QMessageBox.StandardButton.Yes
 
     def _export_target(
-        self, path: str | os.PathLike[str] | None, title: str, name: str
+        self, path: str | os.PathLike[str] | None, title: str, kind: str
     ) -> Path | None:
+        """The file to write: ``path``, or one chosen in a dialog next to the source CT."""
         image = self.image_layer
         folder = Path(str(image.metadata.get("source", ""))).parent if image else Path.home()
         if path is None:
-            suggested = folder / f"{corrections.image_stem(name)}.nii.gz"
+            stem = corrections.image_stem(image.name if image else "ct")
+            suggested = folder / f"{stem}_{kind}.nii.gz"
             chosen = self._ask_save_path(title, str(suggested))
             if not chosen:
                 return None
@@ -885,7 +887,7 @@ class ReviewWidget(QWidget):
                 self.export_label,
             )
             return None
-        target = self._export_target(path, "Export labels", f"{image.name} labels")
+        target = self._export_target(path, "Export labels", "labels")
         if target is None:
             return None
         self.refresh_status()
@@ -922,9 +924,7 @@ class ReviewWidget(QWidget):
             )
             return None
         image = self.image_layer
-        target = self._export_target(
-            path, "Export reconstruction", f"{image.name} reconstruction"
-        )
+        target = self._export_target(path, "Export reconstruction", "reconstruction")
         if target is None:
             return None
         try:
