@@ -14,7 +14,6 @@ import math
 import numbers
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .atomic import atomic_path
 from .registry import ARCHITECTURES, build_model
 
 #: Marker stored in every checkpoint, so foreign files are told apart from damaged ones.
@@ -153,17 +153,9 @@ def save_checkpoint(
             key: tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()
         },
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_path(path) as temporary:
         torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def _first_line(error: BaseException) -> str:

@@ -13,13 +13,14 @@ because these messages end up in front of a user (napari notification, ``dsms`` 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+
+from .atomic import atomic_path
 
 #: Label values of the Medical Segmentation Decathlon Task07 convention used everywhere.
 LABEL_NAMES: dict[int, str] = {0: "background", 1: "pancreas", 2: "tumour"}
@@ -328,16 +329,9 @@ def _write_nifti(path: Path, array: np.ndarray, reference: Volume, intent: str) 
     img.set_sform(reference.affine, code=scode)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_data_dtype(array.dtype)
-    name = path.name
-    suffix = ".nii.gz" if name.lower().endswith(".nii.gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
+    with atomic_path(path, suffix=suffix) as temporary:
+        nib.save(img, temporary)
     return path
 
 

@@ -1,0 +1,48 @@
+"""Write files so that a reader never sees half of one.
+
+Every file the project writes (labels, reconstructions, checkpoints, split files, tables,
+side-cars) goes to a temporary name beside its destination and is renamed over it only once it
+is complete: a crash, a full disk or a cancelled job leaves the previous file, or nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The destination. Its folder is created when missing.
+    suffix : str
+        Ending of the temporary name, for writers that choose a format by it (``".nii.gz"``).
+
+    Notes
+    -----
+    The temporary file is created by the caller's writer, not by :func:`tempfile.mkstemp`, so it
+    gets the usual permissions of the user's umask rather than owner-only ones.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
