@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import write_text_atomic
 from .orientation import canonical_spacing, to_canonical
 from .preprocessing import model_size, resample_labels, to_model_input
 
@@ -354,14 +354,7 @@ def split_patients(
 
 def write_split(path: str | os.PathLike[str], split: Mapping[str, Any]) -> Path:
     """Write a split as JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(dict(split), handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(dict(split), indent=2) + "\n")
 
 
 def read_split(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_path
 from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Augmentation, CachedCase, SliceSampler, cache_arrays
 from .devices import release_memory, resolve_device
@@ -449,13 +450,8 @@ class _Loop:
 
 
 def _atomic_torch_save(payload: Any, path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as temporary:
         torch.save(payload, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def state_path(checkpoint: str | os.PathLike[str]) -> Path:

@@ -14,13 +14,13 @@ import io
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..atomic import write_text_atomic
 from ..data import Case, find_cases, load_case, read_split, select
 from ..metrics import METRICS, STRUCTURES, StructureMetrics, case_metrics, summarise
 from ..preprocessing import FALLBACK_SPACING_MM
@@ -174,18 +174,6 @@ def csv_table(result: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def evaluate_to_files(
     models: Sequence[str],
     cases: Sequence[Case],
@@ -201,9 +189,9 @@ def evaluate_to_files(
     print(table)
     if out is not None:
         out = Path(out)
-        _write_atomic(out.with_suffix(".csv"), csv_table(result))
-        _write_atomic(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
-        _write_atomic(out, table + "\n")
+        write_text_atomic(out.with_suffix(".csv"), csv_table(result))
+        write_text_atomic(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
+        write_text_atomic(out, table + "\n")
     return result
 
 
