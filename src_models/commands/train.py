@@ -149,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
             elif event.kind == "done":
                 say(
                     f"best checkpoint {event.checkpoint}: val Dice "
-                    f"{event.metrics.get('dice_pancreas', float('nan')):.4f} after "
-                    f"{event.step} steps, {event.elapsed_s / 60:.1f} min"
+                    f"{event.metrics.get('dice_pancreas', float('nan')):.4f}; "
+                    f"{event.step} steps in {event.elapsed_s / 60:.1f} min"
                 )
     finally:
         bar.close()
