@@ -414,6 +414,8 @@ class FineTuneReport:
     metrics_before, metrics_after
         Figures on the held-out slices (``dice_pancreas``, ``dice_tumour``, ...) before and
         after, at model resolution; empty without held-out slices.
+    planned_steps
+        Steps asked for; more than ``steps`` when the time budget ended the run first.
     """
 
     checkpoint: Path
@@ -422,14 +424,25 @@ class FineTuneReport:
     elapsed_s: float
     metrics_before: dict[str, float] = field(default_factory=dict)
     metrics_after: dict[str, float] = field(default_factory=dict)
+    planned_steps: int = 0
+
+    @property
+    def stopped_by_time(self) -> bool:
+        """Whether the time budget ended the run before the planned steps."""
+        return self.steps < self.planned_steps
 
     def summary(self) -> str:
-        """One line for the widget and the log."""
+        """A line or two for the widget and the log."""
         text = f"saved {self.checkpoint.name}: {self.steps} steps in {self.elapsed_s:.0f} s"
         if self.metrics_before and self.metrics_after:
             text += (
                 f"; held-out pancreas Dice {self.metrics_before['dice_pancreas']:.3f} -> "
                 f"{self.metrics_after['dice_pancreas']:.3f}"
+            )
+        if self.stopped_by_time:
+            text += (
+                f". The time limit stopped it at {self.steps} of {self.planned_steps} steps: "
+                "allow more time (or use a GPU) for a better model"
             )
         return text
 
@@ -502,8 +515,16 @@ def learn_from_corrections(
         val_images_hu=holdout_images,
         val_labels=holdout_labels,
     )
+    planned = 0
     try:
-        result = yield from events
+        while True:
+            try:
+                event = next(events)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            planned = event.total_steps
+            yield event
     finally:
         events.close()  # on cancel: fine_tune's own clean-up releases accelerator memory
     base = {k: v for k, v in result.meta.get("provenance", {}).items() if k not in _STAMP_KEYS}
@@ -523,4 +544,5 @@ def learn_from_corrections(
         result.elapsed_s,
         dict(result.metrics_before),
         dict(result.metrics_after),
+        planned_steps=planned,
     )
