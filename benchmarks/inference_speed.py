@@ -97,26 +97,13 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(run: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    """Median wall time of ``run`` after one warm-up call."""
-    run()
-    times = []
-    for _ in range(repeats):
-        synchronise(device)
-        start = time.perf_counter()
-        run()
-        synchronise(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int) -> float:
     """GFLOP/s of a large square matrix product in ``dtype``: the ceiling convolutions approach."""
     n = 2048 if device.type == "cpu" else 8192
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    seconds = median_seconds(lambda: torch.mm(a, b), max(repeats, 5), device)
-    return 2 * n**3 / seconds / 1e9
+    seconds = interleaved_seconds({"mm": lambda: torch.mm(a, b)}, max(repeats, 5), device)["mm"]
+    return 2 * n**3 / statistics.median(seconds) / 1e9
 
 
 def stacked(volume: Volume, slices: int) -> Volume:
@@ -152,9 +139,9 @@ def gflop_per_slice(model: torch.nn.Module, size: tuple[int, int]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def naive_slices_per_second(
+def naive_run(
     model: torch.nn.Module, volume: Volume, meta: dict[str, Any], slices: int, device: torch.device
-) -> float:
+) -> Callable[[], None]:
     """The loop one writes first: a slice at a time, NCHW, float32, under ``no_grad`` only."""
     naive = copy.deepcopy(model).to(device, memory_format=torch.contiguous_format).eval()
     canonical, _ = to_canonical(volume.array, volume.affine)
@@ -169,21 +156,39 @@ def naive_slices_per_second(
                 logits = to_source_size(naive(x).logits, shape_hw)
                 labels_from_logits(logits).cpu().numpy()
 
-    return slices / median_seconds(run, 1, device)
+    return run
 
 
-def engine_seconds(
-    model: torch.nn.Module,
-    volume: Volume,
-    meta: dict[str, Any],
-    device: torch.device,
-    repeats: int,
-    **kwargs: Any,
-) -> float:
+def engine_run(
+    model: torch.nn.Module, volume: Volume, meta: dict[str, Any], device: torch.device
+) -> Callable[[], None]:
+    """``segment`` as ``dsms predict`` runs it (labels only, default batch and precision)."""
+
     def run() -> None:
-        segment_to_completion(volume, model, meta, device=device, reconstruct=False, **kwargs)
+        segment_to_completion(volume, model, meta, device=device, reconstruct=False)
 
-    return median_seconds(run, repeats, device)
+    return run
+
+
+def interleaved_seconds(
+    runs: dict[str, Callable[[], None]], repeats: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Wall times of every run, taking turns repeat by repeat after one warm-up each.
+
+    Taking turns exposes all runs to the same background load, so that their ratios hold even
+    when other jobs come and go on a shared machine.
+    """
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            synchronise(device)
+            start = time.perf_counter()
+            run()
+            synchronise(device)
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def speed_table(args: argparse.Namespace, device: torch.device, ct: Volume) -> list[str]:
@@ -194,7 +199,7 @@ def speed_table(args: argparse.Namespace, device: torch.device, ct: Volume) -> l
         peaks[precision] = matmul_peak(device, dtype, args.repeats)
     lines = [
         f"Matmul peak: {', '.join(f'{k} {v:.0f} GFLOP/s' for k, v in peaks.items())}; "
-        f"engine precision: {precision}.",
+        f"engine precision: {precision}. Cells: median (best) of {args.repeats} runs.",
         "",
         "| Model | Weights | Slices | GFLOP/slice | Engine slices/s | Naive slices/s | Ratio "
         f"| Engine GFLOP/s | % of {precision} peak | Load before/after |",
@@ -206,16 +211,21 @@ def speed_table(args: argparse.Namespace, device: torch.device, ct: Volume) -> l
         spacing = canonical_spacing(ct.affine)[1:]
         size = model_size(ct.shape[:2], spacing, meta["preprocessing"])
         gflop = gflop_per_slice(model, size)
-        naive = naive_slices_per_second(model, ct, meta, args.naive_slices, device)
-        for slices, volume in volumes.items():
-            before = load()
-            seconds = engine_seconds(model, volume, meta, device, args.repeats)
-            rate = slices / seconds
-            achieved = gflop * rate
+        runs = {"naive": naive_run(model, ct, meta, args.naive_slices, device)}
+        runs |= {n: engine_run(model, volume, meta, device) for n, volume in volumes.items()}
+        before = load()
+        times = interleaved_seconds(runs, args.repeats, device)
+        after = load()
+        naive = [args.naive_slices / t for t in times.pop("naive")]
+        for slices, seconds in times.items():
+            rates = [slices / t for t in seconds]
+            rate, best = statistics.median(rates), max(rates)
+            ratio = rate / statistics.median(naive)
+            share = 100 * gflop * rate / peaks[precision]
             lines.append(
-                f"| {arch} | {weights} | {slices} | {gflop:.2f} | {rate:.1f} | {naive:.1f} | "
-                f"{rate / naive:.1f}x | {achieved:.0f} | {100 * achieved / peaks[precision]:.0f} % "
-                f"| {before}/{load()} |"
+                f"| {arch} | {weights} | {slices} | {gflop:.2f} | {rate:.1f} ({best:.1f}) | "
+                f"{statistics.median(naive):.1f} ({max(naive):.1f}) | {ratio:.1f}x | "
+                f"{gflop * rate:.0f} ({gflop * best:.0f}) | {share:.0f} % | {before}/{after} |"
             )
             print(lines[-1], flush=True)
     return lines
