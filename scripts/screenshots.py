@@ -103,8 +103,8 @@ def zoom_on(viewer: napari.Viewer, image, mask: np.ndarray, factor: float) -> No
         return
     rows, columns = np.nonzero(mask.any(axis=0))
     centre = image.data_to_world((0, rows.mean(), columns.mean()))
-    viewer.camera.center = (float(centre[1]), float(centre[2]))
-    viewer.camera.zoom *= factor
+    viewer.scene.camera.center = (float(centre[1]), float(centre[2]))
+    viewer.scene.camera.zoom *= factor
 
 
 def corrected_slices(reference: np.ndarray, count: int) -> list[int]:

@@ -190,18 +190,13 @@ class ReviewWidget(QWidget):
         layout.addWidget(self._build_export_box())
         layout.addWidget(self._build_fine_tune_box())
         layout.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        scroll.setWidget(content)
-        # No horizontal scrolling: the dock is made wide enough for the panel instead.
-        scroll.setMinimumWidth(
-            content.minimumSizeHint().width() + scroll.verticalScrollBar().sizeHint().width()
-        )
+        self._scroll = QScrollArea()
+        self._scroll.setWidgetResizable(True)
+        self._scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self._scroll.setWidget(content)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        outer.addWidget(self._scroll)
 
         events = self.viewer.layers.events
         events.inserted.connect(self._on_layer_inserted)
@@ -212,6 +207,16 @@ class ReviewWidget(QWidget):
             layer.events.name.connect(self._on_layers_changed)
         self.refresh_checkpoints()
         self._on_labels_changed()
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        """Make the dock as wide as the panel once napari's style sets its real size.
+
+        Only scrolling up and down is meant: a panel cut off on the right hides buttons.
+        """
+        scroll = self._scroll
+        margins = scroll.verticalScrollBar().sizeHint().width() + 2 * scroll.frameWidth() + 4
+        scroll.setMinimumWidth(scroll.widget().minimumSizeHint().width() + margins)
+        super().showEvent(event)
 
     # ------------------------------------------------------------------ building the panel
 
