@@ -49,6 +49,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--archs", nargs="+", default=list(ORDER), choices=ARCHITECTURES)
     parser.add_argument("--minutes-default", type=float, default=20.0, help="dsmsc_unet budget")
     parser.add_argument("--minutes-other", type=float, default=11.0, help="budget of the others")
+    parser.add_argument(
+        "--second-stage-minutes",
+        type=float,
+        default=28.0,
+        help="a second dsmsc_unet run from the first one's best checkpoint at lr 6e-4 (0: none)",
+    )
     parser.add_argument("--width", type=int, default=12)
     parser.add_argument("--phantoms", type=int, default=6)
     parser.add_argument("--val-patients", type=int, default=3)
@@ -120,6 +126,49 @@ def fine_tune_check(checkpoint: Path, volume_case, slices: int, seed: int) -> di
     return report
 
 
+def run_stage(
+    args: argparse.Namespace,
+    arch: str,
+    minutes: float,
+    lr: float,
+    seed: int,
+    cached_train: list,
+    cached_val: list,
+    work: Path,
+    provenance: dict,
+    init: Path | None = None,
+) -> None:
+    """One time-budgeted training run of ``arch`` whose best checkpoint lands at ``work``."""
+    config = TrainConfig(
+        arch=arch,
+        width=args.width,
+        steps=100_000,
+        batch_size=4,
+        lr=lr,
+        patch_size=160,
+        val_every=40,
+        time_budget_s=minutes * 60,
+        loss="dice_bce",
+        seed=seed,
+        device="cpu",
+        amp="off",
+        log_csv=str(work.with_suffix(".csv")),
+        threads=args.threads,
+    )
+    events = train(config, cached_train, cached_val, work, init=init, provenance=provenance)
+    for event in events:
+        if event.kind == "step" and event.step % 20 == 0:
+            print(
+                f"{arch} step {event.step} {event.elapsed_s:.0f}s lr {event.lr:.2e} "
+                f"loss {event.losses['loss']:.4f}",
+                flush=True,
+            )
+        elif event.kind == "validation":
+            print(f"{arch} step {event.step} val {event.metrics}", flush=True)
+        elif event.kind == "done":
+            print(f"{arch} done: {event.step} steps {event.elapsed_s:.0f}s", flush=True)
+
+
 def main() -> int:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -146,44 +195,25 @@ def main() -> int:
         cached_train = [cache_case(all_cases[p], DEFAULT_PREPROCESSING) for p in split["train"]]
         cached_val = [cache_case(all_cases[p], DEFAULT_PREPROCESSING) for p in split["val"]]
         print(f"cached in {time.perf_counter() - started:.0f} s", flush=True)
+        provenance = {
+            "data": ["nih-pancreas-slices (NIH Pancreas-CT, TCIA, CC BY 3.0)"],
+            "phantoms": args.phantoms,
+            "split_file": split_file.name,
+            "test_patients": split["test"],
+            "hardware": f"CPU, {args.threads} threads (shared machine)",
+        }
         for arch in args.archs:
             minutes = args.minutes_default if arch == "dsmsc_unet" else args.minutes_other
-            config = TrainConfig(
-                arch=arch,
-                width=args.width,
-                steps=100_000,
-                batch_size=4,
-                lr=2e-3,
-                patch_size=160,
-                val_every=40,
-                time_budget_s=minutes * 60,
-                loss="dice_bce",
-                seed=args.seed,
-                device="cpu",
-                amp="off",
-                log_csv=str(args.work_dir / f"{arch}.csv"),
-                threads=args.threads,
-            )
-            provenance = {
-                "data": ["nih-pancreas-slices (NIH Pancreas-CT, TCIA, CC BY 3.0)"],
-                "phantoms": args.phantoms,
-                "split_file": split_file.name,
-                "test_patients": split["test"],
-                "hardware": f"CPU, {args.threads} threads (shared machine)",
-            }
             work = args.work_dir / f"{arch}.pt"
-            events = train(config, cached_train, cached_val, work, provenance=provenance)
-            for event in events:
-                if event.kind == "step" and event.step % 20 == 0:
-                    print(
-                        f"{arch} step {event.step} {event.elapsed_s:.0f}s lr {event.lr:.2e} "
-                        f"loss {event.losses['loss']:.4f}",
-                        flush=True,
-                    )
-                elif event.kind == "validation":
-                    print(f"{arch} step {event.step} val {event.metrics}", flush=True)
-                elif event.kind == "done":
-                    print(f"{arch} done: {event.step} steps {event.elapsed_s:.0f}s", flush=True)
+            run_stage(args, arch, minutes, 2e-3, args.seed, cached_train, cached_val, work,
+                      provenance)  # fmt: skip
+            if arch == "dsmsc_unet" and args.second_stage_minutes > 0:
+                second = args.work_dir / f"{arch}-stage2.pt"
+                run_stage(
+                    args, arch, args.second_stage_minutes, 6e-4, args.seed + 1, cached_train,
+                    cached_val, second, {**provenance, "second_stage_of": work.name}, init=work,
+                )  # fmt: skip
+                work = second
             export_half(work, args.out_dir / f"{arch}.pt", {"bundled": True})
 
     from src_models.commands.evaluate import evaluate_to_files
