@@ -93,6 +93,11 @@ def _open(viewer, case) -> tuple:
     return image, labels, reference
 
 
+def _same(a, b) -> bool:
+    """Layer identity through napari's plugin proxies."""
+    return getattr(a, "__wrapped__", a) is getattr(b, "__wrapped__", b)
+
+
 def _correct(labels, reference) -> None:
     """Paint the manual reference into the chosen slices, as a radiologist would."""
     for k in CORRECTED:
@@ -195,6 +200,11 @@ def test_clean_up_keeps_largest_component_and_is_one_undo_step(widget_and_layers
     widget.clean_up()
     assert widget.undo_clean_up()
     np.testing.assert_array_equal(labels.data, before)
+    # after a later edit the button refuses rather than undo that edit instead
+    widget.clean_up()
+    labels.data_setitem((np.array([0]), np.array([0]), np.array([0])), 1)
+    assert not widget.undo_clean_up() and not widget.undo_cleanup_button.isEnabled()
+    assert labels.data[15].sum() == 0 and labels.data[0, 0, 0] == 1
 
 
 def test_metrics_between_model_output_and_corrected_labels(widget_and_layers):
@@ -281,10 +291,14 @@ def _wait_idle(qtbot, widget, timeout_ms: int = 120_000) -> None:
     qtbot.waitUntil(lambda: not widget.is_busy, timeout=timeout_ms)
 
 
-def test_fine_tune_on_corrections_saves_a_new_listed_checkpoint(widget_and_layers, qtbot, case):
-    widget, viewer, image, labels, reference = widget_and_layers
-    segment = SegmentWidget(viewer)
-    viewer.window.add_dock_widget(segment, name="Segment")
+def test_fine_tune_on_corrections_saves_a_new_listed_checkpoint(make_napari_viewer, qtbot, case):
+    # Docked from the plugin's manifest as a user does: napari then hands the widgets a viewer
+    # whose layers are proxies, which must not confuse layer identity.
+    viewer = make_napari_viewer()
+    image, labels, reference = _open(viewer, case)
+    _, segment = viewer.window.add_plugin_dock_widget("napari-dsms", "Segment")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dsms", "Review & fine-tune")
+    assert isinstance(widget, ReviewWidget) and isinstance(segment, SegmentWidget)
     _correct(labels, reference)
     widget.refresh_status()
     assert Path(widget.checkpoint_combo.currentData()) == case["checkpoint"]
@@ -319,10 +333,11 @@ def test_fine_tune_on_corrections_saves_a_new_listed_checkpoint(widget_and_layer
         widget.resegment_button.click()
     qtbot.waitUntil(lambda: not segment.running, timeout=10_000)
     new_layer = segmented.args[0]
-    assert new_layer is not labels and new_layer.metadata["model"]["checkpoint"] == str(path)
-    assert widget.prediction_combo.layer() is new_layer
-    assert widget.reference_combo.layer() is labels
-    assert widget.labels_layer is labels
+    assert not _same(new_layer, labels)
+    assert new_layer.metadata["model"]["checkpoint"] == str(path)
+    assert _same(widget.prediction_combo.layer(), new_layer)
+    assert _same(widget.reference_combo.layer(), labels)
+    assert _same(widget.labels_layer, labels)
     np.testing.assert_array_equal(labels.data, before)
 
 

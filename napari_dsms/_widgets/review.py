@@ -73,6 +73,15 @@ DEFAULT_TIME_BUDGET_S = int(FINE_TUNE_DEFAULTS.time_budget_s or 0)
 _TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
 
 
+def _same(a: Any, b: Any) -> bool:
+    """Whether two references point to the same layer.
+
+    napari hands plugin widgets a viewer whose layers come wrapped in a fresh proxy at every
+    access, so ``is`` would tell two views of one layer apart.
+    """
+    return getattr(a, "__wrapped__", a) is getattr(b, "__wrapped__", b)
+
+
 def _labels_layers(viewer: napari.Viewer) -> list[Labels]:
     return [layer for layer in viewer.layers if isinstance(layer, Labels)]
 
@@ -130,7 +139,7 @@ class _LayerCombo(QComboBox):
             return -1
         for i in range(self.count()):
             layer, variant = self.itemData(i)
-            if layer is data[0] and variant == data[1]:
+            if _same(layer, data[0]) and variant == data[1]:
                 return i
         return -1
 
@@ -168,8 +177,8 @@ class ReviewWidget(QWidget):
         self.viewer = napari_viewer
         self._watched: Labels | None = None
         self._edited: list[int] = []
-        self._cleanup_item: object | None = None
-        self._cleanup_layer: Labels | None = None
+        # The labels layer whose newest undo step is this widget's clean-up, else None.
+        self._cleanup_on_top: Labels | None = None
         self._worker: Any = None
         self._last_checkpoint: Path | None = None
         # Checkpoint files outside the model folders that produced a labels layer: path -> arch.
@@ -469,11 +478,12 @@ class ReviewWidget(QWidget):
 
     def _on_labels_changed(self, index: int = -1) -> None:
         layer = self.labels_layer
-        if self._watched is not None and self._watched is not layer:
+        if self._watched is not None and not _same(self._watched, layer):
             self._watched.events.paint.disconnect(self._schedule_refresh)
             self._watched.events.data.disconnect(self._schedule_refresh)
             self._watched.events.set_data.disconnect(self._on_set_data)
-        if layer is not None and layer is not self._watched:
+            self._forget_cleanup()
+        if layer is not None and not _same(layer, self._watched):
             # paint: brush strokes and clean-up; data: a new array; set_data: undo / redo.
             layer.events.paint.connect(self._schedule_refresh)
             layer.events.data.connect(self._schedule_refresh)
@@ -485,6 +495,7 @@ class ReviewWidget(QWidget):
         self.refresh_status()
 
     def _schedule_refresh(self, event: Any = None) -> None:
+        self._forget_cleanup()
         self._refresh_timer.start()
 
     def _on_set_data(self, event: Any = None) -> None:
@@ -498,7 +509,7 @@ class ReviewWidget(QWidget):
         if point != self._last_point:
             self._last_point = point
             return
-        self._schedule_refresh()
+        self._schedule_refresh()  # undo or redo (or a display change, harmlessly)
 
     def _prediction(self, layer: Labels | None = None) -> np.ndarray | None:
         layer = layer if layer is not None else self.labels_layer
@@ -712,19 +723,10 @@ class ReviewWidget(QWidget):
             self.fine_tune_label.setText("")
             show_info("Clean-up: nothing to remove, the labels are already one piece")
             return 0
-        recorded: list[object] = []
-
-        def remember(event: Any) -> None:
-            recorded.append(event.value)
-
-        layer.events.paint.connect(remember)
-        try:
-            layer.data_setitem(changed, cleaned[changed])
-        finally:
-            layer.events.paint.disconnect(remember)
-        self._cleanup_item = recorded[-1] if recorded else None
-        self._cleanup_layer = layer
-        self.undo_cleanup_button.setEnabled(self._cleanup_item is not None)
+        layer.data_setitem(changed, cleaned[changed])
+        # Set after the call: the clean-up's own events must not count as a later edit.
+        self._cleanup_on_top = layer
+        self.undo_cleanup_button.setEnabled(True)
         count = int(changed[0].size)
         show_info(f"Clean-up changed {count} voxels; Ctrl+Z or 'Undo clean-up' reverts it")
         self.refresh_status()
@@ -733,12 +735,12 @@ class ReviewWidget(QWidget):
     def undo_clean_up(self) -> bool:
         """Revert the last clean-up if it is still the newest step of napari's undo history.
 
-        Returns ``False`` (and says why) when later edits came after it: undoing those first
-        is the user's call, through napari's own undo.
+        Any edit, undo or redo of the labels after the clean-up ends this button's say: it would
+        otherwise undo something else. Returns ``False`` (and says why) then; napari's own undo
+        (Ctrl+Z) still steps back through everything.
         """
-        layer = self._cleanup_layer
-        history = getattr(layer, "_undo_history", None) if layer is not None else None
-        if not history or history[-1] is not self._cleanup_item:
+        layer = self._cleanup_on_top
+        if layer is None or not _same(layer, self.labels_layer):
             self._refuse(
                 "the clean-up is no longer the last edit; use napari's undo (Ctrl+Z)",
                 self.slice_label,
@@ -746,10 +748,14 @@ class ReviewWidget(QWidget):
             self.undo_cleanup_button.setEnabled(False)
             return False
         layer.undo()
-        self._cleanup_item = None
-        self.undo_cleanup_button.setEnabled(False)
+        self._forget_cleanup()
         self.refresh_status()
         return True
+
+    def _forget_cleanup(self) -> None:
+        """The clean-up is no longer the newest undo step (something happened after it)."""
+        self._cleanup_on_top = None
+        self.undo_cleanup_button.setEnabled(False)
 
     # ------------------------------------------------------------------ metrics
 
