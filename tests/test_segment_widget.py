@@ -217,3 +217,23 @@ def test_real_ct_keeps_its_geometry(make_napari_viewer, qtbot, model_dir, nih_ct
     labels = _run(qtbot, widget)
     _assert_same_geometry(labels, image)
     assert labels.data.shape == (4, 512, 512)
+
+
+def test_docked_from_the_manifest_through_napari_proxies(make_napari_viewer, qtbot, model_dir):
+    """napari hands manifest widgets a viewer proxy that wraps every layer it returns."""
+    viewer = make_napari_viewer()
+    image = _phantom_layer(viewer)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dsms", "Segment")
+    assert isinstance(widget, SegmentWidget)
+    assert widget.select_checkpoint(model_dir / "tiny_unet.pt")
+    widget.device_combo.setCurrentText("cpu")
+    first = _run(qtbot, widget)
+    first_layer = viewer.layers[first.name]
+    assert viewer.layers.selection.active is first_layer and first_layer.mode == "paint"
+    _assert_same_geometry(first_layer, image)
+    assert _run(qtbot, widget).name == first.name  # unedited: replaced in place
+    edited = first_layer.data.copy()
+    edited[1, 3:6, 3:6] = 1 - edited[1, 3:6, 3:6].clip(0, 1)
+    first_layer.data = edited
+    assert _run(qtbot, widget).name == "phantom pancreas/tumour (2)"
+    assert len([layer for layer in viewer.layers if isinstance(layer, Labels)]) == 2
