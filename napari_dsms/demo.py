@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import napari
 
 PLUGIN = "napari-dsms"
-WIDGETS = ("Load CT", "Segment", "Review & fine-tune")
+WIDGETS = ("Load CT", "Segment", "Review and fine-tune")
 
 
 def open_demo_viewer(path: str | None = None, viewer: napari.Viewer | None = None) -> napari.Viewer:

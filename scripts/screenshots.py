@@ -41,7 +41,7 @@ from src_models.weights import resolve_checkpoint  # noqa: E402
 DATA = ROOT.parent / "shared" / "data" / "nih-pancreas-0001"
 WINDOW_SIZE = (1600, 1000)
 PLUGIN = "napari-dsms"
-DOCKS = ("Load CT", "Segment", "Review & fine-tune")
+DOCKS = ("Load CT", "Segment", "Review and fine-tune")
 
 
 def parse_args() -> argparse.Namespace:
@@ -169,7 +169,7 @@ def main() -> None:
         labels.visible = True
 
     # 4. correct: paint the manual reference into a few slices
-    show_dock("Review & fine-tune")
+    show_dock("Review and fine-tune")
     prediction = np.array(labels.metadata["prediction"])
     slices = corrected_slices(reference, args.corrected)
     for k in slices:

@@ -51,7 +51,7 @@ def test_foreign_files_are_left_to_other_readers(tmp_path) -> None:
     assert napari_get_reader(str(tmp_path)) is None  # a folder without DICOM
 
 
-@pytest.mark.parametrize("widget_name", ["Load CT", "Segment", "Review & fine-tune"])
+@pytest.mark.parametrize("widget_name", ["Load CT", "Segment", "Review and fine-tune"])
 def test_dock_widgets_can_be_added(make_napari_viewer, widget_name: str) -> None:
     viewer = make_napari_viewer()
     dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, widget_name)

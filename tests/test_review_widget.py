@@ -1,4 +1,4 @@
-"""Review & fine-tune widget on the real NIH CT: find corrections, clean up, export, fine-tune."""
+"""Review and fine-tune widget on the real NIH CT: find corrections, clean up, export, fine-tune."""
 
 from __future__ import annotations
 
@@ -297,7 +297,7 @@ def test_fine_tune_on_corrections_saves_a_new_listed_checkpoint(make_napari_view
     viewer = make_napari_viewer()
     image, labels, reference = _open(viewer, case)
     _, segment = viewer.window.add_plugin_dock_widget("napari-dsms", "Segment")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-dsms", "Review & fine-tune")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-dsms", "Review and fine-tune")
     assert isinstance(widget, ReviewWidget) and isinstance(segment, SegmentWidget)
     _correct(labels, reference)
     widget.refresh_status()

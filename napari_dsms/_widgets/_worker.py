@@ -3,7 +3,7 @@
 Every long job of the engine (segmentation, training) is a plain generator. The widgets start it
 here, so the viewer stays responsive, the job's progress shows in the widget and in napari's
 activity panel, Cancel stops it between two steps, and failures become notifications instead of
-crashes. Shared by the Segment and the Review & fine-tune widgets.
+crashes. Shared by the Segment and the Review and fine-tune widgets.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Review & fine-tune: walk through a segmentation, correct it, export it, learn from it.
+"""Review and fine-tune: walk through a segmentation, correct it, export it, learn from it.
 
 The dock widget binds one CT image layer and one labels layer (normally the Segment widget's
 result). napari's own paint, erase, fill and undo stay the editing tools; this widget only

@@ -5,7 +5,7 @@ The widget holds no science: the run is :func:`src_models.inference.segment` in 
 radiologist needs: choose image, architecture, checkpoint, device; watch progress; cancel; get a
 Labels layer ready to paint on; never lose manual edits to a second run.
 
-Layer contract (read by the Review & fine-tune widget)
+Layer contract (read by the Review and fine-tune widget)
 ------------------------------------------------------
 ``"<image> pancreas/tumour"`` (Labels, canonical uint8) with ``metadata["prediction"]``, an
 unedited copy of the model's labels, and ``metadata["model"]``, a dict with ``arch``,
