@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import re
-import tempfile
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ from nibabel.orientations import io_orientation
 from scipy import ndimage
 
 from . import __version__
+from .atomic import write_text_atomic
 from .checkpoints import load_checkpoint, save_checkpoint
 from .metrics import STRUCTURES, volume_ml
 from .training import TrainEvent, fine_tune
@@ -332,16 +331,8 @@ def write_sidecar(export_path: str | Path, content: Mapping[str, Any]) -> Path:
     Path
         The JSON file, :func:`sidecar_path` of ``export_path``.
     """
-    path = sidecar_path(export_path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(_compact_number_lists(json.dumps(content, indent=2)) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    text = _compact_number_lists(json.dumps(content, indent=2)) + "\n"
+    return write_text_atomic(sidecar_path(export_path), text)
 
 
 def sidecar_path(export_path: str | Path) -> Path:
