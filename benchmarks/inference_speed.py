@@ -114,6 +114,11 @@ def matmul_run(device: torch.device, dtype: torch.dtype) -> tuple[Callable[[], N
     return run, 10 * 2 * n**3
 
 
+def axial_slices(volume: Volume) -> int:
+    """Number of axial slices (the canonical first axis)."""
+    return to_canonical(volume.array, volume.affine)[0].shape[0]
+
+
 def stacked(volume: Volume, slices: int) -> Volume:
     """``volume`` repeated along its axial axis up to ``slices`` slices (same affine)."""
     canonical, _ = to_canonical(volume.array, volume.affine)
@@ -168,12 +173,18 @@ def naive_run(
 
 
 def engine_run(
-    model: torch.nn.Module, volume: Volume, meta: dict[str, Any], device: torch.device
+    model: torch.nn.Module,
+    volume: Volume,
+    meta: dict[str, Any],
+    device: torch.device,
+    batch_size: int | None = None,
 ) -> Callable[[], None]:
     """``segment`` as ``dsms predict`` runs it (labels only, default batch and precision)."""
 
     def run() -> None:
-        segment_to_completion(volume, model, meta, device=device, reconstruct=False)
+        segment_to_completion(
+            volume, model, meta, device=device, reconstruct=False, batch_size=batch_size
+        )
 
     return run
 
@@ -211,7 +222,7 @@ def speed_table(args: argparse.Namespace, device: torch.device, ct: Volume) -> l
         f"| Engine GFLOP/s | {precision} peak GFLOP/s | % of peak | Load before/after |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    volumes = {n: ct if n == ct.shape[2] else stacked(ct, n) for n in args.slices}
+    volumes = {n: ct if n == axial_slices(ct) else stacked(ct, n) for n in args.slices}
     for arch in args.models:
         model, meta, weights = model_for(arch, args.width, args.checkpoints)
         spacing = canonical_spacing(ct.affine)[1:]
@@ -287,6 +298,23 @@ def end_to_end(args: argparse.Namespace, ct: Volume, workdir: Path) -> list[str]
     ]
 
 
+def batch_sweep(args: argparse.Namespace, device: torch.device, ct: Volume) -> list[str]:
+    """Slices/s of the default model at several batch sizes, taking turns."""
+    model, meta, weights = model_for(DEFAULT_MODEL, args.width, args.checkpoints)
+    runs = {b: engine_run(model, ct, meta, device, b) for b in args.batch_sweep}
+    times = interleaved_seconds(runs, args.repeats, device)
+    slices = axial_slices(ct)
+    cells = [f"{statistics.median(slices / t for t in times[b]):.1f}" for b in args.batch_sweep]
+    return [
+        f"Batch size ({DEFAULT_MODEL}, {weights}, {slices} slices, median slices/s of "
+        f"{args.repeats} runs, load {load()}):",
+        "",
+        "| " + " | ".join(f"batch {b}" for b in args.batch_sweep) + " |",
+        "| " + " | ".join("---" for _ in args.batch_sweep) + " |",
+        "| " + " | ".join(cells) + " |",
+    ]
+
+
 def precision_check(args: argparse.Namespace, device: torch.device, ct: Volume) -> list[str]:
     """float32 vs bfloat16 autocast on the shared CT: speed and how far the labels agree."""
     model, meta, weights = model_for(DEFAULT_MODEL, args.width, args.checkpoints)
@@ -304,7 +332,7 @@ def precision_check(args: argparse.Namespace, device: torch.device, ct: Volume) 
     dice = 2 * np.count_nonzero(p32 & p16) / max(1, np.count_nonzero(p32) + np.count_nonzero(p16))
     differ = np.count_nonzero(l32 != l16)
     return [
-        f"float32 vs bfloat16 on the shared CT ({DEFAULT_MODEL}, {weights}, {ct.shape[2]} "
+        f"float32 vs bfloat16 on the shared CT ({DEFAULT_MODEL}, {weights}, {axial_slices(ct)} "
         f"slices, {args.repeats} runs):",
         "",
         "| float32 s | bfloat16 s | Speed-up | Voxels differing | Pancreas voxels fp32 / bf16 "
@@ -332,6 +360,9 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true", help="skip the per-model table")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--precision-check", action="store_true")
+    parser.add_argument(
+        "--batch-sweep", type=int, nargs="+", metavar="N", help="also time these batch sizes"
+    )
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -340,6 +371,9 @@ def main() -> None:
     print(report[0], flush=True)
     if not args.skip_speed:
         report += speed_table(args, device, ct) + [""]
+    if args.batch_sweep:
+        report += batch_sweep(args, device, ct) + [""]
+        print("\n".join(report[-6:]), flush=True)
     if args.precision_check:
         report += precision_check(args, device, ct) + [""]
         print("\n".join(report[-6:]), flush=True)
