@@ -237,3 +237,19 @@ def test_docked_from_the_manifest_through_napari_proxies(make_napari_viewer, qtb
     first_layer.data = edited
     assert _run(qtbot, widget).name == "phantom pancreas/tumour (2)"
     assert len([layer for layer in viewer.layers if isinstance(layer, Labels)]) == 2
+
+
+def test_a_plain_image_layer_is_taken_as_radiological_slices(make_napari_viewer, qtbot, model_dir):
+    """A layer from another reader (no file geometry) keeps its own scale and position."""
+    image_volume, _ = make_phantom(seed=4, shape=(40, 36, 5), spacing=(3.0, 3.0, 3.0))
+    data, _, _ = image_layer_data(image_volume)
+    viewer = make_napari_viewer()
+    image = viewer.add_image(
+        np.array(data), name="plain", scale=(3.0, 3.0, 3.0), translate=(10.0, -5.0, 2.0)
+    )
+    widget = _widget(viewer, model_dir, arch="unet")
+    labels = _run(qtbot, widget)
+    assert labels.data.shape == image.data.shape
+    np.testing.assert_allclose(labels.scale, image.scale)
+    np.testing.assert_allclose(labels.translate, image.translate)
+    np.testing.assert_array_equal(labels.metadata["prediction"], labels.data)
