@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"', (HERE / "src_models" / "version.py").read_text(encoding="utf-8")
+).group(1)
 
 setup(
     name="napari-dsms",
-    version="0.1.0",
+    version=VERSION,
     description=(
         "Pancreas and pancreatic-tumour segmentation of abdominal CT in napari with the "
         "deeply supervised multi-scale U-Net family: review, correct, export, fine-tune."
@@ -19,10 +23,10 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     python_requires=">=3.10",
-    packages=["napari_dsms", "napari_dsms._widgets", "src_models", "src_models.nets"],
+    packages=find_packages(include=["napari_dsms", "napari_dsms.*", "src_models", "src_models.*"]),
     package_data={
         "napari_dsms": ["napari.yaml"],
-        "src_models": ["weights/*.pt", "weights/*.json"],
+        "src_models": ["models/weights/*.pt", "models/weights/*.json"],
     },
     install_requires=[
         "napari>=0.5",

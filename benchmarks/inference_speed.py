@@ -7,7 +7,8 @@ What it measures, all in one run so that the ratios compare like with like:
 2. For every architecture (``<arch>.pt`` from ``--checkpoints``, else the bundled checkpoint,
    else fresh weights at ``--width`` with the default preprocessing; the table says which), on
    the shared CT and on a 240-slice volume stacked from it: slices/s of
-   :func:`src_models.inference.segment` (labels only, as ``dsms predict`` runs) and of a naive
+   :func:`src_models.inference.engine.segment` (labels only, as ``dsms predict`` runs) and of a
+   naive
    loop on the same model (batch 1, NCHW, float32, ``torch.no_grad`` instead of
    ``inference_mode``), with the same pre- and post-processing, over the first
    ``--naive-slices`` slices.
@@ -48,19 +49,19 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from src_models import ARCHITECTURES, build_model
-from src_models.checkpoints import load_checkpoint, save_checkpoint
-from src_models.devices import resolve_device
-from src_models.inference import autocast_dtype, segment_to_completion
-from src_models.orientation import canonical_spacing, to_canonical
-from src_models.preprocessing import (
+from src_models.inference.devices import resolve_device
+from src_models.inference.engine import autocast_dtype, segment_to_completion
+from src_models.inference.preprocessing import (
     DEFAULT_PREPROCESSING,
     labels_from_logits,
     model_size,
     to_model_input,
     to_source_size,
 )
-from src_models.volumes import Volume, read_volume
-from src_models.weights import BUNDLED_DIR
+from src_models.io import Volume, read_volume
+from src_models.io.orientation import canonical_spacing, to_canonical
+from src_models.models.checkpoints import save_checkpoint
+from src_models.models.store import BUNDLED_DIR, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CT = REPO.parent / "shared" / "data" / "nih-pancreas-0001" / "ct.nii.gz"

@@ -93,10 +93,10 @@ def main() -> None:
     from napari_dsms._layers import image_layer_data
     from napari_dsms._widgets.segment import SegmentWidget
     from src_models import build_model
-    from src_models.checkpoints import save_checkpoint
-    from src_models.preprocessing import DEFAULT_PREPROCESSING
-    from src_models.volumes import Volume, read_volume
-    from src_models.weights import BUNDLED_DIR
+    from src_models.inference.preprocessing import DEFAULT_PREPROCESSING
+    from src_models.io import Volume, read_volume
+    from src_models.models.checkpoints import save_checkpoint
+    from src_models.models.store import BUNDLED_DIR
 
     ct_path = Path(__file__).resolve().parents[2] / "shared/data/nih-pancreas-0001/ct.nii.gz"
     ct = read_volume(ct_path)

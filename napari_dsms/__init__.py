@@ -6,4 +6,6 @@ layers and widgets.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from src_models.version import __version__
+
+__all__ = ["__version__"]

@@ -1,6 +1,6 @@
 """Volumes <-> napari layer data, with the geometry that makes layers overlay and export exactly.
 
-Layers hold the canonical array (:mod:`src_models.orientation`: slices towards Superior, rows
+Layers hold the canonical array (:mod:`src_models.io.orientation`: slices towards Superior, rows
 towards Posterior, columns towards the patient's Left), ``scale`` = voxel size in mm and
 ``translate`` = world position of voxel 0, so volumes of one patient on different grids overlay.
 The file's affine, native shape and path travel in ``layer.metadata``; :func:`layer_to_volume`
@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 
-from src_models.orientation import (
+from src_models.io import LABEL_NAMES, Volume, VolumeError, check_same_grid
+from src_models.io.orientation import (
     canonical_origin,
     canonical_spacing,
     from_canonical,
     to_canonical,
 )
-from src_models.volumes import LABEL_NAMES, Volume, VolumeError, check_same_grid
-from src_models.windows import CT_WINDOWS, DEFAULT_WINDOW
+from src_models.io.windows import CT_WINDOWS, DEFAULT_WINDOW
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
@@ -74,7 +74,7 @@ def image_layer_data(
     volume : Volume
         CT in HU on its file grid; the layer gets a view of its canonical array (no copy).
     window : str
-        Key of :data:`src_models.windows.CT_WINDOWS` that sets the initial contrast limits.
+        Key of :data:`src_models.io.windows.CT_WINDOWS` that sets the initial contrast limits.
     name : str, optional
         Layer name; defaults to the volume's description.
     """
@@ -196,6 +196,6 @@ def layer_to_volume(layer: Any) -> Volume:
     """The layer's data back on its file grid, as a :class:`Volume` with the file's affine.
 
     Used by the writer and by exports: the canonical array goes through
-    :func:`src_models.orientation.from_canonical`, an exact permutation and flip.
+    :func:`src_models.io.orientation.from_canonical`, an exact permutation and flip.
     """
     return canonical_to_volume(layer.data, layer.metadata, getattr(layer, "name", "layer"))

@@ -2,7 +2,7 @@
 
 napari asks every plugin whether it can read a path, so :func:`napari_get_reader` decides from
 the name and a few bytes only, and answers ``None`` for anything it does not claim. Once it has
-claimed a path, a failure raises :class:`~src_models.volumes.VolumeError` with a message naming
+claimed a path, a failure raises :class:`~src_models.io.VolumeError` with a message naming
 the file and the problem, which napari shows as a notification.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from src_models.dicom import is_dicom_file
-from src_models.volumes import NIFTI_SUFFIXES, Volume, label_array, read_volume
+from src_models.io import NIFTI_SUFFIXES, Volume, label_array, read_volume
+from src_models.io.dicom import is_dicom_file
 
 from ._layers import LayerDataTuple, image_layer_data, labels_layer_data
 

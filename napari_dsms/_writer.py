@@ -2,7 +2,7 @@
 
 The layer holds canonical data; its metadata (set by the reader, the sample and
 :func:`napari_dsms._layers.new_labels_like`) records the CT's affine and native shape, which
-:func:`src_models.volumes.write_labels` needs to put every voxel back where the CT has it.
+:func:`src_models.io.write_labels` needs to put every voxel back where the CT has it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from src_models.volumes import NIFTI_SUFFIXES, write_labels
+from src_models.io import NIFTI_SUFFIXES, write_labels
 
 from ._layers import canonical_to_volume
 

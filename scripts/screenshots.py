@@ -33,10 +33,10 @@ import napari  # noqa: E402
 from qtpy.QtWidgets import QApplication, QScrollArea, QWidget  # noqa: E402
 
 from src_models.corrections import keep_largest_components  # noqa: E402
+from src_models.io import read_labels, read_volume  # noqa: E402
+from src_models.io.orientation import to_canonical  # noqa: E402
 from src_models.metrics import case_metrics  # noqa: E402
-from src_models.orientation import to_canonical  # noqa: E402
-from src_models.volumes import read_labels, read_volume  # noqa: E402
-from src_models.weights import resolve_checkpoint  # noqa: E402
+from src_models.models.store import resolve_checkpoint  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "nih-pancreas-0001"
 WINDOW_SIZE = (1600, 1000)

@@ -30,11 +30,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src_models.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
-from src_models.data import cache_case, find_cases, phantom_cases, write_split  # noqa: E402
-from src_models.preprocessing import DEFAULT_PREPROCESSING  # noqa: E402
-from src_models.registry import ARCHITECTURES  # noqa: E402
-from src_models.training import TrainConfig, train  # noqa: E402
+from src_models.inference.preprocessing import DEFAULT_PREPROCESSING  # noqa: E402
+from src_models.models.checkpoints import save_checkpoint  # noqa: E402
+from src_models.models.store import load_checkpoint  # noqa: E402
+from src_models.nets.registry import ARCHITECTURES  # noqa: E402
+from src_models.training.data import cache_case, find_cases, phantom_cases, write_split  # noqa: E402
+from src_models.training.loop import TrainConfig, train  # noqa: E402
 
 #: Training order: the default model first, so it gets its budget even if the run is cut short.
 ORDER = ("dsmsc_unet", "unet", "fcn", "drs_unet", "kcmdrs_unet")
@@ -95,8 +96,8 @@ def fine_tune_check(checkpoint: Path, volume_case, slices: int, seed: int) -> di
     """The Review widget's loop on the held-out volume: ``slices`` corrected slices, spread
     evenly over the pancreas, train :func:`fine_tune` with its defaults; Dice is measured on
     every other slice of the volume that holds pancreas, before and after."""
-    from src_models.data import load_case
-    from src_models.training import fine_tune, run_to_end
+    from src_models.training.data import load_case
+    from src_models.training.loop import fine_tune, run_to_end
 
     arrays = load_case(volume_case)
     with_pancreas = np.flatnonzero(arrays.labels.reshape(len(arrays.labels), -1).max(1) > 0)

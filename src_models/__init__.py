@@ -5,12 +5,12 @@ Never imports napari or Qt, so it runs on GPU servers and in the ``dsms`` comman
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from .io import Volume, VolumeError, read_labels, read_volume, write_image, write_labels
+from .models.checkpoints import CheckpointError, save_checkpoint
+from .models.store import load_checkpoint
 from .nets import SegmentationOutput
-from .registry import ARCHITECTURES, DESCRIPTIONS, build_model
-from .volumes import Volume, VolumeError, read_labels, read_volume, write_image, write_labels
+from .nets.registry import ARCHITECTURES, DESCRIPTIONS, build_model
+from .version import __version__
 
 __all__ = [
     "ARCHITECTURES",
@@ -18,6 +18,7 @@ __all__ = [
     "DESCRIPTIONS",
     "SegmentationOutput",
     "Volume",
+    "__version__",
     "VolumeError",
     "build_model",
     "load_checkpoint",

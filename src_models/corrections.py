@@ -5,7 +5,7 @@ decided here by comparing the labels with the model's own output kept beside the
 difference), never by trusting a flag that a paint tool might forget to set: undoing an edit
 makes the slice unedited again, and an edit made with any tool counts.
 
-Everything works on arrays in the canonical layout of :mod:`src_models.orientation` (axis 0 =
+Everything works on arrays in the canonical layout of :mod:`src_models.io.orientation` (axis 0 =
 axial slices towards Superior), which is what the napari layers hold; :func:`source_slice_indices`
 translates slice numbers back to the file's own index order for export side-cars.
 """
@@ -24,11 +24,12 @@ import numpy as np
 from nibabel.orientations import io_orientation
 from scipy import ndimage
 
-from . import __version__
-from .atomic import write_text_atomic
-from .checkpoints import load_checkpoint, save_checkpoint
+from .io.atomic import write_text_atomic
 from .metrics import STRUCTURES, volume_ml
-from .training import TrainEvent, fine_tune
+from .models.checkpoints import save_checkpoint
+from .models.store import load_checkpoint
+from .training.loop import TrainEvent, fine_tune
+from .version import __version__
 
 #: Share of the corrected slices kept out of fine-tuning to measure Dice before and after.
 HOLDOUT_FRACTION = 0.2
@@ -385,7 +386,7 @@ def fine_tuned_path(model_dir: str | Path, base_checkpoint: str | Path, image: s
     return model_dir / f"{stem}{max(taken, default=0) + 1}.pt"
 
 
-#: Keys :func:`~src_models.checkpoints.save_checkpoint` stamps itself; a base checkpoint's
+#: Keys :func:`~src_models.models.checkpoints.save_checkpoint` stamps itself; a base checkpoint's
 #: values must not pass for the fine-tuned model's own.
 _STAMP_KEYS = ("date", "code_version", "torch_version")
 
@@ -456,7 +457,7 @@ def learn_from_corrections(
     """Fine-tune a copy of ``checkpoint`` on corrected slices and save it as a new file.
 
     A generator for a worker thread: it yields the training events of
-    :func:`~src_models.training.fine_tune` (loss per step, held-out figures before and after)
+    :func:`~src_models.training.loop.fine_tune` (loss per step, held-out figures before and after)
     and returns a :class:`FineTuneReport`. Closing it (Cancel) stops between two steps and saves
     nothing. The base checkpoint is loaded afresh, so the model the viewer is using is never
     touched, and it is never overwritten: the result goes to ``output`` (atomically), which
@@ -481,7 +482,7 @@ def learn_from_corrections(
         Stop after this many steps or seconds, whichever first (training's defaults if both
         are ``None``).
     device, seed
-        As for :func:`~src_models.training.fine_tune`.
+        As for :func:`~src_models.training.loop.fine_tune`.
 
     Raises
     ------

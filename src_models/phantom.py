@@ -8,7 +8,7 @@ varies body size, organ positions, pancreas curvature and thickness, and the tum
 the phantom usable as (easy) training data.
 
 Layout: the array is stored as a DICOM-like file would be, index (column, row, slice) increasing
-towards patient Left, Posterior and Superior (LPS); :func:`src_models.orientation.to_canonical`
+towards patient Left, Posterior and Superior (LPS); :func:`src_models.io.orientation.to_canonical`
 turns it into the radiological view (anterior at the top, patient's right on the screen's left).
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 from scipy.interpolate import CubicSpline
 from scipy.ndimage import gaussian_filter
 
-from .volumes import Volume
+from .io import Volume
 
 Slices = tuple[slice, slice, slice]
 

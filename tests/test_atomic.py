@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from src_models.atomic import atomic_path, write_text_atomic
+from src_models.io.atomic import atomic_path, write_text_atomic
 
 
 def test_a_failed_write_keeps_the_previous_file_and_cleans_up(tmp_path) -> None:

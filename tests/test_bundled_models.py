@@ -11,9 +11,8 @@ import json
 import pytest
 import torch
 
-from src_models.checkpoints import load_checkpoint
-from src_models.registry import ARCHITECTURES
-from src_models.weights import BUNDLED_DIR
+from src_models.models.store import BUNDLED_DIR, load_checkpoint
+from src_models.nets.registry import ARCHITECTURES
 
 #: Size limit of one bundled file (float16 weights of width 12 take 1.3 to 3.9 MB).
 MAX_BYTES = 5 * 2**20
@@ -50,9 +49,9 @@ def test_split_file_matches_the_checkpoints():
 
 @pytest.mark.slow
 def test_default_model_segments_an_unseen_real_ct(nih_ct, nih_label):
-    from src_models.inference import segment_to_completion
+    from src_models.inference.engine import segment_to_completion
+    from src_models.io import read_labels, read_volume
     from src_models.metrics import case_metrics
-    from src_models.volumes import read_labels, read_volume
 
     volume = read_volume(nih_ct)
     reference = read_labels(nih_label, volume)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from src_models import CheckpointError, build_model, load_checkpoint, save_checkpoint
-from src_models.weights import list_checkpoints, resolve_checkpoint, user_model_dir
+from src_models.models.store import list_checkpoints, resolve_checkpoint, user_model_dir
 
 PREPROCESSING = {"hu_window": (-100, 240), "spacing_mm": 0.8}
 REPO = Path(__file__).resolve().parents[1]

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from src_models import __version__
 from src_models.corrections import (
     CorrectionsError,
     FineTuneReport,
@@ -24,7 +25,7 @@ from src_models.corrections import (
     training_slices,
     write_sidecar,
 )
-from src_models.orientation import to_canonical
+from src_models.io.orientation import to_canonical
 
 
 def _prediction() -> np.ndarray:
@@ -143,7 +144,7 @@ def test_volumes_and_sidecar_content(tmp_path) -> None:
         model={"arch": "unet", "checkpoint": "/models/unet.pt"},
         edited=[6, 2],
         reviewed=[3],
-        plugin_version="0.1.0",
+        plugin_version=__version__,
         now=dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc),
     )
     json.dumps(content)
@@ -155,7 +156,7 @@ def test_volumes_and_sidecar_content(tmp_path) -> None:
     assert content["edited_slices"]["source"] == [2, 6]
     assert "axis 2" in content["slice_index_conventions"]["source"]
     assert content["date"] == "2024-05-01T12:00:00+00:00"
-    assert content["plugin_version"] == "0.1.0"
+    assert content["plugin_version"] == __version__
     assert content["volumes_ml"]["pancreas"] == pytest.approx(5 * 36 * 0.64 * 2 / 1000, abs=1e-3)
     written = write_sidecar(export, content)
     assert written == tmp_path / "case_labels.json"

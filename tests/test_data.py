@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from src_models.data import (
+from src_models.training.data import (
     NO_AUGMENTATION,
     Augmentation,
     CachedCase,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from src_models.checkpoints import load_checkpoint
+from src_models.models.store import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

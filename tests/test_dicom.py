@@ -26,7 +26,7 @@ from pydicom.uid import (
 )
 
 from src_models import VolumeError, read_labels, read_volume, write_labels
-from src_models.orientation import to_canonical
+from src_models.io.orientation import to_canonical
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 ROWS, COLS = 12, 16

@@ -13,8 +13,8 @@ from nibabel.orientations import apply_orientation, inv_ornt_aff
 from torch import nn
 
 from src_models import build_model
-from src_models import inference as inference_module
-from src_models.inference import (
+from src_models.inference import engine as inference_module
+from src_models.inference.engine import (
     InsufficientMemoryError,
     autocast_dtype,
     reconstruction_error,
@@ -22,12 +22,12 @@ from src_models.inference import (
     segment_to_completion,
     window_on_device,
 )
+from src_models.inference.preprocessing import to_model_input
+from src_models.io import Volume, read_volume
+from src_models.io.orientation import to_canonical
+from src_models.io.windows import hu_to_unit
 from src_models.nets import SegmentationOutput
-from src_models.orientation import to_canonical
 from src_models.phantom import make_phantom
-from src_models.preprocessing import to_model_input
-from src_models.volumes import Volume, read_volume
-from src_models.windows import hu_to_unit
 
 #: No resampling: the model sees the slices at their own spacing, so outputs are exact.
 NATIVE = {"preprocessing": {"hu_window": [0.0, 255.0], "spacing_mm": None}}
@@ -178,7 +178,7 @@ def test_out_of_memory_halves_the_batch_and_goes_on(monkeypatch, caplog):
 
     monkeypatch.setattr(model, "forward", flaky_forward)
     volume = _ramp_volume()
-    with caplog.at_level(logging.WARNING, logger="src_models.inference"):
+    with caplog.at_level(logging.WARNING, logger="src_models.inference.engine"):
         result = segment_to_completion(volume, model, NATIVE, device="cpu", batch_size=4)
     assert failures == [4]
     assert [call["shape"][0] for call in model.calls] == [2, 2, 2, 1]

@@ -8,7 +8,7 @@ import pytest
 from test_dicom import pattern, write_series, write_slice
 
 from napari_dsms._widgets.load_ct import LoadCTWidget
-from src_models.windows import CT_WINDOWS
+from src_models.io.windows import CT_WINDOWS
 
 NIH_SCALE = (1.0, 0.859375, 0.859375)
 TIMEOUT_MS = 60_000

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from src_models.losses import (
+from src_models.nets import SegmentationOutput
+from src_models.training.losses import (
     LOSSES,
     build_loss,
     dice_bce_loss,
     paper_loss,
     segmentation_targets,
 )
-from src_models.nets import SegmentationOutput
 
 
 def _bce(probability: float, target: float) -> float:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from src_models import ARCHITECTURES, DESCRIPTIONS, build_model, load_checkpoint, save_checkpoint
-from src_models.losses import paper_loss
-from src_models.registry import has_restoration
+from src_models.nets.registry import has_restoration
+from src_models.training.losses import paper_loss
 
 WIDTH = 4
 RESTORING = {"drs_unet", "kcmdrs_unet", "dsmsc_unet"}

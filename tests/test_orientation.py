@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from src_models.orientation import (
+from src_models.io.orientation import (
     CANONICAL_AXCODES,
     canonical_origin,
     canonical_spacing,

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from src_models.orientation import to_canonical
+from src_models.io.orientation import to_canonical
 from src_models.phantom import make_phantom
 
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from src_models import build_model
-from src_models import devices as devices_module
-from src_models.checkpoints import save_checkpoint
 from src_models.cli import main
+from src_models.inference import devices as devices_module
+from src_models.models.checkpoints import save_checkpoint
 from src_models.phantom import make_phantom
 
 REPO = Path(__file__).resolve().parents[1]

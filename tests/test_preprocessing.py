@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from src_models.preprocessing import (
+from src_models.inference.preprocessing import (
     DEFAULT_PREPROCESSING,
     labels_from_logits,
     model_size,
@@ -14,7 +14,7 @@ from src_models.preprocessing import (
     to_model_input,
     to_source_size,
 )
-from src_models.windows import CT_WINDOWS, hu_to_unit
+from src_models.io.windows import CT_WINDOWS, hu_to_unit
 
 
 def test_window_clips_and_scales_to_unit_range() -> None:

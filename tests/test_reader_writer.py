@@ -20,8 +20,8 @@ from napari_dsms._reader import napari_get_reader
 from napari_dsms._sample_data import make_phantom_sample
 from napari_dsms._writer import write_labels_layer
 from src_models import VolumeError, read_labels, read_volume, write_labels
+from src_models.io.windows import CT_WINDOWS
 from src_models.phantom import make_phantom
-from src_models.windows import CT_WINDOWS
 
 NIH_SCALE = (1.0, 0.859375, 0.859375)
 

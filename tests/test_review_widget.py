@@ -15,10 +15,10 @@ from napari_dsms._layers import image_layer_data, labels_layer_data
 from napari_dsms._widgets.review import ReviewWidget
 from napari_dsms._widgets.segment import SegmentWidget
 from src_models import build_model, load_checkpoint, save_checkpoint
-from src_models.inference import segment_to_completion
-from src_models.orientation import to_canonical
-from src_models.preprocessing import DEFAULT_PREPROCESSING
-from src_models.volumes import Volume, read_labels, read_volume
+from src_models.inference.engine import segment_to_completion
+from src_models.inference.preprocessing import DEFAULT_PREPROCESSING
+from src_models.io import Volume, read_labels, read_volume
+from src_models.io.orientation import to_canonical
 
 #: Source z range of the crop: 20 slices through the pancreas of patient 0001.
 CROP = slice(36, 56)
@@ -282,7 +282,7 @@ def test_export_reconstruction_needs_a_drs_layer(widget_and_layers, case, tmp_pa
 
 
 def _source_grid(canonical: np.ndarray, case) -> np.ndarray:
-    from src_models.orientation import from_canonical
+    from src_models.io.orientation import from_canonical
 
     return from_canonical(np.asarray(canonical), case["affine"])
 

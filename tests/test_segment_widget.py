@@ -13,11 +13,12 @@ from napari_dsms._layers import image_layer_data
 from napari_dsms._widgets import _worker
 from napari_dsms._widgets import segment as segment_module
 from napari_dsms._widgets.segment import SegmentWidget
-from src_models import build_model, weights
-from src_models.checkpoints import save_checkpoint
-from src_models.devices import available_devices
+from src_models import build_model
+from src_models.inference.devices import available_devices
+from src_models.io import Volume, read_volume
+from src_models.models import store
+from src_models.models.checkpoints import save_checkpoint
 from src_models.phantom import make_phantom
-from src_models.volumes import Volume, read_volume
 
 PREPROCESSING = {"hu_window": [0.0, 255.0], "spacing_mm": 3.0}
 TIMEOUT_MS = 120_000
@@ -28,7 +29,7 @@ def model_dir(tmp_path: Path, monkeypatch) -> Path:
     """A user model folder with tiny DSMSC and U-Net checkpoints, and no bundled ones."""
     folder = tmp_path / "models"
     monkeypatch.setenv("DSMS_MODEL_DIR", str(folder))
-    monkeypatch.setattr(weights, "BUNDLED_DIR", tmp_path / "bundled")
+    monkeypatch.setattr(store, "BUNDLED_DIR", tmp_path / "bundled")
     torch.manual_seed(0)
     for arch in ("dsmsc_unet", "unet"):
         model = build_model(arch, width=4, depth=2)

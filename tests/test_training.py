@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from src_models.checkpoints import load_checkpoint, save_checkpoint
 from src_models.cli import main
-from src_models.data import cache_case, phantom_cases
-from src_models.registry import build_model
-from src_models.training import (
+from src_models.models.checkpoints import save_checkpoint
+from src_models.models.store import load_checkpoint
+from src_models.nets.registry import build_model
+from src_models.training.data import cache_case, phantom_cases
+from src_models.training.loop import (
     TrainConfig,
     fine_tune,
     lr_factor,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from src_models import Volume, VolumeError, read_labels, read_volume, write_image, write_labels
-from src_models.orientation import to_canonical
-from src_models.volumes import describe
+from src_models.io import describe
+from src_models.io.orientation import to_canonical
 
 AFFINE = np.array(
     [[-0.8, 0.0, 0.0, 100.0], [0.0, 0.8, 0.0, -120.0], [0.0, 0.0, 2.5, -50.0], [0, 0, 0, 1.0]]
@@ -135,7 +135,7 @@ def test_write_image_float(ct, tmp_path):
 
 
 def test_labels_back_from_canonical_land_on_source_grid(ct, tmp_path):
-    from src_models.orientation import from_canonical
+    from src_models.io.orientation import from_canonical
 
     reference = read_volume(ct)
     labels = np.zeros(reference.shape, np.uint8)

@@ -26,8 +26,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from src_models.volumes import Volume, describe, read_labels, read_volume
-from src_models.windows import CT_WINDOWS, DEFAULT_WINDOW
+from src_models.io import Volume, describe, read_labels, read_volume
+from src_models.io.windows import CT_WINDOWS, DEFAULT_WINDOW
 
 from .._layers import LayerDataTuple, image_layer_data, labels_layer_data, reference_volume
 

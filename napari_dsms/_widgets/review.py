@@ -46,11 +46,11 @@ from qtpy.QtWidgets import (
 )
 
 from src_models import corrections
-from src_models.checkpoints import CheckpointError, read_metadata
+from src_models.io import VolumeError, write_image, write_labels
 from src_models.metrics import case_metrics
-from src_models.training import FINE_TUNE_DEFAULTS, TrainEvent
-from src_models.volumes import VolumeError, write_image, write_labels
-from src_models.weights import list_checkpoints, user_model_dir
+from src_models.models.checkpoints import CheckpointError, read_metadata
+from src_models.models.store import list_checkpoints, user_model_dir
+from src_models.training.loop import FINE_TUNE_DEFAULTS, TrainEvent
 
 from .. import __version__
 from .._layers import LABEL_COLOURS, layer_to_volume, reference_volume

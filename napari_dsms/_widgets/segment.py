@@ -1,6 +1,7 @@
 """Segment dock widget: run a model on a CT image layer and get editable pancreas / tumour labels.
 
-The widget holds no science: the run is :func:`src_models.inference.segment` in a worker thread
+The widget holds no science: the run is :func:`src_models.inference.engine.segment` in a worker
+thread
 (:mod:`._worker`), layers come from :mod:`napari_dsms._layers`. What it adds is the workflow a
 radiologist needs: choose image, architecture, checkpoint, device; watch progress; cancel; get a
 Labels layer ready to paint on; never lose manual edits to a second run.
@@ -41,18 +42,18 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from src_models.checkpoints import CheckpointError, load_checkpoint, read_metadata
-from src_models.devices import available_devices
-from src_models.inference import (
+from src_models.inference.devices import available_devices
+from src_models.inference.engine import (
     DEFAULT_BATCH_SIZES,
     SegmentationResult,
     reconstruction_error,
     segment,
 )
-from src_models.orientation import to_canonical
-from src_models.registry import ARCHITECTURES, DESCRIPTIONS, has_restoration
-from src_models.volumes import Volume, VolumeError
-from src_models.weights import list_checkpoints, user_model_dir
+from src_models.io import Volume, VolumeError
+from src_models.io.orientation import to_canonical
+from src_models.models.checkpoints import CheckpointError, read_metadata
+from src_models.models.store import list_checkpoints, load_checkpoint, user_model_dir
+from src_models.nets.registry import ARCHITECTURES, DESCRIPTIONS, has_restoration
 
 from .._layers import geometry_metadata, labels_layer_data, layer_to_volume
 from ._worker import JobWorker, report_error, start_job

@@ -1,6 +1,7 @@
 """``dsms evaluate``: the paper's Table 1 (Dice, PPV, sensitivity; one column per model).
 
-Every case is segmented with the inference engine (:func:`~src_models.inference.segment`, what
+Every case is segmented with the inference engine (:func:`~src_models.inference.engine.segment`,
+what
 ``dsms predict`` and the Segment widget run) and scored on its own voxel grid with
 :mod:`src_models.metrics`; each case weighs the same in the mean. A 2D slice set counts as one
 case (its slices pooled), so a patient with 11 slices weighs as much as one with 2.
@@ -20,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import write_text_atomic
-from ..data import Case, find_cases, load_case, read_split, select
+from ..inference.preprocessing import FALLBACK_SPACING_MM
+from ..io.atomic import write_text_atomic
 from ..metrics import METRICS, STRUCTURES, StructureMetrics, case_metrics, summarise
-from ..preprocessing import FALLBACK_SPACING_MM
+from ..training.data import Case, find_cases, load_case, read_split, select
 
 #: Column titles of the paper's Table 1 for the bundled architecture names.
 PAPER_NAMES: dict[str, str] = {
@@ -52,7 +53,7 @@ class _CanonicalVolume:
     """A case's slices, already canonical, as a volume for the inference engine.
 
     The affine maps (slice, row, column) to (S, P, L) at the case's spacing (2D slice sets:
-    :data:`FALLBACK_SPACING_MM` in-plane), so :func:`~src_models.orientation.to_canonical`
+    :data:`FALLBACK_SPACING_MM` in-plane), so :func:`~src_models.io.orientation.to_canonical`
     leaves the slices as they are and the engine resamples them exactly as training cached them.
     """
 
@@ -69,7 +70,7 @@ def predict_case(
     case: Case, model: Any, meta: dict[str, Any], device: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """(prediction, reference, spacing) of one labelled case, in the canonical layout."""
-    from ..inference import segment_to_completion
+    from ..inference.engine import segment_to_completion
 
     arrays = load_case(case)
     if arrays.labels is None:
@@ -96,7 +97,7 @@ def evaluate(
         {dice, ppv, ...}}}}, "summary": {model: {structure: {metric: {mean, std, cases,
         cases_with_structure}}}}}``, JSON-able.
     """
-    from ..checkpoints import load_checkpoint
+    from ..models.store import load_checkpoint
 
     names = list(names) if names else [_column_name(m) for m in models]
     if len(set(names)) != len(names):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..volumes import describe, read_volume
+from ..io import describe, read_volume
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..checkpoints import load_checkpoint
-from ..devices import resolve_device
-from ..inference import PRECISIONS, segment
-from ..registry import has_restoration
-from ..volumes import NIFTI_SUFFIXES, VolumeError, read_volume, write_image, write_labels
+from ..inference.devices import resolve_device
+from ..inference.engine import PRECISIONS, segment
+from ..io import NIFTI_SUFFIXES, VolumeError, read_volume, write_image, write_labels
+from ..models.store import load_checkpoint
+from ..nets.registry import has_restoration
 
 #: The model used when ``--model`` is not given: the paper's architecture, bundled.
 DEFAULT_MODEL = "dsmsc_unet"

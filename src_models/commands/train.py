@@ -11,7 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..data import (
+from ..nets.registry import ARCHITECTURES
+from ..training.data import (
     SPLIT_FRACTIONS,
     cache_case,
     gather_cases,
@@ -20,8 +21,7 @@ from ..data import (
     training_sets,
     write_split,
 )
-from ..registry import ARCHITECTURES
-from ..training import TrainConfig, default_threads, train, warn_if_tiny
+from ..training.loop import TrainConfig, default_threads, train, warn_if_tiny
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     train_list, val_list = training_sets(cases, split)
     preprocessing = dict(config.preprocessing)
     if args.init:
-        from ..checkpoints import load_checkpoint
+        from ..models.store import load_checkpoint
 
         preprocessing = dict(load_checkpoint(args.init)[1]["preprocessing"])
     say = print if rank == 0 else (lambda *a, **k: None)

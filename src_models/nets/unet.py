@@ -19,7 +19,8 @@ class UNet(nn.Module):
     """2D U-Net with an optional skip module and an optional restoration decoder.
 
     The four architectures of the paper differ only in ``skip_module`` and ``restoration``
-    (see :mod:`src_models.registry`), so they share this code and their weights are named alike.
+    (see :mod:`src_models.nets.registry`), so they share this code and their weights are named
+    alike.
 
     Parameters
     ----------

@@ -2,7 +2,7 @@
 
 Inference and training both call these functions, so a model always sees slices windowed and
 resampled exactly as it was trained on them. Slices are in the canonical layout of
-:mod:`src_models.orientation` (anterior at the top, patient's right on the left).
+:mod:`src_models.io.orientation` (anterior at the top, patient's right on the left).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .windows import hu_to_unit
+from ..io.windows import hu_to_unit
 
 #: Preprocessing of models trained by this project: the HU window lies inside [0, 255] so that
 #: the 2D slice sets (HU clipped to [0, 255]) look exactly like full CT to the model, and slices

@@ -10,8 +10,9 @@ Sources (mixable, each case carries a patient id so that no patient is on both s
   (:data:`~src_models.preprocessing.FALLBACK_SPACING_MM` is assumed);
 - seeded synthetic phantoms (:mod:`src_models.phantom`).
 
-Every volume goes through :func:`~src_models.orientation.to_canonical` and
-:func:`~src_models.preprocessing.to_model_input`, the path inference uses, and is then kept at
+Every volume goes through :func:`~src_models.io.orientation.to_canonical` and
+:func:`~src_models.inference.preprocessing.to_model_input`, the path inference uses, and is then
+kept at
 model resolution as uint8 (the window mapped to 0..255), which bounds memory to two bytes per
 model-resolution pixel (image and labels): about 120 kB per 1.7 mm slice.
 """
@@ -31,9 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import write_text_atomic
-from .orientation import canonical_spacing, to_canonical
-from .preprocessing import model_size, resample_labels, to_model_input
+from ..inference.preprocessing import model_size, resample_labels, to_model_input
+from ..io.atomic import write_text_atomic
+from ..io.orientation import canonical_spacing, to_canonical
 
 #: Fractions of patients for training, validation and test (the paper's 70 / 10 / 20).
 SPLIT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)
@@ -104,7 +105,7 @@ class CaseArrays:
 
     @property
     def spacing_yx(self) -> tuple[float, float] | None:
-        """In-plane spacing, what :mod:`~src_models.preprocessing` needs."""
+        """In-plane spacing, what :mod:`~src_models.inference.preprocessing` needs."""
         return None if self.spacing is None else (self.spacing[1], self.spacing[2])
 
 
@@ -229,7 +230,7 @@ def load_case(case: Case) -> CaseArrays:
             raise DatasetError(f"{case.image}: 'image' and 'mask' must be (n, H, W) of one shape")
         return CaseArrays(image.astype(np.float32), np.asarray(mask, dtype=np.uint8), None)
     if case.kind == "phantom":
-        from .phantom import make_phantom
+        from ..phantom import make_phantom
 
         if case.phantom_grid is None:
             image, labels = make_phantom(case.seed)
@@ -237,7 +238,7 @@ def load_case(case: Case) -> CaseArrays:
             shape, spacing = case.phantom_grid
             image, labels = make_phantom(case.seed, shape=shape, spacing=spacing)
         return _canonical_arrays(image.array, labels.array, image.affine)
-    from .volumes import read_labels, read_volume
+    from ..io import read_labels, read_volume
 
     image = read_volume(case.image)
     labels = read_labels(case.label, image).array if case.label is not None else None

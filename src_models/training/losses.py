@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .nets import SegmentationOutput
+from ..nets import SegmentationOutput
 
 SEGMENTATION_WEIGHT = 1.0
 RECONSTRUCTION_WEIGHT = 0.1

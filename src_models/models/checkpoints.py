@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from .atomic import atomic_path
-from .registry import ARCHITECTURES, build_model
+from ..io.atomic import atomic_path
+from ..nets.registry import ARCHITECTURES, build_model
+from ..version import __version__
 
 #: Marker stored in every checkpoint, so foreign files are told apart from damaged ones.
 FORMAT = "napari-dsms-checkpoint"
@@ -111,7 +111,7 @@ def save_checkpoint(
         Destination file (``.pt`` is the suffix the model folders list); parent folders are
         created.
     model
-        A model from :func:`~src_models.registry.build_model` (it has ``model.config``).
+        A model from :func:`~src_models.nets.registry.build_model` (it has ``model.config``).
     preprocessing
         ``{"hu_window": [lower, upper], "spacing_mm": float or None, "size": None}``: the HU
         window scaled to [0, 1] and the in-plane spacing the model was trained at (inference
@@ -216,45 +216,24 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises
     ------
     CheckpointError
-        As :func:`load_checkpoint`, except that the weights are not checked.
+        As :func:`load_checkpoint_file`, except that the weights are not checked.
     """
     payload = _read(Path(path), mmap=True)
     return {key: payload[key] for key in META_KEYS} | {"path": str(path)}
 
 
-def load_checkpoint(
-    path_or_name: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+def load_checkpoint_file(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model stored in a checkpoint, safely.
-
-    Parameters
-    ----------
-    path_or_name
-        A checkpoint file, or a name resolved by :func:`~src_models.weights.resolve_checkpoint`
-        (a bundled architecture such as ``"dsmsc_unet"`` or a checkpoint in the user's model
-        folder).
-    map_location
-        Device for the model; the file is always read to the CPU first.
-
-    Returns
-    -------
-    model
-        The network in evaluation mode.
-    meta
-        A plain dict with ``format``, ``format_version``, ``arch``, ``config``,
-        ``preprocessing``, ``class_names``, ``provenance``, ``metrics`` and ``path`` (the
-        resolved file): everything except the weights.
+    """Rebuild the model stored in checkpoint file ``path``; see
+    :func:`~src_models.load_checkpoint`.
 
     Raises
     ------
     CheckpointError
-        The name is unknown, or the file is missing, truncated, corrupt, of another format,
-        refused because it asks to import or run code, lacks keys, or its weights do not match
-        its declared architecture or class count. The message names the file.
+        As :func:`src_models.models.store.load_checkpoint`.
     """
-    from .weights import resolve_checkpoint  # weights imports this module for CheckpointError
-
-    path = resolve_checkpoint(path_or_name)
+    path = Path(path)
     payload = _read(path, mmap=False)
     config = dict(payload["config"])
     arch = config.pop("arch", payload["arch"])

@@ -1,4 +1,4 @@
-"""DICOM series folder -> :class:`~src_models.volumes.Volume` with an exact RAS affine.
+"""DICOM series folder -> :class:`~src_models.io.Volume` with an exact RAS affine.
 
 DICOM places every slice on its own (ImagePositionPatient, ImageOrientationPatient) in LPS
 millimetres, and files come in any order. The reader sorts slices along the slice normal,
@@ -22,7 +22,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from .volumes import Volume, VolumeError, rescale_to_hu
+from .volume import Volume, VolumeError, rescale_to_hu
 
 DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm)"
 

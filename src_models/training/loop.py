@@ -5,7 +5,7 @@ napari Review widget) run the same loop: AdamW, linear warm-up then cosine decay
 accumulation (the paper's trick for small memory), mixed precision, and validation Dice with the
 functions of :mod:`src_models.metrics`. Being generators, they let a caller show progress and
 stop between two steps by closing the generator; a checkpoint on disk is only ever replaced
-atomically (:func:`~src_models.checkpoints.save_checkpoint`), so stopping never corrupts one.
+atomically (:func:`~src_models.models.checkpoints.save_checkpoint`), so stopping never corrupts one.
 
 Event format (:class:`TrainEvent`): ``kind`` is ``"step"`` after every optimiser step,
 ``"validation"`` after every validation and ``"done"`` last; ``step`` / ``total_steps`` give the
@@ -33,14 +33,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_path
-from .checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from ..inference.devices import release_memory, resolve_device
+from ..inference.preprocessing import DEFAULT_PREPROCESSING, labels_from_logits
+from ..io.atomic import atomic_path
+from ..metrics import METRICS, STRUCTURES, case_metrics, summarise
+from ..models.checkpoints import CheckpointError, save_checkpoint
+from ..models.store import load_checkpoint
+from ..nets.registry import build_model
 from .data import Augmentation, CachedCase, SliceSampler, cache_arrays
-from .devices import release_memory, resolve_device
 from .losses import build_loss
-from .metrics import METRICS, STRUCTURES, case_metrics, summarise
-from .preprocessing import DEFAULT_PREPROCESSING, labels_from_logits
-from .registry import build_model
 
 #: Columns of the CSV log, one row per optimiser step (validation columns empty between).
 LOG_COLUMNS: tuple[str, ...] = (
@@ -85,7 +86,7 @@ class TrainConfig:
         Stop after this many seconds even before ``steps``; the learning-rate schedule follows
         whichever of steps and time is further along, so a budgeted run still anneals.
     loss
-        ``"bce"`` (the paper's) or ``"dice_bce"`` (:mod:`src_models.losses`).
+        ``"bce"`` (the paper's) or ``"dice_bce"`` (:mod:`src_models.training.losses`).
     seed
         Seeds weights, sampling and augmentation: the same seed gives the same run (without a
         time budget, on the same device).
@@ -183,7 +184,7 @@ class FineTuneResult:
     model
         The fine-tuned model (the one passed in, updated in place), on the CPU, in eval mode.
     meta
-        Metadata for :func:`~src_models.checkpoints.save_checkpoint`: the input's, with the
+        Metadata for :func:`~src_models.models.checkpoints.save_checkpoint`: the input's, with the
         fine-tuning recorded under ``provenance["fine_tune"]``.
     steps, elapsed_s
         Steps done and seconds spent.
@@ -497,7 +498,7 @@ def train(
     config
         The run (:class:`TrainConfig`).
     train_cases, val_cases
-        Cases at model resolution (:func:`~src_models.data.cache_case`), cached with the
+        Cases at model resolution (:func:`~src_models.training.data.cache_case`), cached with the
         preprocessing of the model being trained (``config.preprocessing``, or ``init``'s).
     out
         The best checkpoint (by validation pancreas Dice) is written here; the resumable state
@@ -667,7 +668,7 @@ def fine_tune(
     Parameters
     ----------
     model, meta
-        From :func:`~src_models.checkpoints.load_checkpoint`; ``meta["preprocessing"]`` prepares
+        From :func:`~src_models.models.store.load_checkpoint`; ``meta["preprocessing"]`` prepares
         the slices exactly as for inference.
     images_hu, labels
         (N, H, W) canonical axial slices in HU and their corrected labels (0/1/2). Slices without

@@ -6,11 +6,11 @@ terminal drives it with a progress bar and napari runs it in a worker thread, an
 
 What happens to a volume
 ------------------------
-1. The array is brought to the canonical layout (:mod:`src_models.orientation`: axis
+1. The array is brought to the canonical layout (:mod:`src_models.io.orientation`: axis
    permutations and flips only), so an LPS DICOM series, a RAS or LAS NIfTI and a flipped series
    all give the model the same slices, laid out as it was trained on them.
 2. Axial slices are windowed and resampled to the checkpoint's in-plane spacing
-   (:mod:`src_models.preprocessing`, the path training uses), in batches.
+   (:mod:`src_models.inference.preprocessing`, the path training uses), in batches.
 3. The logits are resampled back to the slice size and turned into labels 0/1/2; the
    restoration decoder's output (DRS models) is resampled the same way. Results go into arrays
    allocated once, so memory grows with the outputs only, never with the work per slice.
@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.orientation import canonical_spacing, from_canonical, to_canonical
+from ..io.windows import hu_to_unit
+from ..metrics import volume_ml
 from .devices import release_memory, resolve_device
-from .metrics import volume_ml
-from .orientation import canonical_spacing, from_canonical, to_canonical
 from .preprocessing import (
     DEFAULT_PREPROCESSING,
     labels_from_logits,
@@ -44,7 +45,6 @@ from .preprocessing import (
     to_model_input,
     to_source_size,
 )
-from .windows import hu_to_unit
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ _DEVICE_INPUT_DTYPES = (np.int16, np.uint8, np.int8, np.int32, np.float16, np.fl
 
 
 class VolumeLike(Protocol):
-    """What :func:`segment` needs of a volume (:class:`~src_models.volumes.Volume` has it)."""
+    """What :func:`segment` needs of a volume (:class:`~src_models.io.Volume` has it)."""
 
     array: np.ndarray
     affine: np.ndarray
@@ -323,11 +323,12 @@ def _model_has_restoration(model: nn.Module) -> bool:
 def window_on_device(
     hu: torch.Tensor, hu_window: tuple[float, float], size: tuple[int, int]
 ) -> torch.Tensor:
-    """:func:`~src_models.preprocessing.to_model_input` for a tensor already on the device.
+    """:func:`~src_models.inference.preprocessing.to_model_input` for a tensor already on the
+    device.
 
     On a GPU the raw HU slices are copied over and windowed and resampled there: on the CPU this
     costs about 1 ms per 512 x 512 slice, which would cap a GPU at a few hundred slices per
-    second. The arithmetic is that of :func:`~src_models.windows.hu_to_unit` step by step in
+    second. The arithmetic is that of :func:`~src_models.io.windows.hu_to_unit` step by step in
     float32, and a test keeps the two equal.
 
     Parameters
@@ -513,10 +514,10 @@ def segment(
     Parameters
     ----------
     volume
-        A :class:`~src_models.volumes.Volume` (``.array`` in HU, ``.affine`` to RAS mm).
+        A :class:`~src_models.io.Volume` (``.array`` in HU, ``.affine`` to RAS mm).
     model
-        A network from :func:`~src_models.registry.build_model` or
-        :func:`~src_models.checkpoints.load_checkpoint`. It is moved to ``device``, put in
+        A network from :func:`~src_models.nets.registry.build_model` or
+        :func:`~src_models.models.store.load_checkpoint`. It is moved to ``device``, put in
         evaluation mode and converted to ``channels_last`` (the caller's object, not a copy).
     meta
         Checkpoint metadata; ``meta["preprocessing"]`` (HU window, in-plane spacing) must be the

@@ -11,7 +11,8 @@ from typing import Any
 
 from torch import nn
 
-from .nets import FCN, UNet
+from .fcn import FCN
+from .unet import UNet
 
 #: The five architectures in the paper's order (Table 1).
 ARCHITECTURES: tuple[str, ...] = ("fcn", "unet", "drs_unet", "kcmdrs_unet", "dsmsc_unet")

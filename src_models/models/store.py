@@ -12,10 +12,13 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import platformdirs
+import torch
+from torch import nn
 
-from .checkpoints import CheckpointError, read_metadata
+from .checkpoints import CheckpointError, load_checkpoint_file, read_metadata
 
 BUNDLED_DIR = Path(__file__).parent / "weights"
 MODEL_DIR_ENV = "DSMS_MODEL_DIR"
@@ -48,7 +51,8 @@ class CheckpointEntry:
 def user_model_dir() -> Path:
     """The user's model folder: ``$DSMS_MODEL_DIR`` if set, else platformdirs' data folder.
 
-    The folder is not created here; :func:`~src_models.checkpoints.save_checkpoint` creates it.
+    The folder is not created here; :func:`~src_models.models.checkpoints.save_checkpoint` creates
+    it.
     """
     override = os.environ.get(MODEL_DIR_ENV)
     if override:
@@ -107,3 +111,36 @@ def list_checkpoints() -> list[CheckpointEntry]:
             continue
         entries.append(CheckpointEntry(path.stem, path, bundled, arch))
     return entries
+
+
+def load_checkpoint(
+    path_or_name: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored in a checkpoint, safely.
+
+    Parameters
+    ----------
+    path_or_name
+        A checkpoint file, or a name resolved by :func:`resolve_checkpoint`
+        (a bundled architecture such as ``"dsmsc_unet"`` or a checkpoint in the user's model
+        folder).
+    map_location
+        Device for the model; the file is always read to the CPU first.
+
+    Returns
+    -------
+    model
+        The network in evaluation mode.
+    meta
+        A plain dict with ``format``, ``format_version``, ``arch``, ``config``,
+        ``preprocessing``, ``class_names``, ``provenance``, ``metrics`` and ``path`` (the
+        resolved file): everything except the weights.
+
+    Raises
+    ------
+    CheckpointError
+        The name is unknown, or the file is missing, truncated, corrupt, of another format,
+        refused because it asks to import or run code, lacks keys, or its weights do not match
+        its declared architecture or class count. The message names the file.
+    """
+    return load_checkpoint_file(resolve_checkpoint(path_or_name), map_location)

@@ -1,0 +1,35 @@
+"""Volumes in and out: the :class:`Volume` type, NIfTI, DICOM series, orientation, CT windows.
+
+Imports nothing else of :mod:`src_models`, so every other part may build on it.
+"""
+
+from __future__ import annotations
+
+from .nifti import NIFTI_SUFFIXES, write_image, write_labels
+from .readers import read_labels, read_volume
+from .volume import (
+    AFFINE_TOLERANCE_MM,
+    LABEL_NAMES,
+    Volume,
+    VolumeError,
+    check_same_grid,
+    describe,
+    label_array,
+    rescale_to_hu,
+)
+
+__all__ = [
+    "AFFINE_TOLERANCE_MM",
+    "LABEL_NAMES",
+    "NIFTI_SUFFIXES",
+    "Volume",
+    "VolumeError",
+    "check_same_grid",
+    "describe",
+    "label_array",
+    "read_labels",
+    "read_volume",
+    "rescale_to_hu",
+    "write_image",
+    "write_labels",
+]

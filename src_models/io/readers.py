@@ -1,0 +1,74 @@
+"""One entry point for every volume a user may hand us: NIfTI files and DICOM series."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .dicom import is_dicom_file, read_dicom_series
+from .nifti import NIFTI_SUFFIXES, read_nifti
+from .volume import Volume, VolumeError, check_same_grid, label_array
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise VolumeError(f"{path}: no such file or folder")
+
+
+def read_volume(path: str | os.PathLike[str]) -> Volume:
+    """Read a CT volume from a NIfTI file or a DICOM series.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.nii`` / ``.nii.gz`` file, a folder holding a DICOM series, or one DICOM file of a
+        series (the whole series in its folder is read).
+
+    Returns
+    -------
+    Volume
+        Voxels in the file's index order with their RAS affine.
+
+    Raises
+    ------
+    VolumeError
+        The path is missing, empty, truncated, not NIfTI or DICOM, not a 3D volume, holds
+        NaN / Inf voxels, or the DICOM series is incomplete or inconsistent.
+    """
+    path = Path(path)
+    _check_exists(path)
+    if path.is_dir():
+        return read_dicom_series(path)
+    if path.stat().st_size == 0:
+        raise VolumeError(f"{path}: the file is empty")
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
+        return read_nifti(path)
+    if is_dicom_file(path):
+        return read_dicom_series(path.parent, series_of=path)
+    raise VolumeError(
+        f"{path}: neither a NIfTI file (.nii, .nii.gz) nor a DICOM file or series folder"
+    )
+
+
+def read_labels(path: str | os.PathLike[str], reference: Volume | None = None) -> Volume:
+    """Read a label volume (0 background, 1 pancreas, 2 tumour) and check it fits ``reference``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Label NIfTI (or DICOM series). Float files are accepted when every value is an exact
+        integer, since many tools save masks as float.
+    reference : Volume, optional
+        The CT the labels belong to: shape and affine must match, otherwise the labels would
+        silently land on the wrong voxels.
+
+    Returns
+    -------
+    Volume
+        uint8 labels on the file's grid.
+    """
+    volume = read_volume(path)
+    volume.array = label_array(volume.array, volume.source)
+    if reference is not None:
+        check_same_grid(volume, reference, what="label file")
+    return volume

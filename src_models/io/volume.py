@@ -1,0 +1,170 @@
+"""The CT volume type shared by every reader and writer.
+
+A :class:`Volume` keeps the voxels in the file's own index order together with the affine that
+maps those indices to RAS millimetres (nibabel's convention). Nothing is resampled on the way in
+or out: display, inference and training reorient with :mod:`src_models.io.orientation` (axis
+permutations and flips only), and results are written back on the source grid with the source
+affine, so a label file always overlays its CT in any viewer.
+
+Every refusal raises :class:`VolumeError` with a message that names the file and the problem,
+because these messages end up in front of a user (napari notification, ``dsms`` error line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+#: Label values of the Medical Segmentation Decathlon Task07 convention used everywhere.
+LABEL_NAMES: dict[int, str] = {0: "background", 1: "pancreas", 2: "tumour"}
+
+#: Largest distance (mm) between two affines that still counts as the same voxel grid.
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+class VolumeError(ValueError):
+    """A volume, label file or DICOM series that cannot be read or written as asked."""
+
+
+@dataclass
+class Volume:
+    """Voxels in the file's own index order and the affine that places them in the patient.
+
+    Attributes
+    ----------
+    array : numpy.ndarray
+        3D voxel array. For CT the values are Hounsfield units in the file's native dtype
+        (int16 for most scanners); DICOM series use index order (column, row, slice).
+    affine : numpy.ndarray
+        4 x 4 float64 matrix mapping ``array`` indices to RAS millimetres, as nibabel's
+        ``img.affine``.
+    source : str
+        Path the volume was read from (a DICOM series folder for DICOM), empty when synthetic.
+    description : str
+        Series description for DICOM, otherwise the file name; shown to the user.
+    info : dict
+        Header facts without patient identifiers: format, modality, series UID, rescale
+        slope and intercept, NIfTI qform / sform codes. Writers use the codes.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    source: str = ""
+    description: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.affine = np.asarray(self.affine, dtype=np.float64)
+        if self.affine.shape != (4, 4):
+            raise VolumeError(f"{self.source or 'volume'}: affine must be 4 x 4")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of :attr:`array` (the file's index order)."""
+        return tuple(int(n) for n in self.array.shape)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along each array axis (norms of the affine's columns)."""
+        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+
+    @property
+    def axcodes(self) -> tuple[str, str, str]:
+        """Anatomical direction each array axis increases towards, e.g. ``('L', 'A', 'S')``."""
+        return tuple(str(code) for code in nib.aff2axcodes(self.affine))
+
+
+def rescale_to_hu(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """Apply a rescale slope and intercept without needless float64 copies.
+
+    Integer slope and intercept on integer data give int16 when every value fits (the usual CT
+    case), otherwise int32; any other scaling gives float32, enough for HU. A writeable ``raw``
+    that already has the result's dtype is rescaled in place, so a 512 x 512 x 240 int16 series
+    needs no second 126 MB buffer (integer wrap-around keeps intermediate overflow exact).
+    """
+    if slope == 1 and intercept == 0:
+        return raw
+    if (
+        np.issubdtype(raw.dtype, np.integer)
+        and float(slope).is_integer()
+        and float(intercept).is_integer()
+    ):
+        lo, hi = int(raw.min()), int(raw.max())
+        ends = (lo * slope + intercept, hi * slope + intercept)
+        info16 = np.iinfo(np.int16)
+        dtype = np.int16 if info16.min <= min(ends) and max(ends) <= info16.max else np.int32
+        out = raw if raw.dtype == dtype and raw.flags.writeable else raw.astype(dtype)
+        if slope != 1:
+            out *= dtype(slope)
+        out += dtype(intercept)
+        return out
+    out = raw.astype(np.float32)
+    out *= np.float32(slope)
+    out += np.float32(intercept)
+    return out
+
+
+def label_array(values: np.ndarray, name: str = "labels") -> np.ndarray:
+    """Validate label values (exact integers in 0..2) and return them as uint8."""
+    values = np.asarray(values)
+    if values.dtype == np.bool_:
+        return values.astype(np.uint8)
+    if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
+        raise VolumeError(f"{name}: labels must be numbers, got dtype {values.dtype}")
+    if values.size == 0:
+        raise VolumeError(f"{name}: the label volume is empty")
+    lo, hi = values.min(), values.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise VolumeError(f"{name}: labels contain NaN or infinite values")
+    if np.issubdtype(values.dtype, np.floating) and not np.array_equal(values, np.rint(values)):
+        raise VolumeError(
+            f"{name}: labels must be whole numbers (0 background, 1 pancreas, 2 tumour), "
+            "found fractional values; is this a probability map or a CT image?"
+        )
+    if lo < 0 or hi > 2:
+        raise VolumeError(
+            f"{name}: label values must be 0 (background), 1 (pancreas) or 2 (tumour), "
+            f"found values from {lo:g} to {hi:g}"
+        )
+    return values.astype(np.uint8)
+
+
+def check_same_grid(volume: Volume, reference: Volume, what: str = "volume") -> None:
+    """Refuse a volume whose shape or affine differs from ``reference``'s.
+
+    The affine is compared with :data:`AFFINE_TOLERANCE_MM`: NIfTI stores it in float32, so a
+    bit-exact comparison would refuse files written from a DICOM-derived geometry.
+    """
+    name = volume.source or what
+    ref_name = reference.source or "the reference volume"
+    if volume.shape != reference.shape:
+        raise VolumeError(
+            f"{name}: {what} shape {volume.shape} does not match {ref_name} {reference.shape}"
+        )
+    if not np.allclose(volume.affine, reference.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
+        raise VolumeError(
+            f"{name}: {what} affine does not match {ref_name} (the voxels would not overlay):\n"
+            f"{np.array2string(volume.affine, precision=4)}\nvs\n"
+            f"{np.array2string(reference.affine, precision=4)}"
+        )
+
+
+def describe(volume: Volume) -> str:
+    """Several lines about a volume for ``dsms info`` and the Load CT panel."""
+    array = volume.array
+    lo, hi = (array.min(), array.max()) if array.size else (0, 0)
+    kind = "HU" if volume.info.get("modality", "CT") == "CT" else "values"
+    lines = [
+        f"source:      {volume.source or '(in memory)'}",
+        f"description: {volume.description}",
+        f"shape:       {' x '.join(str(n) for n in volume.shape)}",
+        f"spacing:     {' x '.join(f'{s:.4g}' for s in volume.spacing)} mm",
+        f"orientation: {''.join(volume.axcodes)} (axes increase towards these directions)",
+        f"{kind}:{' ' * (12 - len(kind))}{lo:g} to {hi:g} ({array.dtype})",
+    ]
+    if "format" in volume.info:
+        lines.insert(2, f"format:      {volume.info['format']}")
+    return "\n".join(lines)

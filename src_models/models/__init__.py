@@ -1,0 +1,1 @@
+"""Stored models: self-describing checkpoints, safe loading, the model folders, bundled weights."""

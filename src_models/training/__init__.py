@@ -1,0 +1,1 @@
+"""Training: datasets and sampling, losses, the training loop, fine-tuning from corrections."""
