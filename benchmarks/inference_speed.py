@@ -50,7 +50,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from src_models import ARCHITECTURES, build_model
 from src_models.inference.devices import resolve_device
-from src_models.inference.engine import autocast_dtype, segment_to_completion
+from src_models.inference.engine import segment
+from src_models.inference.precision import autocast_dtype
 from src_models.inference.preprocessing import (
     DEFAULT_PREPROCESSING,
     labels_from_logits,
@@ -60,6 +61,7 @@ from src_models.inference.preprocessing import (
 )
 from src_models.io import Volume, read_volume
 from src_models.io.orientation import canonical_spacing, to_canonical
+from src_models.jobs import run_to_end
 from src_models.models.checkpoints import save_checkpoint
 from src_models.models.store import BUNDLED_DIR, load_checkpoint
 
@@ -183,8 +185,8 @@ def engine_run(
     """``segment`` as ``dsms predict`` runs it (labels only, default batch and precision)."""
 
     def run() -> None:
-        segment_to_completion(
-            volume, model, meta, device=device, reconstruct=False, batch_size=batch_size
+        run_to_end(
+            segment(volume, model, meta, device=device, reconstruct=False, batch_size=batch_size)
         )
 
     return run
@@ -323,8 +325,8 @@ def precision_check(args: argparse.Namespace, device: torch.device, ct: Volume) 
     for precision in ("float32", "bfloat16"):
         seconds = []
         for _ in range(args.repeats):
-            result = segment_to_completion(
-                ct, model, meta, device=device, reconstruct=False, precision=precision
+            result = run_to_end(
+                segment(ct, model, meta, device=device, reconstruct=False, precision=precision)
             )
             seconds.append(result.stats.seconds)
         results[precision] = (statistics.median(seconds), result.canonical_labels)

@@ -96,8 +96,9 @@ def fine_tune_check(checkpoint: Path, volume_case, slices: int, seed: int) -> di
     """The Review widget's loop on the held-out volume: ``slices`` corrected slices, spread
     evenly over the pancreas, train :func:`fine_tune` with its defaults; Dice is measured on
     every other slice of the volume that holds pancreas, before and after."""
+    from src_models.jobs import run_to_end
     from src_models.training.data import load_case
-    from src_models.training.loop import fine_tune, run_to_end
+    from src_models.training.fine_tune import fine_tune
 
     arrays = load_case(volume_case)
     with_pancreas = np.flatnonzero(arrays.labels.reshape(len(arrays.labels), -1).max(1) > 0)
@@ -152,7 +153,7 @@ def run_stage(
         loss="dice_bce",
         seed=seed,
         device="cpu",
-        amp="off",
+        precision="float32",
         log_csv=str(work.with_suffix(".csv")),
         threads=args.threads,
     )

@@ -1,4 +1,6 @@
-"""What counts as a user's correction, and how to learn from it (the Review widget's engine).
+"""What counts as a user's correction, and the side-car that explains an export.
+
+Learning from corrections is :mod:`src_models.training.fine_tune`.
 
 A radiologist fixes a predicted segmentation slice by slice. Whether a slice was corrected is
 decided here by comparing the labels with the model's own output kept beside them (a per-slice
@@ -15,8 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-from collections.abc import Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +27,7 @@ from scipy import ndimage
 
 from .io.atomic import write_text_atomic
 from .metrics import STRUCTURES, volume_ml
-from .models.checkpoints import save_checkpoint
-from .models.store import load_checkpoint
-from .training.loop import TrainEvent, fine_tune
 from .version import __version__
-
-#: Share of the corrected slices kept out of fine-tuning to measure Dice before and after.
-HOLDOUT_FRACTION = 0.2
-
-#: Fewest corrected slices from which one is held out; below it every slice is needed to train.
-MIN_SLICES_FOR_HOLDOUT = 3
 
 #: 26-connectivity: predictions are made slice by slice, so a structure that shifts by a voxel
 #: between slices still touches itself diagonally and must count as one component.
@@ -139,43 +131,6 @@ def keep_largest_components(labels: np.ndarray) -> np.ndarray:
     out = pancreas.astype(np.uint8)
     out[tumour] = 2
     return out
-
-
-def split_holdout(
-    slices: Sequence[int],
-    fraction: float = HOLDOUT_FRACTION,
-    min_slices: int = MIN_SLICES_FOR_HOLDOUT,
-) -> tuple[list[int], list[int]]:
-    """Split corrected slices into those to fine-tune on and those to measure on.
-
-    The held-out slices are spread evenly over the sorted list rather than drawn at random, so
-    the before/after Dice covers the pancreas from head to tail and the split is the same each
-    time the user presses the button.
-
-    Parameters
-    ----------
-    slices
-        Corrected slice indices.
-    fraction
-        Share to hold out, rounded, at least one when there are ``min_slices`` or more.
-    min_slices
-        Below this many slices nothing is held out: every slice is needed to learn from.
-
-    Returns
-    -------
-    train, holdout : list of int
-        Disjoint sorted lists whose union is ``slices``.
-    """
-    ordered = sorted(set(int(s) for s in slices))
-    n = len(ordered)
-    if n < max(min_slices, 2):
-        return ordered, []
-    count = min(n - 1, max(1, round(n * fraction)))
-    # The centre of each of ``count`` equal bins over the sorted list.
-    positions = {int((k + 0.5) * n / count) for k in range(count)}
-    holdout = [ordered[p] for p in sorted(positions)]
-    held = set(holdout)
-    return [s for s in ordered if s not in held], holdout
 
 
 def training_slices(
@@ -347,12 +302,10 @@ def sidecar_path(export_path: str | Path) -> Path:
     return path.with_name(f"{name}.json")
 
 
-_VERSIONED = re.compile(r"^(?P<base>.+?)-ft-.+-v\d+$")
-
-
-def _slug(text: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9_]+", "-", text).strip("-").lower()
-    return slug or "image"
+def slug(text: str) -> str:
+    """``text`` as a lower-case file-name-safe word: ``"CT scan 1"`` -> ``"ct-scan-1"``."""
+    word = re.sub(r"[^A-Za-z0-9_]+", "-", text).strip("-").lower()
+    return word or "image"
 
 
 def image_stem(name: str) -> str:
@@ -362,179 +315,4 @@ def image_stem(name: str) -> str:
         if base.lower().endswith(suffix):
             base = base[: -len(suffix)]
             break
-    return _slug(base)
-
-
-def fine_tuned_path(model_dir: str | Path, base_checkpoint: str | Path, image: str) -> Path:
-    """A new, never existing ``<base>-ft-<image>-v<N>.pt`` in ``model_dir``.
-
-    Fine-tuning a fine-tuned model keeps the original base name and counts on, so versions of
-    one patient's model line up as v1, v2, ... instead of growing ever longer names.
-    """
-    model_dir = Path(model_dir)
-    base = Path(str(base_checkpoint)).name
-    if base.endswith(".pt"):
-        base = base[:-3]
-    match = _VERSIONED.match(base)
-    base = _slug(match.group("base") if match else base)
-    stem = f"{base}-ft-{image_stem(image)}-v"
-    taken = [
-        int(p.name[len(stem) : -3])
-        for p in model_dir.glob(f"{stem}*.pt")
-        if p.name[len(stem) : -3].isdigit()
-    ]
-    return model_dir / f"{stem}{max(taken, default=0) + 1}.pt"
-
-
-#: Keys :func:`~src_models.models.checkpoints.save_checkpoint` stamps itself; a base checkpoint's
-#: values must not pass for the fine-tuned model's own.
-_STAMP_KEYS = ("date", "code_version", "torch_version")
-
-
-@dataclass(frozen=True)
-class FineTuneReport:
-    """Outcome of :func:`learn_from_corrections`.
-
-    Attributes
-    ----------
-    checkpoint
-        The new checkpoint.
-    base_checkpoint
-        The checkpoint fine-tuned from; never modified.
-    steps, elapsed_s
-        Optimiser steps done and seconds spent.
-    metrics_before, metrics_after
-        Figures on the held-out slices (``dice_pancreas``, ``dice_tumour``, ...) before and
-        after, at model resolution; empty without held-out slices.
-    planned_steps
-        Steps asked for; more than ``steps`` when the time budget ended the run first.
-    """
-
-    checkpoint: Path
-    base_checkpoint: Path
-    steps: int
-    elapsed_s: float
-    metrics_before: dict[str, float] = field(default_factory=dict)
-    metrics_after: dict[str, float] = field(default_factory=dict)
-    planned_steps: int = 0
-
-    @property
-    def stopped_by_time(self) -> bool:
-        """Whether the time budget ended the run before the planned steps."""
-        return self.steps < self.planned_steps
-
-    def summary(self) -> str:
-        """A line or two for the widget and the log."""
-        text = f"saved {self.checkpoint.name}: {self.steps} steps in {self.elapsed_s:.0f} s"
-        if self.metrics_before and self.metrics_after:
-            text += (
-                f"; held-out pancreas Dice {self.metrics_before['dice_pancreas']:.3f} -> "
-                f"{self.metrics_after['dice_pancreas']:.3f}"
-            )
-        if self.stopped_by_time:
-            text += (
-                f". The time limit stopped it at {self.steps} of {self.planned_steps} steps: "
-                "allow more time (or use a GPU) for a better model"
-            )
-        return text
-
-
-def learn_from_corrections(
-    checkpoint: str | Path,
-    images_hu: np.ndarray,
-    labels: np.ndarray,
-    spacing_yx: Sequence[float] | None,
-    *,
-    output: str | Path,
-    holdout_images: np.ndarray | None = None,
-    holdout_labels: np.ndarray | None = None,
-    provenance: Mapping[str, Any] | None = None,
-    steps: int | None = None,
-    time_budget_s: float | None = None,
-    device: str = "auto",
-    seed: int = 0,
-) -> Generator[TrainEvent, None, FineTuneReport]:
-    """Fine-tune a copy of ``checkpoint`` on corrected slices and save it as a new file.
-
-    A generator for a worker thread: it yields the training events of
-    :func:`~src_models.training.loop.fine_tune` (loss per step, held-out figures before and after)
-    and returns a :class:`FineTuneReport`. Closing it (Cancel) stops between two steps and saves
-    nothing. The base checkpoint is loaded afresh, so the model the viewer is using is never
-    touched, and it is never overwritten: the result goes to ``output`` (atomically), which
-    must not exist.
-
-    Parameters
-    ----------
-    checkpoint
-        Base checkpoint file or model name.
-    images_hu, labels
-        (N, H, W) canonical slices in HU and their corrected labels.
-    spacing_yx
-        In-plane spacing in mm.
-    output
-        New checkpoint file (:func:`fine_tuned_path` gives a free versioned name).
-    holdout_images, holdout_labels
-        Held-out corrected slices, measured before and after.
-    provenance
-        Facts about the corrections (source image, slice indices) stored in the checkpoint
-        under ``provenance["fine_tune"]``.
-    steps, time_budget_s
-        Stop after this many steps or seconds, whichever first (training's defaults if both
-        are ``None``).
-    device, seed
-        As for :func:`~src_models.training.loop.fine_tune`.
-
-    Raises
-    ------
-    FileExistsError
-        ``output`` exists (it could be a model someone relies on).
-    """
-    output = Path(output)
-    if output.exists():
-        raise FileExistsError(f"{output}: already exists; fine-tuned models never replace one")
-    model, meta = load_checkpoint(checkpoint)
-    base_path = Path(meta["path"])
-    events = fine_tune(
-        model,
-        meta,
-        images_hu,
-        labels,
-        spacing_yx,
-        steps=steps,
-        time_budget_s=time_budget_s,
-        device=device,
-        seed=seed,
-        val_images_hu=holdout_images,
-        val_labels=holdout_labels,
-    )
-    planned = 0
-    try:
-        while True:
-            try:
-                event = next(events)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            planned = event.total_steps
-            yield event
-    finally:
-        events.close()  # on cancel: fine_tune's own clean-up releases accelerator memory
-    base = {k: v for k, v in result.meta.get("provenance", {}).items() if k not in _STAMP_KEYS}
-    record = {**base.get("fine_tune", {}), **dict(provenance or {})}
-    record["base_checkpoint"] = str(base_path)
-    saved = save_checkpoint(
-        output,
-        result.model,
-        preprocessing=result.meta["preprocessing"],
-        provenance={**base, "fine_tune": record},
-        metrics=result.metrics_after or dict(meta.get("metrics", {})),
-    )
-    return FineTuneReport(
-        saved,
-        base_path,
-        result.steps,
-        result.elapsed_s,
-        dict(result.metrics_before),
-        dict(result.metrics_after),
-        planned_steps=planned,
-    )
+    return slug(base)

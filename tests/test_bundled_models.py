@@ -49,13 +49,14 @@ def test_split_file_matches_the_checkpoints():
 
 @pytest.mark.slow
 def test_default_model_segments_an_unseen_real_ct(nih_ct, nih_label):
-    from src_models.inference.engine import segment_to_completion
+    from src_models.inference.engine import segment
     from src_models.io import read_labels, read_volume
+    from src_models.jobs import run_to_end
     from src_models.metrics import case_metrics
 
     volume = read_volume(nih_ct)
     reference = read_labels(nih_label, volume)
     model, meta = load_checkpoint("dsmsc_unet")
-    result = segment_to_completion(volume, model, meta, device="cpu", reconstruct=False)
+    result = run_to_end(segment(volume, model, meta, device="cpu", reconstruct=False))
     scores = case_metrics(result.labels, reference.array, volume.spacing)["pancreas"]
     assert scores.dice >= DICE_FLOOR_0001, scores

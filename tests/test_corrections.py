@@ -11,21 +11,19 @@ import pytest
 from src_models import __version__
 from src_models.corrections import (
     CorrectionsError,
-    FineTuneReport,
     edited_slices,
-    fine_tuned_path,
     foreground_slices,
     keep_largest_components,
     neighbour_slice,
     sidecar,
     sidecar_path,
     source_slice_indices,
-    split_holdout,
     structure_volumes,
     training_slices,
     write_sidecar,
 )
 from src_models.io.orientation import to_canonical
+from src_models.training.fine_tune import FineTuneResult, fine_tuned_path, split_holdout
 
 
 def _prediction() -> np.ndarray:
@@ -182,10 +180,10 @@ def test_fine_tuned_path_versions_and_never_overwrites(tmp_path) -> None:
 
 def test_fine_tune_report_says_when_the_time_limit_cut_the_run(tmp_path) -> None:
     before, after = {"dice_pancreas": 0.638}, {"dice_pancreas": 0.748}
-    report = FineTuneReport(tmp_path / "m-ft-ct-v1.pt", tmp_path / "m.pt", 99, 180.0,
+    report = FineTuneResult(tmp_path / "m-ft-ct-v1.pt", tmp_path / "m.pt", 99, 180.0,
                             before, after, planned_steps=400)
     assert report.stopped_by_time
     text = report.summary()
     assert "m-ft-ct-v1.pt" in text and "0.638 -> 0.748" in text and "99 of 400" in text
-    complete = FineTuneReport(tmp_path / "a.pt", tmp_path / "m.pt", 400, 120.0, planned_steps=400)
+    complete = FineTuneResult(tmp_path / "a.pt", tmp_path / "m.pt", 400, 120.0, planned_steps=400)
     assert not complete.stopped_by_time and "time limit" not in complete.summary()

@@ -16,16 +16,16 @@ from src_models import build_model
 from src_models.inference import engine as inference_module
 from src_models.inference.engine import (
     InsufficientMemoryError,
-    autocast_dtype,
     reconstruction_error,
     segment,
-    segment_to_completion,
     window_on_device,
 )
+from src_models.inference.precision import autocast_dtype, precision_from_amp
 from src_models.inference.preprocessing import to_model_input
 from src_models.io import Volume, read_volume
 from src_models.io.orientation import to_canonical
 from src_models.io.windows import hu_to_unit
+from src_models.jobs import run_to_end
 from src_models.nets import SegmentationOutput
 from src_models.phantom import make_phantom
 
@@ -69,8 +69,8 @@ def _ramp_volume(shape=(24, 20, 7), spacing=(0.8, 0.9, 2.5)) -> Volume:
 
 def test_labels_reconstruction_probabilities_exact_on_source_grid():
     volume = _ramp_volume()
-    result = segment_to_completion(
-        volume, Threshold(), NATIVE, device="cpu", precision="float32", probabilities=True
+    result = run_to_end(
+        segment(volume, Threshold(), NATIVE, device="cpu", precision="float32", probabilities=True)
     )
     assert result.labels.shape == volume.shape and result.labels.dtype == np.uint8
     np.testing.assert_array_equal(result.labels, _expected_labels(volume.array))
@@ -88,7 +88,7 @@ def test_stats_count_volumes_and_slices():
     hu = volume.array.copy()
     hu[:, :, 3] = 0  # one axial slice (file axis 2 is S) without foreground
     volume = Volume(hu, volume.affine)
-    stats = segment_to_completion(volume, Threshold(), NATIVE, device="cpu").stats
+    stats = run_to_end(segment(volume, Threshold(), NATIVE, device="cpu")).stats
     voxel_ml = 0.8 * 0.9 * 2.5 / 1000
     assert stats.pancreas_ml == pytest.approx(np.count_nonzero(hu > 100) * voxel_ml)
     assert stats.tumour_ml == pytest.approx(np.count_nonzero(hu > 200) * voxel_ml)
@@ -117,9 +117,9 @@ def test_any_file_layout_gives_the_same_labels_in_the_world(ornt):
     torch.manual_seed(0)
     model = build_model("drs_unet", width=4, depth=2)
     volume = _ramp_volume(shape=(24, 20, 5))
-    reference = segment_to_completion(volume, model, NATIVE, device="cpu", probabilities=True)
+    reference = run_to_end(segment(volume, model, NATIVE, device="cpu", probabilities=True))
     moved = _reoriented(volume, np.array(ornt))
-    result = segment_to_completion(moved, model, NATIVE, device="cpu", probabilities=True)
+    result = run_to_end(segment(moved, model, NATIVE, device="cpu", probabilities=True))
     ref_canonical = to_canonical(reference.labels, volume.affine)[0]
     assert len(np.unique(ref_canonical)) > 1
     np.testing.assert_array_equal(to_canonical(result.labels, moved.affine)[0], ref_canonical)
@@ -134,7 +134,7 @@ def test_slices_are_resampled_to_the_checkpoint_spacing_and_back():
     model = Threshold()
     volume = _ramp_volume(shape=(40, 30, 3), spacing=(0.85, 0.85, 1.0))
     meta = {"preprocessing": {"hu_window": [0.0, 255.0], "spacing_mm": 1.7}}
-    result = segment_to_completion(volume, model, meta, device="cpu", batch_size=8)
+    result = run_to_end(segment(volume, model, meta, device="cpu", batch_size=8))
     assert model.calls[0]["shape"] == (3, 1, 15, 20)  # canonical rows = P (file y), cols = L (x)
     assert result.labels.shape == volume.shape
 
@@ -179,7 +179,7 @@ def test_out_of_memory_halves_the_batch_and_goes_on(monkeypatch, caplog):
     monkeypatch.setattr(model, "forward", flaky_forward)
     volume = _ramp_volume()
     with caplog.at_level(logging.WARNING, logger="src_models.inference.engine"):
-        result = segment_to_completion(volume, model, NATIVE, device="cpu", batch_size=4)
+        result = run_to_end(segment(volume, model, NATIVE, device="cpu", batch_size=4))
     assert failures == [4]
     assert [call["shape"][0] for call in model.calls] == [2, 2, 2, 1]
     assert result.stats.batch_size == 2
@@ -195,7 +195,7 @@ def test_out_of_memory_with_one_slice_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(model, "forward", always_oom)
     with pytest.raises(InsufficientMemoryError, match="single slice"):
-        segment_to_completion(_ramp_volume(), model, NATIVE, device="cpu", batch_size=2)
+        run_to_end(segment(_ramp_volume(), model, NATIVE, device="cpu", batch_size=2))
 
 
 def test_volume_too_large_for_memory_is_refused_before_any_work(monkeypatch):
@@ -213,10 +213,10 @@ def test_reconstruct_false_skips_the_restoration_decoder():
     model = build_model("dsmsc_unet", width=4, depth=2)
     decoder_calls = []
     model.restorer.register_forward_hook(lambda *args: decoder_calls.append(1))
-    result = segment_to_completion(_ramp_volume(), model, NATIVE, device="cpu", reconstruct=False)
+    result = run_to_end(segment(_ramp_volume(), model, NATIVE, device="cpu", reconstruct=False))
     assert result.reconstruction is None and decoder_calls == []
     unet = build_model("unet", width=4, depth=2)
-    assert segment_to_completion(_ramp_volume(), unet, NATIVE, device="cpu").reconstruction is None
+    assert run_to_end(segment(_ramp_volume(), unet, NATIVE, device="cpu")).reconstruction is None
 
 
 def test_memory_does_not_grow_with_slices_beyond_the_outputs():
@@ -226,7 +226,7 @@ def test_memory_does_not_grow_with_slices_beyond_the_outputs():
     def peak(slices: int) -> int:
         volume = _ramp_volume(shape=(64, 64, slices))
         tracemalloc.start()
-        segment_to_completion(volume, model, NATIVE, device="cpu", batch_size=4)
+        run_to_end(segment(volume, model, NATIVE, device="cpu", batch_size=4))
         _, top = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         return top
@@ -256,9 +256,9 @@ def test_the_accelerator_input_path_gives_the_same_labels(monkeypatch):
 
     volume = _ramp_volume(shape=(40, 30, 3), spacing=(0.85, 0.85, 1.0))
     meta = {"preprocessing": {"hu_window": [0.0, 255.0], "spacing_mm": 1.7}}
-    host = segment_to_completion(volume, Threshold(), meta, device="cpu", probabilities=True)
+    host = run_to_end(segment(volume, Threshold(), meta, device="cpu", probabilities=True))
     monkeypatch.setattr(inference_module, "_Runner", DeviceWindowing)
-    device = segment_to_completion(volume, Threshold(), meta, device="cpu", probabilities=True)
+    device = run_to_end(segment(volume, Threshold(), meta, device="cpu", probabilities=True))
     np.testing.assert_array_equal(device.labels, host.labels)
     np.testing.assert_allclose(device.probabilities, host.probabilities, atol=1e-3)
 
@@ -277,6 +277,13 @@ def test_precision_choices():
     assert autocast_dtype(cpu, "bfloat16") is torch.bfloat16
     with pytest.raises(ValueError, match="unknown precision"):
         autocast_dtype(cpu, "int8")
+    # one vocabulary: training says what it wants in the same words, and auto trains in
+    # float32 on the CPU whatever the CPU can do for inference
+    assert autocast_dtype(cpu, "auto", training=True) is None
+    assert autocast_dtype(cpu, "bfloat16", training=True) is torch.bfloat16
+    assert [precision_from_amp(a) for a in ("off", "bf16", "fp16", "auto")] == [
+        "float32", "bfloat16", "float16", "auto"
+    ]
     with pytest.raises(ValueError, match="not available"):
         next(segment(_ramp_volume(), Threshold(), NATIVE, device="cuda:7"))
 
@@ -284,7 +291,7 @@ def test_precision_choices():
 def test_phantom_with_a_tiny_model_runs_end_to_end():
     image, _ = make_phantom(seed=3, shape=(64, 64, 12), spacing=(2.0, 2.0, 2.5))
     model = build_model("dsmsc_unet", width=4)
-    result = segment_to_completion(image, model, None, device="cpu", probabilities=True)
+    result = run_to_end(segment(image, model, None, device="cpu", probabilities=True))
     assert result.labels.shape == image.shape
     assert set(np.unique(result.labels)) <= {0, 1, 2}
     assert result.reconstruction.shape == image.shape
@@ -298,6 +305,6 @@ def test_real_ct_crop(nih_ct):
     affine[:3, 3] = ct.affine[:3, :3] @ [0, 0, 40] + ct.affine[:3, 3]
     volume = Volume(crop, affine, source=str(nih_ct))
     assert nib.aff2axcodes(affine) == ("L", "A", "S")
-    result = segment_to_completion(volume, build_model("unet", width=4), None, device="cpu")
+    result = run_to_end(segment(volume, build_model("unet", width=4), None, device="cpu"))
     assert result.labels.shape == (512, 512, 3)
     assert result.stats.total_slices == 3

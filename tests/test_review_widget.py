@@ -15,10 +15,11 @@ from napari_dsms._layers import image_layer_data, labels_layer_data
 from napari_dsms._widgets.review import ReviewWidget
 from napari_dsms._widgets.segment import SegmentWidget
 from src_models import build_model, load_checkpoint, save_checkpoint
-from src_models.inference.engine import segment_to_completion
+from src_models.inference.engine import segment
 from src_models.inference.preprocessing import DEFAULT_PREPROCESSING
 from src_models.io import Volume, read_labels, read_volume
 from src_models.io.orientation import to_canonical
+from src_models.jobs import run_to_end
 
 #: Source z range of the crop: 20 slices through the pancreas of patient 0001.
 CROP = slice(36, 56)
@@ -49,7 +50,7 @@ def _cached_prediction(ct_path: str, label_path: str) -> np.ndarray:
     model = _tiny_model()
     model.eval()
     meta = {"preprocessing": DEFAULT_PREPROCESSING}
-    result = segment_to_completion(Volume(hu, affine), model, meta, device="cpu")
+    result = run_to_end(segment(Volume(hu, affine), model, meta, device="cpu"))
     return np.array(to_canonical(result.labels, affine)[0])
 
 

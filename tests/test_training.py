@@ -12,18 +12,13 @@ import pytest
 import torch
 
 from src_models.cli import main
+from src_models.jobs import run_to_end
 from src_models.models.checkpoints import save_checkpoint
 from src_models.models.store import load_checkpoint
 from src_models.nets.registry import build_model
 from src_models.training.data import cache_case, phantom_cases
-from src_models.training.loop import (
-    TrainConfig,
-    fine_tune,
-    lr_factor,
-    run_to_end,
-    state_path,
-    train,
-)
+from src_models.training.fine_tune import fine_tune
+from src_models.training.loop import TrainConfig, lr_factor, state_path, train
 
 #: Coarse grid and resolution that keep a phantom at 90 x 90 pixels per slice.
 PREP = {"hu_window": [0.0, 255.0], "spacing_mm": 4.0}
@@ -38,7 +33,7 @@ def phantoms():
 def _config(**changes) -> TrainConfig:
     base = TrainConfig(
         arch="unet", width=4, steps=6, batch_size=2, patch_size=32, val_every=3, lr=3e-3,
-        loss="dice_bce", device="cpu", amp="off", preprocessing=PREP, seed=0, threads=1,
+        loss="dice_bce", device="cpu", precision="float32", preprocessing=PREP, seed=0, threads=1,
     )  # fmt: skip
     return replace(base, **changes)
 
@@ -130,6 +125,39 @@ def test_fine_tune_stops_when_closed():
     assert not model.training  # handed back in eval mode, on the CPU
 
 
+def test_guard_keeps_the_previous_model_when_a_round_makes_it_worse(tmp_path):
+    """Slices that teach "no pancreas" make the held-out Dice fall: the weights come back."""
+    # everything pancreas, barely: a few steps towards background flip it
+    model, meta = load_checkpoint(_constant_model(tmp_path, pancreas_logit=1e-4))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = np.zeros((3, 32, 32), dtype=np.float32)
+    wrong = np.zeros((2, 32, 32), dtype=np.uint8)
+    held_out = np.ones((1, 32, 32), dtype=np.uint8)  # the model is right here: Dice 1
+    result = run_to_end(
+        fine_tune(
+            model, meta, images[:2], wrong, None, steps=5, device="cpu", guard=True,
+            val_images_hu=images[2:], val_labels=held_out, out=tmp_path / "worse.pt",
+        )
+    )  # fmt: skip
+    assert result.metrics_before["dice_pancreas"] == pytest.approx(1.0)
+    assert result.metrics_after["dice_pancreas"] < 1.0
+    assert result.kept_previous and result.checkpoint is None
+    assert "kept the previous model" in result.summary()
+    assert not (tmp_path / "worse.pt").exists()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_fine_tune_never_replaces_a_file(tmp_path):
+    taken = tmp_path / "taken.pt"
+    taken.write_bytes(b"someone's model")
+    model = build_model("unet", width=4)
+    meta = {"preprocessing": PREP, "provenance": {}, "metrics": {}, "path": None}
+    images = np.zeros((1, 32, 32), dtype=np.float32)
+    with pytest.raises(FileExistsError, match="taken.pt"):
+        next(fine_tune(model, meta, images, images.astype(np.uint8), out=taken, device="cpu"))
+    assert taken.read_bytes() == b"someone's model"
+
+
 def test_train_command_on_phantoms(tmp_path, capsys):
     out = tmp_path / "m.pt"
     args = ["train", "--phantoms", "2", "--arch", "unet", "--width", "4", "--steps", "2",
@@ -141,6 +169,18 @@ def test_train_command_on_phantoms(tmp_path, capsys):
     model, meta = load_checkpoint(out)
     assert meta["arch"] == "unet" and meta["provenance"]["phantoms"] == 2
     assert out.with_suffix(".split.json").is_file()
+
+
+def test_train_command_still_takes_the_old_amp_flag(tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    args = ["train", "--phantoms", "2", "--arch", "unet", "--width", "4", "--steps", "1",
+            "--batch-size", "2", "--patch-size", "32", "--out", str(out), "--amp", "off",
+            "--device", "cpu", "--threads", "1"]  # fmt: skip
+    with pytest.warns(UserWarning, match="validating on the training cases"):
+        assert main(args) == 0
+    assert "--amp is deprecated; use --precision float32" in capsys.readouterr().err
+    _, meta = load_checkpoint(out)
+    assert meta["provenance"]["config"]["precision"] == "float32"
 
 
 def test_train_command_refuses_bad_input(tmp_path, capsys):
@@ -161,13 +201,13 @@ def test_train_command_refuses_bad_input(tmp_path, capsys):
     assert not (tmp_path / "m.pt").exists()
 
 
-def _constant_model(tmp_path: Path) -> Path:
+def _constant_model(tmp_path: Path, pancreas_logit: float = 5.0) -> Path:
     """A checkpoint that calls every pixel pancreas and none tumour: its figures are known."""
     model = build_model("unet", width=4)
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.zero_()
-        model.head.bias.copy_(torch.tensor([5.0, -5.0]))
+        model.head.bias.copy_(torch.tensor([pancreas_logit, -5.0]))
     return save_checkpoint(
         tmp_path / "everything.pt", model, preprocessing={"hu_window": [0, 255], "spacing_mm": None}
     )

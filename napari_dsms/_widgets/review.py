@@ -50,7 +50,8 @@ from src_models.io import VolumeError, write_image, write_labels
 from src_models.metrics import case_metrics
 from src_models.models.checkpoints import CheckpointError, read_metadata
 from src_models.models.store import list_checkpoints, user_model_dir
-from src_models.training.loop import FINE_TUNE_DEFAULTS, TrainEvent
+from src_models.training import fine_tune as tuning
+from src_models.training.loop import TrainEvent
 
 from .. import __version__
 from .._layers import LABEL_COLOURS, layer_to_volume, reference_volume
@@ -67,8 +68,8 @@ REFRESH_DELAY_MS = 250
 
 #: Fine-tuning defaults of the training engine, measured on a 2-core CPU: about 10 corrected
 #: slices learnt in about 3 minutes.
-DEFAULT_STEPS = FINE_TUNE_DEFAULTS.steps
-DEFAULT_TIME_BUDGET_S = int(FINE_TUNE_DEFAULTS.time_budget_s or 0)
+DEFAULT_STEPS = tuning.FINE_TUNE_DEFAULTS.steps
+DEFAULT_TIME_BUDGET_S = int(tuning.FINE_TUNE_DEFAULTS.time_budget_s or 0)
 
 _TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
 
@@ -1034,7 +1035,7 @@ class ReviewWidget(QWidget):
         except corrections.CorrectionsError as error:
             self._refuse(str(error))
             return None
-        train, holdout = corrections.split_holdout(slices)
+        train, holdout = tuning.split_holdout(slices)
         hu = np.asarray(image.data)
         source = str(image.metadata.get("source", "")) or image.name
         return {
@@ -1047,7 +1048,7 @@ class ReviewWidget(QWidget):
             "holdout_labels": data[holdout],
             "spacing_yx": tuple(float(s) for s in image.scale[-2:]),
             "source": source,
-            "output": corrections.fine_tuned_path(user_model_dir(), checkpoint, source),
+            "output": tuning.fine_tuned_path(user_model_dir(), checkpoint, source),
         }
 
     def fine_tune(self) -> Any:
@@ -1079,7 +1080,7 @@ class ReviewWidget(QWidget):
             f"(slices {', '.join(str(s) for s in job['holdout']) or 'none'})…"
         )
         worker = start_job(
-            corrections.learn_from_corrections,
+            tuning.learn_from_corrections,
             job["checkpoint"],
             job["images"],
             job["labels"],
@@ -1126,7 +1127,7 @@ class ReviewWidget(QWidget):
                 f"held-out pancreas Dice {when}: {event.metrics['dice_pancreas']:.3f}"
             )
 
-    def _on_fine_tune_done(self, report: corrections.FineTuneReport) -> None:
+    def _on_fine_tune_done(self, report: tuning.FineTuneResult) -> None:
         self._last_checkpoint = report.checkpoint
         self.fine_tune_label.setText(report.summary())
         show_info(f"Fine-tuned model saved: {report.checkpoint}")

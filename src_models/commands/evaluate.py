@@ -70,14 +70,15 @@ def predict_case(
     case: Case, model: Any, meta: dict[str, Any], device: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
     """(prediction, reference, spacing) of one labelled case, in the canonical layout."""
-    from ..inference.engine import segment_to_completion
+    from ..inference.engine import segment
+    from ..jobs import run_to_end
 
     arrays = load_case(case)
     if arrays.labels is None:
         raise ValueError(f"{case.case_id}: evaluation needs labels")
     spacing = arrays.spacing or (1.0, FALLBACK_SPACING_MM, FALLBACK_SPACING_MM)
     volume = _CanonicalVolume(arrays.image_hu, spacing)
-    result = segment_to_completion(volume, model, meta, device=device, reconstruct=False)
+    result = run_to_end(segment(volume, model, meta, device=device, reconstruct=False))
     return result.canonical_labels, arrays.labels, spacing
 
 

@@ -15,8 +15,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..inference.devices import resolve_device
-from ..inference.engine import PRECISIONS, segment
+from ..inference.engine import segment
+from ..inference.precision import PRECISIONS
 from ..io import NIFTI_SUFFIXES, VolumeError, read_volume, write_image, write_labels
+from ..jobs import run_to_end
 from ..models.store import load_checkpoint
 from ..nets.registry import has_restoration
 
@@ -100,14 +102,12 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
     )
     with tqdm(unit="slice", desc="segmenting", file=sys.stderr, leave=False) as bar:
-        while True:
-            try:
-                done, total = next(generator)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            bar.total = total
-            bar.update(done - bar.n)
+
+        def show(progress: tuple[int, int]) -> None:
+            bar.total = progress[1]
+            bar.update(progress[0] - bar.n)
+
+        result = run_to_end(generator, show)
     write_labels(output, result.labels, volume)
     if reconstruction_path is not None:
         try:

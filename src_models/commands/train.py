@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..inference.precision import AMP_ALIASES, PRECISIONS, precision_from_amp
 from ..nets.registry import ARCHITECTURES
 from ..training.data import (
     SPLIT_FRACTIONS,
@@ -61,7 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="patient split JSON: read if it exists, else written there (default: beside --out)",
     )
     parser.add_argument("--loss", choices=("bce", "dice_bce"), default=defaults.loss)
-    parser.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=defaults.precision,
+        help="autocast precision (default auto: bfloat16 or float16 on GPUs, float32 on CPU)",
+    )
+    parser.add_argument(
+        "--amp", choices=tuple(AMP_ALIASES), help="deprecated: use --precision"
+    )
     parser.add_argument(
         "--log-csv",
         "--log",
@@ -89,6 +98,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--steps, --batch-size and --accumulate must be at least 1")
     if not args.data and args.phantoms <= 0:
         raise ValueError("no data: give --data DIR and/or --phantoms N")
+    precision = args.precision
+    if args.amp is not None:
+        precision = precision_from_amp(args.amp)
+        print(
+            f"warning: --amp is deprecated; use --precision {precision}", file=sys.stderr
+        )
     config = TrainConfig(
         arch=args.arch,
         width=args.width,
@@ -102,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         loss=args.loss,
         seed=args.seed,
         device=args.device,
-        amp=args.amp,
+        precision=precision,
         log_csv=args.log,
         threads=args.threads or default_threads(),
     )

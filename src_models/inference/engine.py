@@ -38,6 +38,7 @@ from ..io.orientation import canonical_spacing, from_canonical, to_canonical
 from ..io.windows import hu_to_unit
 from ..metrics import volume_ml
 from .devices import release_memory, resolve_device
+from .precision import autocast_dtype, precision_name
 from .preprocessing import (
     DEFAULT_PREPROCESSING,
     labels_from_logits,
@@ -55,9 +56,6 @@ Progress = tuple[int, int]
 #: batches gain nothing (measured, docs/benchmarks.md) and cost memory; on GPUs the batch must
 #: be large to hide kernel-launch overhead, and an out-of-memory error halves it.
 DEFAULT_BATCH_SIZES: dict[str, int] = {"cpu": 4, "cuda": 128, "mps": 32}
-
-#: Precisions :func:`segment` accepts; ``"auto"`` picks per device (see :func:`autocast_dtype`).
-PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
 
 #: Rough bytes of live activations per model-resolution pixel and first-level channel, in
 #: float32 (skip connections of every level plus the largest working tensors); used only to
@@ -257,44 +255,6 @@ def check_memory(required: int, what: str) -> None:
         f"{available / gib:.1f} GiB are available; close other programs, crop the volume, "
         "or turn off the probability and reconstruction outputs"
     )
-
-
-def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``, or ``None`` for plain float32.
-
-    ``"auto"``: bfloat16 on CUDA GPUs that have it (float16 otherwise), float16 on Apple MPS, and
-    on CPUs bfloat16 where the CPU executes bfloat16 natively (AVX512-BF16 or AMX), else float32
-    (emulated bfloat16 is slower than float32). The CPU rule was set before measuring: bfloat16
-    only if faster and its labels agree with float32 to a pancreas Dice of at least 0.99 with
-    under 0.01 % of voxels differing. On the shared real CT with the bundled ``dsmsc_unet`` it
-    was 1.4 to 1.6 times faster, with Dice 0.997 and 0.0015 % of voxels differing
-    (docs/benchmarks.md).
-
-    Raises
-    ------
-    ValueError
-        For a precision not in :data:`PRECISIONS`.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-    if precision == "float32":
-        return None
-    if precision != "auto":
-        return getattr(torch, precision)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    if device.type == "cpu" and _cpu_has_native_bf16():
-        return torch.bfloat16
-    return None
-
-
-def _cpu_has_native_bf16() -> bool:
-    """Whether the CPU computes bfloat16 in hardware (AVX512-BF16 or AMX tiles)."""
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(bool(getattr(cpu, check, lambda: False)()) for check in checks)
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -533,7 +493,8 @@ def segment(
     probabilities
         Also return per-class probabilities (4 bytes per voxel more).
     precision
-        ``"auto"`` (see :func:`autocast_dtype`), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        One of :data:`~src_models.inference.precision.PRECISIONS`; ``"auto"`` follows the
+        policy of :mod:`src_models.inference.precision`.
 
     Yields
     ------
@@ -619,7 +580,7 @@ def segment(
         seconds=time.perf_counter() - started,
         device=str(torch_device),
         batch_size=batch,
-        precision=str(dtype or torch.float32).removeprefix("torch."),
+        precision=precision_name(dtype),
     )
     return SegmentationResult(
         canonical_labels=runner.labels,
@@ -642,16 +603,6 @@ def _halve_batch(batch: int, device: torch.device, error: BaseException) -> int:
         "%s ran out of memory with %d slices per batch; going on with %d", device, batch, batch // 2
     )
     return batch // 2
-
-
-def segment_to_completion(*args: Any, **kwargs: Any) -> SegmentationResult:
-    """Run :func:`segment` without progress reporting and return its result (scripts, tests)."""
-    generator = segment(*args, **kwargs)
-    while True:
-        try:
-            next(generator)
-        except StopIteration as stop:
-            return stop.value
 
 
 def reconstruction_error(

@@ -1,7 +1,8 @@
-"""Training and fine-tuning as generators that yield progress events.
+"""Training as a generator that yields progress events.
 
-:func:`train` (the ``dsms train`` command, ``torchrun`` included) and :func:`fine_tune` (the
-napari Review widget) run the same loop: AdamW, linear warm-up then cosine decay, gradient
+:func:`train` (the ``dsms train`` command, ``torchrun`` included) and
+:func:`~src_models.training.fine_tune.fine_tune` (the napari Review widget, ``dsms refine``) run
+the same loop: AdamW, linear warm-up then cosine decay, gradient
 accumulation (the paper's trick for small memory), mixed precision, and validation Dice with the
 functions of :mod:`src_models.metrics`. Being generators, they let a caller show progress and
 stop between two steps by closing the generator; a checkpoint on disk is only ever replaced
@@ -18,14 +19,13 @@ final event: the best checkpoint).
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import math
 import os
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,14 @@ import torch
 from torch import nn
 
 from ..inference.devices import release_memory, resolve_device
+from ..inference.precision import autocast, autocast_dtype
 from ..inference.preprocessing import DEFAULT_PREPROCESSING, labels_from_logits
 from ..io.atomic import atomic_path
 from ..metrics import METRICS, STRUCTURES, case_metrics, summarise
 from ..models.checkpoints import CheckpointError, save_checkpoint
 from ..models.store import load_checkpoint
 from ..nets.registry import build_model
-from .data import Augmentation, CachedCase, SliceSampler, cache_arrays
+from .data import Augmentation, CachedCase, SliceSampler
 from .losses import build_loss
 
 #: Columns of the CSV log, one row per optimiser step (validation columns empty between).
@@ -92,9 +93,10 @@ class TrainConfig:
         time budget, on the same device).
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``.
-    amp
-        ``"auto"`` (bf16 on GPUs that have it, else fp16 with loss scaling; float32 on CPU and
-        MPS), ``"off"``, ``"bf16"`` or ``"fp16"``.
+    precision
+        One of :data:`~src_models.inference.precision.PRECISIONS`; ``"auto"`` is bfloat16 on
+        GPUs that have it, else float16 with loss scaling, and float32 on CPU and MPS
+        (:mod:`src_models.inference.precision`).
     channels_last
         Use the NHWC memory layout (faster convolutions on CPUs and tensor cores).
     augmentation
@@ -123,7 +125,7 @@ class TrainConfig:
     loss: str = "bce"
     seed: int = 0
     device: str = "auto"
-    amp: str = "auto"
+    precision: str = "auto"
     channels_last: bool = True
     augmentation: Augmentation = field(default_factory=Augmentation)
     foreground_fraction: float = 0.7
@@ -141,7 +143,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainEvent:
-    """One progress report of :func:`train` or :func:`fine_tune` (see the module doc)."""
+    """One progress report of :func:`train` or of fine-tuning (see the module doc)."""
 
     kind: str
     step: int
@@ -175,34 +177,6 @@ class TrainResult:
     best_metrics: dict[str, float]
 
 
-@dataclass(frozen=True)
-class FineTuneResult:
-    """What :func:`fine_tune` returns.
-
-    Attributes
-    ----------
-    model
-        The fine-tuned model (the one passed in, updated in place), on the CPU, in eval mode.
-    meta
-        Metadata for :func:`~src_models.models.checkpoints.save_checkpoint`: the input's, with the
-        fine-tuning recorded under ``provenance["fine_tune"]``.
-    steps, elapsed_s
-        Steps done and seconds spent.
-    metrics_before, metrics_after
-        Figures on the held-out slices before and after (empty without held-out slices).
-    checkpoint
-        The saved file when ``out`` was given, else ``None``.
-    """
-
-    model: nn.Module
-    meta: dict[str, Any]
-    steps: int
-    elapsed_s: float
-    metrics_before: dict[str, float]
-    metrics_after: dict[str, float]
-    checkpoint: Path | None
-
-
 # ------------------------------------------------------------------------------- helpers
 
 
@@ -214,23 +188,6 @@ def lr_factor(progress: float, warmup_fraction: float) -> float:
     span = max(1.0 - warmup_fraction, 1e-9)
     cosine = 0.5 * (1.0 + math.cos(math.pi * (progress - warmup_fraction) / span))
     return FINAL_LR_FRACTION + (1.0 - FINAL_LR_FRACTION) * cosine
-
-
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``amp`` on ``device``; ``None`` runs in float32."""
-    if amp not in ("auto", "off", "bf16", "fp16"):
-        raise ValueError(f"unknown amp mode {amp!r}: use auto, off, bf16 or fp16")
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def _dist() -> tuple[int, int, int]:
@@ -261,7 +218,7 @@ def predict_cached(
     for start in range(0, len(case.images), batch_size):
         batch = torch.from_numpy(case.images[start : start + batch_size]).to(device)
         batch = batch.float().div_(255.0)[:, None]
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             logits = model(batch, reconstruct=False).logits
         labels[start : start + batch_size] = labels_from_logits(logits.float()).cpu().numpy()
     model.train(was_training)
@@ -322,7 +279,7 @@ class _LoopState:
 
 
 class _Loop:
-    """The optimisation loop shared by :func:`train` and :func:`fine_tune`."""
+    """The optimisation loop shared by :func:`train` and fine-tuning."""
 
     def __init__(
         self,
@@ -338,7 +295,7 @@ class _Loop:
         self.config = config
         self.device = device
         self.rank, self.world = rank, world
-        self.amp_dtype = _amp_dtype(config.amp, device)
+        self.amp_dtype = autocast_dtype(device, config.precision, training=True)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.memory_format = memory_format
         self.model = model.to(device=device, memory_format=memory_format)
@@ -392,7 +349,7 @@ class _Loop:
             last = micro == config.accumulate - 1
             sync = contextlib.nullcontext() if last or self.world == 1 else self.model.no_sync()
             with sync:
-                with _autocast(self.device, self.amp_dtype):
+                with autocast(self.device, self.amp_dtype):
                     output = self.model(images)
                 terms = self.loss_fn(output, labels, images)
                 self.scaler.scale(terms.total / config.accumulate).backward()
@@ -622,168 +579,6 @@ def train(
         metrics=result.best_metrics, checkpoint=out,
     )  # fmt: skip
     return result
-
-
-# ----------------------------------------------------------------------------- fine-tune
-
-#: Fine-tuning defaults, measured on 2 shared CPU cores (docs/training.md): the bundled
-#: dsmsc_unet fine-tuned on 10 slices of the unseen NIH volume 0001 went from Dice 0.53 to 0.82 on
-#: its 61 other pancreas slices in 400 steps (about 2 minutes); 150 steps gave 0.68, and a
-#: learning rate of 3e-4 reached only 0.77 in the same 400 steps. The time budget keeps the
-#: button at 3 minutes on a slower or busier machine.
-FINE_TUNE_DEFAULTS = TrainConfig(
-    steps=400,
-    batch_size=4,
-    lr=1e-3,
-    warmup_fraction=0.05,
-    patch_size=160,
-    val_every=0,
-    loss="dice_bce",
-    time_budget_s=180.0,
-)
-
-
-def fine_tune(
-    model: nn.Module,
-    meta: Mapping[str, Any],
-    images_hu: np.ndarray,
-    labels: np.ndarray,
-    spacing_yx: Sequence[float] | None = None,
-    *,
-    steps: int | None = None,
-    time_budget_s: float | None = None,
-    device: str = "auto",
-    seed: int = 0,
-    val_images_hu: np.ndarray | None = None,
-    val_labels: np.ndarray | None = None,
-    out: str | os.PathLike[str] | None = None,
-    config: TrainConfig | None = None,
-) -> Generator[TrainEvent, None, FineTuneResult]:
-    """Fine-tune ``model`` in place on a few corrected slices; a generator of :class:`TrainEvent`.
-
-    The napari Review widget's entry point: run it in a worker, show ``event.step /
-    event.total_steps``, and close the generator to stop (the model then keeps the weights of
-    the last finished step). The loop, augmentation and preprocessing are those of :func:`train`.
-
-    Parameters
-    ----------
-    model, meta
-        From :func:`~src_models.models.store.load_checkpoint`; ``meta["preprocessing"]`` prepares
-        the slices exactly as for inference.
-    images_hu, labels
-        (N, H, W) canonical axial slices in HU and their corrected labels (0/1/2). Slices without
-        any label are kept: they teach the model where the pancreas is not.
-    spacing_yx
-        In-plane spacing in mm of the slices (``None``: unknown, 0.8 mm assumed).
-    steps, time_budget_s
-        Stop after this many steps or seconds, whichever comes first; by default 400 steps or
-        180 s (:data:`FINE_TUNE_DEFAULTS`).
-    device, seed
-        As for :func:`train`.
-    val_images_hu, val_labels
-        Optional held-out slices of the same patient: measured before and after.
-    out
-        Save the fine-tuned model there (atomically) when it finishes.
-    config
-        Full control of the loop; ``steps``, ``time_budget_s``, ``device`` and ``seed`` given
-        explicitly still win.
-
-    Yields
-    ------
-    TrainEvent
-        ``"validation"`` (step 0, only with held-out slices), ``"step"`` per step,
-        ``"validation"`` at the end (held-out slices), ``"done"``.
-
-    Returns
-    -------
-    FineTuneResult
-    """
-    base = config or FINE_TUNE_DEFAULTS
-    budget = (
-        time_budget_s
-        if time_budget_s is not None
-        else (base.time_budget_s if steps is None else None)
-    )
-    config = replace(
-        base,
-        steps=steps if steps is not None else base.steps,
-        time_budget_s=budget,
-        device=device,
-        seed=seed,
-        val_every=0,
-    )
-    preprocessing = dict(meta["preprocessing"])
-    patient = "corrected-slices"
-    cached = cache_arrays(
-        patient, np.asarray(images_hu), np.asarray(labels), spacing_yx, preprocessing
-    )
-    held_out = None
-    if val_images_hu is not None and val_labels is not None and len(val_images_hu):
-        held_out = cache_arrays(
-            patient, np.asarray(val_images_hu), np.asarray(val_labels), spacing_yx, preprocessing
-        )
-    torch.manual_seed(seed)
-    window = preprocessing["hu_window"]
-    sampler = SliceSampler(
-        [cached],
-        min(config.patch_size, max(cached.images.shape[1:])),
-        float(window[1]) - float(window[0]),
-        config.augmentation,
-        foreground_fraction=config.foreground_fraction,
-        seed=seed,
-    )
-    dev = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    loop = _Loop(model, sampler, config, dev)
-    before: dict[str, float] = {}
-    after: dict[str, float] = {}
-    try:
-        if held_out is not None:
-            before = validate(loop.model, [held_out], dev, loop.amp_dtype)
-            yield TrainEvent("validation", 0, config.steps, 0.0, metrics=before)
-        yield from loop.run(lambda: ({}, None))
-        if held_out is not None:
-            after = validate(loop.model, [held_out], dev, loop.amp_dtype)
-            yield TrainEvent(
-                "validation", loop.state.step, config.steps, loop.state.elapsed_s, metrics=after
-            )
-    finally:
-        model.to("cpu", memory_format=torch.contiguous_format).eval()
-        release_memory(dev)
-    new_meta = copy.deepcopy(dict(meta))
-    new_meta.setdefault("provenance", {})
-    new_meta["provenance"]["fine_tune"] = {
-        "base": meta.get("path"),
-        "slices": int(len(images_hu)),
-        "steps": loop.state.step,
-        "elapsed_s": round(loop.state.elapsed_s, 1),
-        "config": config.to_dict(),
-        "metrics_before": before,
-        "metrics_after": after,
-    }
-    saved = None
-    if out is not None:
-        saved = save_checkpoint(
-            out, model, preprocessing=preprocessing,
-            provenance=new_meta["provenance"], metrics=after or dict(meta.get("metrics", {})),
-        )  # fmt: skip
-    result = FineTuneResult(
-        model, new_meta, loop.state.step, loop.state.elapsed_s, before, after, saved
-    )
-    yield TrainEvent(
-        "done", result.steps, config.steps, result.elapsed_s, metrics=after, checkpoint=saved
-    )
-    return result
-
-
-def run_to_end(events: Generator[TrainEvent, None, Any]) -> Any:
-    """Drain a :func:`train` / :func:`fine_tune` generator and return its result."""
-    while True:
-        try:
-            next(events)
-        except StopIteration as stop:
-            return stop.value
 
 
 def default_threads() -> int:
