@@ -48,6 +48,7 @@ setup(
             "pytest-qt>=4",
             "pytest-xvfb>=3",
             "ruff>=0.5",
+            "import-linter>=2.1",
         ],
     },
     entry_points={
