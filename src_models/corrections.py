@@ -85,8 +85,11 @@ def neighbour_slice(slices: Iterable[int], current: int, step: int) -> int | Non
     return before[-1] if before else None
 
 
-def structure_volumes(labels: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
+def structure_volumes(labels: np.ndarray, spacing: Sequence[float] | float) -> dict[str, float]:
     """Volume in mL of every structure of :data:`src_models.metrics.STRUCTURES`.
+
+    ``spacing``: voxel size in mm per axis, or one voxel's volume in mm³ (exact on sheared
+    grids; see :func:`src_models.metrics.volume_ml`).
 
     One ``bincount`` pass, cheap enough to refresh while the user paints.
     """
@@ -203,7 +206,7 @@ def sidecar(
     affine: np.ndarray,
     source_shape: Sequence[int],
     labels: np.ndarray | None,
-    spacing: Sequence[float],
+    spacing: Sequence[float] | float,
     model: Mapping[str, Any] | None,
     edited: Iterable[int],
     reviewed: Iterable[int],
@@ -225,7 +228,7 @@ def sidecar(
     labels
         Canonical labels for the volumes in mL; ``None`` for a reconstruction without labels.
     spacing
-        Canonical voxel spacing in mm.
+        Canonical voxel spacing in mm, or one voxel's volume in mm³ (exact on sheared grids).
     model
         What produced the prediction: ``arch`` and ``checkpoint`` at least.
     edited, reviewed

@@ -27,6 +27,7 @@ from pydicom.uid import (
 
 from src_models import VolumeError, read_labels, read_volume, write_labels
 from src_models.io.orientation import to_canonical
+from src_models.metrics import volume_ml
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 ROWS, COLS = 12, 16
@@ -50,6 +51,7 @@ def write_slice(
     intercept: float = 0.0,
     description: str = "Abdomen portal",
     spacing=SPACING,
+    unsigned: bool = False,
 ) -> Path:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
@@ -71,10 +73,10 @@ def write_slice(
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated = ds.BitsStored = 16
     ds.HighBit = 15
-    ds.PixelRepresentation = 1
+    ds.PixelRepresentation = 0 if unsigned else 1
     ds.RescaleSlope = slope
     ds.RescaleIntercept = intercept
-    ds.PixelData = pixels.astype(np.int16).tobytes()
+    ds.PixelData = pixels.astype(np.uint16 if unsigned else np.int16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
 
@@ -187,6 +189,57 @@ def test_rescale_slope_and_intercept(tmp_path):
     fractional = read_volume(tmp_path / "f")
     assert fractional.array.dtype == np.float32
     assert fractional.array[0, 0, 1] == pytest.approx(1000 * 0.5 - 0.25)
+
+
+def test_signed_and_unsigned_slices_in_one_series(tmp_path):
+    """One slice stored unsigned (raw = HU + 1024, intercept -1024) among signed ones."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+    hu = np.full((4, ROWS, COLS), -1000, dtype=np.int16)  # air
+    hu[:, 3:9, 4:12] = 40  # a 6 x 8 "pancreas" on every slice
+    hu[:, 0, 0] = 1500  # bone
+    for k in range(4):
+        unsigned = k == 0  # the first slice sets the stack type in a naive reader
+        write_slice(
+            folder / f"{k}.dcm",
+            hu[k] + 1024 if unsigned else hu[k],
+            (-120.0, -90.0, -40.0 + 2.5 * k),
+            intercept=-1024.0 if unsigned else 0.0,
+            unsigned=unsigned,
+        )
+    volume = read_volume(folder)
+    assert volume.array.dtype == np.int16
+    np.testing.assert_array_equal(volume.array, hu.transpose(2, 1, 0))
+    pancreas_ml = volume_ml(volume.array == 40, volume.voxel_volume_mm3)
+    assert pancreas_ml == pytest.approx(4 * 6 * 8 * 0.7 * 0.9 * 2.5 / 1000)
+
+
+def test_slices_whose_hu_need_more_than_int16(tmp_path):
+    """An unsigned slice with values above int16 next to a signed one: int32, all exact."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+    high = np.full((ROWS, COLS), 40000, dtype=np.int64)  # e.g. a metal implant scale
+    write_slice(folder / "a.dcm", high, (0, 0, 0), unsigned=True)
+    write_slice(folder / "b.dcm", np.full((ROWS, COLS), -1000), (0, 0, 2.5))
+    volume = read_volume(folder)
+    assert volume.array.dtype == np.int32
+    assert volume.array[..., 0].min() == 40000 and volume.array[..., 1].max() == -1000
+
+
+def test_gantry_tilt_series_volumes_and_labels(tmp_path):
+    """Slices shifted along y by tan(20 deg) x step: a sheared grid, kept exactly."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+    shift = 2.5 * np.tan(np.deg2rad(20.0))
+    for k in range(4):
+        write_slice(folder / f"{k}.dcm", pattern(k), (-120.0, -90.0 + k * shift, -40.0 + 2.5 * k))
+    volume = read_volume(folder)
+    np.testing.assert_allclose(volume.affine[:3, 2], [0.0, -shift, 2.5])
+    assert volume.voxel_volume_mm3 == pytest.approx(0.9 * 0.7 * 2.5)  # not x 1/cos(20 deg)
+    out = write_labels(tmp_path / "labels.nii.gz", np.ones(volume.shape, np.uint8), volume)
+    written = nib.load(str(out))
+    assert int(written.header["qform_code"]) == 0 and int(written.header["sform_code"]) == 1
+    np.testing.assert_allclose(written.affine, volume.affine, atol=1e-4)
 
 
 def test_largest_series_chosen_with_a_warning(tmp_path):

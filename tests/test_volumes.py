@@ -12,6 +12,7 @@ import pytest
 from src_models import Volume, VolumeError, read_labels, read_volume, write_image, write_labels
 from src_models.io import describe
 from src_models.io.orientation import to_canonical
+from src_models.metrics import volume_ml
 
 AFFINE = np.array(
     [[-0.8, 0.0, 0.0, 100.0], [0.0, 0.8, 0.0, -120.0], [0.0, 0.0, 2.5, -50.0], [0, 0, 0, 1.0]]
@@ -180,11 +181,27 @@ def test_not_a_nifti(tmp_path):
     refuse("gz.nii.gz", read_volume, tmp_path / "gz.nii.gz")
 
 
-def test_2d_image(tmp_path):
-    path = save(tmp_path / "slice.nii", np.zeros((8, 8), np.int16))
-    refuse("2D", read_volume, path)
-    path = save(tmp_path / "one.nii", np.zeros((8, 8, 1), np.int16))
-    refuse("2D", read_volume, path)
+def test_2d_image_reads_as_one_slice(tmp_path):
+    pixels = np.arange(48, dtype=np.int16).reshape(8, 6)
+    for name, data in (("slice.nii", pixels), ("one.nii", pixels[..., None])):
+        volume = read_volume(save(tmp_path / name, data))
+        assert volume.shape == (8, 6, 1)
+        np.testing.assert_array_equal(volume.array[..., 0], pixels)
+        np.testing.assert_allclose(volume.affine, AFFINE, atol=1e-5)
+
+
+def test_2d_image_without_slice_thickness_gets_1_mm(tmp_path):
+    affine = np.diag([0.7, 0.7, 0.0, 1.0])
+    img = nib.Nifti1Image(np.zeros((8, 6), np.int16), np.diag([0.7, 0.7, 1.0, 1.0]))
+    img.header.set_sform(affine, code=1)
+    nib.save(img, str(tmp_path / "flat.nii"))
+    volume = read_volume(tmp_path / "flat.nii")
+    assert volume.spacing == pytest.approx((0.7, 0.7, 1.0))
+    assert volume.voxel_volume_mm3 == pytest.approx(0.49)
+
+
+def test_a_line_is_refused(tmp_path):
+    refuse("not even a 2D slice", read_volume, save(tmp_path / "l.nii", np.zeros((8, 1, 1))))
 
 
 def test_4d_image(tmp_path):
@@ -246,6 +263,92 @@ def test_writer_refusals_write_nothing(ct, tmp_path):
     refuse("whole numbers", write_labels, tmp_path / "a.nii", good + 0.5, reference)
     refuse("NaN", write_image, tmp_path / "r.nii", np.full(reference.shape, np.nan), reference)
     assert only(tmp_path) == ["ct.nii.gz"]
+
+
+# --- header fields other tools got wrong ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("unit", "to_mm", "name"), [("meter", 1000.0, "metres"), ("micron", 0.001, "micrometres")]
+)
+def test_spatial_units_are_converted_to_mm(tmp_path, unit, to_mm, name):
+    data = np.zeros((12, 10, 6), np.int16)
+    data[4:8, 3:6, 1:5] = 1
+    in_unit = AFFINE.copy()
+    in_unit[:3] /= to_mm  # the same grid, written in the file's unit
+    img = nib.Nifti1Image(data, in_unit)
+    img.set_qform(in_unit, code=1)
+    img.set_sform(in_unit, code=1)
+    img.header.set_xyzt_units(unit, "sec")
+    nib.save(img, str(tmp_path / "ct.nii.gz"))
+    volume = read_volume(tmp_path / "ct.nii.gz")
+    np.testing.assert_allclose(volume.affine, AFFINE, rtol=1e-5, atol=1e-5)
+    assert volume.spacing == pytest.approx((0.8, 0.8, 2.5), rel=1e-5)
+    assert volume_ml(volume.array == 1, volume.voxel_volume_mm3) == pytest.approx(
+        48 * 0.8 * 0.8 * 2.5 / 1000, rel=1e-5
+    )
+    text = describe(volume)
+    assert f"the file is in {name}" in text and f"x {to_mm:g}" in text
+    out = write_labels(tmp_path / "labels.nii.gz", volume.array, volume)
+    assert nib.load(str(out)).header.get_xyzt_units()[0] == "mm"
+    read_labels(out, reference=volume)  # the same grid, now in mm
+
+
+def test_undefined_spatial_unit_is_refused(tmp_path):
+    path = save(tmp_path / "u.nii", np.zeros((3, 4, 5), np.int16))
+    img = nib.load(str(path))
+    img.header["xyzt_units"] = 5
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header), str(path))
+    refuse("spatial unit code 5", read_volume, path)
+
+
+def test_no_orientation_warns_and_labels_keep_codes_0(tmp_path):
+    path = save(tmp_path / "ct.nii.gz", np.zeros((12, 10, 6), np.int16), qform=0, sform=0)
+    with pytest.warns(UserWarning, match="orientation unknown"):
+        volume = read_volume(path)
+    assert volume.info["orientation_unknown"] is True
+    assert "orientation unknown" in volume.info["warnings"][0]
+    assert "orientation: unknown" in describe(volume)
+    out = write_labels(tmp_path / "labels.nii.gz", np.ones(volume.shape, np.uint8), volume)
+    written = nib.load(str(out))
+    assert (int(written.header["qform_code"]), int(written.header["sform_code"])) == (0, 0)
+    # any reader falls back to the same grid for both files
+    np.testing.assert_allclose(written.affine, nib.load(str(path)).affine, atol=1e-6)
+    with pytest.warns(UserWarning, match="orientation unknown"):
+        read_labels(out, reference=volume)
+
+
+def sheared(degrees: float = 20.0) -> np.ndarray:
+    """A gantry-tilted grid: each slice shifted along y by tan(tilt) x slice step."""
+    affine = AFFINE.copy()
+    affine[1, 2] = 2.5 * np.tan(np.deg2rad(degrees))
+    return affine
+
+
+def test_gantry_tilt_labels_have_one_geometry_and_volumes_use_det(tmp_path):
+    volume = Volume(
+        np.zeros((12, 10, 6), np.int16), sheared(), "", "tilted", {"qform_code": 1, "sform_code": 1}
+    )
+    assert volume.voxel_volume_mm3 == pytest.approx(0.8 * 0.8 * 2.5)
+    assert np.prod(volume.spacing) == pytest.approx(0.8 * 0.8 * 2.5 / np.cos(np.deg2rad(20)))
+    assert "sheared" in describe(volume)
+    out = write_labels(tmp_path / "labels.nii.gz", np.ones(volume.shape, np.uint8), volume)
+    header = nib.load(str(out)).header
+    # a qform (a rotation) cannot hold the shear: code 0, so no reader picks a second geometry
+    assert int(header["qform_code"]) == 0 and int(header["sform_code"]) == 1
+    np.testing.assert_allclose(header.get_best_affine(), sheared(), atol=1e-5)
+    again = read_labels(out, reference=volume)
+    assert again.info["warnings"] == []
+
+
+def test_file_with_disagreeing_qform_and_sform_warns(tmp_path):
+    img = nib.Nifti1Image(np.zeros((12, 10, 6), np.int16), sheared())
+    img.set_qform(sheared(), code=1)  # nibabel stores the nearest rotation
+    img.set_sform(sheared(), code=1)
+    nib.save(img, str(tmp_path / "tilt.nii"))
+    with pytest.warns(UserWarning, match="qform .code 1. and the sform .code 1. place voxels"):
+        volume = read_volume(tmp_path / "tilt.nii")
+    np.testing.assert_allclose(volume.affine, sheared(), atol=1e-5)
 
 
 def test_volume_properties():

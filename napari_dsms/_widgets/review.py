@@ -47,6 +47,7 @@ from qtpy.QtWidgets import (
 
 from src_models import corrections
 from src_models.io import VolumeError, write_image, write_labels
+from src_models.io.volume import voxel_volume_mm3
 from src_models.metrics import case_metrics
 from src_models.models.checkpoints import CheckpointError, read_metadata
 from src_models.models.store import list_checkpoints, user_model_dir
@@ -525,6 +526,13 @@ class ReviewWidget(QWidget):
         layer = self.labels_layer if self.labels_layer is not None else self.image_layer
         return tuple(float(s) for s in layer.scale[-3:]) if layer is not None else (1.0,) * 3
 
+    def _voxel_mm3(self) -> float:
+        """One voxel's volume in mm³: ``|det|`` of the file's affine (exact on tilted gantries)."""
+        layer = self.labels_layer if self.labels_layer is not None else self.image_layer
+        if layer is not None and "affine" in layer.metadata:
+            return voxel_volume_mm3(layer.metadata["affine"])
+        return float(np.prod(self._spacing()))
+
     # ------------------------------------------------------------------ status and navigation
 
     def edited_slices(self) -> list[int]:
@@ -545,7 +553,7 @@ class ReviewWidget(QWidget):
             self.volumes_label.setText("no labels layer")
         else:
             data = np.asarray(layer.data)
-            volumes = corrections.structure_volumes(data, self._spacing())
+            volumes = corrections.structure_volumes(data, self._voxel_mm3())
             self.volumes_label.setText(
                 f"pancreas (incl. tumour) {volumes['pancreas']:.1f} mL, "
                 f"tumour {volumes['tumour']:.1f} mL"
@@ -792,7 +800,7 @@ class ReviewWidget(QWidget):
         spacing = self._spacing()
         current = int(np.clip(self.current_slice(), 0, prediction.shape[0] - 1))
         result = {
-            "volume": case_metrics(prediction, reference, spacing),
+            "volume": case_metrics(prediction, reference, self._voxel_mm3()),
             "slice": case_metrics(prediction[current], reference[current], spacing[1:]),
         }
         lines = []
@@ -867,7 +875,7 @@ class ReviewWidget(QWidget):
             affine=reference.affine,
             source_shape=reference.shape,
             labels=labels,
-            spacing=self._spacing(),
+            spacing=self._voxel_mm3(),
             model=self._model_record(),
             edited=self._edited,
             reviewed=self.reviewed_slices(),

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..io.orientation import canonical_spacing, from_canonical, to_canonical
+from ..io.volume import voxel_volume_mm3
 from ..io.windows import hu_to_unit
 from ..metrics import volume_ml
 from .devices import release_memory, resolve_device
@@ -573,8 +574,8 @@ def segment(
         release_memory(torch_device)
     pancreas, tumour, foreground = (int(n) for n in runner.counts)
     stats = SegmentationStats(
-        pancreas_ml=volume_ml(pancreas, spacing),
-        tumour_ml=volume_ml(tumour, spacing),
+        pancreas_ml=volume_ml(pancreas, voxel_volume_mm3(volume.affine)),
+        tumour_ml=volume_ml(tumour, voxel_volume_mm3(volume.affine)),
         foreground_slices=foreground,
         total_slices=total,
         seconds=time.perf_counter() - started,

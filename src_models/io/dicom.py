@@ -219,18 +219,30 @@ def _check_decoder(path: Path, ds: pydicom.Dataset) -> None:
         )
 
 
-def _rescale(stack: np.ndarray, datasets: list[pydicom.Dataset]) -> np.ndarray:
-    slopes = np.array([float(ds.get("RescaleSlope", 1) or 1) for ds in datasets])
-    inters = np.array([float(ds.get("RescaleIntercept", 0) or 0) for ds in datasets])
-    if np.all(slopes == slopes[0]) and np.all(inters == inters[0]):
-        return rescale_to_hu(stack, float(slopes[0]), float(inters[0]))
-    out = stack.astype(np.float32)
-    out *= slopes.astype(np.float32)[:, None, None]
-    out += inters.astype(np.float32)[:, None, None]
-    exact = np.all(np.mod(slopes, 1) == 0) and np.all(np.mod(inters, 1) == 0)
-    if exact and out.min() >= np.iinfo(np.int16).min and out.max() <= np.iinfo(np.int16).max:
-        return out.astype(np.int16)
-    return out
+def _stack_hu(slices: list[np.ndarray]) -> np.ndarray:
+    """Stack per-slice HU arrays in one dtype that holds every slice's values.
+
+    Each slice was rescaled on its own (its own stored type, slope and intercept), so a series
+    mixing unsigned and signed slices (raw = HU + 1024 with intercept -1024 next to raw = HU)
+    is right slice by slice; the stack must not squeeze them back into the first slice's type.
+    int16 when every value fits (the usual CT case), else the smallest integer type holding all
+    slices, float32 when any slice is fractional. The list is emptied while stacking, so the
+    peak memory is about one copy of the volume.
+    """
+    if any(np.issubdtype(s.dtype, np.floating) for s in slices):
+        dtype = np.dtype(np.float32)
+    else:
+        lo = min(int(s.min()) for s in slices)
+        hi = max(int(s.max()) for s in slices)
+        info16 = np.iinfo(np.int16)
+        dtype = np.dtype(np.int16) if info16.min <= lo and hi <= info16.max else np.int32
+        if not (np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max):
+            dtype = np.dtype(np.int64)
+    stack = np.empty((len(slices), *slices[0].shape), dtype=dtype)
+    for k in range(len(slices)):
+        stack[k] = slices[k]
+        slices[k] = None  # type: ignore[call-overload]
+    return stack
 
 
 def _info(ds: pydicom.Dataset, n: int, step: np.ndarray, others: list[str]) -> dict[str, Any]:
@@ -289,17 +301,16 @@ def read_dicom_series(folder: Path, series_of: Path | None = None) -> Volume:
     step = _check_spacing(folder, files, positions, np.cross(row, col))
     _check_decoder(*files[0])
 
-    rows, cols = int(files[0][1].Rows), int(files[0][1].Columns)
     datasets = []
-    stack = None
-    for k, (path, _) in enumerate(files):
+    slices = []
+    for path, _ in files:
         ds, pixels = _decode(path)
-        if stack is None:
-            stack = np.empty((len(files), rows, cols), dtype=pixels.dtype)
-        stack[k] = pixels
-        del ds.PixelData  # keep only headers: the pixels live in ``stack``
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        slices.append(rescale_to_hu(pixels, slope, intercept))
+        del ds.PixelData  # keep only headers: the pixels live in ``slices``
         datasets.append(ds)
-    hu = _rescale(stack, datasets)
+    hu = _stack_hu(slices)
 
     row_spacing, col_spacing = (float(v) for v in files[0][1].PixelSpacing)
     lps = np.eye(4)

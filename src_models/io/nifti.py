@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from .atomic import atomic_path
-from .volume import Volume, VolumeError, check_same_grid, label_array, rescale_to_hu
+from .volume import (
+    Volume,
+    VolumeError,
+    check_same_grid,
+    is_rectangular,
+    label_array,
+    rescale_to_hu,
+)
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -24,26 +32,103 @@ def _load_nifti_image(path: Path) -> nib.Nifti1Image:
     return img
 
 
+#: NIfTI ``xyzt_units`` space codes (bits 0-2) -> (name shown to users, factor to millimetres).
+#: Code 0 (unknown) is read as millimetres, as nibabel, ITK and dcm2niix do.
+SPACE_UNITS: dict[int, tuple[str, float]] = {
+    0: ("unknown (read as mm)", 1.0),
+    1: ("metres", 1000.0),
+    2: ("mm", 1.0),
+    3: ("micrometres", 0.001),
+}
+
+#: qform and sform further apart than this (mm, at any corner of the grid) earn a warning.
+FORMS_DISAGREE_MM = 0.5
+
+
 def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """The 3D shape of a NIfTI array, allowing trailing singleton axes (time of length 1)."""
-    spatial = tuple(shape[:3])
+    """The 3D shape of a NIfTI array: a 2D image gains a slice axis of length 1, trailing
+    singleton axes (time of length 1) are dropped."""
+    spatial = tuple(shape[:3]) + (1,) * (3 - len(shape[:3]))
     extra = tuple(shape[3:])
-    if len(spatial) < 3 or min(spatial) < 2:
-        raise VolumeError(
-            f"{path}: a 2D image of shape {shape}; a CT volume with at least 2 slices is needed"
-        )
     if any(n != 1 for n in extra):
         raise VolumeError(
             f"{path}: a {len(shape)}D image of shape {shape} (several volumes); "
             "a single 3D CT volume is needed"
         )
+    if sum(n > 1 for n in spatial) < 2:
+        raise VolumeError(
+            f"{path}: an image of shape {shape} is not even a 2D slice; a CT slice or volume "
+            "is needed"
+        )
     return spatial  # type: ignore[return-value]
 
 
+def _unit_scale(path: Path, header: nib.Nifti1Header) -> tuple[str, float]:
+    """Spatial unit of the header (``xyzt_units`` bits 0-2) and its factor to millimetres."""
+    code = int(header["xyzt_units"]) & 0x07
+    if code not in SPACE_UNITS:
+        raise VolumeError(
+            f"{path}: xyzt_units holds the spatial unit code {code}, which NIfTI does not "
+            "define (0 unknown, 1 metres, 2 mm, 3 micrometres); the voxel size is unknown"
+        )
+    return SPACE_UNITS[code]
+
+
+def _form_warnings(path: Path, header: nib.Nifti1Header, shape: tuple[int, ...]) -> list[str]:
+    """Warnings about the file's orientation: none given, or a qform and sform that disagree."""
+    qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+    if qcode == 0 and scode == 0:
+        return [
+            f"{path}: orientation unknown: qform_code and sform_code are both 0, so the file "
+            "does not say where its voxels lie in the patient; read with nibabel's fallback "
+            "(voxel sizes only), so left/right and position may be wrong. Labels are written "
+            "with codes 0 on the same grid, so any viewer pairs them with this file."
+        ]
+    if qcode == 0 or scode == 0:
+        return []
+    corners = np.array(np.meshgrid(*[(0, n - 1) for n in shape[:3]], indexing="ij"))
+    corners = np.vstack([corners.reshape(3, -1), np.ones((1, 8))])
+    gap = np.linalg.norm((header.get_qform() - header.get_sform()) @ corners, axis=0).max()
+    if gap <= FORMS_DISAGREE_MM:
+        return []
+    return [
+        f"{path}: the qform (code {qcode}) and the sform (code {scode}) place voxels up to "
+        f"{gap:.1f} mm apart; using the sform, as nibabel does (other viewers may use the qform)"
+    ]
+
+
 def read_nifti(path: Path) -> Volume:
-    """Read a 3D NIfTI CT: HU in the stored dtype where it fits, the file's affine and codes."""
+    """Read a NIfTI CT: HU in the stored dtype where it fits, the file's affine and codes.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        A ``.nii`` or ``.nii.gz`` file (NIfTI-1 or NIfTI-2) holding a 3D volume, a 2D slice
+        (read with a slice axis of length 1) or a 4D file whose fourth axis has length 1.
+
+    Returns
+    -------
+    Volume
+        ``array`` in the file's index order, ``affine`` in millimetres whatever the file's
+        spatial unit (``xyzt_units`` metres or micrometres are converted), ``info`` with the
+        codes, the unit, ``orientation_unknown`` and the warnings issued.
+
+    Raises
+    ------
+    VolumeError
+        Damaged file, more than one volume, NaN / Inf voxels, a non-numeric data type, an
+        undefined unit code or a degenerate affine.
+
+    Warns
+    -----
+    UserWarning
+        Orientation unknown (both form codes 0), or a qform and sform that disagree.
+    """
     img = _load_nifti_image(path)
     spatial = _spatial_shape(path, img.shape)
+    stored = img.get_data_dtype()
+    if not (np.issubdtype(stored, np.integer) or np.issubdtype(stored, np.floating)):
+        raise VolumeError(f"{path}: voxels of type {stored} (not grey values); a CT is needed")
     proxy = img.dataobj
     try:
         raw = np.asarray(proxy.get_unscaled()).reshape(spatial, order="F")
@@ -55,23 +140,41 @@ def read_nifti(path: Path) -> Volume:
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         raise VolumeError(f"{path}: {bad} voxels are NaN or infinite")
-    affine = np.asarray(img.affine, dtype=np.float64)
-    _check_affine(path, affine)
     header = img.header
+    unit, to_mm = _unit_scale(path, header)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    affine[:3] *= to_mm
+    affine = _check_affine(path, affine, spatial)
+    warning_texts = _form_warnings(path, header, spatial)
+    for text in warning_texts:
+        warnings.warn(text, UserWarning, stacklevel=3)
     info = {
         "format": "NIfTI-2" if isinstance(img, nib.Nifti2Image) else "NIfTI-1",
-        "dtype": str(img.get_data_dtype()),
+        "dtype": str(stored),
         "qform_code": int(header["qform_code"]),
         "sform_code": int(header["sform_code"]),
+        "orientation_unknown": int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0,
+        "spatial_unit": unit,
+        "unit_to_mm": to_mm,
         "rescale_slope": slope,
         "rescale_intercept": inter,
+        "warnings": warning_texts,
     }
     return Volume(array, affine, str(path), path.name, info)
 
 
-def _check_affine(path: Path, affine: np.ndarray) -> None:
-    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+def _check_affine(path: Path, affine: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Refuse a non-finite or flat affine; give a single slice without thickness 1 mm."""
+    if not np.isfinite(affine).all():
+        raise VolumeError(f"{path}: the voxel-to-world affine holds NaN or infinite values")
+    if shape[2] == 1 and np.linalg.norm(affine[:3, 2]) < 1e-6:
+        normal = np.cross(affine[:3, 0], affine[:3, 1])
+        if np.linalg.norm(normal) > 0:
+            affine = affine.copy()
+            affine[:3, 2] = normal / np.linalg.norm(normal)  # 1 mm: a 2D slice has no thickness
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise VolumeError(f"{path}: the voxel-to-world affine is degenerate:\n{affine}")
+    return affine
 
 
 def _check_output_path(path: Path, reference: Volume) -> None:
@@ -97,11 +200,17 @@ def _check_output_path(path: Path, reference: Volume) -> None:
 
 
 def _form_codes(reference: Volume) -> tuple[int, int]:
-    """qform / sform codes for an output: the reference NIfTI's, else 1 (scanner) for DICOM."""
+    """qform / sform codes for an output on ``reference``'s grid.
+
+    The reference NIfTI's codes (1, scanner, for DICOM), so every viewer pairs the two files
+    the same way: codes 0 / 0 stay 0 / 0 (both files then fall back to the same voxel-size
+    grid). A sheared grid (gantry tilt) gets qform code 0: a qform is a rotation and cannot hold
+    the shear, and nibabel would store the nearest rotation, a second geometry tens of mm away.
+    """
     qcode = int(reference.info.get("qform_code", 1))
     scode = int(reference.info.get("sform_code", 1))
-    if qcode == 0 and scode == 0:
-        qcode = scode = 1
+    if not is_rectangular(reference.affine):
+        scode, qcode = scode or qcode or 1, 0
     return qcode, scode
 
 
@@ -114,13 +223,18 @@ def _write_nifti(path: Path, array: np.ndarray, reference: Volume, intent: str) 
         )
     img = nib.Nifti1Image(array, reference.affine)
     qcode, scode = _form_codes(reference)
-    img.set_qform(reference.affine, code=qcode)
+    img.set_qform(reference.affine, code=qcode)  # also sets pixdim, which codes 0 / 0 rely on
     img.set_sform(reference.affine, code=scode)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_data_dtype(array.dtype)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
-    with atomic_path(path, suffix=suffix) as temporary:
-        nib.save(img, temporary)
+    try:
+        with atomic_path(path, suffix=suffix) as temporary:
+            nib.save(img, temporary)
+    except PermissionError as exc:
+        raise VolumeError(
+            f"{path}: cannot write into the folder {path.parent} ({exc.strerror})"
+        ) from exc
     return path
 
 

@@ -72,9 +72,35 @@ class Volume:
         return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
 
     @property
+    def voxel_volume_mm3(self) -> float:
+        """Volume of one voxel in mm³: ``|det|`` of the affine's 3 x 3 part.
+
+        Equal to the product of :attr:`spacing` on a rectangular grid; smaller on a sheared one
+        (gantry tilt), where the product of column norms overstates every volume.
+        """
+        return voxel_volume_mm3(self.affine)
+
+    @property
     def axcodes(self) -> tuple[str, str, str]:
         """Anatomical direction each array axis increases towards, e.g. ``('L', 'A', 'S')``."""
         return tuple(str(code) for code in nib.aff2axcodes(self.affine))
+
+
+def voxel_volume_mm3(affine: np.ndarray) -> float:
+    """One voxel's volume in mm³ for ``affine`` (index -> mm): ``|det A[:3, :3]|``."""
+    return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
+
+
+def is_rectangular(affine: np.ndarray, tolerance: float = 1e-4) -> bool:
+    """True when the grid's axes are perpendicular (a rotation times voxel sizes, no shear).
+
+    Only such an affine fits a NIfTI qform (a quaternion and three voxel sizes); a sheared one
+    (gantry tilt) fits the sform only. ``tolerance`` bounds the cosine between two axes.
+    """
+    columns = np.asarray(affine, dtype=np.float64)[:3, :3]
+    units = columns / np.linalg.norm(columns, axis=0)
+    cosines = units.T @ units - np.eye(3)
+    return bool(np.abs(cosines).max() <= tolerance)
 
 
 def rescale_to_hu(raw: np.ndarray, slope: float, intercept: float) -> np.ndarray:
@@ -153,18 +179,39 @@ def check_same_grid(volume: Volume, reference: Volume, what: str = "volume") -> 
 
 
 def describe(volume: Volume) -> str:
-    """Several lines about a volume for ``dsms info`` and the Load CT panel."""
+    """Several lines about a volume for ``dsms info`` and the Load CT panel.
+
+    Besides shape, spacing, orientation and intensity range, it says what the reader converted
+    or could not know: a spatial unit converted to mm, an unknown orientation, a sheared grid
+    (the voxel volume then comes from ``|det|`` of the affine) and every reader warning.
+    """
     array = volume.array
+    info = volume.info
     lo, hi = (array.min(), array.max()) if array.size else (0, 0)
-    kind = "HU" if volume.info.get("modality", "CT") == "CT" else "values"
+    kind = "HU" if info.get("modality", "CT") == "CT" else "values"
+    orientation = f"{''.join(volume.axcodes)} (axes increase towards these directions)"
+    if info.get("orientation_unknown"):
+        orientation = f"unknown (qform_code = sform_code = 0); {''.join(volume.axcodes)} assumed"
     lines = [
         f"source:      {volume.source or '(in memory)'}",
         f"description: {volume.description}",
         f"shape:       {' x '.join(str(n) for n in volume.shape)}",
         f"spacing:     {' x '.join(f'{s:.4g}' for s in volume.spacing)} mm",
-        f"orientation: {''.join(volume.axcodes)} (axes increase towards these directions)",
+        f"voxel:       {volume.voxel_volume_mm3:.4g} mm³",
+        f"orientation: {orientation}",
         f"{kind}:{' ' * (12 - len(kind))}{lo:g} to {hi:g} ({array.dtype})",
     ]
-    if "format" in volume.info:
-        lines.insert(2, f"format:      {volume.info['format']}")
+    if "format" in info:
+        lines.insert(2, f"format:      {info['format']}")
+    if info.get("unit_to_mm", 1.0) != 1.0:
+        lines.append(
+            f"units:       the file is in {info['spatial_unit']} (xyzt_units); "
+            f"converted to mm (x {info['unit_to_mm']:g})"
+        )
+    if not is_rectangular(volume.affine):
+        lines.append(
+            "grid:        sheared (gantry tilt); volumes use |det| of the affine, "
+            f"{volume.voxel_volume_mm3:.4g} mm³ per voxel"
+        )
+    lines += [f"warning:     {text}" for text in info.get("warnings", [])]
     return "\n".join(lines)
