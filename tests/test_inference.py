@@ -102,14 +102,14 @@ def test_volumes_on_a_tilted_grid_come_from_the_determinant():
     volume = _ramp_volume()
     affine = volume.affine.copy()
     affine[1, 2] = 2.5 * np.tan(np.deg2rad(20.0))
-    stats = segment_to_completion(Volume(volume.array, affine), Threshold(), NATIVE).stats
+    stats = run_to_end(segment(Volume(volume.array, affine), Threshold(), NATIVE)).stats
     voxel_ml = 0.8 * 0.9 * 2.5 / 1000
     assert stats.pancreas_ml == pytest.approx(np.count_nonzero(volume.array > 100) * voxel_ml)
 
 
 def test_a_single_slice_is_segmented():
     volume = _ramp_volume(shape=(24, 20, 1))
-    result = segment_to_completion(volume, Threshold(), NATIVE, device="cpu")
+    result = run_to_end(segment(volume, Threshold(), NATIVE, device="cpu"))
     assert result.labels.shape == (24, 20, 1)
     np.testing.assert_array_equal(result.labels, _expected_labels(volume.array))
     assert result.stats.total_slices == 1
