@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "segment pancreas and tumour in a CT volume"),
     "train": ("train", "train or fine-tune a model"),
     "evaluate": ("evaluate", "the paper's Table 1 (Dice, PPV, sensitivity) for one or more models"),
+    "recover": ("recover", "list or write corrections that napari-dsms autosaved"),
 }
 
 

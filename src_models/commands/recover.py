@@ -1,0 +1,111 @@
+"""``dsms recover``: bring back corrections that napari-dsms autosaved before a crash.
+
+``dsms recover --list [CT]`` lists the journals (all, or those of one CT); ``dsms recover CT -o
+labels.nii.gz`` writes the last journaled labels of that CT on its own voxel grid with its
+affine (as ``dsms predict`` does), plus the usual side-car JSON. Journals are found by the CT's
+content (:func:`src_models.autosave.volume_digest`), so a moved or renamed CT still matches.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..autosave import (
+    AUTOSAVE_DIR_ENV,
+    JournalEntry,
+    autosave_dir,
+    latest,
+    list_entries,
+    volume_digest,
+)
+from ..corrections import sidecar, write_sidecar
+from ..io import Volume, VolumeError, read_volume, write_labels
+from ..io.orientation import canonical_spacing, from_canonical, to_canonical
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "ct", nargs="?", help="the CT (.nii / .nii.gz or DICOM series folder) the labels belong to"
+    )
+    parser.add_argument(
+        "-o", "--output", metavar="OUT.nii.gz", help="labels file to write on the CT's grid"
+    )
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help=f"list what can be recovered (of CT only, when given); journals are kept in "
+        f"the user data folder or ${AUTOSAVE_DIR_ENV}",
+    )
+
+
+def _print_list(entries: list[JournalEntry]) -> None:
+    if not entries:
+        print(f"no autosaved corrections in {autosave_dir()}")
+        return
+    for entry in entries:
+        print(entry.summary())
+
+
+def _recover(volume: Volume, entry: JournalEntry, output: Path) -> None:
+    """Write ``entry``'s labels on ``volume``'s grid and the side-car; nothing on failure."""
+    labels = entry.labels()
+    expected = to_canonical(volume.array, volume.affine)[0].shape
+    if labels.shape != expected:
+        raise VolumeError(
+            f"{entry.path}: autosaved labels of shape {labels.shape} do not fit "
+            f"{volume.source} (canonical shape {expected}); the journal is damaged"
+        )
+    write_labels(output, from_canonical(labels, volume.affine), volume)
+    try:
+        content = sidecar(
+            export_path=output,
+            kind="labels",
+            source=volume.source,
+            affine=volume.affine,
+            source_shape=volume.shape,
+            labels=labels,
+            spacing=canonical_spacing(volume.affine),
+            model=entry.record.get("model"),
+            edited=entry.edited,
+            reviewed=entry.reviewed,
+            plugin_version=str(entry.record.get("plugin_version", "")),
+        )
+        content["recovered_from"] = {
+            "journal": str(entry.path),
+            "saved": entry.record["saved"],
+            "layer": entry.record.get("layer", ""),
+            "effort": entry.record.get("effort", {}),
+        }
+        write_sidecar(output, content)
+    except BaseException:
+        output.unlink(missing_ok=True)
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        if args.output:
+            raise ValueError("--list prints the journals; it writes no file, so drop -o")
+        digest = volume_digest(read_volume(args.ct)) if args.ct else None
+        _print_list(list_entries(digest))
+        return 0
+    if not args.ct or not args.output:
+        raise ValueError("give the CT and -o OUT.nii.gz (or --list to see what can be recovered)")
+    ct, output = Path(args.ct), Path(args.output)
+    if not ct.exists():
+        raise VolumeError(f"{ct}: no such file or folder")
+    volume = read_volume(ct)
+    entry = latest(volume_digest(volume))
+    if entry is None:
+        raise VolumeError(
+            f"{ct}: no autosaved corrections of this CT in {autosave_dir()} "
+            f"(dsms recover --list shows what there is)"
+        )
+    _recover(volume, entry, output)
+    edited = len(entry.edited)
+    print(
+        f"{output}: labels autosaved {entry.saved.astimezone():%Y-%m-%d %H:%M:%S} "
+        f"({edited} edited slice{'s' * (edited != 1)}, layer {entry.record.get('layer', '')!r})"
+    )
+    return 0
