@@ -38,6 +38,10 @@ LABEL_COLOURS: dict[int | None, tuple[float, float, float, float]] = {
 #: ``layer.metadata`` keys written here and read by the writer and the widgets.
 METADATA_KEYS = ("affine", "source", "shape", "description", "volume_info")
 
+#: ``layer.metadata`` key of a journaled labels layer: ``{"digest": CT digest, "session": id}``
+#: (:mod:`napari_dsms._autosave`); the writer removes that journal after a successful export.
+AUTOSAVE_KEY = "autosave"
+
 
 def label_colormap() -> DirectLabelColormap:
     """Fixed colours, so pancreas and tumour look the same in every layer and screenshot."""

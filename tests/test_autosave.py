@@ -138,9 +138,7 @@ def test_prune_by_session_by_ct_and_by_age(ct_file, journal_dir):
     assert autosave.prune(entry.digest) == 1  # after an export of this CT
 
 
-def test_recover_writes_the_last_labels_on_the_ct_grid_with_a_sidecar(
-    ct_file, tmp_path, capsys
-):
+def test_recover_writes_the_last_labels_on_the_ct_grid_with_a_sidecar(ct_file, tmp_path, capsys):
     labels, prediction = _painted(ct_file)
     old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
     _save(ct_file, prediction, autosave.new_session(), now=old)

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 from src_models.io import Volume, describe, read_labels, read_volume
 from src_models.io.windows import CT_WINDOWS, DEFAULT_WINDOW
 
+from .._autosave import attach as attach_autosave
 from .._layers import LayerDataTuple, image_layer_data, labels_layer_data, reference_volume
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ class LoadCTWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self._workers: set = set()
+        attach_autosave(napari_viewer)  # journals corrections, offers to restore them
 
         self.open_nifti_button = QPushButton("Open NIfTI file…")
         self.open_dicom_button = QPushButton("Open DICOM folder…")

@@ -55,6 +55,7 @@ from src_models.models.checkpoints import CheckpointError, read_metadata
 from src_models.models.store import list_checkpoints, load_checkpoint, user_model_dir
 from src_models.nets.registry import ARCHITECTURES, DESCRIPTIONS, has_restoration
 
+from .._autosave import attach as attach_autosave
 from .._layers import geometry_metadata, labels_layer_data, layer_to_volume
 from ._worker import JobWorker, report_error, start_job
 
@@ -155,6 +156,7 @@ class SegmentWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.worker: JobWorker | None = None
+        attach_autosave(napari_viewer)  # journals corrections, offers to restore them
         self._run_image: Image | None = None
         self._browsed: dict[str, str] = {}  # path -> arch, for files chosen with Browse…
         self._last_checkpoint_index = 0

@@ -1,0 +1,395 @@
+"""Autosave in the viewer: every labels layer bound to a CT is journaled while it is corrected.
+
+:func:`attach` gives a viewer one :class:`Autosave` (the napari-dsms docks call it when they
+open). From then on:
+
+- each CT image layer that napari-dsms opened (it carries the file's affine and shape in its
+  metadata) is keyed by its content (:func:`src_models.autosave.ct_digest`, hashed in a worker
+  thread), and if a journal of that CT exists the user is offered to restore it: a napari
+  notification with the time of the save and the number of edited slices, and a Restore button;
+- each labels layer on such a CT's grid is journaled (:func:`src_models.autosave.save`)
+  :data:`DELAY_MS` after the last paint, fill, erase, undo or data change: the GUI thread only
+  copies the labels (about 5 ms for 512 x 512 x 240), a worker thread compresses and writes them
+  atomically, so a crash at any moment leaves the previous save. A save that fails (full disk)
+  shows a warning once; the labels in the viewer are never touched.
+
+Edited slices are those where the labels differ from the model's stored prediction
+(``metadata["prediction"]``, set by the Segment dock), or hold any foreground when there is no
+prediction; reviewed slices come from ``metadata["reviewed"]``. Exporting the labels (the
+napari-dsms writer) removes the session's journal: the export now holds the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels, Layer
+from napari.qt.threading import create_worker
+from napari.utils.notifications import Notification, notification_manager, show_info, show_warning
+from qtpy.QtCore import QTimer
+
+from src_models import autosave as journal
+from src_models.corrections import edited_slices, foreground_slices
+
+from ._layers import AUTOSAVE_KEY, labels_layer_data
+
+if TYPE_CHECKING:
+    import napari
+
+#: Quiet time after the last edit before the labels are journaled, in milliseconds.
+DELAY_MS = 2000
+
+#: Interval of the safety sweep that also catches edits made without a layer event (a script or
+#: another plugin writing into ``layer.data``): unchanged labels cost a copy and a hash, no write.
+SWEEP_MS = 15_000
+
+#: Edits closer together than this count as one stretch of work in the effort record (seconds).
+_WORK_GAP_S = 60.0
+
+_MANAGERS: weakref.WeakKeyDictionary[Any, Autosave] = weakref.WeakKeyDictionary()
+
+
+def attach(viewer: napari.viewer.Viewer) -> Autosave:
+    """The viewer's :class:`Autosave`, created on first use (idempotent)."""
+    manager = _MANAGERS.get(viewer)
+    if manager is None:
+        manager = _MANAGERS[viewer] = Autosave(viewer)
+    return manager
+
+
+def _geometry_key(metadata: dict[str, Any]) -> tuple[str, tuple[int, ...], bytes] | None:
+    """What ties a labels layer to its CT layer: source, file shape and affine."""
+    if "affine" not in metadata or "shape" not in metadata:
+        return None
+    affine = np.round(np.asarray(metadata["affine"], dtype=np.float64), 3) + 0.0
+    shape = tuple(int(n) for n in metadata["shape"])
+    return str(metadata.get("source", "")), shape, affine.tobytes()
+
+
+def _is_ct(layer: Layer) -> bool:
+    return (
+        isinstance(layer, Image)
+        and layer.ndim == 3
+        and not layer.rgb
+        and "dsms_role" not in layer.metadata  # reconstructions and probabilities
+        and _geometry_key(layer.metadata) is not None
+    )
+
+
+def _is_bound_labels(layer: Layer) -> bool:
+    return (
+        isinstance(layer, Labels) and layer.ndim == 3 and _geometry_key(layer.metadata) is not None
+    )
+
+
+@dataclass
+class _Tracked:
+    """Autosave state of one labels layer."""
+
+    layer: Labels
+    session: str
+    timer: QTimer
+    busy: bool = False
+    dirty: bool = False
+    saved_hash: str = ""
+    failure: str = ""
+    strokes: int = 0
+    editing_s: float = 0.0
+    last_edit: float | None = None
+
+    def effort(self) -> dict[str, Any]:
+        return {"strokes": self.strokes, "editing_seconds": round(self.editing_s, 1)}
+
+
+def _journal_job(
+    labels: np.ndarray,
+    prediction: np.ndarray | None,
+    saved_hash: str,
+    kwargs: dict[str, Any],
+) -> tuple[journal.JournalEntry | None, str]:
+    """Worker-thread part of a save: skip unchanged labels, find edited slices, write.
+
+    Labels equal to the model's prediction hold no work: the session's journal is removed
+    instead, so nobody is offered to "restore" an unedited prediction.
+    """
+    digest = hashlib.blake2b(labels.data, digest_size=16).hexdigest()
+    if digest == saved_hash:
+        return None, digest
+    fits = prediction is not None and np.shape(prediction) == labels.shape
+    edited = edited_slices(labels, prediction) if fits else foreground_slices(labels)
+    if fits and not edited:
+        journal.prune(kwargs["digest"], kwargs["session"])
+        return None, digest
+    journal.prune()  # the age rule, so the folder does not grow for ever
+    entry = journal.save(labels, prediction=prediction if fits else None, edited=edited, **kwargs)
+    return entry, digest
+
+
+class Autosave:
+    """Journals a viewer's CT-bound labels layers and offers to restore them.
+
+    Use :func:`attach` rather than this constructor, so that a viewer has one.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        Held through a weak reference: the autosave never keeps a closed viewer alive.
+    delay_ms : int
+        Quiet time after the last edit before a save.
+
+    Attributes
+    ----------
+    offers : dict
+        CT digest -> :class:`~src_models.autosave.JournalEntry` offered for restoring and not
+        yet restored.
+    on_saved : list of callable
+        Called with each written :class:`~src_models.autosave.JournalEntry` (GUI thread).
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, delay_ms: int = DELAY_MS):
+        self._viewer = weakref.ref(viewer)
+        self.delay_ms = delay_ms
+        self.offers: dict[str, journal.JournalEntry] = {}
+        self.on_saved: list[Callable[[journal.JournalEntry], None]] = []
+        self._digests: dict[tuple, str] = {}  # geometry key -> CT digest
+        self._hashing: set[tuple] = set()
+        self._tracked: dict[int, _Tracked] = {}  # id(layer) -> state
+        self._workers: set[Any] = set()
+        self._sweep = QTimer()
+        self._sweep.timeout.connect(self._save_all)
+        self._sweep.start(SWEEP_MS)
+        viewer.layers.events.inserted.connect(self._on_inserted)
+        viewer.layers.events.removed.connect(self._on_removed)
+        for layer in list(viewer.layers):
+            self._adopt(layer)
+
+    # ------------------------------------------------------------------ layers
+
+    @property
+    def busy(self) -> bool:
+        """Whether a CT is being hashed or labels are being written."""
+        return bool(self._workers)
+
+    def _on_inserted(self, event: Any) -> None:
+        self._adopt(event.value)
+
+    def _adopt(self, layer: Layer) -> None:
+        if _is_ct(layer):
+            self._key_ct(layer)
+        elif _is_bound_labels(layer) and id(layer) not in self._tracked:
+            self._track(layer)
+
+    def _on_removed(self, event: Any) -> None:
+        tracked = self._tracked.pop(id(event.value), None)
+        if tracked is not None and tracked.timer.isActive():
+            tracked.timer.stop()
+            self._save(tracked)  # the layer object still holds the labels: save them now
+
+    def _key_ct(self, image: Image) -> None:
+        key = _geometry_key(image.metadata)
+        if key in self._digests:
+            self._offer(self._digests[key])
+            return
+        if key in self._hashing:
+            return
+        self._hashing.add(key)
+        affine = np.asarray(image.metadata["affine"], dtype=np.float64)
+
+        def done(digest: str) -> None:
+            self._digests[key] = digest
+            self._offer(digest)
+
+        self._run(
+            journal.ct_digest,
+            image.data,
+            affine,
+            on_result=done,
+            on_finished=lambda: self._hashing.discard(key),
+        )
+
+    def _track(self, layer: Labels) -> None:
+        # A restored layer continues its journal; a copy of a tracked layer starts its own.
+        session = (layer.metadata.get(AUTOSAVE_KEY) or {}).get("session")
+        if not session or session in self._live_sessions():
+            session = journal.new_session()
+        tracked = _Tracked(layer, str(session), QTimer())
+        tracked.timer.setSingleShot(True)
+        tracked.timer.timeout.connect(lambda: self._save(tracked))
+        self._tracked[id(layer)] = tracked
+        layer.events.paint.connect(lambda event: self._edited(tracked, stroke=True))
+        layer.events.data.connect(lambda event: self._edited(tracked))
+        layer.events.set_data.connect(lambda event: self._edited(tracked))
+
+    def _edited(self, tracked: _Tracked, stroke: bool = False) -> None:
+        now = time.monotonic()
+        if stroke:
+            tracked.strokes += 1
+            if tracked.last_edit is not None and now - tracked.last_edit < _WORK_GAP_S:
+                tracked.editing_s += now - tracked.last_edit
+            tracked.last_edit = now
+        tracked.timer.start(self.delay_ms)
+
+    # ------------------------------------------------------------------ saving
+
+    def flush(self) -> None:
+        """Save every labels layer with a pending save now (for example before closing)."""
+        for tracked in list(self._tracked.values()):
+            if tracked.timer.isActive():
+                tracked.timer.stop()
+                self._save(tracked)
+
+    def _save_all(self) -> None:
+        viewer = self._viewer()
+        if viewer is None:
+            self._sweep.stop()
+            return
+        for tracked in list(self._tracked.values()):
+            if tracked.layer in viewer.layers and not tracked.timer.isActive():
+                self._save(tracked)
+
+    def _save(self, tracked: _Tracked) -> None:
+        if tracked.busy:
+            tracked.dirty = True
+            return
+        layer = tracked.layer
+        key = _geometry_key(layer.metadata)
+        digest = self._digests.get(key)
+        if digest is None:
+            if key in self._hashing:  # its CT is still being hashed: try again shortly
+                tracked.timer.start(self.delay_ms)
+            else:
+                self._fail(tracked, "its CT is not open in the viewer, so it cannot be keyed")
+            return
+        labels = np.array(layer.data, dtype=np.uint8, copy=True)  # the only GUI-thread cost
+        prediction = layer.metadata.get("prediction")
+        layer.metadata[AUTOSAVE_KEY] = {"digest": digest, "session": tracked.session}
+        kwargs = {
+            "digest": digest,
+            "session": tracked.session,
+            "affine": np.asarray(layer.metadata["affine"], dtype=np.float64),
+            "shape": tuple(int(n) for n in layer.metadata["shape"]),
+            "source": str(layer.metadata.get("source", "")),
+            "description": str(layer.metadata.get("description", "")),
+            "layer": layer.name,
+            "reviewed": [int(s) for s in layer.metadata.get("reviewed", ())],
+            "model": layer.metadata.get("model"),
+            "effort": tracked.effort(),
+        }
+        tracked.busy = True
+
+        def saved(result: tuple[journal.JournalEntry | None, str]) -> None:
+            entry, labels_hash = result
+            tracked.saved_hash = labels_hash
+            tracked.failure = ""
+            if entry is not None:
+                for callback in self.on_saved:
+                    callback(entry)
+
+        def finished() -> None:
+            tracked.busy = False
+            if tracked.dirty:
+                tracked.dirty = False
+                self._save(tracked)
+
+        self._run(
+            _journal_job,
+            labels,
+            prediction,
+            tracked.saved_hash,
+            kwargs,
+            on_result=saved,
+            on_error=lambda error: self._fail(tracked, str(error)),
+            on_finished=finished,
+        )
+
+    def _fail(self, tracked: _Tracked, reason: str) -> None:
+        if reason != tracked.failure:  # once per distinct problem, not at every stroke
+            tracked.failure = reason
+            show_warning(
+                f"Autosave of {tracked.layer.name} failed: {reason}. The labels in the viewer "
+                "are unchanged; export them (File > Save Selected Layers) to keep them."
+            )
+
+    def _run(
+        self,
+        function: Callable[..., Any],
+        *args: Any,
+        on_result: Callable[[Any], None],
+        on_error: Callable[[BaseException], None] | None = None,
+        on_finished: Callable[[], None] | None = None,
+    ) -> None:
+        worker = create_worker(function, *args, _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(on_result)
+        worker.errored.connect(on_error or (lambda error: show_warning(f"Autosave: {error}")))
+        self._workers.add(worker)
+
+        def finished() -> None:
+            self._workers.discard(worker)
+            if on_finished is not None:
+                on_finished()
+
+        worker.finished.connect(finished)
+        worker.start()
+
+    # ------------------------------------------------------------------ restoring
+
+    def _live_sessions(self) -> set[str]:
+        return {tracked.session for tracked in self._tracked.values()}
+
+    def _offer(self, digest: str) -> None:
+        entry = journal.latest(digest)
+        if entry is None or entry.session in self._live_sessions():
+            return
+        self.offers[digest] = entry
+        edited = len(entry.edited)
+        when = entry.saved.astimezone().strftime("%Y-%m-%d %H:%M")
+        message = (
+            f"Autosaved corrections of this CT from {when}: {edited} edited "
+            f"slice{'s' * (edited != 1)} in {entry.record.get('layer') or 'labels'}. Restore them?"
+        )
+        notification_manager.dispatch(
+            Notification(message, "info", actions=[("Restore", lambda *_: self.restore(digest))])
+        )
+
+    def _ct_layer(self, digest: str) -> Image | None:
+        viewer = self._viewer()
+        for layer in list(viewer.layers) if viewer is not None else []:
+            if _is_ct(layer) and self._digests.get(_geometry_key(layer.metadata)) == digest:
+                return layer
+        return None
+
+    def restore(self, digest: str) -> Labels | None:
+        """Add the offered journal of CT ``digest`` as a labels layer, continuing its session.
+
+        Returns the new layer, or ``None`` (with a notification) when there is nothing to
+        restore or its CT is no longer open.
+        """
+        entry = self.offers.pop(digest, None)
+        image = self._ct_layer(digest)
+        viewer = self._viewer()
+        if entry is None or image is None or viewer is None:
+            show_warning("Restore: the CT of these corrections is no longer open")
+            return None
+        try:
+            data, kwargs, _ = labels_layer_data(entry.labels(), image, name=entry.record["layer"])
+            prediction = entry.prediction()
+        except ValueError as error:  # a damaged journal or one that does not fit
+            show_warning(f"Restore: {error}")
+            return None
+        if kwargs["name"] in viewer.layers:
+            kwargs["name"] = f"{kwargs['name']} (restored)"
+        kwargs["metadata"][AUTOSAVE_KEY] = {"digest": digest, "session": entry.session}
+        kwargs["metadata"]["reviewed"] = entry.reviewed
+        if prediction is not None:
+            kwargs["metadata"]["prediction"] = prediction
+        if entry.record.get("model"):
+            kwargs["metadata"]["model"] = entry.record["model"]
+        layer = viewer.add_labels(data, **kwargs)
+        show_info(f"Restored {layer.name}: {len(entry.edited)} edited slices")
+        return layer

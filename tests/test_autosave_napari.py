@@ -1,0 +1,242 @@
+"""Autosave in a real viewer: painted corrections survive SIGKILL, and re-opening offers them."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_dsms import _autosave
+from napari_dsms._layers import AUTOSAVE_KEY, new_labels_like
+from napari_dsms._widgets.load_ct import LoadCTWidget
+from napari_dsms._writer import write_labels_layer
+from src_models import autosave as journal
+from src_models.io import read_volume
+from src_models.io.orientation import from_canonical
+from src_models.phantom import make_phantom
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT_MS = 60_000
+
+#: A user's session in a separate napari process: open the CT with the Load CT dock, make a
+#: labels layer on its grid, paint pancreas and tumour with the brush, keep the viewer running.
+SESSION = """
+import sys, time
+import numpy as np
+import napari
+from qtpy.QtWidgets import QApplication
+from napari_dsms._layers import new_labels_like
+from napari_dsms._widgets.load_ct import LoadCTWidget
+
+ct, painted = sys.argv[1:3]
+viewer = napari.Viewer()
+dock = LoadCTWidget(viewer)
+viewer.window.add_dock_widget(dock, name="Load CT")
+dock.load(ct)
+deadline = time.monotonic() + 120
+while len(viewer.layers) == 0 and time.monotonic() < deadline:
+    QApplication.processEvents()
+    time.sleep(0.01)
+data, kwargs, _ = new_labels_like(viewer.layers[0], name="corrections")
+labels = viewer.add_labels(data, **kwargs)
+labels.mode = "paint"
+labels.brush_size = 5
+labels.selected_label = 1
+for z, y, x in [(2, 14, 16), (2, 15, 18), (3, 14, 17)]:
+    labels.paint((z, y, x), 1)
+labels.selected_label = 2
+labels.paint((3, 20, 24), 2)
+np.save(painted + ".tmp.npy", labels.data)
+import os; os.replace(painted + ".tmp.npy", painted)
+napari.run()
+"""
+
+
+@pytest.fixture(autouse=True)
+def journal_dir(tmp_path: Path, monkeypatch) -> Path:
+    folder = tmp_path / "journal"
+    monkeypatch.setenv(journal.AUTOSAVE_DIR_ENV, str(folder))
+    return folder
+
+
+@pytest.fixture
+def ct_file(tmp_path: Path) -> Path:
+    image, _ = make_phantom(seed=5, shape=(48, 40, 6), spacing=(2.0, 2.0, 3.0))
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(image.array, image.affine), path)
+    return path
+
+
+def _open(viewer, qtbot, ct: Path):
+    dock = LoadCTWidget(viewer)
+    viewer.window.add_dock_widget(dock)
+    manager = _autosave.attach(viewer)
+    count = len(viewer.layers)
+    dock.load(ct)
+    qtbot.waitUntil(lambda: len(viewer.layers) > count and not manager.busy, timeout=TIMEOUT_MS)
+    return viewer.layers[-1], manager
+
+
+def _wait_for(condition, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_painted_labels_survive_sigkill_and_reopening_offers_them(
+    ct_file, tmp_path, journal_dir, make_napari_viewer, qtbot
+):
+    if not os.environ.get("DISPLAY"):
+        pytest.skip("needs an X display for a napari process (pytest-xvfb provides one)")
+    painted_file = tmp_path / "painted.npy"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", SESSION, str(ct_file), str(painted_file)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(lambda: painted_file.exists() or process.poll() is not None)
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        painted = np.load(painted_file)
+        assert set(np.unique(painted)) == {0, 1, 2}
+        # The user stops painting; a few seconds later the work is on disk.
+        _wait_for(lambda: bool(journal.list_entries()), timeout=30.0)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        process.stderr.close()
+
+    out = tmp_path / "out.nii.gz"
+    result = subprocess.run(
+        [sys.executable, "-m", "src_models", "recover", str(ct_file), "-o", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    source, written = nib.load(ct_file), nib.load(out)
+    np.testing.assert_allclose(written.affine, source.affine)
+    np.testing.assert_array_equal(
+        np.asarray(written.dataobj), from_canonical(painted, source.affine)
+    )
+    assert "2 edited slices" in result.stdout  # slices 2 and 3 hold the strokes
+
+    # Re-opening the CT offers the same labels, with their time and edited slices.
+    messages = []
+    from napari.utils.notifications import notification_manager
+
+    notification_manager.notification_ready.connect(messages.append)
+    viewer = make_napari_viewer()
+    image, manager = _open(viewer, qtbot, ct_file)
+    [offer] = manager.offers.values()
+    assert offer.edited == [2, 3]
+    assert any("2 edited slices" in n.message and n.actions for n in messages)
+    restored = manager.restore(offer.digest)
+    assert restored.name == "corrections"
+    np.testing.assert_array_equal(restored.data, painted)
+    assert tuple(restored.scale) == tuple(image.scale)
+
+
+def _labels_with_prediction(viewer, image):
+    data, kwargs, _ = new_labels_like(image, name="ct pancreas/tumour")
+    data[1:4, 10:20, 10:20] = 1
+    kwargs["metadata"].update(prediction=data.copy(), model={"arch": "unet"})
+    return viewer.add_labels(data, **kwargs)
+
+
+def test_edits_are_journaled_after_a_pause_and_an_undone_edit_is_no_work(
+    ct_file, make_napari_viewer, qtbot
+):
+    viewer = make_napari_viewer()
+    image, manager = _open(viewer, qtbot, ct_file)
+    manager.delay_ms = 100
+    labels = _labels_with_prediction(viewer, image)
+    labels.selected_label = 2
+    labels.brush_size = 3
+    labels.paint((4, 5, 5), 2)
+    qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
+    [entry] = journal.list_entries()
+    assert entry.edited == [4] and entry.record["model"] == {"arch": "unet"}
+    assert entry.record["effort"]["strokes"] == 1
+    np.testing.assert_array_equal(entry.labels(), labels.data)
+    np.testing.assert_array_equal(entry.prediction(), labels.metadata["prediction"])
+    assert labels.metadata[AUTOSAVE_KEY] == {"digest": entry.digest, "session": entry.session}
+
+    labels.undo()  # back to the model's output: nothing left to recover
+    qtbot.waitUntil(lambda: not journal.list_entries() and not manager.busy, timeout=TIMEOUT_MS)
+
+
+def test_a_full_disk_warns_once_and_leaves_the_labels_alone(
+    ct_file, make_napari_viewer, qtbot, monkeypatch, journal_dir
+):
+    from napari.utils.notifications import notification_manager
+
+    viewer = make_napari_viewer()
+    image, manager = _open(viewer, qtbot, ct_file)
+    manager.delay_ms = 100
+    labels = _labels_with_prediction(viewer, image)
+    messages = []
+    notification_manager.notification_ready.connect(messages.append)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    labels.paint((4, 5, 5), 2)
+    before = labels.data.copy()
+    qtbot.waitUntil(lambda: any("No space" in n.message for n in messages), timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not manager.busy, timeout=TIMEOUT_MS)
+    labels.paint((5, 5, 5), 2)
+    qtbot.wait(400)
+    qtbot.waitUntil(lambda: not manager.busy, timeout=TIMEOUT_MS)
+    assert sum("No space" in n.message for n in messages) == 1
+    assert np.array_equal(labels.data[:5], before[:5])
+    assert not [p for p in journal_dir.rglob("*") if p.is_file()]  # no half-written file
+
+
+def test_exporting_the_labels_removes_their_journal(ct_file, tmp_path, make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    image, manager = _open(viewer, qtbot, ct_file)
+    manager.delay_ms = 100
+    labels = _labels_with_prediction(viewer, image)
+    labels.paint((4, 5, 5), 2)
+    qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
+    out = tmp_path / "export.nii.gz"
+    write_labels_layer(str(out), labels.data, {"metadata": labels.metadata, "name": labels.name})
+    assert journal.list_entries() == []
+    np.testing.assert_array_equal(
+        read_volume(out).array, from_canonical(labels.data, image.metadata["affine"])
+    )
+
+
+def test_closing_the_labels_layer_keeps_its_work_and_reopening_offers_it(
+    ct_file, make_napari_viewer, qtbot
+):
+    viewer = make_napari_viewer()
+    image, manager = _open(viewer, qtbot, ct_file)
+    manager.delay_ms = 60_000  # the close, not the timer, must save
+    labels = _labels_with_prediction(viewer, image)
+    labels.paint((4, 5, 5), 2)
+    painted = labels.data.copy()
+    viewer.layers.remove(labels)
+    qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
+    viewer.layers.remove(image)
+    image, _ = _open(viewer, qtbot, ct_file)
+    [offer] = manager.offers.values()
+    restored = manager.restore(offer.digest)
+    np.testing.assert_array_equal(restored.data, painted)
+    assert restored.metadata["model"] == {"arch": "unet"}
+    assert restored.metadata[AUTOSAVE_KEY]["session"] == offer.session  # the journal goes on
