@@ -14,11 +14,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
     CTImageStorage,
+    EnhancedCTImageStorage,
     ExplicitVRLittleEndian,
     JPEGLosslessSV1,
     RLELossless,
@@ -329,10 +330,67 @@ def test_missing_slice(tmp_path):
     assert str(folder) in str(info.value)
 
 
-def test_single_slice_series(tmp_path):
-    write_slice(tmp_path / "one.dcm", pattern(0), (0, 0, 0))
-    with pytest.raises(VolumeError, match="single slice"):
-        read_volume(tmp_path)
+def test_single_slice_reads_as_a_volume_of_one_slice(tmp_path):
+    path = write_slice(tmp_path / "one.dcm", pattern(0), (-120.0, -90.0, -40.0))
+    ds = dcmread(path)
+    ds.SliceThickness = 3.0
+    ds.save_as(path)
+    for source in (tmp_path, path):  # the folder, or the one file alone
+        volume = read_volume(source)
+        assert volume.shape == (COLS, ROWS, 1)
+        np.testing.assert_array_equal(volume.array[..., 0], pattern(0).T)
+        np.testing.assert_allclose(volume.affine[:3, 2], [0.0, 0.0, 3.0])
+        assert volume.voxel_volume_mm3 == pytest.approx(0.7 * 0.9 * 3.0)
+
+
+def test_single_slice_without_thickness_warns_and_assumes_1_mm(tmp_path):
+    path = write_slice(tmp_path / "one.dcm", pattern(0), (0, 0, 0))
+    ds = dcmread(path)
+    ds.SliceThickness = None  # present but empty (allowed: Type 2)
+    ds.save_as(path)
+    with pytest.warns(UserWarning, match="one.dcm: a single slice without"):
+        volume = read_volume(tmp_path)
+    assert volume.voxel_volume_mm3 == pytest.approx(0.7 * 0.9 * 1.0)
+
+
+@pytest.mark.parametrize(
+    ("tag", "value"),
+    [
+        ("ImagePositionPatient", None),
+        ("ImageOrientationPatient", None),
+        ("PixelSpacing", None),
+        ("RescaleSlope", None),
+        ("RescaleIntercept", None),
+        ("PixelSpacing", [0.7]),
+        ("ImagePositionPatient", [1.0, "nan", 2.0]),
+        ("ImageOrientationPatient", [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
+        ("RescaleSlope", 0.0),
+    ],
+)
+def test_empty_or_malformed_geometry_tags_name_file_and_tag(tmp_path, tag, value):
+    folder = tmp_path / "s"
+    write_series(folder, n=4)
+    victim = sorted(folder.iterdir())[2]
+    ds = dcmread(victim)
+    setattr(ds, tag, value)
+    ds.save_as(victim)
+    with pytest.raises(VolumeError) as info:
+        read_volume(folder)
+    message = str(info.value)
+    assert message.startswith(str(victim)) and tag in message
+    if value is None:
+        assert "present but empty" in message
+
+
+def test_orientations_equal_up_to_rounding_are_the_same(tmp_path):
+    """Exporters round direction cosines differently: 1e-5 apart is one orientation."""
+    folder = tmp_path / "s"
+    write_series(folder, n=4)
+    victim = sorted(folder.iterdir())[1]
+    ds = dcmread(victim)
+    ds.ImageOrientationPatient = [1.0, 0.000051, 0.0, -0.000051, 1.0, 0.0]  # 0.0001 at 4 places
+    ds.save_as(victim)
+    assert read_volume(folder).shape == (COLS, ROWS, 4)
 
 
 def test_mixed_sizes(tmp_path):
@@ -361,6 +419,99 @@ def test_duplicate_positions(tmp_path):
     write_series(folder, n=4)
     write_slice(folder / "again.dcm", pattern(9), (-120.0, -90.0, -40.0))
     with pytest.raises(VolumeError, match="same position"):
+        read_volume(folder)
+
+
+# --- enhanced (multi-frame) CT: every slice a frame of one file ------------------------------
+
+
+def item(**attributes) -> Dataset:
+    ds = Dataset()
+    for key, value in attributes.items():
+        setattr(ds, key, value)
+    return ds
+
+
+def write_enhanced(
+    path: Path, n: int = 5, step: float = 2.5, order=None, intercepts=None, **shared
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """An Enhanced CT Image file; frames stored in ``order``; returns [(position, pixels)]."""
+    order = list(range(n)) if order is None else order
+    intercepts = intercepts or [0.0] * n
+    slices = [(np.array([-120.0, -90.0, -40.0 + k * step]), pattern(k)) for k in range(n)]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = EnhancedCTImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SeriesDescription = "Enhanced abdomen"
+    ds.NumberOfFrames = n
+    ds.Rows, ds.Columns = ROWS, COLS
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    groups = {
+        "PlaneOrientationSequence": [item(ImageOrientationPatient=list(AXIAL))],
+        "PixelMeasuresSequence": [item(PixelSpacing=list(SPACING), SliceThickness=step)],
+    }
+    groups.update(shared)
+    ds.SharedFunctionalGroupsSequence = [item(**groups)]
+    ds.PerFrameFunctionalGroupsSequence = [
+        item(
+            PlanePositionSequence=[item(ImagePositionPatient=[float(v) for v in slices[k][0]])],
+            PixelValueTransformationSequence=[
+                item(RescaleSlope=1.0, RescaleIntercept=intercepts[k], RescaleType="HU")
+            ],
+        )
+        for k in order
+    ]
+    stored = [slices[k][1] - np.int16(intercepts[k]) for k in order]
+    ds.PixelData = np.stack(stored).astype(np.int16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return slices
+
+
+def test_enhanced_ct_reads_like_the_same_series(tmp_path):
+    (tmp_path / "e").mkdir()
+    order = [3, 0, 4, 1, 2]  # frames in no spatial order
+    slices = write_enhanced(
+        tmp_path / "e" / "enhanced.dcm", order=order, intercepts=[-1024.0, 0, 0, 0, -1024.0]
+    )
+    write_series(tmp_path / "classic", n=5)
+    enhanced = read_volume(tmp_path / "e" / "enhanced.dcm")
+    classic = read_volume(tmp_path / "classic")
+    assert enhanced.shape == classic.shape == (COLS, ROWS, 5)
+    np.testing.assert_array_equal(enhanced.array, classic.array)  # per-frame rescale applied
+    np.testing.assert_allclose(enhanced.affine, classic.affine)
+    check_geometry(enhanced, slices)
+    assert enhanced.info["format"] == "DICOM enhanced (multi-frame)"
+    assert enhanced.info["n_slices"] == 5 and enhanced.description == "Enhanced abdomen"
+
+
+def test_enhanced_ct_gets_the_series_checks(tmp_path):
+    write_enhanced(tmp_path / "gap.dcm", n=4)
+    ds = dcmread(tmp_path / "gap.dcm")
+    plane = ds.PerFrameFunctionalGroupsSequence[3].PlanePositionSequence[0]
+    plane.ImagePositionPatient = [-120.0, -90.0, -40.0 + 5 * 2.5]  # one slice left out
+    ds.save_as(tmp_path / "gap.dcm")
+    with pytest.raises(VolumeError, match=r"gap.dcm frame 3 and gap.dcm frame 4.*missing"):
+        read_volume(tmp_path / "gap.dcm")
+
+
+def test_enhanced_ct_with_an_empty_position_names_the_frame(tmp_path):
+    folder = tmp_path / "e"
+    folder.mkdir()
+    write_enhanced(folder / "x.dcm", n=3)
+    ds = dcmread(folder / "x.dcm")
+    ds.PerFrameFunctionalGroupsSequence[1].PlanePositionSequence[0].ImagePositionPatient = None
+    ds.save_as(folder / "x.dcm")
+    with pytest.raises(VolumeError, match=r"x.dcm \(frame 2\): ImagePositionPatient is present"):
         read_volume(folder)
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from ..io import describe, read_volume
+from ..io import describe, read_volume_reporting
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -12,5 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(describe(read_volume(args.path)))
+    volume, warnings = read_volume_reporting(args.path)
+    for text in warnings:
+        print(f"warning: {text}", file=sys.stderr)
+    print(describe(volume))
     return 0

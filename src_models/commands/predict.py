@@ -17,7 +17,15 @@ from tqdm import tqdm
 from ..inference.devices import resolve_device
 from ..inference.engine import segment
 from ..inference.precision import PRECISIONS
-from ..io import NIFTI_SUFFIXES, VolumeError, read_volume, write_image, write_labels
+from ..io import (
+    NIFTI_SUFFIXES,
+    VolumeError,
+    read_volume_reporting,
+    write_image,
+    write_labels,
+)
+from ..io.atomic import check_writable_folder
+from ..io.dicom import is_dicom_file
 from ..jobs import run_to_end
 from ..models.store import load_checkpoint
 from ..nets.registry import has_restoration
@@ -58,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_outputs(input_path: Path, outputs: list[Path]) -> None:
     """Refuse output names that cannot work before any time is spent on the volume."""
     source = input_path.resolve()
+    series_folder = source.parent if is_dicom_file(source) else None
     for output in outputs:
         if not output.name.lower().endswith(NIFTI_SUFFIXES):
             raise VolumeError(f"{output}: output must be a NIfTI file ending in .nii or .nii.gz")
@@ -70,6 +79,12 @@ def _check_outputs(input_path: Path, outputs: list[Path]) -> None:
             raise VolumeError(
                 f"{output}: refusing to overwrite the input {input_path}; choose another name"
             )
+        if series_folder is not None and target.parent == series_folder:
+            raise VolumeError(
+                f"{output}: refusing to write into the DICOM series folder {series_folder} "
+                "(the file would join the series); choose another folder"
+            )
+        check_writable_folder(output)
     if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
         raise VolumeError(f"{outputs[0]}: labels and reconstruction need different file names")
 
@@ -85,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     _check_outputs(input_path, [output] + ([reconstruction_path] if reconstruction_path else []))
     device = resolve_device(args.device)
-    volume = read_volume(input_path)
+    volume, warnings = read_volume_reporting(input_path)
+    for text in warnings:
+        print(f"warning: {text}", file=sys.stderr)
     model, meta = load_checkpoint(args.model)
     if reconstruction_path is not None and not has_restoration(meta["arch"]):
         raise ValueError(

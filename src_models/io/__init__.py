@@ -6,7 +6,7 @@ Imports nothing else of :mod:`src_models`, so every other part may build on it.
 from __future__ import annotations
 
 from .nifti import NIFTI_SUFFIXES, write_image, write_labels
-from .readers import read_labels, read_volume
+from .readers import read_labels, read_volume, read_volume_reporting
 from .volume import (
     AFFINE_TOLERANCE_MM,
     LABEL_NAMES,
@@ -29,6 +29,7 @@ __all__ = [
     "label_array",
     "read_labels",
     "read_volume",
+    "read_volume_reporting",
     "rescale_to_hu",
     "write_image",
     "write_labels",

@@ -8,6 +8,7 @@ is complete: a crash, a full disk or a cancelled job leaves the previous file, o
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,3 +47,26 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def check_writable_folder(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`PermissionError` naming the folder when a file cannot be created in it.
+
+    Creates and removes one empty hidden file in ``path``'s folder: the only test that holds for
+    read-only mounts, ACLs and network shares, where :func:`os.access` guesses. Commands call it
+    before slow work, so a read-only folder costs a second, not a segmentation run.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file that will be written; its folder must exist.
+    """
+    folder = Path(path).parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise PermissionError(
+            f"{path}: cannot write into the folder {folder} ({exc.strerror or exc}); "
+            "choose a folder you can write to"
+        ) from exc

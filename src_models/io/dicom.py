@@ -1,9 +1,14 @@
-"""DICOM series folder -> :class:`~src_models.io.Volume` with an exact RAS affine.
+"""DICOM series folder or enhanced CT file -> :class:`~src_models.io.Volume` with a RAS affine.
 
 DICOM places every slice on its own (ImagePositionPatient, ImageOrientationPatient) in LPS
-millimetres, and files come in any order. The reader sorts slices along the slice normal,
-refuses series that would give a wrong geometry (a missing slice, mixed sizes or orientations)
-instead of guessing, and converts LPS to RAS by flipping the signs of x and y.
+millimetres, and files come in any order. A classic series has one slice per file; an enhanced
+(multi-frame) CT holds every slice as a frame of one file, with each frame's position,
+orientation, pixel size and rescale in the per-frame or shared functional groups (DICOM PS3.3
+C.7.6.16: PlanePositionSequence, PlaneOrientationSequence, PixelMeasuresSequence,
+PixelValueTransformationSequence). Both become the same list of :class:`Frame` records, so both
+get the same checks. The reader sorts frames along the slice normal, refuses series that would
+give a wrong geometry (a missing slice, mixed sizes or orientations, an empty or malformed
+geometry tag) instead of guessing, and converts LPS to RAS by flipping the signs of x and y.
 
 Index convention (nibabel / dcm2niix): ``array[i, j, k]`` is column ``i``, row ``j`` of slice
 ``k``. Slices run in the direction of increasing patient coordinate along the slice axis (feet to
@@ -15,6 +20,8 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +35,25 @@ DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or p
 
 #: LPS (DICOM) -> RAS (NIfTI / nibabel) for points and direction vectors.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+#: Largest difference between two slices' direction cosines (ImageOrientationPatient) or pixel
+#: spacings (mm) that still counts as the same; exporters round these values differently.
+ORIENTATION_TOLERANCE = 1e-3
+SPACING_TOLERANCE_MM = 1e-3
+
+#: Slice thickness assumed for a single slice that states none (only volumes in mL use it).
+DEFAULT_THICKNESS_MM = 1.0
+
+#: What each geometry or rescale tag is needed for, for the messages naming a bad one.
+TAG_PURPOSE = {
+    "ImagePositionPatient": "the slice cannot be placed in the patient",
+    "ImageOrientationPatient": "the slice's orientation is unknown",
+    "PixelSpacing": "the pixel size is unknown",
+    "RescaleSlope": "the pixel values cannot be converted to HU",
+    "RescaleIntercept": "the pixel values cannot be converted to HU",
+    "SliceThickness": "the slice thickness is unknown",
+    "SpacingBetweenSlices": "the slice spacing is unknown",
+}
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -69,7 +95,7 @@ def _choose_series(
         if wanted is None:
             raise VolumeError(f"{series_of}: not a DICOM image file")
         return groups[wanted], []
-    ranked = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
+    ranked = sorted(groups.items(), key=lambda item: (-_n_images(item[1]), item[0]))
     others = [_series_label(g) for _, g in ranked[1:]]
     chosen = ranked[0][1]
     if others:
@@ -87,69 +113,289 @@ def _series_label(group: list[tuple[Path, pydicom.Dataset]]) -> str:
     name = str(ds.get("SeriesDescription", "") or "unnamed series")
     number = ds.get("SeriesNumber", None)
     number_text = f" #{number}" if number not in (None, "") else ""
-    return f"'{name}'{number_text} ({len(group)} images, UID {ds.get('SeriesInstanceUID', '?')})"
+    uid = ds.get("SeriesInstanceUID", "?")
+    return f"'{name}'{number_text} ({_n_images(group)} images, UID {uid})"
 
 
-def _require_same(folder: Path, group, key, what: str) -> None:
-    values: dict[Any, list[str]] = defaultdict(list)
+def _n_images(group: list[tuple[Path, pydicom.Dataset]]) -> int:
+    """Images of a series: files, with every frame of an enhanced file counted."""
+    return sum(_n_frames(ds) for _, ds in group)
+
+
+@dataclass
+class Frame:
+    """One 2D image of a series: a classic file, or one frame of an enhanced (multi-frame) file.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The file.
+    index : int or None
+        0-based frame number in an enhanced file; ``None`` for a single-frame file.
+    position : numpy.ndarray
+        ImagePositionPatient, (3,) LPS mm of the centre of the first transmitted pixel.
+    row, col : numpy.ndarray
+        Unit direction (LPS) along a row (towards the next column) and down a column.
+    spacing : tuple of float
+        PixelSpacing: (distance between rows, distance between columns) in mm.
+    slope, intercept : float
+        RescaleSlope and RescaleIntercept (1 and 0 when absent).
+    thickness : float or None
+        SpacingBetweenSlices, else SliceThickness, in mm; ``None`` when neither is given.
+    rows, cols : int
+        Image size.
+    """
+
+    path: Path
+    index: int | None
+    position: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    spacing: tuple[float, float]
+    slope: float
+    intercept: float
+    thickness: float | None
+    rows: int
+    cols: int
+
+    @property
+    def name(self) -> str:
+        """File name, with the frame number (1-based, as viewers show it) for enhanced files."""
+        return self.path.name if self.index is None else f"{self.path.name} frame {self.index + 1}"
+
+    @property
+    def where(self) -> str:
+        """Full path, with the frame number for enhanced files: the subject of messages."""
+        return str(self.path) if self.index is None else f"{self.path} (frame {self.index + 1})"
+
+
+def _numbers(
+    where: str,
+    ds: pydicom.Dataset,
+    keyword: str,
+    count: int,
+    required: bool,
+    lenient: bool = False,
+) -> list[float] | None:
+    """The values of a numeric tag, refusing empty, malformed or non-finite ones by name.
+
+    Parameters
+    ----------
+    where : str
+        File (and frame) named in messages.
+    ds : pydicom.Dataset
+        Dataset or functional-group item holding the tag.
+    keyword : str
+        DICOM keyword, e.g. ``"PixelSpacing"``.
+    count : int
+        Number of values the tag must hold (its value multiplicity).
+    required : bool
+        Refuse an absent tag; otherwise return ``None`` for it.
+    lenient : bool
+        Return ``None`` for an empty or malformed value instead of refusing: for tags DICOM
+        allows empty (Type 2, e.g. SliceThickness) that only some uses need.
+
+    Raises
+    ------
+    VolumeError
+        Absent (when required), present but empty, not numbers, the wrong number of values, or
+        NaN / infinite.
+    """
+    purpose = TAG_PURPOSE[keyword]
+    if keyword not in ds:
+        if required:
+            raise VolumeError(f"{where}: no {keyword}; {purpose}")
+        return None
+    try:
+        element = ds[keyword]
+        empty = element.is_empty
+        value = element.value
+    except Exception as exc:  # pydicom raises on values it cannot parse as their VR
+        raise VolumeError(f"{where}: {keyword} cannot be read ({exc}); {purpose}") from exc
+    if empty:
+        if lenient:
+            return None
+        raise VolumeError(f"{where}: {keyword} is present but empty; {purpose}")
+    values = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError) as exc:
+        if lenient:
+            return None
+        raise VolumeError(f"{where}: {keyword} holds {value!r}, not numbers; {purpose}") from exc
+    if len(numbers) != count:
+        raise VolumeError(
+            f"{where}: {keyword} holds {len(numbers)} value(s) instead of {count}; {purpose}"
+        )
+    if not np.all(np.isfinite(numbers)):
+        raise VolumeError(f"{where}: {keyword} holds {numbers}; {purpose}")
+    return numbers
+
+
+def _directions(where: str, iop: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Unit row and column directions from ImageOrientationPatient; refuse impossible ones."""
+    row, col = np.asarray(iop[:3]), np.asarray(iop[3:])
+    lengths = np.linalg.norm(row), np.linalg.norm(col)
+    if min(lengths) < 0.9 or max(lengths) > 1.1:
+        raise VolumeError(
+            f"{where}: ImageOrientationPatient {iop} does not hold two unit vectors; "
+            f"{TAG_PURPOSE['ImageOrientationPatient']}"
+        )
+    row, col = row / lengths[0], col / lengths[1]
+    if abs(row @ col) > 0.01:
+        raise VolumeError(
+            f"{where}: ImageOrientationPatient {iop}: rows and columns are not perpendicular; "
+            f"{TAG_PURPOSE['ImageOrientationPatient']}"
+        )
+    return row, col
+
+
+def _macro(ds: pydicom.Dataset, index: int | None, sequence: str) -> pydicom.Dataset:
+    """Item of a functional-group macro for frame ``index``: per-frame first, then shared.
+
+    Classic files (``index`` None) hold the attributes at the top level: the dataset itself.
+    """
+    if index is None:
+        return ds
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    shared = ds.get("SharedFunctionalGroupsSequence") or []
+    items = ([per_frame[index]] if index < len(per_frame) else []) + list(shared[:1])
+    for item in items:
+        if sequence in item and item[sequence].value:
+            return item[sequence].value[0]
+    return pydicom.Dataset()
+
+
+def _frame(path: Path, ds: pydicom.Dataset, index: int | None) -> Frame:
+    """The geometry and rescale of one frame (or of a classic file), every tag checked."""
+    where = str(path) if index is None else f"{path} (frame {index + 1})"
+    position = _macro(ds, index, "PlanePositionSequence")
+    orientation = _macro(ds, index, "PlaneOrientationSequence")
+    measures = _macro(ds, index, "PixelMeasuresSequence")
+    transform = _macro(ds, index, "PixelValueTransformationSequence")
+    if index is not None and "RescaleSlope" not in transform:
+        transform = ds  # legacy-converted enhanced files may keep the rescale at the top level
+    row, col = _directions(where, _numbers(where, orientation, "ImageOrientationPatient", 6, True))
+    spacing = _numbers(where, measures, "PixelSpacing", 2, True)
+    if min(spacing) <= 0:
+        raise VolumeError(f"{where}: PixelSpacing {spacing}; {TAG_PURPOSE['PixelSpacing']}")
+    slope = _numbers(where, transform, "RescaleSlope", 1, False)
+    intercept = _numbers(where, transform, "RescaleIntercept", 1, False)
+    if slope is not None and slope[0] == 0:
+        raise VolumeError(f"{where}: RescaleSlope is 0; {TAG_PURPOSE['RescaleSlope']}")
+    between = _numbers(where, measures, "SpacingBetweenSlices", 1, False, lenient=True)
+    thickness = between or _numbers(where, measures, "SliceThickness", 1, False, lenient=True)
+    return Frame(
+        path=path,
+        index=index,
+        position=np.asarray(_numbers(where, position, "ImagePositionPatient", 3, True)),
+        row=row,
+        col=col,
+        spacing=(spacing[0], spacing[1]),
+        slope=slope[0] if slope else 1.0,
+        intercept=intercept[0] if intercept else 0.0,
+        thickness=thickness[0] if thickness and thickness[0] > 0 else None,
+        rows=int(ds.Rows),
+        cols=int(ds.Columns),
+    )
+
+
+def _n_frames(ds: pydicom.Dataset) -> int:
+    try:
+        return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _frames(group: list[tuple[Path, pydicom.Dataset]]) -> list[Frame]:
+    """Every frame of the chosen series' files, classic or enhanced, as :class:`Frame` records."""
+    frames = []
     for path, ds in group:
-        values[key(ds)].append(path.name)
-    if len(values) > 1:
+        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+            raise VolumeError(f"{path}: a colour image, not a CT slice")
+        if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+            per_frame = len(ds.get("PerFrameFunctionalGroupsSequence") or [])
+            if per_frame not in (0, _n_frames(ds)):
+                raise VolumeError(
+                    f"{path}: {_n_frames(ds)} frames (NumberOfFrames) but {per_frame} items in "
+                    "PerFrameFunctionalGroupsSequence; the frames cannot be placed"
+                )
+            frames += [_frame(path, ds, k) for k in range(_n_frames(ds))]
+        elif _n_frames(ds) > 1:
+            raise VolumeError(
+                f"{path}: {_n_frames(ds)} frames without per-frame functional groups, so the "
+                "frames cannot be placed in the patient"
+            )
+        else:
+            frames.append(_frame(path, ds, None))
+    return frames
+
+
+def _require_same(
+    folder: Path, frames: list[Frame], key: Callable[[Frame], np.ndarray], what: str, tol: float
+) -> None:
+    """Refuse frames whose ``key`` differs from the first frame's by more than ``tol``."""
+    reference = np.asarray(key(frames[0]), dtype=np.float64)
+    groups: list[tuple[np.ndarray, list[str]]] = [(reference, [])]
+    for frame in frames:
+        value = np.asarray(key(frame), dtype=np.float64)
+        for known, names in groups:
+            if known.shape == value.shape and np.abs(known - value).max() <= tol:
+                names.append(frame.name)
+                break
+        else:
+            groups.append((value, [frame.name]))
+    if len(groups) > 1:
         parts = [
-            f"{value} in {len(names)} file(s) (e.g. {names[0]})" for value, names in values.items()
+            f"{np.round(value, 4).tolist()} in {len(names)} image(s) (e.g. {names[0]})"
+            for value, names in groups
         ]
         raise VolumeError(f"{folder}: the series mixes {what}: {'; '.join(parts)}")
 
 
-def _geometry(folder: Path, group) -> tuple[list, np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted files, row / column direction cosines and slice positions (LPS mm)."""
-    for path, ds in group:
-        missing = [
-            tag
-            for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
-            if tag not in ds
-        ]
-        if missing:
-            raise VolumeError(
-                f"{path}: no {', '.join(missing)}; the slice cannot be placed in the patient"
-            )
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise VolumeError(
-                f"{path}: multi-frame (enhanced) DICOM is not supported; convert the series to "
-                "NIfTI with dcm2niix first"
-            )
-        if int(ds.get("SamplesPerPixel", 1)) != 1:
-            raise VolumeError(f"{path}: a colour image, not a CT slice")
-    _require_same(folder, group, lambda ds: (int(ds.Rows), int(ds.Columns)), "image sizes")
+def _geometry(folder: Path, frames: list[Frame]) -> tuple[list[Frame], np.ndarray]:
+    """Frames sorted along the slice normal and the step between them (LPS mm).
+
+    Several frames: the step is the mean distance vector between neighbours (sheared for a
+    tilted gantry), with gaps, duplicates and scattered slices refused. One frame: the normal
+    times SpacingBetweenSlices or SliceThickness (1 mm, with a warning, when neither is given).
+    Slices run towards increasing patient coordinate along the step's largest component.
+    """
+    _require_same(folder, frames, lambda f: (f.rows, f.cols), "image sizes", 0)
     _require_same(
         folder,
-        group,
-        lambda ds: tuple(np.round(np.asarray(ds.ImageOrientationPatient, float), 4)),
+        frames,
+        lambda f: np.concatenate([f.row, f.col]),
         "orientations (ImageOrientationPatient)",
+        ORIENTATION_TOLERANCE,
     )
-    _require_same(
-        folder,
-        group,
-        lambda ds: tuple(np.round(np.asarray(ds.PixelSpacing, float), 4)),
-        "pixel spacings",
-    )
-    iop = np.asarray(group[0][1].ImageOrientationPatient, dtype=np.float64)
-    row, col = iop[:3], iop[3:]
-    normal = np.cross(row, col)
-    if np.linalg.norm(normal) < 0.5:
-        raise VolumeError(f"{group[0][0]}: ImageOrientationPatient {iop.tolist()} is degenerate")
-    positions = np.array([np.asarray(ds.ImagePositionPatient, float) for _, ds in group])
+    _require_same(folder, frames, lambda f: f.spacing, "pixel spacings", SPACING_TOLERANCE_MM)
+    normal = np.cross(frames[0].row, frames[0].col)
+    positions = np.array([f.position for f in frames])
     order = np.argsort(positions @ normal, kind="stable")
-    files = [group[i] for i in order]
+    frames = [frames[i] for i in order]
     positions = positions[order]
-    if len(files) > 1:
-        step = positions[-1] - positions[0]
-        if step[np.argmax(np.abs(step))] < 0:
-            files, positions = files[::-1], positions[::-1]
-    return files, row, col, positions
+    if len(frames) > 1:
+        step = _check_spacing(folder, frames, positions, normal)
+    else:
+        thickness = frames[0].thickness
+        if thickness is None:
+            thickness = DEFAULT_THICKNESS_MM
+            warnings.warn(
+                f"{frames[0].where}: a single slice without SpacingBetweenSlices or "
+                f"SliceThickness; {thickness:g} mm assumed for volumes in mL",
+                UserWarning,
+                stacklevel=4,
+            )
+        step = normal * thickness
+    if step[np.argmax(np.abs(step))] < 0:
+        frames, step = frames[::-1], -step
+    return frames, step
 
 
-def _check_spacing(folder: Path, files, positions: np.ndarray, normal: np.ndarray) -> np.ndarray:
+def _check_spacing(
+    folder: Path, frames: list[Frame], positions: np.ndarray, normal: np.ndarray
+) -> np.ndarray:
     """Uniform slice step as a vector (LPS mm); refuse gaps, duplicates and scattered slices."""
     depth = positions @ normal
     steps = np.abs(np.diff(depth))
@@ -158,7 +404,7 @@ def _check_spacing(folder: Path, files, positions: np.ndarray, normal: np.ndarra
         i = int(duplicate[0])
         raise VolumeError(
             f"{folder}: two slices at the same position {depth[i]:.2f} mm "
-            f"({files[i][0].name}, {files[i + 1][0].name}); several acquisitions in one series?"
+            f"({frames[i].name}, {frames[i + 1].name}); several acquisitions in one series?"
         )
     typical = float(np.median(steps))
     tolerance = max(0.1 * typical, 0.02)
@@ -173,7 +419,7 @@ def _check_spacing(folder: Path, files, positions: np.ndarray, normal: np.ndarra
         )
         raise VolumeError(
             f"{folder}: slices are {typical:.3g} mm apart but {steps[i]:.3g} mm between "
-            f"{files[i][0].name} and {files[i + 1][0].name} at {depth[i]:.2f} and "
+            f"{frames[i].name} and {frames[i + 1].name} at {depth[i]:.2f} and "
             f"{depth[i + 1]:.2f} mm: {cause}; the series is incomplete"
         )
     step = (positions[-1] - positions[0]) / (len(positions) - 1)
@@ -186,7 +432,8 @@ def _check_spacing(folder: Path, files, positions: np.ndarray, normal: np.ndarra
     return step
 
 
-def _decode(path: Path) -> tuple[pydicom.Dataset, np.ndarray]:
+def _decode(path: Path) -> np.ndarray:
+    """Pixel data of ``path`` as stored (one frame: rows x columns; enhanced: frames first)."""
     ds = pydicom.dcmread(path)
     syntax = ds.file_meta.get("TransferSyntaxUID", None)
     try:
@@ -198,7 +445,7 @@ def _decode(path: Path) -> tuple[pydicom.Dataset, np.ndarray]:
                 f"({exc}); install a decoder: {DECODER_HINT}"
             ) from exc
         raise VolumeError(f"{path}: pixel data cannot be read ({exc})") from exc
-    return ds, pixels
+    return pixels
 
 
 def _check_decoder(path: Path, ds: pydicom.Dataset) -> None:
@@ -217,6 +464,32 @@ def _check_decoder(path: Path, ds: pydicom.Dataset) -> None:
             f"{path}: pixel data is compressed ({syntax.name}) and no decoder for it is "
             f"installed; install one: {DECODER_HINT}"
         )
+
+
+def _pixels(frames: list[Frame]) -> list[np.ndarray]:
+    """HU of every frame, each rescaled with its own slope and intercept, in ``frames`` order.
+
+    Each file is decoded once (an enhanced file holds all frames); only headers are kept.
+    """
+    wanted: dict[Path, list[int]] = defaultdict(list)
+    for k, frame in enumerate(frames):
+        wanted[frame.path].append(k)
+    slices: list[np.ndarray | None] = [None] * len(frames)
+    for path, positions in wanted.items():
+        pixels = _decode(path)
+        if pixels.ndim == 2:
+            pixels = pixels[None]
+        for k in positions:
+            frame = frames[k]
+            raw = pixels[frame.index or 0]
+            if raw.shape != (frame.rows, frame.cols):
+                raise VolumeError(
+                    f"{frame.where}: pixel data of shape {raw.shape} but Rows x Columns "
+                    f"{frame.rows} x {frame.cols}"
+                )
+            slices[k] = rescale_to_hu(raw, frame.slope, frame.intercept)
+        del pixels
+    return slices  # type: ignore[return-value]
 
 
 def _stack_hu(slices: list[np.ndarray]) -> np.ndarray:
@@ -245,15 +518,18 @@ def _stack_hu(slices: list[np.ndarray]) -> np.ndarray:
     return stack
 
 
-def _info(ds: pydicom.Dataset, n: int, step: np.ndarray, others: list[str]) -> dict[str, Any]:
+def _info(
+    ds: pydicom.Dataset, frames: list[Frame], step: np.ndarray, others: list[str]
+) -> dict[str, Any]:
     """Header facts worth showing; no patient name, ID, birth date or other identifiers."""
 
     def text(key: str) -> str:
         return str(ds.get(key, "") or "")
 
+    first = frames[0]
     syntax = ds.file_meta.get("TransferSyntaxUID", None)
     return {
-        "format": "DICOM",
+        "format": "DICOM enhanced (multi-frame)" if first.index is not None else "DICOM",
         "modality": text("Modality") or "CT",
         "series_uid": text("SeriesInstanceUID"),
         "series_number": text("SeriesNumber"),
@@ -264,12 +540,12 @@ def _info(ds: pydicom.Dataset, n: int, step: np.ndarray, others: list[str]) -> d
         "model": text("ManufacturerModelName"),
         "convolution_kernel": text("ConvolutionKernel"),
         "kvp": text("KVP"),
-        "slice_thickness": text("SliceThickness"),
-        "image_orientation": [float(v) for v in ds.ImageOrientationPatient],
+        "slice_thickness": "" if first.thickness is None else f"{first.thickness:g}",
+        "image_orientation": [float(v) for v in (*first.row, *first.col)],
         "transfer_syntax": syntax.name if syntax is not None else "",
-        "rescale_slope": float(ds.get("RescaleSlope", 1) or 1),
-        "rescale_intercept": float(ds.get("RescaleIntercept", 0) or 0),
-        "n_slices": n,
+        "rescale_slope": first.slope,
+        "rescale_intercept": first.intercept,
+        "n_slices": len(frames),
         "slice_step_mm": float(np.linalg.norm(step)),
         "other_series": others,
         "qform_code": 1,
@@ -278,7 +554,7 @@ def _info(ds: pydicom.Dataset, n: int, step: np.ndarray, others: list[str]) -> d
 
 
 def read_dicom_series(folder: Path, series_of: Path | None = None) -> Volume:
-    """Read one DICOM series from ``folder`` into a :class:`Volume` (HU, RAS affine).
+    """Read one DICOM series (classic or enhanced) from ``folder`` into a :class:`Volume`.
 
     Parameters
     ----------
@@ -287,44 +563,38 @@ def read_dicom_series(folder: Path, series_of: Path | None = None) -> Volume:
     series_of : pathlib.Path, optional
         Read the series this file belongs to; by default the largest series of the folder, with
         a warning naming it when there are several.
+
+    Returns
+    -------
+    Volume
+        HU in index order (column, row, slice), RAS affine; a single slice gives shape
+        (columns, rows, 1).
+
+    Raises
+    ------
+    VolumeError
+        No images; a geometry or rescale tag absent, empty or malformed (the message names the
+        file, the frame and the tag); mixed sizes, orientations or spacings; missing or
+        duplicate slices; undecodable pixel data.
     """
     folder = Path(folder)
     headers = _headers(folder)
     if not headers:
         raise VolumeError(f"{folder}: no DICOM images in this folder")
     group, others = _choose_series(folder, headers, series_of)
-    if len(group) < 2:
-        raise VolumeError(
-            f"{folder}: the series has a single slice (a 2D image); a CT volume needs several"
-        )
-    files, row, col, positions = _geometry(folder, group)
-    step = _check_spacing(folder, files, positions, np.cross(row, col))
-    _check_decoder(*files[0])
-
-    datasets = []
-    slices = []
-    for path, _ in files:
-        ds, pixels = _decode(path)
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        slices.append(rescale_to_hu(pixels, slope, intercept))
-        del ds.PixelData  # keep only headers: the pixels live in ``slices``
-        datasets.append(ds)
-    hu = _stack_hu(slices)
-
-    row_spacing, col_spacing = (float(v) for v in files[0][1].PixelSpacing)
+    frames, step = _geometry(folder, _frames(group))
+    datasets = dict(group)
+    _check_decoder(frames[0].path, datasets[frames[0].path])
+    hu = _stack_hu(_pixels(frames))
+    first = frames[0]
     lps = np.eye(4)
-    lps[:3, 0] = row * col_spacing  # index i walks along a row: next column
-    lps[:3, 1] = col * row_spacing  # index j walks down a column: next row
+    lps[:3, 0] = first.row * first.spacing[1]  # index i walks along a row: next column
+    lps[:3, 1] = first.col * first.spacing[0]  # index j walks down a column: next row
     lps[:3, 2] = step
-    lps[:3, 3] = positions[0]
+    lps[:3, 3] = first.position
     affine = LPS_TO_RAS @ lps
-    first = datasets[0]
-    description = str(first.get("SeriesDescription", "") or folder.name)
+    ds = datasets[first.path]
+    description = str(ds.get("SeriesDescription", "") or folder.name)
     return Volume(
-        hu.transpose(2, 1, 0),
-        affine,
-        str(folder),
-        description,
-        _info(first, len(files), step, others),
+        hu.transpose(2, 1, 0), affine, str(folder), description, _info(ds, frames, step, others)
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from .dicom import is_dicom_file, read_dicom_series
@@ -48,6 +49,24 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     raise VolumeError(
         f"{path}: neither a NIfTI file (.nii, .nii.gz) nor a DICOM file or series folder"
     )
+
+
+def read_volume_reporting(path: str | os.PathLike[str]) -> tuple[Volume, list[str]]:
+    """:func:`read_volume`, with the reader's warnings returned as text instead of printed.
+
+    For callers that show warnings their own way (``dsms``: one ``warning: ...`` line each).
+    Warnings other than :class:`UserWarning` (library deprecations) are passed on unchanged.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        volume = read_volume(path)
+    messages = []
+    for item in caught:
+        if issubclass(item.category, UserWarning):
+            messages.append(str(item.message))
+        else:
+            warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+    return volume, messages
 
 
 def read_labels(path: str | os.PathLike[str], reference: Volume | None = None) -> Volume:

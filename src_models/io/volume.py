@@ -183,7 +183,8 @@ def describe(volume: Volume) -> str:
 
     Besides shape, spacing, orientation and intensity range, it says what the reader converted
     or could not know: a spatial unit converted to mm, an unknown orientation, a sheared grid
-    (the voxel volume then comes from ``|det|`` of the affine) and every reader warning.
+    (the voxel volume then comes from ``|det|`` of the affine). Reader warnings are the
+    caller's to show (``dsms`` prints them, napari notifies).
     """
     array = volume.array
     info = volume.info
@@ -213,5 +214,4 @@ def describe(volume: Volume) -> str:
             "grid:        sheared (gantry tilt); volumes use |det| of the affine, "
             f"{volume.voxel_volume_mm3:.4g} mm³ per voxel"
         )
-    lines += [f"warning:     {text}" for text in info.get("warnings", [])]
     return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""``dsms info`` and ``dsms predict`` on scans that broke other CT tools (issue 13).
+
+Each case builds its small input (nibabel / pydicom) and checks what a user sees: the numbers,
+the warning and error lines, the files written or not written.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from test_dicom import write_series, write_slice
+
+from src_models import build_model
+from src_models.cli import main
+from src_models.commands import predict as predict_command
+from src_models.models.checkpoints import save_checkpoint
+
+AFFINE = np.array(
+    [[-0.8, 0.0, 0.0, 100.0], [0.0, 0.8, 0.0, -120.0], [0.0, 0.0, 2.5, -50.0], [0, 0, 0, 1.0]]
+)
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = build_model("unet", width=4, depth=2)
+    return save_checkpoint(
+        tmp_path / "tiny.pt", model, preprocessing={"hu_window": [0.0, 255.0], "spacing_mm": None}
+    )
+
+
+def nifti(path: Path, data: np.ndarray, affine=AFFINE, qform: int = 1, sform: int = 1, unit="mm"):
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=qform)
+    img.set_sform(affine, code=sform)
+    img.header.set_xyzt_units(unit, "sec")
+    nib.save(img, str(path))
+    return path
+
+
+def ct_data(shape=(16, 12, 4)) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(-200, 300, shape).astype(np.int16)
+
+
+def predict(capsys, *argv: str) -> tuple[int, list[str], list[str]]:
+    code = main(["predict", *argv, "--device", "cpu"])
+    captured = capsys.readouterr()
+    return code, captured.out.splitlines(), captured.err.splitlines()
+
+
+def test_info_shows_the_unit_conversion(tmp_path, capsys):
+    metres = AFFINE.copy()
+    metres[:3] /= 1000
+    path = nifti(tmp_path / "m.nii.gz", ct_data(), metres, unit="meter")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "spacing:     0.8 x 0.8 x 2.5 mm" in out
+    assert "units:       the file is in metres (xyzt_units); converted to mm (x 1000)" in out
+
+
+def test_predict_warns_about_unknown_orientation_and_keeps_codes(tmp_path, tiny_model, capsys):
+    path = nifti(tmp_path / "ct.nii.gz", ct_data(), qform=0, sform=0)
+    out = tmp_path / "labels.nii.gz"
+    code, _, err = predict(capsys, str(path), "-o", str(out), "--model", str(tiny_model))
+    assert code == 0
+    assert any(line.startswith("warning: ") and "orientation unknown" in line for line in err)
+    header = nib.load(str(out)).header
+    assert (int(header["qform_code"]), int(header["sform_code"])) == (0, 0)
+
+
+@pytest.fixture
+def no_segmentation(monkeypatch):
+    """Fail the test if the slow part starts: the checks must come before it."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("segmentation started before the output folder was checked")
+
+    monkeypatch.setattr(predict_command, "segment", refuse)
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """A folder this process cannot create files in (``/proc`` when running as root)."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    for candidate in (folder, Path("/proc")):
+        try:
+            with tempfile.NamedTemporaryFile(dir=candidate):
+                pass
+        except OSError:
+            return candidate
+    pytest.skip("no folder this process cannot write to")
+
+
+def test_unwritable_output_folder_is_refused_before_segmenting(
+    tmp_path, tiny_model, capsys, no_segmentation
+):
+    path = nifti(tmp_path / "ct.nii.gz", ct_data())
+    folder = _unwritable_folder(tmp_path)
+    out = folder / "labels.nii.gz"
+    try:
+        code, _, err = predict(capsys, str(path), "-o", str(out), "--model", str(tiny_model))
+    finally:
+        (tmp_path / "read-only").chmod(0o755)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: ") and f"cannot write into the folder {folder}" in err[0]
+    assert not out.exists()
+
+
+def test_output_beside_one_file_of_a_series_is_refused_before_segmenting(
+    tmp_path, tiny_model, capsys, no_segmentation
+):
+    write_series(tmp_path / "series", n=4)
+    one_file = sorted((tmp_path / "series").iterdir())[0]
+    out = tmp_path / "series" / "labels.nii.gz"
+    code, _, err = predict(capsys, str(one_file), "-o", str(out), "--model", str(tiny_model))
+    assert code == 2 and len(err) == 1
+    assert f"into the DICOM series folder {tmp_path / 'series'}" in err[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "kind", ["nifti-2d", "nifti-1-slice", "dicom-file-alone", "dicom-series-1"]
+)
+def test_a_single_slice_is_segmented(tmp_path, tiny_model, capsys, kind):
+    if kind.startswith("nifti"):
+        data = ct_data((16, 12)) if kind == "nifti-2d" else ct_data((16, 12, 1))
+        source = nifti(tmp_path / "slice.nii.gz", data)
+        columns, rows = 16, 12
+    else:
+        folder = tmp_path / "dicom"
+        folder.mkdir()
+        pixels = ct_data((12, 16, 1))[..., 0]
+        source = write_slice(folder / "only.dcm", pixels, (-100.0, -80.0, -30.0))
+        if kind == "dicom-series-1":
+            source = folder
+        columns, rows = 16, 12
+    out = tmp_path / "labels.nii.gz"
+    code, lines, err = predict(capsys, str(source), "-o", str(out), "--model", str(tiny_model))
+    assert code == 0, err
+    labels = nib.load(str(out))
+    assert labels.shape == (columns, rows, 1)
+    assert set(np.unique(np.asarray(labels.dataobj))) <= {0, 1, 2}
+    assert "/1 slices with foreground" in lines[-1]
