@@ -37,7 +37,7 @@ from qtpy.QtCore import QTimer
 from src_models import autosave as journal
 from src_models.corrections import edited_slices, foreground_slices
 
-from ._layers import AUTOSAVE_KEY, labels_layer_data
+from ._layers import AUTOSAVE_KEY, is_ct_layer, labels_layer_data
 
 if TYPE_CHECKING:
     import napari
@@ -73,13 +73,7 @@ def _geometry_key(metadata: dict[str, Any]) -> tuple[str, tuple[int, ...], bytes
 
 
 def _is_ct(layer: Layer) -> bool:
-    return (
-        isinstance(layer, Image)
-        and layer.ndim == 3
-        and not layer.rgb
-        and "dsms_role" not in layer.metadata  # reconstructions and probabilities
-        and _geometry_key(layer.metadata) is not None
-    )
+    return is_ct_layer(layer) and _geometry_key(layer.metadata) is not None
 
 
 def _is_bound_labels(layer: Layer) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from napari.layers import Image
 from napari.utils.colormaps import DirectLabelColormap
 
 from src_models.io import LABEL_NAMES, Volume, VolumeError, check_same_grid
@@ -35,8 +36,54 @@ LABEL_COLOURS: dict[int | None, tuple[float, float, float, float]] = {
     None: (0.5, 0.5, 0.5, 1.0),  # any other value a user paints
 }
 
-#: ``layer.metadata`` keys written here and read by the writer and the widgets.
-METADATA_KEYS = ("affine", "source", "shape", "description", "volume_info")
+# --- layer metadata keys (``layer.metadata[KEY]``) -------------------------------------------
+
+#: The file's 4 x 4 affine (its own index order -> RAS mm).
+AFFINE = "affine"
+#: The file's native array shape.
+SHAPE = "shape"
+#: Path of the file or DICOM folder the volume came from.
+SOURCE = "source"
+#: The volume's description (DICOM series description or file name).
+DESCRIPTION = "description"
+#: Extra facts about the file (:attr:`src_models.io.Volume.info`).
+VOLUME_INFO = "volume_info"
+#: The role of a layer napari-dsms derived from a CT (one of :data:`DERIVED_ROLES`).
+ROLE = "dsms_role"
+#: On a labels layer: an unedited copy of the model's labels (canonical uint8 array).
+PREDICTION = "prediction"
+#: On a labels layer: the model that made it, ``{"arch", "checkpoint", "name", "device",
+#: "precision"}``.
+MODEL = "model"
+#: On a labels layer: sorted canonical slices the user marked as reviewed.
+REVIEWED = "reviewed"
+
+#: ``layer.metadata`` keys describing the file grid, written here and read by the writer.
+METADATA_KEYS = (AFFINE, SOURCE, SHAPE, DESCRIPTION, VOLUME_INFO)
+
+# --- roles of the image layers a segmentation adds (``layer.metadata[ROLE]``) -----------------
+
+RECONSTRUCTION = "reconstruction"
+RECONSTRUCTION_ERROR = "reconstruction error"
+PANCREAS_PROBABILITY = "pancreas probability"
+TUMOUR_PROBABILITY = "tumour probability"
+DERIVED_ROLES = (RECONSTRUCTION, RECONSTRUCTION_ERROR, PANCREAS_PROBABILITY, TUMOUR_PROBABILITY)
+
+
+def is_ct_layer(layer: Any) -> bool:
+    """Whether ``layer`` is a CT to segment or review: a 3D grey-value Image layer that is not
+    one of the images napari-dsms derives from a CT (reconstruction, error, probabilities).
+
+    Layers from other readers count too (the Segment dock takes them as radiological slices);
+    file geometry is not required here, only where a file grid is needed
+    (:func:`reference_volume` says so then).
+    """
+    return (
+        isinstance(layer, Image)
+        and layer.ndim == 3
+        and not layer.rgb
+        and layer.metadata.get(ROLE) not in DERIVED_ROLES
+    )
 
 #: ``layer.metadata`` key of a journaled labels layer: ``{"digest": CT digest, "session": id}``
 #: (:mod:`napari_dsms._autosave`); the writer removes that journal after a successful export.
@@ -56,11 +103,11 @@ def label_features() -> dict[str, list]:
 def geometry_metadata(volume: Volume) -> dict[str, Any]:
     """``layer.metadata`` describing ``volume``'s file grid (see :data:`METADATA_KEYS`)."""
     return {
-        "affine": np.array(volume.affine, dtype=np.float64),
-        "source": volume.source,
-        "shape": tuple(int(n) for n in volume.shape),
-        "description": volume.description,
-        "volume_info": dict(volume.info),
+        AFFINE: np.array(volume.affine, dtype=np.float64),
+        SOURCE: volume.source,
+        SHAPE: tuple(int(n) for n in volume.shape),
+        DESCRIPTION: volume.description,
+        VOLUME_INFO: dict(volume.info),
     }
 
 
@@ -105,19 +152,19 @@ def reference_volume(reference: Any) -> Volume:
         return reference
     metadata = reference if isinstance(reference, dict) else getattr(reference, "metadata", None)
     name = getattr(reference, "name", None) or (metadata or {}).get("name", "layer")
-    if not metadata or "affine" not in metadata or "shape" not in metadata:
+    if not metadata or AFFINE not in metadata or SHAPE not in metadata:
         raise VolumeError(
             f"{name}: the layer has no file geometry (metadata 'affine' and 'shape'); "
             "open the CT with napari-dsms or create the labels with its widgets"
         )
-    shape = tuple(int(n) for n in metadata["shape"])
+    shape = tuple(int(n) for n in metadata[SHAPE])
     stand_in = np.broadcast_to(np.zeros((), dtype=np.uint8), shape)
     return Volume(
         stand_in,
-        np.asarray(metadata["affine"], dtype=np.float64),
-        str(metadata.get("source", "")),
-        str(metadata.get("description", "")),
-        dict(metadata.get("volume_info", {})),
+        np.asarray(metadata[AFFINE], dtype=np.float64),
+        str(metadata.get(SOURCE, "")),
+        str(metadata.get(DESCRIPTION, "")),
+        dict(metadata.get(VOLUME_INFO, {})),
     )
 
 

@@ -155,12 +155,12 @@ def main() -> None:
     wait_until(lambda: not segment.running, 1200, "segmentation")
     print(f"segmentation: {time.perf_counter() - started:.1f} s")
     labels = viewer.layers[f"{image.name} pancreas/tumour"]
-    review.labels_combo.select(labels)
+    review.select_labels(labels)
     review.go_to_slice(middle)
     shoot(viewer, args.out / "02-segment.png")
 
     # 3. reconstruction (DRS models): the restored input beside the CT
-    reconstruction = review.reconstruction_layer()
+    reconstruction = review.export.reconstruction_layer()
     if reconstruction is not None:
         labels.visible = False
         reconstruction.visible = True
@@ -177,43 +177,43 @@ def main() -> None:
     labels.refresh()
     review.refresh_status()
     review.go_to_slice(slices[len(slices) // 2])
-    review.toggle_reviewed()
-    review.paint_pancreas()
+    review.navigate.toggle_reviewed()
+    review.correct.paint_pancreas()
     zoom_on(viewer, image, reference, 2.0)
     shoot(viewer, args.out / "04-correct.png")
     zoom_on(viewer, image, reference, 1)
 
     # 5. export (the side-car is quoted in the user guide)
-    written = review.export_labels(export_dir / "ct_corrected.nii.gz")
+    written = review.export.export_labels(export_dir / "ct_corrected.nii.gz")
     print(f"exported {written} and {written.with_name('ct_corrected.json')}")
     print(written.with_name("ct_corrected.json").read_text())
 
     # 6. fine-tune on the corrections
     if args.steps is not None:
-        review.steps_spin.setValue(args.steps)
+        review.fine_tune.steps_spin.setValue(args.steps)
     if args.seconds is not None:
-        review.budget_spin.setValue(args.seconds)
+        review.fine_tune.budget_spin.setValue(args.seconds)
     started = time.perf_counter()
-    if review.fine_tune() is None:
-        raise SystemExit(f"fine-tuning refused: {review.fine_tune_label.text()}")
-    wait_until(lambda: not review.is_busy, 3600, "fine-tuning")
+    if review.fine_tune.fine_tune() is None:
+        raise SystemExit(f"fine-tuning refused: {review.fine_tune.fine_tune_label.text()}")
+    wait_until(lambda: not review.fine_tune.is_busy, 3600, "fine-tuning")
     seconds = time.perf_counter() - started
-    print(f"fine-tuning: {seconds:.0f} s; {review.fine_tune_label.text()}")
-    if review.last_checkpoint is None:
+    print(f"fine-tuning: {seconds:.0f} s; {review.fine_tune.fine_tune_label.text()}")
+    if review.fine_tune.last_checkpoint is None:
         raise SystemExit("fine-tuning saved no checkpoint")
-    scroll_to(review, review.loss_plot)
+    scroll_to(review, review.fine_tune.loss_plot)
     shoot(viewer, args.out / "05-fine-tune.png")
 
     # 7. re-segment with the fine-tuned model and compare with the corrections
     results: list = []
-    segment.segmented.connect(results.append)
-    review.resegment()
-    wait_until(lambda: bool(results) and not segment.running, 1200, "re-segmentation")
+    review.fine_tune.resegmented.connect(lambda new, corrected: results.append(new))
+    review.fine_tune.resegment()
+    wait_until(lambda: bool(results) and not review.fine_tune.is_busy, 1200, "re-segmentation")
     new_labels = results[-1]
     new_labels.visible, labels.visible = True, False
     review.go_to_slice(middle)
-    review.compute_metrics()
-    scroll_to(review, review.metrics_label)
+    review.compare.compute_metrics()
+    scroll_to(review, review.compare.metrics_label)
     shoot(viewer, args.out / "06-resegment.png")
 
     # README screenshot: the CT with the fine-tuned result over it and the plugin's docks

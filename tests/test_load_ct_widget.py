@@ -68,6 +68,7 @@ def test_load_dicom_folder(widget, qtbot, nih_dicom):
 def test_errors_become_notifications(widget, qtbot, tmp_path, monkeypatch):
     messages = []
     monkeypatch.setattr("napari_dsms._widgets.load_ct.show_error", messages.append)
+    monkeypatch.setattr("napari_dsms._widgets._worker.show_error", messages.append)
     widget.load(tmp_path / "absent.nii.gz")
     wait(widget, qtbot)
     assert messages and "absent.nii.gz" in messages[0]
@@ -80,6 +81,7 @@ def test_errors_become_notifications(widget, qtbot, tmp_path, monkeypatch):
 def test_mismatched_labels_refused(widget, qtbot, tmp_path, nih_ct, monkeypatch):
     messages = []
     monkeypatch.setattr("napari_dsms._widgets.load_ct.show_error", messages.append)
+    monkeypatch.setattr("napari_dsms._widgets._worker.show_error", messages.append)
     widget.load(nih_ct)
     wait(widget, qtbot)
     small = tmp_path / "label.nii.gz"
@@ -92,7 +94,7 @@ def test_mismatched_labels_refused(widget, qtbot, tmp_path, nih_ct, monkeypatch)
 
 def test_several_series_named_in_a_warning(widget, qtbot, tmp_path, monkeypatch):
     warnings_shown = []
-    monkeypatch.setattr("napari_dsms._widgets.load_ct.show_warning", warnings_shown.append)
+    monkeypatch.setattr("napari_dsms._widgets._worker.show_warning", warnings_shown.append)
     write_series(tmp_path, n=5)
     for k in range(2):
         write_slice(tmp_path / f"other{k}.dcm", pattern(0, 8, 8), (0, 0, 3.0 * k), series_uid="7.7")

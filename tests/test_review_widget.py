@@ -124,15 +124,15 @@ def test_finds_exactly_the_corrected_slices_and_navigates(widget_and_layers):
     assert widget.edited_slices() == CORRECTED
     widget.go_to_slice(0)
     assert widget.current_slice() == 0
-    assert widget.next_edited() == 2 and widget.current_slice() == 2
-    assert widget.next_edited() == 4
-    assert widget.previous_edited() == 2
+    assert widget.navigate.next_edited() == 2 and widget.current_slice() == 2
+    assert widget.navigate.next_edited() == 4
+    assert widget.navigate.previous_edited() == 2
     widget.go_to_slice(16)
-    assert widget.next_edited() is None and widget.current_slice() == 16
+    assert widget.navigate.next_edited() is None and widget.current_slice() == 16
     foreground = np.flatnonzero(np.asarray(labels.data).reshape(20, -1).any(axis=1))
     widget.go_to_slice(0)
     expected = [int(s) for s in foreground if s > 0]
-    assert widget.next_foreground() == (expected[0] if expected else None)
+    assert widget.navigate.next_foreground() == (expected[0] if expected else None)
     assert "mL" in widget.volumes_label.text()
 
     # an edit reverted by hand is no longer an edit
@@ -160,27 +160,27 @@ def test_edits_and_undo_update_the_edited_list_but_scrolling_does_not_recompute(
 def test_reviewed_slices_visibility_and_brush(widget_and_layers):
     widget, viewer, image, labels, reference = widget_and_layers
     widget.go_to_slice(5)
-    widget.toggle_reviewed()
+    widget.navigate.toggle_reviewed()
     widget.go_to_slice(7)
-    widget.toggle_reviewed()
+    widget.navigate.toggle_reviewed()
     assert labels.metadata["reviewed"] == [5, 7]
-    assert widget.reviewed_list.count() == 2
-    widget.toggle_reviewed()
+    assert widget.navigate.reviewed_list.count() == 2
+    widget.navigate.toggle_reviewed()
     assert widget.reviewed_slices() == [5]
 
-    widget.show_pancreas.setChecked(False)
+    widget.correct.show_pancreas.setChecked(False)
     colours = labels.colormap.map(np.array([1, 2]))
     assert colours[0][3] == 0 and colours[1][3] > 0
-    widget.show_pancreas.setChecked(True)
+    widget.correct.show_pancreas.setChecked(True)
     assert labels.colormap.map(np.array([1]))[0][3] > 0
 
     before = np.array(labels.data)
-    widget.paint_tumour()
+    widget.correct.paint_tumour()
     assert labels.selected_label == 2 and labels.mode == "paint"
     assert labels.brush_size == round(6.0 / image.scale[-1])
-    widget.erase()
+    widget.correct.erase()
     assert labels.mode == "erase"
-    widget.paint_pancreas()
+    widget.correct.paint_pancreas()
     assert labels.selected_label == 1
     np.testing.assert_array_equal(labels.data, before)  # helpers never touch the labels
 
@@ -193,18 +193,18 @@ def test_clean_up_keeps_largest_component_and_is_one_undo_step(widget_and_layers
     labels.data[15, 10:14, 10:14] = 1  # island
     labels.data[6, 205, 205] = 2  # tumour island inside the pancreas
     before = np.array(labels.data)
-    changed = widget.clean_up()
+    changed = widget.correct.clean_up()
     assert changed == 16 + 1
     assert labels.data[15].sum() == 0 and labels.data[6, 205, 205] == 1
     labels.undo()  # napari's own undo (Ctrl+Z) reverts the whole clean-up
     np.testing.assert_array_equal(labels.data, before)
-    widget.clean_up()
-    assert widget.undo_clean_up()
+    widget.correct.clean_up()
+    assert widget.correct.undo_clean_up()
     np.testing.assert_array_equal(labels.data, before)
     # after a later edit the button refuses rather than undo that edit instead
-    widget.clean_up()
+    widget.correct.clean_up()
     labels.data_setitem((np.array([0]), np.array([0]), np.array([0])), 1)
-    assert not widget.undo_clean_up() and not widget.undo_cleanup_button.isEnabled()
+    assert not widget.correct.undo_clean_up() and not widget.correct.undo_cleanup_button.isEnabled()
     assert labels.data[15].sum() == 0 and labels.data[0, 0, 0] == 1
 
 
@@ -212,10 +212,10 @@ def test_metrics_between_model_output_and_corrected_labels(widget_and_layers):
     widget, viewer, image, labels, reference = widget_and_layers
     labels.data[:] = reference
     widget.refresh_status()
-    assert widget.prediction_combo.variant() == "prediction"
-    assert widget.reference_combo.layer() is labels
+    assert widget.compare.prediction_choice[1] == "prediction"
+    assert widget.compare.reference_combo.value is labels
     widget.go_to_slice(10)
-    result = widget.compute_metrics()
+    result = widget.compare.compute_metrics()
     from src_models.metrics import case_metrics
 
     expected = case_metrics(labels.metadata["prediction"], reference)
@@ -223,17 +223,17 @@ def test_metrics_between_model_output_and_corrected_labels(widget_and_layers):
     assert result["slice"]["pancreas"] == case_metrics(
         labels.metadata["prediction"][10], reference[10], image.scale[1:]
     )["pancreas"]
-    assert "Dice" in widget.metrics_label.text()
+    assert "Dice" in widget.compare.metrics_label.text()
 
 
 def test_export_is_bit_exact_on_the_source_grid_with_sidecar(widget_and_layers, case, tmp_path):
     widget, viewer, image, labels, reference = widget_and_layers
     _correct(labels, reference)
     widget.go_to_slice(3)
-    widget.toggle_reviewed()
+    widget.navigate.toggle_reviewed()
     target = tmp_path / "out" / "corrected.nii.gz"
     target.parent.mkdir()
-    written = widget.export_labels(target)
+    written = widget.export.export_labels(target)
     assert written == target
     saved = nib.load(target)
     np.testing.assert_array_equal(np.asarray(saved.dataobj), _source_grid(labels.data, case))
@@ -248,33 +248,33 @@ def test_export_is_bit_exact_on_the_source_grid_with_sidecar(widget_and_layers, 
 
     # without a path, a dialog proposes a name beside the source CT
     proposed: list[str] = []
-    widget._ask_save_path = lambda title, suggested: proposed.append(suggested) or None
-    assert widget.export_labels() is None
+    widget.export._ask_save_path = lambda title, suggested: proposed.append(suggested) or None
+    assert widget.export.export_labels() is None
     assert proposed == [str(case["ct"].parent / "ct_labels.nii.gz")]
 
     # an existing file is replaced only when the user agrees
     asked: list[Path] = []
-    widget._confirm_replace = lambda path: asked.append(path) or False
+    widget.export._confirm_replace = lambda path: asked.append(path) or False
     first = np.asarray(saved.dataobj).copy()
     labels.data[0, 0, 0] = 0 if labels.data[0, 0, 0] else 1
-    assert widget.export_labels(target) is None and asked == [target]
+    assert widget.export.export_labels(target) is None and asked == [target]
     np.testing.assert_array_equal(np.asarray(nib.load(target).dataobj), first)
     # the source CT is never overwritten, and the user is not even asked
     asked.clear()
-    assert widget.export_labels(case["ct"]) is None and asked == []
-    assert "source CT" in widget.export_label.text()
+    assert widget.export.export_labels(case["ct"]) is None and asked == []
+    assert "source CT" in widget.export.export_label.text()
     assert nib.load(case["ct"]).get_data_dtype() == np.int16
 
 
 def test_export_reconstruction_needs_a_drs_layer(widget_and_layers, case, tmp_path):
     widget, viewer, image, labels, reference = widget_and_layers
-    assert widget.export_reconstruction(tmp_path / "r.nii.gz") is None
+    assert widget.export.export_reconstruction(tmp_path / "r.nii.gz") is None
     recon = np.random.default_rng(0).random(image.data.shape).astype(np.float16)
     viewer.add_image(
         recon, name="ct reconstruction", metadata=dict(image.metadata), scale=image.scale,
         translate=image.translate,
     )
-    written = widget.export_reconstruction(tmp_path / "r.nii.gz")
+    written = widget.export.export_reconstruction(tmp_path / "r.nii.gz")
     saved = nib.load(written)
     np.testing.assert_array_equal(
         np.asarray(saved.dataobj), _source_grid(recon, case).astype(np.float32)
@@ -289,7 +289,7 @@ def _source_grid(canonical: np.ndarray, case) -> np.ndarray:
 
 
 def _wait_idle(qtbot, widget, timeout_ms: int = 120_000) -> None:
-    qtbot.waitUntil(lambda: not widget.is_busy, timeout=timeout_ms)
+    qtbot.waitUntil(lambda: not widget.fine_tune.is_busy, timeout=timeout_ms)
 
 
 def test_fine_tune_on_corrections_saves_a_new_listed_checkpoint(make_napari_viewer, qtbot, case):
@@ -302,18 +302,18 @@ def test_fine_tune_on_corrections_saves_a_new_listed_checkpoint(make_napari_view
     assert isinstance(widget, ReviewWidget) and isinstance(segment, SegmentWidget)
     _correct(labels, reference)
     widget.refresh_status()
-    assert Path(widget.checkpoint_combo.currentData()) == case["checkpoint"]
-    widget.steps_spin.setValue(30)
-    widget.budget_spin.setValue(0)
+    assert Path(widget.fine_tune.checkpoint_combo.currentData()) == case["checkpoint"]
+    widget.fine_tune.steps_spin.setValue(30)
+    widget.fine_tune.budget_spin.setValue(0)
     before = np.array(labels.data)
-    with qtbot.waitSignal(widget.fine_tuned, timeout=120_000) as saved:
-        worker = widget.fine_tune()
-        assert worker is not None and widget.is_busy
+    with qtbot.waitSignal(widget.fine_tune.fine_tuned, timeout=120_000) as saved:
+        worker = widget.fine_tune.fine_tune()
+        assert worker is not None and widget.fine_tune.is_busy
     _wait_idle(qtbot, widget)
     path = saved.args[0]
     assert path == case["checkpoint"].parent / "tiny-ft-ct-v1.pt"
-    assert widget.last_checkpoint == path
-    losses = widget.loss_plot.values
+    assert widget.fine_tune.last_checkpoint == path
+    losses = widget.fine_tune.loss_plot.values
     assert len(losses) == 30
     assert np.mean(losses[-5:]) < np.mean(losses[:5])  # the loss goes down
     model, meta = load_checkpoint(path)
@@ -322,22 +322,28 @@ def test_fine_tune_on_corrections_saves_a_new_listed_checkpoint(make_napari_view
     assert sorted(record["slices"] + record["holdout_slices"]) == CORRECTED
     assert len(record["holdout_slices"]) == 2 and record["steps"] == 30
     assert set(meta["metrics"]) >= {"dice_pancreas"}
-    listed = [widget.checkpoint_combo.itemData(i) for i in range(widget.checkpoint_combo.count())]
+    combo = widget.fine_tune.checkpoint_combo
+    listed = [combo.itemData(i) for i in range(combo.count())]
     assert str(path) in listed
     np.testing.assert_array_equal(labels.data, before)  # fine-tuning never edits labels
-    assert "Dice" in widget.fine_tune_label.text()
+    assert "Dice" in widget.fine_tune.fine_tune_label.text()
 
-    # the Segment widget lists and selects the new model at once, and re-segments with it
-    assert Path(segment.checkpoint).resolve() == path.resolve()
-    assert widget.resegment_button.isEnabled()
-    with qtbot.waitSignal(segment.segmented, timeout=60_000) as segmented:
-        widget.resegment_button.click()
-    qtbot.waitUntil(lambda: not segment.running, timeout=10_000)
+    # the Segment widget lists and selects the new model at once (it watches the model folder)
+    qtbot.waitUntil(
+        lambda: segment.checkpoint is not None
+        and Path(segment.checkpoint).resolve() == path.resolve(),
+        timeout=10_000,
+    )
+    # the panel re-segments with it itself, through the same job as the Segment widget
+    assert widget.fine_tune.resegment_button.isEnabled()
+    with qtbot.waitSignal(widget.fine_tune.resegmented, timeout=60_000) as segmented:
+        widget.fine_tune.resegment_button.click()
+    qtbot.waitUntil(lambda: not widget.fine_tune.is_busy, timeout=10_000)
     new_layer = segmented.args[0]
     assert not _same(new_layer, labels)
     assert new_layer.metadata["model"]["checkpoint"] == str(path)
-    assert _same(widget.prediction_combo.layer(), new_layer)
-    assert _same(widget.reference_combo.layer(), labels)
+    assert _same(widget.compare.prediction_choice[0], new_layer)
+    assert _same(widget.compare.reference_combo.value, labels)
     assert _same(widget.labels_layer, labels)
     np.testing.assert_array_equal(labels.data, before)
 
@@ -346,33 +352,33 @@ def test_cancel_keeps_the_base_model_and_the_labels(widget_and_layers, qtbot, ca
     widget, viewer, image, labels, reference = widget_and_layers
     _correct(labels, reference)
     widget.refresh_status()
-    widget.steps_spin.setValue(500)
+    widget.fine_tune.steps_spin.setValue(500)
     before = np.array(labels.data)
-    worker = widget.fine_tune()
-    worker.yielded.connect(lambda event: widget.cancel_fine_tune())
+    worker = widget.fine_tune.fine_tune()
+    worker.yielded.connect(lambda event: widget.fine_tune.cancel_fine_tune())
     _wait_idle(qtbot, widget)
-    assert widget.last_checkpoint is None
+    assert widget.fine_tune.last_checkpoint is None
     assert sorted(p.name for p in case["checkpoint"].parent.glob("*.pt")) == ["tiny.pt"]
-    assert Path(widget.checkpoint_combo.currentData()) == case["checkpoint"]
-    assert "cancelled" in widget.fine_tune_label.text()
+    assert Path(widget.fine_tune.checkpoint_combo.currentData()) == case["checkpoint"]
+    assert "cancelled" in widget.fine_tune.fine_tune_label.text()
     np.testing.assert_array_equal(labels.data, before)
-    assert widget.fine_tune_button.isEnabled()
+    assert widget.fine_tune.fine_tune_button.isEnabled()
 
 
 def test_fine_tune_refuses_when_there_is_nothing_to_learn(widget_and_layers, qtbot, case):
     widget, viewer, image, labels, reference = widget_and_layers
-    assert widget.fine_tune() is None
-    assert "no corrected slices" in widget.fine_tune_label.text()
+    assert widget.fine_tune.fine_tune() is None
+    assert "no corrected slices" in widget.fine_tune.fine_tune_label.text()
     labels.metadata["prediction"][3, 100:110, 100:110] = 1
     labels.data[:] = 0  # edits that erase everything leave nothing to learn
     widget.refresh_status()
-    assert widget.fine_tune() is None
-    assert "no pancreas" in widget.fine_tune_label.text()
+    assert widget.fine_tune.fine_tune() is None
+    assert "no pancreas" in widget.fine_tune.fine_tune_label.text()
     other = viewer.add_labels(np.zeros((5, 8, 8), np.uint8), name="other")
-    widget.labels_combo.select(other)
-    assert widget.fine_tune() is None
-    assert "another image" in widget.fine_tune_label.text()
-    assert not widget.is_busy
+    assert widget.select_labels(other)
+    assert widget.fine_tune.fine_tune() is None
+    assert "another image" in widget.fine_tune.fine_tune_label.text()
+    assert not widget.fine_tune.is_busy
 
 
 def test_base_model_defaults_to_the_checkpoint_that_made_the_labels(widget_and_layers, case):
@@ -382,7 +388,7 @@ def test_base_model_defaults_to_the_checkpoint_that_made_the_labels(widget_and_l
     data = np.array(labels.data)
     metadata = {**labels.metadata, "model": {"arch": "drs_unet", "checkpoint": str(elsewhere)}}
     other = viewer.add_labels(data, name="ct second run", metadata=metadata, scale=labels.scale)
-    widget.labels_combo.select(other)
-    assert widget.checkpoint_combo.currentData() == str(elsewhere)
-    widget.labels_combo.select(labels)
-    assert Path(widget.checkpoint_combo.currentData()) == case["checkpoint"]
+    assert widget.select_labels(other)
+    assert widget.fine_tune.checkpoint_combo.currentData() == str(elsewhere)
+    assert widget.select_labels(labels)
+    assert Path(widget.fine_tune.checkpoint_combo.currentData()) == case["checkpoint"]

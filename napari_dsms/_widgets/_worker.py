@@ -1,9 +1,10 @@
 """Run a src_models generator in a napari worker thread, with progress, cancel and clean errors.
 
-Every long job of the engine (segmentation, training) is a plain generator. The widgets start it
-here, so the viewer stays responsive, the job's progress shows in the widget and in napari's
-activity panel, Cancel stops it between two steps, and failures become notifications instead of
-crashes. Shared by the Segment and the Review and fine-tune widgets.
+Every long job (reading a CT, segmentation, training) is a plain generator. The docks start it
+here, so the viewer stays responsive, the job's progress shows in the dock and in napari's
+activity panel, Cancel stops it between two steps, and failures and warnings become
+notifications instead of crashes. :class:`SegmentationRun` adds a segmentation's layers
+(:mod:`napari_dsms._results`) after the job, for every dock that segments.
 """
 
 from __future__ import annotations
@@ -11,38 +12,52 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any
 
-from napari.qt.threading import create_worker
+from napari.qt.threading import GeneratorWorkerSignals, WorkerBase, create_worker
 from napari.utils import progress as napari_progress
-from napari.utils.notifications import notification_manager, show_error
-from superqt.utils import GeneratorWorker
+from napari.utils.notifications import notification_manager, show_error, show_warning
+from qtpy.QtCore import QObject, QTimer, Signal
+
+from .._results import SegmentationOutput, result_steps, segmentation_job, volume_of_layer
+from ._pickers import same_layer
 
 #: Exceptions that describe bad input or a lack of resources: shown as their message alone.
 #: Anything else is a bug and is reported with its traceback (napari's "View traceback").
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, OSError, MemoryError)
 
 
-class JobWorker(GeneratorWorker):
-    """A generator worker that closes its generator in the worker thread when it stops.
+class JobWorker(WorkerBase):
+    """A worker that runs a generator to its end and closes it in the worker thread.
 
-    superqt's worker leaves an aborted generator suspended until garbage collection, so its
-    ``finally`` blocks (releasing accelerator memory) run at an unknown time in an unknown
-    thread; it also hides a ``RuntimeError`` raised by the job (torch raises those) behind a
-    warning and never emits ``finished``. This loop emits ``errored`` for every exception,
-    ``aborted`` on cancel, and always ``finished``.
+    Built on napari's public ``WorkerBase`` with the generator signals (``yielded``,
+    ``aborted``) and its own reference to the generator. superqt's ``GeneratorWorker`` leaves an
+    aborted generator suspended until garbage collection, so its ``finally`` blocks (releasing
+    accelerator memory) run at an unknown time in an unknown thread; it also hides a
+    ``RuntimeError`` raised by the job (torch raises those) behind a warning and never emits
+    ``finished``. This loop emits ``errored`` for every exception, ``aborted`` on cancel, and
+    always ``finished``.
+
+    Parameters
+    ----------
+    func
+        A generator function; ``func(*args, **kwargs)`` is the job.
     """
+
+    def __init__(self, func: Callable[..., Generator[Any, None, Any]], *args: Any, **kwargs: Any):
+        super().__init__(SignalsClass=GeneratorWorkerSignals)
+        self._job = func(*args, **kwargs)
 
     def work(self) -> Any:
         try:
             while not self.abort_requested:
                 try:
-                    value = next(self._gen)
+                    value = next(self._job)
                 except StopIteration as stop:
                     return stop.value
                 self.yielded.emit(value)
             self.aborted.emit()
             return None
         finally:
-            self._gen.close()
+            self._job.close()
 
 
 def _as_progress(value: Any) -> tuple[int, int] | None:
@@ -95,7 +110,8 @@ def start_job(
     Returns
     -------
     JobWorker
-        The started worker; ``worker.quit()`` cancels between two yields.
+        The started worker; ``worker.quit()`` cancels between two yields. Warnings the job
+        issues (e.g. which DICOM series of several was read) become notifications.
     """
     bar = napari_progress(total=0, desc=description)
 
@@ -122,9 +138,129 @@ def start_job(
             "yielded": yielded,
             "returned": on_result,
             "errored": lambda error: report_error(error, error_context),
+            "warned": lambda warning: show_warning(str(warning[0])),
             "finished": finished,
         },
         _ignore_errors=True,
         _start_thread=True,
         **kwargs,
     )
+
+
+class SegmentationRun(QObject):
+    """Segment a CT image layer in a worker, then add the result's layers one per event-loop turn.
+
+    Shared by every dock that segments (:mod:`napari_dsms._results` makes the layers), so no
+    dock needs another to segment. Removing the image layer while it runs cancels the job.
+
+    Signals
+    -------
+    progressed(object)
+        ``(slices done, total)`` while the model runs.
+    segmented(object)
+        The labels layer, once every layer of the result is in the viewer.
+    ended()
+        At the very end, whatever happened (done, failed, cancelled, image removed).
+    """
+
+    progressed = Signal(object)
+    segmented = Signal(object)
+    ended = Signal()
+
+    def __init__(self, viewer: Any, image: Any, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.image = image
+        self.worker: JobWorker | None = None
+        self.output: SegmentationOutput | None = None
+        self.cancelled = False
+        self._steps: list[Callable[[], Any]] = []
+        self._last: Any = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the model runs or result layers are still being added."""
+        return self.worker is not None or bool(self._steps)
+
+    def start(
+        self,
+        checkpoint: str,
+        device: str = "auto",
+        batch_size: int | None = None,
+        probabilities: bool = False,
+        context: str = "Segment",
+    ) -> bool:
+        """Start the job; ``False`` (with a notification) when the image cannot be segmented."""
+        try:
+            volume = volume_of_layer(self.image)
+        except ValueError as error:  # VolumeError: not 3D, or data off its file grid
+            report_error(error, context)
+            return False
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.worker = start_job(
+            segmentation_job,
+            volume,
+            checkpoint,
+            device,
+            batch_size,
+            probabilities,
+            description=f"Segmenting {self.image.name}",
+            on_yield=self.progressed.emit,
+            on_result=self._on_result,
+            on_finished=self._on_worker_finished,
+            error_context=context,
+        )
+        self.worker.aborted.connect(self._on_aborted)
+        return True
+
+    def cancel(self) -> None:
+        """Stop after the current batch; no layer is added."""
+        self.cancelled = True
+        self._steps = []
+        if self.worker is not None:
+            self.worker.quit()
+
+    @property
+    def image_present(self) -> bool:
+        """Whether the image layer is still in the viewer."""
+        return any(same_layer(layer, self.image) for layer in self.viewer.layers)
+
+    def _on_layer_removed(self, event: Any) -> None:
+        if self.running and same_layer(event.value, self.image):
+            self.cancel()
+
+    def _on_aborted(self) -> None:
+        self.cancelled = True
+
+    def _on_result(self, output: SegmentationOutput) -> None:
+        if self.cancelled or not self.image_present:
+            return
+        self.output = output
+        self._steps = result_steps(self.viewer, self.image, output)
+
+    def _on_worker_finished(self) -> None:
+        self.worker = None
+        if self._steps:
+            QTimer.singleShot(0, self._next_step)
+        else:
+            self._end()
+
+    def _next_step(self) -> None:
+        if not self._steps:
+            self._end()
+            return
+        if not self.image_present:
+            self.cancel()
+            self._end()
+            return
+        self._last = self._steps.pop(0)()
+        if self._steps:
+            QTimer.singleShot(0, self._next_step)
+            return
+        labels, self._last = self._last, None
+        self.segmented.emit(labels)
+        self._end()
+
+    def _end(self) -> None:
+        self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
+        self.ended.emit()

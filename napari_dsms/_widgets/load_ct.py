@@ -2,18 +2,19 @@
 
 The widget holds no science: reading is :func:`src_models.read_volume` /
 :func:`src_models.read_labels`, layers come from :mod:`napari_dsms._layers`. Reading a 512 x 512 x
-240 series takes seconds, so it runs in a napari worker while a busy bar shows; any failure ends
-as a notification that names the file and the problem, never as a crash.
+240 series takes seconds, so it runs as a job of the shared runner (:mod:`._worker`) while a busy
+bar shows; any failure ends as a notification that names the file and the problem, never as a
+crash.
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from napari.layers import Image, Layer
-from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -30,7 +31,14 @@ from src_models.io import Volume, describe, read_labels, read_volume
 from src_models.io.windows import CT_WINDOWS, DEFAULT_WINDOW
 
 from .._autosave import attach as attach_autosave
-from .._layers import LayerDataTuple, image_layer_data, labels_layer_data, reference_volume
+from .._layers import (
+    LayerDataTuple,
+    image_layer_data,
+    is_ct_layer,
+    labels_layer_data,
+    reference_volume,
+)
+from ._worker import report_error, start_job
 
 if TYPE_CHECKING:
     import napari
@@ -38,20 +46,23 @@ if TYPE_CHECKING:
 NIFTI_FILTER = "NIfTI (*.nii *.nii.gz);;All files (*)"
 
 
-def _read_image(path: str, window: str) -> tuple[LayerDataTuple, str]:
+#: What a read yields: one step of one, so the activity panel shows the file being read.
+_ONE_STEP = (0, 1)
+
+ReadJob = Generator[tuple[int, int], None, tuple[LayerDataTuple, str]]
+
+
+def _read_image(path: str, window: str) -> ReadJob:
+    yield _ONE_STEP
     volume = read_volume(path)
     return image_layer_data(volume, window=window), describe(volume)
 
 
-def _read_labels(path: str, reference: Volume, image_layer: Any) -> tuple[LayerDataTuple, str]:
+def _read_labels(path: str, reference: Volume, image_layer: Any) -> ReadJob:
+    yield _ONE_STEP
     labels = read_labels(path, reference=reference)
     name = Path(path).name.split(".nii")[0]
     return labels_layer_data(labels, image_layer, name=name), describe(labels)
-
-
-def is_ct_layer(layer: Layer | None) -> bool:
-    """An Image layer made by napari-dsms (it carries the file geometry in its metadata)."""
-    return isinstance(layer, Image) and "affine" in layer.metadata and "shape" in layer.metadata
 
 
 class LoadCTWidget(QWidget):
@@ -66,7 +77,7 @@ class LoadCTWidget(QWidget):
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None):
         super().__init__(parent)
         self.viewer = napari_viewer
-        self._workers: set = set()
+        self._jobs = 0  # reads in progress
         attach_autosave(napari_viewer)  # journals corrections, offers to restore them
 
         self.open_nifti_button = QPushButton("Open NIfTI file…")
@@ -126,7 +137,7 @@ class LoadCTWidget(QWidget):
     @property
     def busy(self) -> bool:
         """True while a file is being read."""
-        return bool(self._workers)
+        return self._jobs > 0
 
     def current_ct_layer(self) -> Image | None:
         """The selected CT image layer, else the most recently added one."""
@@ -146,7 +157,12 @@ class LoadCTWidget(QWidget):
         if image is None:
             show_error("Open labels: open the CT first; the labels are checked against its grid")
             return None
-        return self._start(_read_labels, str(path), reference_volume(image), image)
+        try:
+            reference = reference_volume(image)
+        except ValueError as error:  # VolumeError: a CT from another reader, no file grid
+            show_error(f"Open labels: {error}")
+            return None
+        return self._start(_read_labels, str(path), reference, image)
 
     def set_window(self, name: str) -> None:
         """Apply the CT window ``name`` to the current CT image layer."""
@@ -157,27 +173,22 @@ class LoadCTWidget(QWidget):
     # --- worker plumbing ----------------------------------------------------------------------
 
     def _start(self, function, *args):
-        # Connecting "errored" here also stops napari from re-raising the error in the event loop.
-        worker = create_worker(
+        worker = start_job(
             function,
             *args,
-            _start_thread=False,
-            _connect={
-                "returned": self._add_layer,
-                "errored": self._report_error,
-                "warned": self._report_warning,  # e.g. which DICOM series of several was read
-            },
+            description=f"Reading {Path(str(args[0])).name}",
+            on_result=self._add_layer,
+            on_finished=self._finish,
+            error_context="Open",
         )
-        self._workers.add(worker)
-        worker.finished.connect(lambda: self._finish(worker))
+        self._jobs += 1
         self.progress.setVisible(True)
         self._set_buttons_enabled(False)
-        worker.start()
         return worker
 
-    def _finish(self, worker) -> None:
-        self._workers.discard(worker)
-        if not self._workers:
+    def _finish(self) -> None:
+        self._jobs -= 1
+        if not self._jobs:
             self.progress.setVisible(False)
             self._set_buttons_enabled(True)
 
@@ -190,16 +201,10 @@ class LoadCTWidget(QWidget):
         try:
             layer = self.viewer.add_layer(Layer.create(data, kwargs, kind))
         except Exception as exc:  # a layer napari refuses must not take the viewer down
-            self._report_error(exc)
+            report_error(exc, "Open")
             return
         self.viewer.layers.selection.active = layer
         if kind == "image":
             self.viewer.reset_view()
         self.info.setText(text)
         show_info(f"Opened {layer.name}: {' x '.join(str(n) for n in data.shape)} voxels")
-
-    def _report_error(self, exc: Exception) -> None:
-        show_error(str(exc))
-
-    def _report_warning(self, warning: tuple) -> None:
-        show_warning(str(warning[0]))

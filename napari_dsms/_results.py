@@ -1,0 +1,304 @@
+"""A segmentation job and the layers its result becomes, shared by every dock that segments.
+
+:func:`segmentation_job` is the generator a dock runs in a worker thread (load the checkpoint,
+segment, measure the reconstruction error). :func:`result_steps` turns what it returns into
+layers of a viewer, as a list of small steps, so that a dock can add one layer per turn of the
+event loop and keep each stall short. The Segment dock and the fine-tune panel's re-segment both
+go through here, so a result looks the same whoever asked for it.
+
+Layer contract (read by the Review dock)
+----------------------------------------
+``"<image> pancreas/tumour"`` (Labels, canonical uint8) with ``metadata[PREDICTION]``, an
+unedited copy of the model's labels, and ``metadata[MODEL]``, a dict with ``arch``,
+``checkpoint`` (file path), ``name``, ``device`` and ``precision``. Models with a restoration
+decoder add ``"<image> reconstruction"`` and ``"<image> reconstruction error"`` (Image layers on
+the CT's geometry with ``metadata[ROLE]`` set), probability layers when asked for.
+
+No Qt here: napari's layer and viewer models only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels, Layer
+
+from src_models.inference.engine import SegmentationResult, reconstruction_error, segment
+from src_models.io import Volume, VolumeError
+from src_models.io.orientation import to_canonical
+from src_models.models.store import load_checkpoint
+
+from ._layers import (
+    AFFINE,
+    METADATA_KEYS,
+    MODEL,
+    PANCREAS_PROBABILITY,
+    PREDICTION,
+    RECONSTRUCTION,
+    RECONSTRUCTION_ERROR,
+    ROLE,
+    SHAPE,
+    TUMOUR_PROBABILITY,
+    geometry_metadata,
+    labels_layer_data,
+    layer_to_volume,
+)
+
+#: Contrast limits of the reconstruction error layer, in window units: errors above a quarter of
+#: the window are already gross, and a narrow range shows where the decoder struggles.
+ERROR_CONTRAST = (0.0, 0.25)
+
+#: Modules napari imports the first time a Labels layer is made (its features table and brush):
+#: 0.3 s. Imported when a dock opens, so that the first result does not freeze the viewer
+#: (imported in the worker they hold the GIL and freeze it at the start of the run instead).
+_LAYER_DEPENDENCIES = ("pandas", "skimage.color", "skimage.exposure")
+
+
+def import_layer_dependencies() -> None:
+    """Import what napari needs for the first Labels layer, ahead of time."""
+    for name in _LAYER_DEPENDENCIES:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # a napari that no longer needs it
+            continue
+
+
+def labels_name(image_name: str) -> str:
+    """Name of the labels layer a segmentation of ``image_name`` gets."""
+    return f"{image_name} pancreas/tumour"
+
+
+def volume_of_layer(layer: Image) -> Volume:
+    """The image layer as a :class:`Volume` on its file grid.
+
+    Layers opened by napari-dsms carry the file's affine (:func:`layer_to_volume`, exact). Any
+    other 3D layer is taken as axial slices already in the radiological layout (slices towards
+    Superior, rows towards Posterior, columns towards the patient's Left) with ``scale`` as voxel
+    size in mm and ``translate`` as the position of voxel 0, which is how napari-dsms lays
+    out its own layers.
+
+    Raises
+    ------
+    VolumeError
+        The layer is not 3D, or its data no longer fit its recorded file grid.
+    """
+    if AFFINE in layer.metadata and SHAPE in layer.metadata:
+        return layer_to_volume(layer)
+    data = np.asarray(layer.data)
+    if data.ndim != 3:
+        raise VolumeError(f"{layer.name}: segmentation needs a 3D image, this one is {data.ndim}D")
+    s, p, lft = (float(v) for v in layer.scale[-3:])
+    t_s, t_p, t_l = (float(v) for v in layer.translate[-3:])
+    affine = np.array(
+        [
+            [0.0, 0.0, -lft, -t_l],  # R = -L
+            [0.0, -p, 0.0, -t_p],  # A = -P
+            [s, 0.0, 0.0, t_s],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    )
+    return Volume(data, affine, source="", description=layer.name)
+
+
+@dataclass(frozen=True)
+class SegmentationOutput:
+    """What :func:`segmentation_job` returns: the engine's result, the checkpoint's metadata
+    and the reconstruction error (canonical float16 in window units, or ``None``)."""
+
+    result: SegmentationResult
+    meta: dict[str, Any]
+    error: np.ndarray | None
+
+    def model_record(self) -> dict[str, Any]:
+        """``metadata[MODEL]`` of the labels layer: which model made it, where and how."""
+        stats = self.result.stats
+        return {
+            "arch": self.meta["arch"],
+            "checkpoint": str(self.meta["path"]),
+            "name": Path(self.meta["path"]).stem,
+            "device": stats.device,
+            "precision": stats.precision,
+        }
+
+
+def segmentation_job(
+    volume: Volume,
+    checkpoint: str,
+    device: str,
+    batch_size: int | None,
+    probabilities: bool,
+) -> Generator[tuple[int, int], None, SegmentationOutput]:
+    """Load the checkpoint and segment ``volume``, in a worker thread.
+
+    Yields ``(slices done, total)``; returns a :class:`SegmentationOutput`.
+    """
+    model, meta = load_checkpoint(checkpoint)
+    result = yield from segment(
+        volume, model, meta, device=device, batch_size=batch_size, probabilities=probabilities
+    )
+    error = None
+    if result.canonical_reconstruction is not None:
+        canonical_hu = to_canonical(volume.array, volume.affine)[0]
+        error = reconstruction_error(
+            canonical_hu, result.canonical_reconstruction, meta["preprocessing"]["hu_window"]
+        )
+    return SegmentationOutput(result, meta, error)
+
+
+def _geometry(image: Image) -> dict[str, Any]:
+    metadata = {key: image.metadata[key] for key in METADATA_KEYS if key in image.metadata}
+    if AFFINE not in metadata:
+        metadata = geometry_metadata(volume_of_layer(image))
+    return {
+        "scale": tuple(image.scale[-3:]),
+        "translate": tuple(image.translate[-3:]),
+        "metadata": metadata,
+    }
+
+
+def _put_image(
+    viewer: Any, name: str, data: np.ndarray, geometry: dict[str, Any], role: str, **kwargs: Any
+) -> Image:
+    """Add an image layer, or refresh the data of the one a previous run made."""
+    existing = viewer.layers[name] if name in viewer.layers else None
+    metadata = {**geometry["metadata"], ROLE: role}
+    if isinstance(existing, Image) and existing.data.shape == data.shape:
+        existing.data = data
+        existing.metadata.update(metadata)
+        return existing
+    return viewer.add_image(
+        data,
+        name=name,
+        scale=geometry["scale"],
+        translate=geometry["translate"],
+        metadata=metadata,
+        **kwargs,
+    )
+
+
+def is_unedited(layer: Labels) -> bool:
+    """Whether a labels layer still equals the model output stored beside it."""
+    prediction = layer.metadata.get(PREDICTION)
+    return (
+        prediction is not None
+        and np.shape(prediction) == layer.data.shape
+        and np.array_equal(np.asarray(layer.data), prediction)
+    )
+
+
+def _free_name(viewer: Any, base: str) -> str:
+    number = 2
+    while f"{base} ({number})" in viewer.layers:
+        number += 1
+    return f"{base} ({number})"
+
+
+def _put_labels(
+    viewer: Any, image: Image, labels: np.ndarray, model: dict[str, Any]
+) -> Labels:
+    """Add the labels layer, or replace an earlier prediction the user has not edited.
+
+    A layer whose data differ from its stored prediction holds manual work: it is left alone
+    and the new result goes into a new layer with a numbered name.
+    """
+    base = labels_name(image.name)
+    reference = image if AFFINE in image.metadata else volume_of_layer(image)
+    data, kwargs, _ = labels_layer_data(labels, reference, name=base)
+    kwargs["metadata"].update({PREDICTION: data.copy(), MODEL: model})
+    existing = viewer.layers[base] if base in viewer.layers else None
+    if (
+        isinstance(existing, Labels)
+        and existing.data.shape == data.shape
+        and is_unedited(existing)
+    ):
+        existing.data = data
+        existing.metadata.update(kwargs["metadata"])
+        return existing
+    if existing is not None:
+        kwargs["name"] = _free_name(viewer, base)
+    return viewer.add_labels(data, **kwargs)
+
+
+def _select_for_painting(viewer: Any, labels: Labels) -> Labels:
+    viewer.layers.selection.active = labels
+    labels.selected_label = 1
+    labels.mode = "paint"
+    return labels
+
+
+def result_steps(
+    viewer: Any, image: Image, output: SegmentationOutput
+) -> list[Callable[[], Layer]]:
+    """The layers of a finished segmentation of ``image``, as steps to run one at a time.
+
+    Creating a napari layer costs about 0.1 s (vispy visual, controls); a dock runs one step
+    per turn of the event loop so that every stall stays that short. The labels come last, on
+    top, selected, label 1 and paint mode: the last step returns the labels layer.
+    """
+    result = output.result
+    geometry = _geometry(image)
+    steps: list[Callable[[], Layer]] = []
+    if output.error is not None:
+        steps.append(
+            partial(
+                _put_image,
+                viewer,
+                f"{image.name} reconstruction error",
+                output.error,
+                geometry,
+                role=RECONSTRUCTION_ERROR,
+                colormap="inferno",
+                contrast_limits=ERROR_CONTRAST,
+                visible=False,
+            )
+        )
+        steps.append(
+            partial(
+                _put_image,
+                viewer,
+                f"{image.name} reconstruction",
+                result.canonical_reconstruction,
+                geometry,
+                role=RECONSTRUCTION,
+                colormap="gray",
+                contrast_limits=(0.0, 1.0),
+                visible=False,
+            )
+        )
+    if result.canonical_probabilities is not None:
+        for channel, role in enumerate((PANCREAS_PROBABILITY, TUMOUR_PROBABILITY)):
+            steps.append(
+                partial(
+                    _put_image,
+                    viewer,
+                    f"{image.name} {role}",
+                    result.canonical_probabilities[..., channel],
+                    geometry,
+                    role=role,
+                    colormap="magma",
+                    contrast_limits=(0.0, 1.0),
+                    blending="additive",
+                )
+            )
+    put = partial(_put_labels, viewer, image, result.canonical_labels, output.model_record())
+    steps.append(lambda: _select_for_painting(viewer, put()))
+    return steps
+
+
+def summary(image_name: str, output: SegmentationOutput) -> str:
+    """The figures of a run, a few lines for a dock's readout."""
+    stats = output.result.stats
+    model = output.model_record()
+    return (
+        f"{image_name} with {model['name']} ({model['arch']}):\n"
+        f"pancreas {stats.pancreas_ml:.1f} mL, tumour {stats.tumour_ml:.1f} mL\n"
+        f"{stats.foreground_slices} of {stats.total_slices} slices with foreground\n"
+        f"{stats.seconds:.1f} s on {stats.device} ({stats.precision}, "
+        f"batch {stats.batch_size})"
+    )

@@ -1,0 +1,288 @@
+"""The state of one review, without a screen: what the Review dock's panels work on.
+
+A :class:`ReviewSession` holds the chosen CT and labels as canonical arrays (axis 0 = axial
+slices towards Superior, as the napari layers hold them, see :mod:`src_models.io.orientation`),
+the model's stored prediction, the slices the user edited and reviewed, and the slice shown. Its
+methods are the review's operations that are not drawing: which slices were edited, where to go
+next, volumes, comparing two segmentations, the clean-up's changes, an export's side-car and the
+inputs of a fine-tuning run. Everything computes through :mod:`src_models` (mainly
+:mod:`src_models.corrections` and :mod:`src_models.metrics`).
+
+No Qt and no napari: the state is plain (numpy arrays, a set of ints, a dict), so tests build a
+session from arrays, and a journal can write it down and read it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from src_models import corrections
+from src_models.io.volume import voxel_volume_mm3
+from src_models.metrics import StructureMetrics, case_metrics
+from src_models.training.fine_tune import split_holdout
+from src_models.version import __version__
+
+#: Navigation targets of :meth:`ReviewSession.neighbour`.
+SLICE_KINDS = ("edited", "foreground", "reviewed")
+
+
+@dataclass(frozen=True)
+class FineTuneInputs:
+    """What one fine-tuning run learns from, cut from a session.
+
+    Attributes
+    ----------
+    train, holdout
+        Canonical slice indices trained on and held out to measure on (disjoint, sorted).
+    images, labels
+        (N, Y, X) CT slices in HU and corrected labels of ``train``.
+    holdout_images, holdout_labels
+        The same for ``holdout``.
+    spacing_yx
+        In-plane voxel size in mm.
+    source
+        The CT's file (or layer name when it has none), recorded in the new checkpoint.
+    """
+
+    train: list[int]
+    holdout: list[int]
+    images: np.ndarray
+    labels: np.ndarray
+    holdout_images: np.ndarray
+    holdout_labels: np.ndarray
+    spacing_yx: tuple[float, float]
+    source: str
+
+    def provenance(self) -> dict[str, Any]:
+        """Facts about the corrections, stored in the checkpoint under ``fine_tune``."""
+        return {
+            "source_image": self.source,
+            "slices": list(self.train),
+            "holdout_slices": list(self.holdout),
+            "slice_index_convention": "canonical axial index (axis 0, towards superior)",
+        }
+
+
+@dataclass
+class ReviewSession:
+    """One CT and the labels being corrected for it.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (S, Y, X) canonical CT in HU.
+    labels : numpy.ndarray
+        (S, Y, X) canonical labels (0 background, 1 pancreas, 2 tumour); the array the viewer
+        paints into, so the session sees edits without copying.
+    spacing : tuple of float
+        Voxel size in mm along (S, Y, X).
+    prediction : numpy.ndarray, optional
+        The model's labels before any correction, same shape; without it no slice counts as
+        edited and nothing can be learnt.
+    reviewed : set of int
+        Canonical slices the user marked as reviewed.
+    model : dict, optional
+        The model that made ``prediction`` (``arch``, ``checkpoint``, ...).
+    source : str
+        The CT's file or DICOM folder ("" when unknown).
+    name : str
+        The CT's display name.
+    affine : numpy.ndarray, optional
+        The CT file's 4 x 4 affine, needed to write side-cars in file slice numbers.
+    source_shape : tuple of int, optional
+        The CT file's own array shape.
+    current : int
+        The canonical slice shown.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    spacing: tuple[float, float, float]
+    prediction: np.ndarray | None = None
+    reviewed: set[int] = field(default_factory=set)
+    model: dict[str, Any] | None = None
+    source: str = ""
+    name: str = "ct"
+    affine: np.ndarray | None = None
+    source_shape: tuple[int, ...] | None = None
+    current: int = 0
+    edited: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.spacing = tuple(float(s) for s in self.spacing)
+        self.reviewed = {int(s) for s in self.reviewed}
+        if self.prediction is not None and np.shape(self.prediction) != self.labels.shape:
+            self.prediction = None  # a stored prediction of another grid says nothing here
+        self.refresh()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def fits_image(self) -> bool:
+        """Whether the labels lie on the CT's grid (same canonical shape)."""
+        return self.labels.shape == self.image.shape
+
+    @property
+    def n_slices(self) -> int:
+        """Number of axial slices."""
+        return int(self.labels.shape[0])
+
+    @property
+    def voxel_mm3(self) -> float:
+        """One voxel's volume in mm³: ``|det|`` of the file's affine (exact on tilted gantries),
+        else the product of the spacing."""
+        if self.affine is not None:
+            return voxel_volume_mm3(self.affine)
+        return float(np.prod(self.spacing))
+
+    def set_labels(self, labels: np.ndarray) -> None:
+        """Follow a new labels array (the layer's data was replaced), and recompute."""
+        self.labels = labels
+        self.refresh()
+
+    def refresh(self) -> list[int]:
+        """Recompute the edited slices from the labels as they are now, and return them."""
+        if self.prediction is None:
+            self.edited = []
+        else:
+            self.edited = corrections.edited_slices(np.asarray(self.labels), self.prediction)
+        return list(self.edited)
+
+    def go_to(self, index: int) -> int:
+        """Make ``index`` (clipped to the volume) the current slice, and return it."""
+        self.current = int(np.clip(int(index), 0, max(self.n_slices - 1, 0)))
+        return self.current
+
+    def toggle_reviewed(self, index: int | None = None) -> bool:
+        """Mark slice ``index`` (default: the current one) reviewed, or unmark it.
+
+        Returns whether it is reviewed now.
+        """
+        index = self.current if index is None else int(index)
+        self.reviewed.symmetric_difference_update({index})
+        return index in self.reviewed
+
+    # ------------------------------------------------------------------ looking
+
+    def volumes(self) -> dict[str, float]:
+        """Volume in mL of pancreas (including tumour) and tumour."""
+        return corrections.structure_volumes(np.asarray(self.labels), self.voxel_mm3)
+
+    def slices(self, kind: str) -> list[int]:
+        """The sorted slices of ``kind`` (one of :data:`SLICE_KINDS`)."""
+        if kind == "edited":
+            return list(self.edited)
+        if kind == "foreground":
+            return corrections.foreground_slices(np.asarray(self.labels))
+        if kind == "reviewed":
+            return sorted(self.reviewed)
+        raise KeyError(f"unknown kind of slice {kind!r}; choose one of {SLICE_KINDS}")
+
+    def neighbour(self, kind: str, step: int) -> int | None:
+        """The next (``step`` > 0) or previous slice of ``kind`` from the current one, if any."""
+        return corrections.neighbour_slice(self.slices(kind), self.current, step)
+
+    def compare(
+        self, prediction: np.ndarray, reference: np.ndarray
+    ) -> dict[str, dict[str, StructureMetrics]]:
+        """Dice, PPV and sensitivity of two segmentations of this CT, whole and on this slice.
+
+        Returns
+        -------
+        dict
+            ``{"volume": ..., "slice": ...}``, each :func:`src_models.metrics.case_metrics`.
+
+        Raises
+        ------
+        ValueError
+            The two do not have the same shape (they belong to different images).
+        """
+        prediction, reference = np.asarray(prediction), np.asarray(reference)
+        if prediction.shape != reference.shape:
+            raise ValueError(
+                f"the two segmentations have different shapes {prediction.shape} and "
+                f"{reference.shape}: they belong to different images"
+            )
+        current = int(np.clip(self.current, 0, prediction.shape[0] - 1))
+        return {
+            "volume": case_metrics(prediction, reference, self.voxel_mm3),
+            "slice": case_metrics(prediction[current], reference[current], self.spacing[1:]),
+        }
+
+    # ------------------------------------------------------------------ changing
+
+    def cleanup_changes(self) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """Voxels the clean-up (largest component per structure) changes, and their new values.
+
+        Returned rather than applied, so the viewer writes them as one undoable step.
+        """
+        data = np.asarray(self.labels)
+        cleaned = corrections.keep_largest_components(data)
+        changed = np.nonzero(cleaned != data)
+        return changed, cleaned[changed]
+
+    # ------------------------------------------------------------------ leaving
+
+    def sidecar(self, export_path: str | Path, kind: str, with_labels: bool = True) -> dict:
+        """The JSON side-car of an export (:func:`src_models.corrections.sidecar`).
+
+        Raises
+        ------
+        ValueError
+            The session does not know the CT file's affine and shape.
+        """
+        if self.affine is None or self.source_shape is None:
+            raise ValueError(f"{self.name}: the CT has no file geometry to number slices by")
+        return corrections.sidecar(
+            export_path=export_path,
+            kind=kind,
+            source=self.source,
+            affine=self.affine,
+            source_shape=self.source_shape,
+            labels=np.asarray(self.labels) if with_labels and self.fits_image else None,
+            spacing=self.voxel_mm3,
+            model=self.model,
+            edited=self.edited,
+            reviewed=self.reviewed,
+            plugin_version=__version__,
+        )
+
+    def fine_tune_inputs(self, include_reviewed: bool = False) -> FineTuneInputs:
+        """The corrected slices to learn from, split into training and held-out slices.
+
+        Raises
+        ------
+        src_models.corrections.CorrectionsError
+            The labels belong to another image, keep no model output, or hold no correction
+            with pancreas; the message tells the user what to do.
+        """
+        if not self.fits_image:
+            raise corrections.CorrectionsError(
+                f"the labels (shape {self.labels.shape}) belong to another image than "
+                f"{self.name!r} (shape {self.image.shape})"
+            )
+        if self.prediction is None:
+            raise corrections.CorrectionsError(
+                "these labels keep no model output to compare with, so corrections cannot be "
+                "told apart; correct the Segment widget's result layer"
+            )
+        data = np.asarray(self.labels)
+        chosen = corrections.training_slices(
+            data, self.prediction, self.reviewed, include_reviewed
+        )
+        train, holdout = split_holdout(chosen)
+        hu = np.asarray(self.image)
+        return FineTuneInputs(
+            train=train,
+            holdout=holdout,
+            images=hu[train],
+            labels=data[train],
+            holdout_images=hu[holdout],
+            holdout_labels=data[holdout],
+            spacing_yx=(self.spacing[1], self.spacing[2]),
+            source=self.source or self.name,
+        )

@@ -1,0 +1,284 @@
+"""Review and fine-tune: walk through a segmentation, correct it, export it, learn from it.
+
+The dock binds one CT image layer and one labels layer (normally a Segment result) into a
+Qt-free :class:`~napari_dsms._session.ReviewSession`, and shows panels over it, one module each:
+:mod:`.navigate` (slices worth looking at, reviewed marks), :mod:`.correct` (brush set-up,
+clean-up), :mod:`.compare` (Dice, PPV, sensitivity of two segmentations), :mod:`.export`
+(NIfTI and side-car) and :mod:`.fine_tune` (learn from the corrections, re-segment). napari's own
+paint, erase, fill and undo stay the editing tools.
+
+This module keeps the session in step with the layers: it rebuilds it when another image or
+labels layer is chosen (``session_changed``), recomputes it a moment after an edit or an undo
+(``refreshed``), and follows the viewer's slice (``slice_changed``). A new panel connects to
+these signals and reads ``review.session``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels, Layer
+from qtpy.QtCore import QTimer, Signal
+from qtpy.QtWidgets import QFormLayout, QFrame, QGroupBox, QLabel, QScrollArea, QVBoxLayout, QWidget
+
+from ..._layers import AFFINE, MODEL, PREDICTION, REVIEWED, SHAPE, SOURCE, is_ct_layer
+from ..._session import ReviewSession
+from .._pickers import choose, layer_picker, of_kind, same_layer
+from .compare import ComparePanel
+from .correct import CorrectPanel
+from .export import ExportPanel
+from .fine_tune import FineTunePanel
+from .navigate import NavigatePanel
+
+if TYPE_CHECKING:
+    import napari
+
+__all__ = ["ReviewWidget"]
+
+#: Quiet time after the last edit before volumes and edited slices are recomputed: a brush
+#: stroke fires many events and a full-volume comparison takes tens of milliseconds.
+REFRESH_DELAY_MS = 250
+
+
+def _is_labels(layer: Layer) -> bool:
+    return isinstance(layer, Labels)
+
+
+def session_for(image: Image, labels: Labels) -> ReviewSession:
+    """A review session over an image layer and a labels layer (their arrays, not copies)."""
+    model = labels.metadata.get(MODEL)
+    shape = image.metadata.get(SHAPE)
+    affine = image.metadata.get(AFFINE)
+    return ReviewSession(
+        image=np.asarray(image.data),
+        labels=np.asarray(labels.data),
+        spacing=tuple(float(s) for s in labels.scale[-3:]),
+        prediction=labels.metadata.get(PREDICTION),
+        reviewed=set(labels.metadata.get(REVIEWED, ())),
+        model=dict(model) if isinstance(model, dict) else None,
+        source=str(image.metadata.get(SOURCE, "")),
+        name=image.name,
+        affine=None if affine is None else np.asarray(affine, dtype=np.float64),
+        source_shape=None if shape is None else tuple(int(n) for n in shape),
+    )
+
+
+class ReviewWidget(QWidget):
+    """Dock widget to review, correct, export and fine-tune from a segmentation.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer whose layers are reviewed (napari passes it in).
+
+    Signals
+    -------
+    session_changed()
+        Another image or labels layer was chosen; ``session`` is new (or ``None``).
+    refreshed()
+        The session was recomputed from the labels as they are now.
+    slice_changed(int)
+        The viewer shows another canonical slice.
+    """
+
+    session_changed = Signal()
+    refreshed = Signal()
+    slice_changed = Signal(int)
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session: ReviewSession | None = None
+        self._watched: Labels | None = None
+        self._last_point = tuple(self.viewer.dims.point)
+        self._refresh_timer = QTimer(self)
+        self._refresh_timer.setSingleShot(True)
+        self._refresh_timer.setInterval(REFRESH_DELAY_MS)
+        self._refresh_timer.timeout.connect(self.refresh_status)
+
+        self.navigate = NavigatePanel(self)
+        self.correct = CorrectPanel(self)
+        self.compare = ComparePanel(self)
+        self.export = ExportPanel(self)
+        self.fine_tune = FineTunePanel(self)
+        self.fine_tune.resegmented.connect(self.compare.compare_pair)
+
+        # The panel is taller than a laptop screen: it scrolls instead of stretching the window.
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        layout.addWidget(self._build_layers_box())
+        for panel in (self.navigate, self.correct, self.compare, self.export, self.fine_tune):
+            layout.addWidget(panel)
+        layout.addStretch(1)
+        self._scroll = QScrollArea()
+        self._scroll.setWidgetResizable(True)
+        self._scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self._scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self._scroll)
+
+        self.viewer.dims.events.point.connect(self._on_point_changed)
+        self._on_labels_changed()
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        """Make the dock as wide as the panel once napari's style sets its real size.
+
+        Only scrolling up and down is meant: a panel cut off on the right hides buttons.
+        """
+        scroll = self._scroll
+        margins = scroll.verticalScrollBar().sizeHint().width() + 2 * scroll.frameWidth() + 4
+        scroll.setMinimumWidth(scroll.widget().minimumSizeHint().width() + margins)
+        super().showEvent(event)
+
+    def _build_layers_box(self) -> QGroupBox:
+        box = QGroupBox("Layers")
+        form = QFormLayout(box)
+        self.image_combo = layer_picker(
+            self.viewer, of_kind(is_ct_layer), tooltip="The CT the labels belong to"
+        )
+        self.labels_combo = layer_picker(
+            self.viewer,
+            of_kind(_is_labels),
+            tooltip="The labels you correct: normally the Segment widget's result, which keeps "
+            "the model's output to tell which slices you edited",
+        )
+        form.addRow("Image", self.image_combo.native)
+        form.addRow("Labels", self.labels_combo.native)
+        self.image_combo.changed.connect(self._on_image_changed)
+        self.labels_combo.changed.connect(self._on_labels_changed)
+        self.volumes_label = QLabel("")
+        self.volumes_label.setWordWrap(True)
+        form.addRow("Volumes", self.volumes_label)
+        return box
+
+    # ------------------------------------------------------------------ the chosen layers
+
+    @property
+    def image_layer(self) -> Image | None:
+        """The CT image layer under review."""
+        return self.image_combo.value
+
+    @property
+    def labels_layer(self) -> Labels | None:
+        """The labels layer under review."""
+        return self.labels_combo.value
+
+    def select_labels(self, layer: Labels) -> bool:
+        """Review ``layer``; ``False`` when it is not a labels layer of this viewer."""
+        return choose(self.labels_combo, layer)
+
+    def _on_image_changed(self, *_: Any) -> None:
+        """Pick the labels layer that belongs to the chosen image (same name prefix)."""
+        image = self.image_layer
+        if image is None:
+            self._on_labels_changed()
+            return
+        current = self.labels_layer
+        if current is not None and current.name.startswith(image.name):
+            self._on_labels_changed()
+            return
+        for layer in self.labels_combo.choices:
+            if layer.name.startswith(image.name) and layer.data.shape == image.data.shape:
+                if choose(self.labels_combo, layer):
+                    return
+        self._on_labels_changed()
+
+    def _on_labels_changed(self, *_: Any) -> None:
+        layer = self.labels_layer
+        if self._watched is not None and not same_layer(self._watched, layer):
+            self._watched.events.paint.disconnect(self._schedule_refresh)
+            self._watched.events.data.disconnect(self._schedule_refresh)
+            self._watched.events.set_data.disconnect(self._on_set_data)
+        if layer is not None and not same_layer(layer, self._watched):
+            # paint: brush strokes and clean-up; data: a new array; set_data: undo / redo.
+            layer.events.paint.connect(self._schedule_refresh)
+            layer.events.data.connect(self._schedule_refresh)
+            layer.events.set_data.connect(self._on_set_data)
+        self._watched = layer
+        image = self.image_layer
+        self.session = session_for(image, layer) if image is not None and layer else None
+        self.session_changed.emit()
+        self.refresh_status()
+
+    # ------------------------------------------------------------------ keeping in step
+
+    def _schedule_refresh(self, event: Any = None) -> None:
+        self.correct.forget_cleanup()
+        self._refresh_timer.start()
+
+    def _on_set_data(self, event: Any = None) -> None:
+        """Refresh after undo / redo, but not when the layer merely shows another slice.
+
+        napari signals both with ``set_data``; moving through slices changes the viewer's point,
+        undo does not. Recomputing the whole volume on every slice change would make scrolling
+        through a long series stutter.
+        """
+        point = tuple(self.viewer.dims.point)
+        if point != self._last_point:
+            self._last_point = point
+            return
+        self._schedule_refresh()  # undo or redo (or a display change, harmlessly)
+
+    def refresh_status(self) -> None:
+        """Recompute volumes and edited slices from the labels as they are now."""
+        self._refresh_timer.stop()
+        session, layer = self.session, self.labels_layer
+        if session is None or layer is None:
+            self.volumes_label.setText("choose a CT and its labels layer")
+        else:
+            session.prediction = layer.metadata.get(PREDICTION)
+            if session.prediction is not None and np.shape(session.prediction) != layer.data.shape:
+                session.prediction = None
+            model = layer.metadata.get(MODEL)
+            session.model = dict(model) if isinstance(model, dict) else None
+            session.set_labels(np.asarray(layer.data))
+            volumes = session.volumes()
+            self.volumes_label.setText(
+                f"pancreas (incl. tumour) {volumes['pancreas']:.1f} mL, "
+                f"tumour {volumes['tumour']:.1f} mL"
+            )
+        self.refreshed.emit()
+        self._on_point_changed()
+
+    def edited_slices(self) -> list[int]:
+        """Canonical slices of the labels that differ from the stored model output."""
+        return list(self.session.edited) if self.session is not None else []
+
+    def reviewed_slices(self) -> list[int]:
+        """Canonical slices marked as reviewed (kept in ``labels.metadata[REVIEWED]``)."""
+        return sorted(self.session.reviewed) if self.session is not None else []
+
+    def store_reviewed(self) -> None:
+        """Write the session's reviewed slices into the labels layer, where exports find them."""
+        if self.session is not None and self.labels_layer is not None:
+            self.labels_layer.metadata[REVIEWED] = sorted(self.session.reviewed)
+
+    # ------------------------------------------------------------------ slices
+
+    def _reference_layer(self) -> Layer | None:
+        return self.labels_layer if self.labels_layer is not None else self.image_layer
+
+    def current_slice(self) -> int:
+        """Canonical axial slice shown in the viewer (of the labels layer's data)."""
+        layer = self._reference_layer()
+        if layer is None:
+            return 0
+        position = layer.world_to_data(self.viewer.dims.point)
+        return int(np.clip(round(float(position[-3])), 0, layer.data.shape[-3] - 1))
+
+    def go_to_slice(self, index: int) -> None:
+        """Show canonical axial slice ``index``."""
+        layer = self._reference_layer()
+        if layer is None:
+            return
+        world = layer.data_to_world((int(index), 0, 0))
+        axis = self.viewer.dims.ndim - 3
+        self.viewer.dims.set_point(axis, float(world[-3]))
+
+    def _on_point_changed(self, event: Any = None) -> None:
+        current = self.current_slice()
+        if self.session is not None:
+            self.session.go_to(current)
+        self.slice_changed.emit(current)

@@ -1,0 +1,194 @@
+"""Export panel: labels or reconstruction as NIfTI on the source CT's grid, with a side-car.
+
+The file goes through :func:`src_models.io.write_labels` / :func:`~src_models.io.write_image`
+with the CT's own affine, so it overlays the CT in any viewer; the JSON side-car
+(:meth:`~napari_dsms._session.ReviewSession.sidecar`) records the model, the edited and reviewed
+slices and the volumes. The source CT is never overwritten, an existing file only after asking.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from napari.layers import Image
+from napari.utils.notifications import show_info
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QVBoxLayout,
+)
+
+from src_models import corrections
+from src_models.io import VolumeError, write_image, write_labels
+
+from ..._layers import SOURCE, layer_to_volume, reference_volume
+from ._common import refuse
+
+if TYPE_CHECKING:
+    from . import ReviewWidget
+
+
+class ExportPanel(QGroupBox):
+    """Export labels or reconstruction, each with its side-car.
+
+    Parameters
+    ----------
+    review : ReviewWidget
+        The dock whose image, labels and session are exported.
+    """
+
+    def __init__(self, review: ReviewWidget) -> None:
+        super().__init__("Export")
+        self.review = review
+        column = QVBoxLayout(self)
+        row = QHBoxLayout()
+        self.export_labels_button = QPushButton("Export labels…")
+        self.export_labels_button.setToolTip(
+            "NIfTI on the source CT's grid and affine, with a JSON side-car (model, edited and "
+            "reviewed slices, volumes)"
+        )
+        self.export_labels_button.clicked.connect(lambda: self.export_labels())
+        self.export_reconstruction_button = QPushButton("Export reconstruction…")
+        self.export_reconstruction_button.setToolTip(
+            "The restoration decoder's output of DRS models ('<image> reconstruction' layer)"
+        )
+        self.export_reconstruction_button.clicked.connect(lambda: self.export_reconstruction())
+        row.addWidget(self.export_labels_button)
+        row.addWidget(self.export_reconstruction_button)
+        self.export_label = QLabel("")
+        self.export_label.setWordWrap(True)
+        column.addLayout(row)
+        column.addWidget(self.export_label)
+
+    # ------------------------------------------------------------------ dialogs
+
+    def _ask_save_path(self, title: str, suggested: str) -> str | None:
+        """File dialog for an export target (tests replace this method)."""
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            title,
+            suggested,
+            "NIfTI (*.nii.gz *.nii)",
+            options=QFileDialog.Option.DontConfirmOverwrite,
+        )
+        return path or None
+
+    def _confirm_replace(self, path: Path) -> bool:
+        """Ask before replacing an existing file (tests replace this method)."""
+        answer = QMessageBox.question(
+            self,
+            "Replace file?",
+            f"{path} already exists. Replace it (and its side-car {path.stem}.json)?",
+        )
+        return answer == QMessageBox.StandardButton.Yes
+
+    def _export_target(
+        self, path: str | os.PathLike[str] | None, title: str, kind: str
+    ) -> Path | None:
+        """The file to write: ``path``, or one chosen in a dialog next to the source CT."""
+        image = self.review.image_layer
+        source = str(image.metadata.get(SOURCE, "")) if image else ""
+        folder = Path(source).parent if image else Path.home()
+        if path is None:
+            stem = corrections.image_stem(image.name if image else "ct")
+            chosen = self._ask_save_path(title, str(folder / f"{stem}_{kind}.nii.gz"))
+            if not chosen:
+                return None
+            path = chosen
+        target = Path(path)
+        if not target.name.lower().endswith((".nii", ".nii.gz")):
+            target = target.with_name(target.name + ".nii.gz")
+        if source and (
+            target.resolve() == Path(source).resolve()
+            or Path(source).resolve() in target.resolve().parents
+        ):
+            refuse(self.export_label, f"{target} is the source CT; choose another file name")
+            return None
+        if target.exists() and not self._confirm_replace(target):
+            return None
+        return target
+
+    # ------------------------------------------------------------------ exports
+
+    def export_labels(self, path: str | os.PathLike[str] | None = None) -> Path | None:
+        """Write the labels as NIfTI on the source CT's grid and affine, plus a JSON side-car.
+
+        Parameters
+        ----------
+        path
+            Target file; ``None`` asks with a file dialog. An existing file is replaced only
+            after the user agrees; the source CT is never overwritten.
+
+        Returns
+        -------
+        Path or None
+            The written NIfTI, or ``None`` when cancelled or refused.
+        """
+        review = self.review
+        image, labels, session = review.image_layer, review.labels_layer, review.session
+        if image is None or labels is None or session is None:
+            refuse(self.export_label, "choose the image and its labels layer first")
+            return None
+        if not session.fits_image:
+            refuse(
+                self.export_label,
+                f"the labels layer {labels.name!r} does not fit image {image.name!r}",
+            )
+            return None
+        target = self._export_target(path, "Export labels", "labels")
+        if target is None:
+            return None
+        review.refresh_status()
+        try:
+            volume = layer_to_volume(labels)
+            written = write_labels(target, volume.array, reference_volume(image))
+            sidecar = corrections.write_sidecar(written, session.sidecar(written, "labels"))
+        except (VolumeError, ValueError) as error:
+            refuse(self.export_label, str(error))
+            return None
+        self.export_label.setText(f"labels written to {written}, side-car {sidecar.name}")
+        show_info(f"Labels written to {written}")
+        return written
+
+    def reconstruction_layer(self) -> Image | None:
+        """The '<image> reconstruction' layer of the chosen image, if the model made one."""
+        image = self.review.image_layer
+        if image is None:
+            return None
+        name = f"{image.name} reconstruction"
+        for layer in self.review.viewer.layers:
+            if isinstance(layer, Image) and layer.name == name:
+                return layer
+        return None
+
+    def export_reconstruction(self, path: str | os.PathLike[str] | None = None) -> Path | None:
+        """Write the DRS restoration decoder's output on the source grid, plus a side-car."""
+        layer, session = self.reconstruction_layer(), self.review.session
+        if layer is None or session is None:
+            refuse(
+                self.export_label,
+                "no reconstruction layer: segment with a DRS model (drs_unet, kcmdrs_unet, "
+                "dsmsc_unet) to get one",
+            )
+            return None
+        target = self._export_target(path, "Export reconstruction", "reconstruction")
+        if target is None:
+            return None
+        try:
+            volume = layer_to_volume(layer)
+            reference = reference_volume(self.review.image_layer)
+            written = write_image(target, np.asarray(volume.array), reference)
+            corrections.write_sidecar(written, session.sidecar(written, "reconstruction"))
+        except (VolumeError, ValueError) as error:
+            refuse(self.export_label, str(error))
+            return None
+        self.export_label.setText(f"reconstruction written to {written}")
+        show_info(f"Reconstruction written to {written}")
+        return written

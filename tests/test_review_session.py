@@ -1,0 +1,160 @@
+"""The review session without a viewer: edits, navigation, volumes, comparison, exports, inputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_dsms._session import ReviewSession
+from src_models.corrections import CorrectionsError
+
+SPACING = (2.0, 0.5, 0.5)
+
+
+def _volume() -> tuple[np.ndarray, np.ndarray]:
+    """A 12-slice CT (HU) and a model prediction with pancreas on slices 3..8."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(40.0, 20.0, size=(12, 16, 16)).astype(np.float32)
+    prediction = np.zeros((12, 16, 16), np.uint8)
+    prediction[3:9, 4:10, 4:10] = 1
+    prediction[5:7, 6:8, 6:8] = 2
+    return image, prediction
+
+
+def _session(**overrides) -> ReviewSession:
+    image, prediction = _volume()
+    fields = {
+        "image": image,
+        "labels": prediction.copy(),
+        "spacing": SPACING,
+        "prediction": prediction,
+        "model": {"arch": "unet", "checkpoint": "/models/unet.pt"},
+        "source": "/data/ct.nii.gz",
+        "name": "ct",
+        "affine": np.diag([-0.5, -0.5, 2.0, 1.0]),
+        "source_shape": (16, 16, 12),
+    }
+    fields.update(overrides)
+    return ReviewSession(**fields)
+
+
+def test_edits_are_found_by_comparing_with_the_prediction() -> None:
+    session = _session()
+    assert session.edited == []
+    session.labels[2, 5, 5] = 1
+    session.labels[10, 0, 0] = 2
+    assert session.refresh() == [2, 10] == session.edited
+    session.labels[2, 5, 5] = 0  # undone by hand: no longer an edit
+    assert session.refresh() == [10]
+
+
+def test_without_a_prediction_nothing_is_edited_or_learnt() -> None:
+    session = _session(prediction=None)
+    session.labels[4] = 0
+    assert session.refresh() == []
+    with pytest.raises(CorrectionsError, match="no model output"):
+        session.fine_tune_inputs()
+    wrong_grid = _session(prediction=np.zeros((3, 4, 4), np.uint8))
+    assert wrong_grid.prediction is None
+
+
+def test_navigation_and_reviewed_marks() -> None:
+    session = _session()
+    session.labels[[6, 9]] = 0
+    session.labels[[2, 9], 1, 1] = 1
+    session.refresh()
+    assert session.edited == [2, 6, 9]
+    session.go_to(0)
+    assert session.neighbour("edited", +1) == 2
+    session.go_to(6)
+    assert session.neighbour("edited", +1) == 9 and session.neighbour("edited", -1) == 2
+    session.go_to(9)
+    assert session.neighbour("edited", +1) is None
+    assert session.slices("foreground") == [2, 3, 4, 5, 7, 8, 9]
+    assert session.go_to(99) == 11  # clipped to the volume
+    assert session.toggle_reviewed(4) and session.toggle_reviewed(7)
+    assert not session.toggle_reviewed(4)
+    assert session.slices("reviewed") == [7]
+    with pytest.raises(KeyError, match="edited"):
+        session.slices("interesting")
+
+
+def test_volumes_and_comparison() -> None:
+    session = _session()
+    voxel_ml = 2.0 * 0.5 * 0.5 / 1000
+    volumes = session.volumes()
+    assert volumes["pancreas"] == pytest.approx(6 * 6 * 6 * voxel_ml)
+    assert volumes["tumour"] == pytest.approx(2 * 2 * 2 * voxel_ml)
+    session.go_to(4)
+    same = session.compare(session.prediction, session.labels)
+    assert same["volume"]["pancreas"].dice == pytest.approx(1.0)
+    shrunk = session.labels.copy()
+    shrunk[3:9, 4:10, 7:10] = 0  # half of the pancreas
+    result = session.compare(shrunk, session.labels)
+    assert result["volume"]["pancreas"].ppv == pytest.approx(1.0)
+    assert result["volume"]["pancreas"].sensitivity == pytest.approx(0.5)
+    assert result["slice"]["pancreas"].dice == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="different images"):
+        session.compare(shrunk[:5], session.labels)
+
+
+def test_clean_up_changes_are_computed_not_applied() -> None:
+    session = _session()
+    session.labels[10, 0:2, 0:2] = 1  # an island
+    before = session.labels.copy()
+    changed, values = session.cleanup_changes()
+    np.testing.assert_array_equal(session.labels, before)
+    assert len(changed[0]) == 4 and set(changed[0].tolist()) == {10}
+    assert not values.any()
+
+
+def test_sidecar_records_model_edits_reviews_and_volumes() -> None:
+    session = _session()
+    session.labels[4, 0, 0] = 1
+    session.refresh()
+    session.toggle_reviewed(6)
+    content = session.sidecar("/out/labels.nii.gz", "labels")
+    assert content["edited_slices"]["canonical"] == [4]
+    assert content["reviewed_slices"]["canonical"] == [6]
+    assert content["model"]["checkpoint"] == "/models/unet.pt"
+    assert content["source_image"] == "/data/ct.nii.gz"
+    assert content["volumes_ml"]["pancreas"] > 0
+    with pytest.raises(ValueError, match="file geometry"):
+        _session(affine=None).sidecar("/out/x.nii.gz", "labels")
+
+
+def test_fine_tune_inputs_hold_the_corrected_slices_and_keep_some_out() -> None:
+    session = _session()
+    with pytest.raises(CorrectionsError, match="no corrected slices"):
+        session.fine_tune_inputs()
+    for k in (1, 3, 5, 7, 9):
+        session.labels[k, 0:3, 0:3] = 1
+    session.refresh()
+    inputs = session.fine_tune_inputs()
+    assert sorted(inputs.train + inputs.holdout) == [1, 3, 5, 7, 9]
+    assert len(inputs.holdout) == 1
+    np.testing.assert_array_equal(inputs.labels, session.labels[inputs.train])
+    np.testing.assert_array_equal(inputs.holdout_images, session.image[inputs.holdout])
+    assert inputs.spacing_yx == (0.5, 0.5)
+    assert inputs.provenance()["source_image"] == "/data/ct.nii.gz"
+    session.toggle_reviewed(11)
+    with_reviewed = session.fine_tune_inputs(include_reviewed=True)
+    assert 11 in with_reviewed.train + with_reviewed.holdout
+    other = _session(labels=np.zeros((5, 16, 16), np.uint8), prediction=None)
+    with pytest.raises(CorrectionsError, match="another image"):
+        other.fine_tune_inputs()
+
+
+def test_the_session_module_needs_no_qt_and_no_napari() -> None:
+    code = (
+        "import sys, napari_dsms._session\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', 'superqt')]\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
