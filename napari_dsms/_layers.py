@@ -70,9 +70,10 @@ TUMOUR_PROBABILITY = "tumour probability"
 DERIVED_ROLES = (RECONSTRUCTION, RECONSTRUCTION_ERROR, PANCREAS_PROBABILITY, TUMOUR_PROBABILITY)
 
 
-def is_ct_layer(layer: Any) -> bool:
+def is_ct_layer(layer: Any, slices: bool = False) -> bool:
     """Whether ``layer`` is a CT to segment or review: a 3D grey-value Image layer that is not
-    one of the images napari-dsms derives from a CT (reconstruction, error, probabilities).
+    one of the images napari-dsms derives from a CT (reconstruction, error, probabilities);
+    with ``slices``, a 2D one (a single slice, which the Segment dock segments) counts too.
 
     Layers from other readers count too (the Segment dock takes them as radiological slices);
     file geometry is not required here, only where a file grid is needed
@@ -80,10 +81,11 @@ def is_ct_layer(layer: Any) -> bool:
     """
     return (
         isinstance(layer, Image)
-        and layer.ndim == 3
+        and (layer.ndim == 3 or (slices and layer.ndim == 2))
         and not layer.rgb
         and layer.metadata.get(ROLE) not in DERIVED_ROLES
     )
+
 
 #: ``layer.metadata`` key of a journaled labels layer: ``{"digest": CT digest, "session": id}``
 #: (:mod:`napari_dsms._autosave`); the writer removes that journal after a successful export.

@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from napari.utils.notifications import show_warning
 
-from src_models.io import NIFTI_SUFFIXES, Volume, label_array, read_volume
+from src_models.io import NIFTI_SUFFIXES, Volume, label_array, read_volume_reporting
 from src_models.io.dicom import is_dicom_file
 
 from ._layers import LayerDataTuple, image_layer_data, labels_layer_data
@@ -69,9 +70,15 @@ def looks_like_labels(volume: Volume) -> bool:
 
 
 def read_ct(path: str | list[str]) -> list[LayerDataTuple]:
-    """Read a CT (abdomen window) or a label file (fixed colours) as napari layer data."""
+    """Read a CT (abdomen window) or a label file (fixed colours) as napari layer data.
+
+    The reader's warnings (unknown orientation, several series in a folder, a single slice
+    without thickness) become napari notifications; a 2D image opens as one slice.
+    """
     target = _single_path(path)
-    volume = read_volume(target)
+    volume, warnings = read_volume_reporting(target)
+    for text in warnings:
+        show_warning(text)
     if looks_like_labels(volume):
         volume.array = label_array(volume.array, volume.source)
         name = Path(volume.source).name

@@ -74,6 +74,15 @@ def labels_name(image_name: str) -> str:
     return f"{image_name} pancreas/tumour"
 
 
+def _placement(layer: Image) -> dict[str, tuple[float, ...]]:
+    """(slice, row, column) ``scale`` and ``translate``; a 2D layer is one slice, 1 mm at 0."""
+    scale = tuple(float(v) for v in layer.scale[-3:])
+    translate = tuple(float(v) for v in layer.translate[-3:])
+    if layer.ndim == 2:
+        scale, translate = (1.0, *scale), (0.0, *translate)
+    return {"scale": scale, "translate": translate}
+
+
 def volume_of_layer(layer: Image) -> Volume:
     """The image layer as a :class:`Volume` on its file grid.
 
@@ -81,20 +90,24 @@ def volume_of_layer(layer: Image) -> Volume:
     other 3D layer is taken as axial slices already in the radiological layout (slices towards
     Superior, rows towards Posterior, columns towards the patient's Left) with ``scale`` as voxel
     size in mm and ``translate`` as the position of voxel 0, which is how napari-dsms lays
-    out its own layers.
+    out its own layers; a 2D layer is one such slice, 1 mm thick.
 
     Raises
     ------
     VolumeError
-        The layer is not 3D, or its data no longer fit its recorded file grid.
+        The layer is neither 2D nor 3D, or its data no longer fit its recorded file grid.
     """
     if AFFINE in layer.metadata and SHAPE in layer.metadata:
         return layer_to_volume(layer)
     data = np.asarray(layer.data)
-    if data.ndim != 3:
-        raise VolumeError(f"{layer.name}: segmentation needs a 3D image, this one is {data.ndim}D")
-    s, p, lft = (float(v) for v in layer.scale[-3:])
-    t_s, t_p, t_l = (float(v) for v in layer.translate[-3:])
+    if data.ndim not in (2, 3):
+        raise VolumeError(
+            f"{layer.name}: segmentation needs a 2D slice or a 3D image, this one is {data.ndim}D"
+        )
+    placement = _placement(layer)
+    s, p, lft = placement["scale"]
+    t_s, t_p, t_l = placement["translate"]
+    data = data[None] if data.ndim == 2 else data
     affine = np.array(
         [
             [0.0, 0.0, -lft, -t_l],  # R = -L
@@ -155,11 +168,7 @@ def _geometry(image: Image) -> dict[str, Any]:
     metadata = {key: image.metadata[key] for key in METADATA_KEYS if key in image.metadata}
     if AFFINE not in metadata:
         metadata = geometry_metadata(volume_of_layer(image))
-    return {
-        "scale": tuple(image.scale[-3:]),
-        "translate": tuple(image.translate[-3:]),
-        "metadata": metadata,
-    }
+    return {**_placement(image), "metadata": metadata}
 
 
 def _put_image(
@@ -199,9 +208,7 @@ def _free_name(viewer: Any, base: str) -> str:
     return f"{base} ({number})"
 
 
-def _put_labels(
-    viewer: Any, image: Image, labels: np.ndarray, model: dict[str, Any]
-) -> Labels:
+def _put_labels(viewer: Any, image: Image, labels: np.ndarray, model: dict[str, Any]) -> Labels:
     """Add the labels layer, or replace an earlier prediction the user has not edited.
 
     A layer whose data differ from its stored prediction holds manual work: it is left alone
@@ -212,11 +219,7 @@ def _put_labels(
     data, kwargs, _ = labels_layer_data(labels, reference, name=base)
     kwargs["metadata"].update({PREDICTION: data.copy(), MODEL: model})
     existing = viewer.layers[base] if base in viewer.layers else None
-    if (
-        isinstance(existing, Labels)
-        and existing.data.shape == data.shape
-        and is_unedited(existing)
-    ):
+    if isinstance(existing, Labels) and existing.data.shape == data.shape and is_unedited(existing):
         existing.data = data
         existing.metadata.update(kwargs["metadata"])
         return existing

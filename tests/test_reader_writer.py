@@ -183,3 +183,27 @@ def test_viewer_opens_and_saves_through_the_plugin(make_napari_viewer, nih_ct, n
     world = image.data_to_world((50, 200, 200))  # (S, P, L) mm
     ras = again.affine @ np.append(native, 1.0)
     assert (ras[2], -ras[1], -ras[0]) == pytest.approx(tuple(world))
+
+
+def test_reader_notifies_unknown_orientation_and_keeps_the_flag(tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    img = nib.Nifti1Image(np.zeros((6, 5, 4), np.int16), None)  # qform_code = sform_code = 0
+    nib.save(img, str(tmp_path / "ct.nii.gz"))
+    before = len(notification_manager.records)
+    [(_, kwargs, kind)] = napari_get_reader(str(tmp_path / "ct.nii.gz"))(
+        str(tmp_path / "ct.nii.gz")
+    )
+    assert kind == "image"
+    assert kwargs["metadata"]["volume_info"]["orientation_unknown"] is True
+    new = [str(n.message) for n in notification_manager.records[before:]]
+    assert any("orientation unknown" in message for message in new)
+
+
+def test_reader_opens_a_2d_image_as_one_slice(tmp_path):
+    pixels = np.arange(30, dtype=np.int16).reshape(6, 5)
+    nib.save(nib.Nifti1Image(pixels, np.diag([0.7, 0.8, 1.0, 1.0])), str(tmp_path / "s.nii"))
+    [(data, kwargs, kind)] = napari_get_reader(str(tmp_path / "s.nii"))(str(tmp_path / "s.nii"))
+    assert kind == "image" and data.shape == (1, 5, 6)  # (slice, row, column)
+    assert kwargs["metadata"]["shape"] == (6, 5, 1)
+    assert sorted(np.asarray(data).ravel().tolist()) == list(range(30))

@@ -254,3 +254,20 @@ def test_a_plain_image_layer_is_taken_as_radiological_slices(make_napari_viewer,
     np.testing.assert_allclose(labels.scale, image.scale)
     np.testing.assert_allclose(labels.translate, image.translate)
     np.testing.assert_array_equal(labels.metadata["prediction"], labels.data)
+
+
+def test_a_2d_image_layer_is_segmented_as_one_slice(make_napari_viewer, qtbot, model_dir):
+    """A single slice from any reader (here a plain 2D array) gets labels on its pixels."""
+    image_volume, _ = make_phantom(seed=4, shape=(40, 36, 5), spacing=(3.0, 3.0, 3.0))
+    data, _, _ = image_layer_data(image_volume)
+    viewer = make_napari_viewer()
+    image = viewer.add_image(
+        np.array(data[2]), name="one slice", scale=(3.0, 3.0), translate=(-5.0, 2.0)
+    )
+    widget = _widget(viewer, model_dir, arch="unet")
+    assert widget.image_combo.current_choice == "one slice"
+    labels = _run(qtbot, widget)
+    assert labels.data.shape == (1, *image.data.shape)
+    np.testing.assert_allclose(labels.scale[-2:], image.scale)
+    np.testing.assert_allclose(labels.translate[-2:], image.translate)
+    assert set(np.unique(labels.data)) <= {0, 1, 2}

@@ -77,7 +77,9 @@ class SegmentWidget(QWidget):
         import_layer_dependencies()
 
         self.image_combo = layer_picker(
-            self.viewer, of_kind(is_ct_layer), tooltip="CT image layer to segment"
+            self.viewer,
+            of_kind(lambda layer: is_ct_layer(layer, slices=True)),
+            tooltip="CT image layer to segment (a 3D volume or a 2D slice)",
         )
         self.arch_combo = QComboBox()
         self.arch_combo.addItems(list(ARCHITECTURES))
