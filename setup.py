@@ -36,6 +36,7 @@ setup(
         "nibabel>=5.0",
         "numpy>=1.24",
         "pydicom>=2.4",
+        "highdicom>=0.23",
         "scipy>=1.10",
         "platformdirs>=3.0",
         "tqdm>=4.60",

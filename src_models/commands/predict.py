@@ -1,5 +1,7 @@
 """``dsms predict INPUT -o OUT.nii.gz``: labels on the input's voxel grid, for batch work.
 
+``-o OUT.dcm`` (or ``--format seg``) writes DICOM-SEG that references the input DICOM series.
+
 Everything that can be checked before the slow part is checked first (output names, device,
 volume, checkpoint), so a typo costs a second, not a segmentation run; nothing is written until
 the segmentation is complete, and files are written under a temporary name and renamed.
@@ -18,17 +20,21 @@ from ..inference.devices import resolve_device
 from ..inference.engine import segment
 from ..inference.precision import PRECISIONS
 from ..io import (
+    FORMATS,
     NIFTI_SUFFIXES,
+    Algorithm,
     VolumeError,
+    check_output,
     read_volume_reporting,
     write_image,
-    write_labels,
+    write_output,
 )
 from ..io.atomic import check_writable_folder
 from ..io.dicom import is_dicom_file
 from ..jobs import run_to_end
 from ..models.store import load_checkpoint
 from ..nets.registry import has_restoration
+from ..version import __version__
 
 #: The model used when ``--model`` is not given: the paper's architecture, bundled.
 DEFAULT_MODEL = "dsmsc_unet"
@@ -37,7 +43,17 @@ DEFAULT_MODEL = "dsmsc_unet"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="CT volume: a .nii / .nii.gz file or a DICOM series folder")
     parser.add_argument(
-        "-o", "--output", required=True, metavar="OUT.nii.gz", help="labels file to write"
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="labels file to write: .nii / .nii.gz (NIfTI) or .dcm (DICOM-SEG, DICOM input only)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="auto",
+        help="labels format (default auto: from the output's ending)",
     )
     parser.add_argument(
         "--model",
@@ -67,8 +83,9 @@ def _check_outputs(input_path: Path, outputs: list[Path]) -> None:
     """Refuse output names that cannot work before any time is spent on the volume."""
     source = input_path.resolve()
     series_folder = source.parent if is_dicom_file(source) else None
-    for output in outputs:
-        if not output.name.lower().endswith(NIFTI_SUFFIXES):
+    for index, output in enumerate(outputs):
+        # The labels' ending is checked by check_output; the reconstruction is NIfTI only.
+        if index and not output.name.lower().endswith(NIFTI_SUFFIXES):
             raise VolumeError(f"{output}: output must be a NIfTI file ending in .nii or .nii.gz")
         if not output.parent.is_dir():
             raise VolumeError(f"{output}: the folder {output.parent} does not exist")
@@ -98,11 +115,13 @@ def run(args: argparse.Namespace) -> int:
         raise VolumeError(f"{input_path}: no such file or folder")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_output(output, format=args.format)
     _check_outputs(input_path, [output] + ([reconstruction_path] if reconstruction_path else []))
     device = resolve_device(args.device)
     volume, warnings = read_volume_reporting(input_path)
     for text in warnings:
         print(f"warning: {text}", file=sys.stderr)
+    check_output(output, volume, args.format)  # DICOM-SEG needs a DICOM series
     model, meta = load_checkpoint(args.model)
     if reconstruction_path is not None and not has_restoration(meta["arch"]):
         raise ValueError(
@@ -125,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
             bar.update(progress[0] - bar.n)
 
         result = run_to_end(generator, show)
-    write_labels(output, result.labels, volume)
+    algorithm = Algorithm.from_checkpoint(meta, __version__)
+    write_output(output, result.labels, volume, args.format, algorithm=algorithm)
     if reconstruction_path is not None:
         try:
             write_image(reconstruction_path, result.reconstruction, volume)

@@ -595,6 +595,9 @@ def read_dicom_series(folder: Path, series_of: Path | None = None) -> Volume:
     affine = LPS_TO_RAS @ lps
     ds = datasets[first.path]
     description = str(ds.get("SeriesDescription", "") or folder.name)
-    return Volume(
-        hu.transpose(2, 1, 0), affine, str(folder), description, _info(ds, frames, step, others)
-    )
+    info = _info(ds, frames, step, others)
+    # Slice k's file, frame and SOP Instance UID, for a DICOM-SEG that references its source.
+    info["slice_files"] = [frame.path.name for frame in frames]
+    info["slice_frames"] = [frame.index for frame in frames]
+    info["sop_instance_uids"] = [str(datasets[f.path].get("SOPInstanceUID", "")) for f in frames]
+    return Volume(hu.transpose(2, 1, 0), affine, str(folder), description, info)

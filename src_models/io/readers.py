@@ -1,4 +1,4 @@
-"""One entry point for every volume a user may hand us: NIfTI files and DICOM series."""
+"""One entry point for every volume a user may hand us: NIfTI files, DICOM series, DICOM-SEG."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .dicom import is_dicom_file, read_dicom_series
 from .nifti import NIFTI_SUFFIXES, read_nifti
+from .seg import is_seg_file, onto_grid, read_seg
 from .volume import Volume, VolumeError, check_same_grid, label_array
 
 
@@ -22,8 +23,9 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
     Parameters
     ----------
     path : str or path-like
-        A ``.nii`` / ``.nii.gz`` file, a folder holding a DICOM series, or one DICOM file of a
-        series (the whole series in its folder is read).
+        A ``.nii`` / ``.nii.gz`` file, a folder holding a DICOM series, one DICOM file of a
+        series (the whole series in its folder is read), or a DICOM-SEG file (labels 0/1/2 on
+        the SEG's frames, see :func:`src_models.io.seg.read_seg`).
 
     Returns
     -------
@@ -44,6 +46,8 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
         raise VolumeError(f"{path}: the file is empty")
     if path.name.lower().endswith(NIFTI_SUFFIXES):
         return read_nifti(path)
+    if is_seg_file(path):
+        return read_seg(path)
     if is_dicom_file(path):
         return read_dicom_series(path.parent, series_of=path)
     raise VolumeError(
@@ -75,8 +79,9 @@ def read_labels(path: str | os.PathLike[str], reference: Volume | None = None) -
     Parameters
     ----------
     path : str or path-like
-        Label NIfTI (or DICOM series). Float files are accepted when every value is an exact
-        integer, since many tools save masks as float.
+        Label NIfTI, DICOM-SEG (placed on ``reference``'s slices) or DICOM series. Float
+        files are accepted when every value is an exact integer, since many tools save masks
+        as float.
     reference : Volume, optional
         The CT the labels belong to: shape and affine must match, otherwise the labels would
         silently land on the wrong voxels.
@@ -88,6 +93,10 @@ def read_labels(path: str | os.PathLike[str], reference: Volume | None = None) -
     """
     volume = read_volume(path)
     volume.array = label_array(volume.array, volume.source)
+    if reference is not None and volume.info.get("format") == "DICOM-SEG":
+        # A SEG holds only the slices with labels: put them on the whole series.
+        grid = onto_grid(volume, reference)
+        volume = Volume(grid, reference.affine, volume.source, volume.description, volume.info)
     if reference is not None:
         check_same_grid(volume, reference, what="label file")
     return volume

@@ -214,4 +214,6 @@ def describe(volume: Volume) -> str:
             "grid:        sheared (gantry tilt); volumes use |det| of the affine, "
             f"{volume.voxel_volume_mm3:.4g} mm³ per voxel"
         )
+    lines += [f"segment:     {segment}" for segment in info.get("segments", [])]
+    lines += [f"references:  series {uid}" for uid in info.get("referenced_series_uids", [])]
     return "\n".join(lines)
