@@ -365,6 +365,7 @@ def test_single_slice_without_thickness_warns_and_assumes_1_mm(tmp_path):
         ("ImagePositionPatient", [1.0, "nan", 2.0]),
         ("ImageOrientationPatient", [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]),
         ("RescaleSlope", 0.0),
+        ("Rows", None),
     ],
 )
 def test_empty_or_malformed_geometry_tags_name_file_and_tag(tmp_path, tag, value):
@@ -380,6 +381,16 @@ def test_empty_or_malformed_geometry_tags_name_file_and_tag(tmp_path, tag, value
     assert message.startswith(str(victim)) and tag in message
     if value is None:
         assert "present but empty" in message
+
+
+def test_empty_image_type_is_not_a_localizer(tmp_path):
+    folder = tmp_path / "s"
+    write_series(folder, n=3)
+    for path in folder.iterdir():
+        ds = dcmread(path)
+        ds.ImageType = None  # Type 2/3 elsewhere: present but empty
+        ds.save_as(path)
+    assert read_volume(folder).shape == (COLS, ROWS, 3)
 
 
 def test_orientations_equal_up_to_rounding_are_the_same(tmp_path):

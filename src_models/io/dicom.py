@@ -78,10 +78,19 @@ def _headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
             continue
         if "Rows" not in ds or "Columns" not in ds:
             continue  # DICOMDIR, structured report, presentation state, ...
-        if "LOCALIZER" in [str(v).upper() for v in ds.get("ImageType", [])]:
+        if "LOCALIZER" in _image_type(ds):
             continue  # scout images share study but never the volume's grid
         found.append((path, ds))
     return found
+
+
+def _image_type(ds: pydicom.Dataset) -> list[str]:
+    """ImageType values in upper case; empty when the tag is absent or empty (Type 2/3)."""
+    value = ds.get("ImageType")
+    if not value:
+        return []
+    values = [value] if isinstance(value, str) else list(value)
+    return [str(v).upper() for v in values]
 
 
 def _choose_series(
@@ -295,9 +304,19 @@ def _frame(path: Path, ds: pydicom.Dataset, index: int | None) -> Frame:
         slope=slope[0] if slope else 1.0,
         intercept=intercept[0] if intercept else 0.0,
         thickness=thickness[0] if thickness and thickness[0] > 0 else None,
-        rows=int(ds.Rows),
-        cols=int(ds.Columns),
+        rows=_size(where, ds, "Rows"),
+        cols=_size(where, ds, "Columns"),
     )
+
+
+def _size(where: str, ds: pydicom.Dataset, keyword: str) -> int:
+    """Rows or Columns as a positive integer; refuse an empty or zero value by name."""
+    value = ds.get(keyword)
+    if value in (None, ""):
+        raise VolumeError(f"{where}: {keyword} is present but empty; the image size is unknown")
+    if int(value) < 1:
+        raise VolumeError(f"{where}: {keyword} is {value}; the image size is unknown")
+    return int(value)
 
 
 def _n_frames(ds: pydicom.Dataset) -> int:
