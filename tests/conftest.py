@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -39,3 +40,16 @@ def nih_dicom() -> Path:
 def nih_slices() -> Path:
     """2D slices with pancreas masks of 39 more patients, one ``.npz`` per patient."""
     return _require(NIH_SLICES)
+
+
+@pytest.fixture
+def slice_with_body() -> np.ndarray:
+    """A (120, 160) int16 HU slice: air, an elliptic body (fat, organ, lung), a table below."""
+    rows, cols = np.mgrid[:120, :160]
+    hu = np.full((120, 160), -1000, dtype=np.int16)
+    body = ((rows - 50) / 35.0) ** 2 + ((cols - 80) / 50.0) ** 2 <= 1  # rows 15..85, cols 30..130
+    hu[body] = -100
+    hu[((rows - 50) / 12.0) ** 2 + ((cols - 70) / 15.0) ** 2 <= 1] = 150
+    hu[((rows - 35) / 8.0) ** 2 + ((cols - 105) / 10.0) ** 2 <= 1] = -850
+    hu[100:106, 10:150] = 50  # the table: a separate, smaller component
+    return hu

@@ -11,10 +11,16 @@ What happens to a volume
    all give the model the same slices, laid out as it was trained on them.
 2. Axial slices are windowed and resampled to the checkpoint's in-plane spacing
    (:mod:`src_models.inference.preprocessing`, the path training uses), in batches.
-3. The logits are resampled back to the slice size and turned into labels 0/1/2; the
+3. The model runs on the body only (:mod:`src_models.inference.body`): per batch, the box
+   around the body of every slice, found in source pixels, mapped to the model grid, widened by
+   :data:`BODY_MARGIN` and aligned to the network's pooling grid. Slices without body are not
+   run. Outside the box the logits are background; the reconstruction there is the model's
+   input itself (the windowed slice at model resolution), so the reconstruction error shows
+   only resampling blur outside the body, and a slice without body reconstructs as itself.
+4. The logits are resampled back to the slice size and turned into labels 0/1/2; the
    restoration decoder's output (DRS models) is resampled the same way. Results go into arrays
    allocated once, so memory grows with the outputs only, never with the work per slice.
-4. The outputs are handed back on the file's own grid with :func:`~src_models.orientation.
+5. The outputs are handed back on the file's own grid with :func:`~src_models.orientation.
    from_canonical`, which is exact (views, no interpolation).
 """
 
@@ -38,6 +44,7 @@ from ..io.orientation import canonical_spacing, from_canonical, to_canonical
 from ..io.volume import voxel_volume_mm3
 from ..io.windows import hu_to_unit
 from ..metrics import volume_ml
+from .body import body_boxes, has_body, model_box
 from .devices import release_memory, resolve_device
 from .precision import autocast_dtype, precision_name
 from .preprocessing import (
@@ -65,6 +72,14 @@ _ACTIVATION_BYTES_PER_PIXEL_CHANNEL = 48
 
 #: Margin kept free for the rest of the program (napari, Python, the torch runtime).
 _MEMORY_RESERVE_BYTES = 512 * 2**20
+
+#: Model pixels of context kept around the body's box (27 mm at 1.7 mm). On the shared CT the
+#: default model's Dice against the manual label was 0.629, 0.632, 0.637 with margins 8, 16, 32
+#: (0.621 on whole slices), while a margin of 32 leaves little of the crop's speed-up.
+BODY_MARGIN = 16
+
+#: Logit given to pixels outside the body's crop: sigmoid 2e-9, background in every channel.
+_OUTSIDE_LOGIT = -20.0
 
 #: Input dtypes copied to an accelerator as they are; anything else goes as float32.
 _DEVICE_INPUT_DTYPES = (np.int16, np.uint8, np.int8, np.int32, np.float16, np.float32)
@@ -342,6 +357,7 @@ class _Runner:
         dtype: torch.dtype | None,
         reconstruct: bool,
         probabilities: bool,
+        crop_to_body: bool,
     ) -> None:
         self.model = model
         self.canonical = canonical
@@ -354,6 +370,8 @@ class _Runner:
         self.wants_reconstruction = reconstruct
         self.wants_probabilities = probabilities
         self.forward_kwargs = {"reconstruct": reconstruct} if _accepts_reconstruct(model) else {}
+        self.crop_to_body = crop_to_body
+        self.multiple = 2 ** int(getattr(model, "depth", 4))
         self.asynchronous = device.type == "cuda"
         # On the CPU the slices go through the training path itself; accelerators receive raw
         # HU and window them there (see window_on_device).
@@ -389,6 +407,7 @@ class _Runner:
         generator's ``yield``, so the caller's thread keeps its own settings.
         """
         x = self._input(start, stop)
+        keep, region = self._crop(start, stop)
         cudnn = (
             torch.backends.cudnn.flags(enabled=True, benchmark=True)
             if self.device.type == "cuda"
@@ -397,10 +416,17 @@ class _Runner:
         autocast = torch.autocast(
             self.device.type, dtype=self.dtype, enabled=self.dtype is not None
         )
-        with cudnn, autocast:
-            out = self.model(x, **self.forward_kwargs)
+        logits = x.new_full((len(x), 2, *x.shape[-2:]), _OUTSIDE_LOGIT)
+        restored = x.clone() if self.wants_reconstruction else None
+        if region is not None:
+            crop = x[keep][(..., *region)].contiguous(memory_format=torch.channels_last)
+            with cudnn, autocast:
+                out = self.model(crop, **self.forward_kwargs)
+            logits[(keep, slice(None), *region)] = out.logits.float()
+            if restored is not None and out.reconstruction is not None:
+                restored[(keep, slice(None), *region)] = out.reconstruction.float()
         shape_hw = self.canonical.shape[1:]
-        logits = to_source_size(out.logits.float(), shape_hw)
+        logits = to_source_size(logits, shape_hw)
         labels = labels_from_logits(logits)
         flat = labels.flatten(1)
         device_results = {
@@ -413,9 +439,8 @@ class _Runner:
                 ]
             ),
         }
-        reconstruction = out.reconstruction if self.wants_reconstruction else None
-        if reconstruction is not None:
-            restored = to_source_size(reconstruction.float(), shape_hw)[:, 0]
+        if restored is not None:
+            restored = to_source_size(restored, shape_hw)[:, 0]
             device_results["reconstruction"] = restored.to(torch.float16)
         if self.wants_probabilities:
             device_results["probabilities"] = (
@@ -427,6 +452,27 @@ class _Runner:
             ready = torch.cuda.Event()
             ready.record()
         return _Pending(start, stop, host, ready)
+
+    def _crop(self, start: int, stop: int) -> tuple[torch.Tensor, tuple[slice, slice] | None]:
+        """Which slices of ``start:stop`` the model runs on, and the crop of the model grid.
+
+        With ``crop_to_body``: the slices that hold a body and the box around all their bodies
+        (:mod:`src_models.inference.body`), or ``None`` when no slice holds one. Otherwise every
+        slice and the whole grid.
+        """
+        everything = (slice(0, self.model_hw[0]), slice(0, self.model_hw[1]))
+        if not self.crop_to_body:
+            return torch.arange(stop - start, device=self.device), everything
+        boxes = body_boxes(self.canonical[start:stop], self.spacing_yx)
+        keep = torch.from_numpy(np.flatnonzero(has_body(boxes))).to(self.device)
+        region = model_box(
+            boxes,
+            self.canonical.shape[1:],
+            self.model_hw,
+            margin=BODY_MARGIN,
+            multiple=self.multiple,
+        )
+        return keep, region
 
     def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
         if not self.asynchronous:
@@ -464,6 +510,7 @@ def segment(
     reconstruct: bool = True,
     probabilities: bool = False,
     precision: str = "auto",
+    crop_to_body: bool = True,
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment pancreas and tumour slice by slice, yielding progress, returning the result.
 
@@ -496,6 +543,9 @@ def segment(
     precision
         One of :data:`~src_models.inference.precision.PRECISIONS`; ``"auto"`` follows the
         policy of :mod:`src_models.inference.precision`.
+    crop_to_body
+        Run the model only on the body's box of each batch and skip slices without body (see
+        the module notes); ``False`` runs it on whole slices.
 
     Yields
     ------
@@ -549,6 +599,7 @@ def segment(
         dtype,
         wants_reconstruction,
         probabilities,
+        crop_to_body,
     )
     yield 0, total
     # On CUDA two batches are in flight: the host prepares and collects one while the GPU
