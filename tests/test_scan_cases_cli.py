@@ -6,6 +6,7 @@ the warning and error lines, the files written or not written.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -148,3 +149,29 @@ def test_a_single_slice_is_segmented(tmp_path, tiny_model, capsys, kind):
     assert labels.shape == (columns, rows, 1)
     assert set(np.unique(np.asarray(labels.dataobj))) <= {0, 1, 2}
     assert "/1 slices with foreground" in lines[-1]
+
+
+def test_evaluate_volumes_on_a_tilted_case_use_the_determinant(tmp_path, tiny_model, capsys):
+    """Reference volumes in the evaluate JSON: count x |det| of the affine, not x column norms."""
+    data = tmp_path / "cases"
+    data.mkdir()
+    tilted = AFFINE.copy()
+    tilted[1, 2] = 2.5 * np.tan(np.deg2rad(20.0))
+    labels = np.zeros((16, 12, 4), np.uint8)
+    labels[4:10, 3:8, 1:3] = 1
+    nifti(data / "a.nii.gz", ct_data(), tilted, qform=0)  # as written by write_labels
+    nifti(data / "a_label.nii.gz", labels, tilted, qform=0)
+    table = tmp_path / "table.md"
+    argv = ["evaluate", "--data", str(data), "--models", str(tiny_model), "--out", str(table)]
+    assert main([*argv, "--device", "cpu"]) == 0
+    capsys.readouterr()
+    found = []
+
+    def collect(node):
+        if isinstance(node, dict):
+            found.extend(v for k, v in node.items() if k == "reference_ml" and v)
+            for value in node.values():
+                collect(value)
+
+    collect(json.loads(table.with_suffix(".json").read_text()))
+    assert found and all(v == pytest.approx(60 * 0.8 * 0.8 * 2.5 / 1000) for v in found)

@@ -68,8 +68,12 @@ class _CanonicalVolume:
 
 def predict_case(
     case: Case, model: Any, meta: dict[str, Any], device: str = "auto"
-) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """(prediction, reference, spacing) of one labelled case, in the canonical layout."""
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """(prediction, reference, voxel volume in mm³) of one labelled case, canonical layout.
+
+    The voxel volume is ``|det|`` of the file's affine (exact on tilted gantries), else the
+    product of the spacing used.
+    """
     from ..inference.engine import segment
     from ..jobs import run_to_end
 
@@ -79,7 +83,8 @@ def predict_case(
     spacing = arrays.spacing or (1.0, FALLBACK_SPACING_MM, FALLBACK_SPACING_MM)
     volume = _CanonicalVolume(arrays.image_hu, spacing)
     result = run_to_end(segment(volume, model, meta, device=device, reconstruct=False))
-    return result.canonical_labels, arrays.labels, spacing
+    voxel_mm3 = arrays.voxel_mm3 or float(np.prod(spacing))
+    return result.canonical_labels, arrays.labels, voxel_mm3
 
 
 def evaluate(
@@ -110,8 +115,8 @@ def evaluate(
     bar = tqdm(total=len(cases) * len(models), disable=not progress, file=sys.stderr, unit="case")
     for case in cases:
         for name, (model, meta) in zip(names, loaded, strict=True):
-            prediction, reference, spacing = predict_case(case, model, meta, device)
-            scores[name][case.case_id] = case_metrics(prediction, reference, spacing)
+            prediction, reference, voxel_mm3 = predict_case(case, model, meta, device)
+            scores[name][case.case_id] = case_metrics(prediction, reference, voxel_mm3)
             bar.update()
     bar.close()
     summary = {}

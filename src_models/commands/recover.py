@@ -21,7 +21,7 @@ from ..autosave import (
 )
 from ..corrections import sidecar, write_sidecar
 from ..io import Volume, VolumeError, read_volume, write_labels
-from ..io.orientation import canonical_spacing, from_canonical, to_canonical
+from ..io.orientation import from_canonical, to_canonical
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +65,7 @@ def _recover(volume: Volume, entry: JournalEntry, output: Path) -> None:
             affine=volume.affine,
             source_shape=volume.shape,
             labels=labels,
-            spacing=canonical_spacing(volume.affine),
+            spacing=volume.voxel_volume_mm3,  # |det|: exact on tilted gantries
             model=entry.record.get("model"),
             edited=entry.edited,
             reviewed=entry.reviewed,

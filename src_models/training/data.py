@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..inference.preprocessing import model_size, resample_labels, to_model_input
 from ..io.atomic import write_text_atomic
 from ..io.orientation import canonical_spacing, to_canonical
+from ..io.volume import voxel_volume_mm3
 
 #: Fractions of patients for training, validation and test (the paper's 70 / 10 / 20).
 SPLIT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)
@@ -97,11 +98,15 @@ class CaseArrays:
         (N, H, W) uint8 label values 0/1/2, or ``None``.
     spacing
         (slice, row, column) spacing in mm, ``None`` where unknown (slice sets).
+    voxel_mm3
+        One voxel's volume in mm³, ``|det|`` of the file's affine (smaller than the product of
+        ``spacing`` on a sheared grid), ``None`` where unknown.
     """
 
     image_hu: np.ndarray
     labels: np.ndarray | None
     spacing: tuple[float, float, float] | None
+    voxel_mm3: float | None = None
 
     @property
     def spacing_yx(self) -> tuple[float, float] | None:
@@ -256,6 +261,7 @@ def _canonical_arrays(
         if canonical_labels is None
         else np.ascontiguousarray(canonical_labels, dtype=np.uint8),
         canonical_spacing(affine),
+        voxel_volume_mm3(affine),
     )
 
 
