@@ -1,5 +1,8 @@
 """npe2 reader: NIfTI files and DICOM series folders open as CT images or pancreas labels.
 
+A DICOM-SEG file (from PACS, 3D Slicer, TotalSegmentator or ``dsms predict -o labels.dcm``)
+opens as a Labels layer, 0/1/2 by its segment codes, at the world position of its frames.
+
 napari asks every plugin whether it can read a path, so :func:`napari_get_reader` decides from
 the name and a few bytes only, and answers ``None`` for anything it does not claim. Once it has
 claimed a path, a failure raises :class:`~src_models.io.VolumeError` with a message naming
@@ -70,7 +73,7 @@ def looks_like_labels(volume: Volume) -> bool:
 
 
 def read_ct(path: str | list[str]) -> list[LayerDataTuple]:
-    """Read a CT (abdomen window) or a label file (fixed colours) as napari layer data.
+    """Read a CT (abdomen window), a label file or a DICOM-SEG (fixed colours) as layer data.
 
     The reader's warnings (unknown orientation, several series in a folder, a single slice
     without thickness) become napari notifications; a 2D image opens as one slice.
@@ -79,6 +82,8 @@ def read_ct(path: str | list[str]) -> list[LayerDataTuple]:
     volume, warnings = read_volume_reporting(target)
     for text in warnings:
         show_warning(text)
+    if volume.info.get("format") == "DICOM-SEG":
+        return [labels_layer_data(volume, volume, name=volume.description)]
     if looks_like_labels(volume):
         volume.array = label_array(volume.array, volume.source)
         name = Path(volume.source).name

@@ -1,8 +1,11 @@
-"""npe2 writer: a Labels layer -> uint8 NIfTI on the CT's own voxel grid, with the CT's affine.
+"""npe2 writer: a Labels layer -> NIfTI or DICOM-SEG on the CT's own voxel grid.
 
 The layer holds canonical data; its metadata (set by the reader, the sample and
-:func:`napari_dsms._layers.new_labels_like`) records the CT's affine and native shape, which
-:func:`src_models.io.write_labels` needs to put every voxel back where the CT has it.
+:func:`napari_dsms._layers.new_labels_like`) records the CT's affine and native shape, which the
+writers need to put every voxel back where the CT has it. ``.nii`` / ``.nii.gz`` give NIfTI with
+the CT's affine; ``.dcm`` gives a DICOM-SEG that references the CT's DICOM series
+(:func:`src_models.io.write_output` chooses). The review dock's export calls
+:func:`export_labels` too, so both name the model and mark corrections the same way.
 """
 
 from __future__ import annotations
@@ -10,27 +13,91 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from src_models import autosave
-from src_models.io import NIFTI_SUFFIXES, write_labels
+import numpy as np
 
-from ._layers import AUTOSAVE_KEY, canonical_to_volume
+from src_models import autosave
+from src_models.io import NIFTI_SUFFIXES, Algorithm, write_output
+from src_models.version import __version__
+
+from ._layers import AUTOSAVE_KEY, MODEL, PREDICTION, canonical_to_volume
+
+
+def provenance(data: Any, metadata: dict[str, Any]) -> tuple[Algorithm | None, bool]:
+    """The model that made a labels layer and whether a person changed its labels since.
+
+    Returns
+    -------
+    algorithm : Algorithm or None
+        From ``metadata[MODEL]`` (set by the Segment dock); ``None`` for labels drawn by hand
+        or read from a file. A model whose checkpoint file is not known or was moved away
+        keeps its name and architecture with the digest ``"unavailable"``.
+    corrected : bool
+        ``data`` differs from the unedited prediction ``metadata[PREDICTION]``.
+    """
+    model = metadata.get(MODEL)
+    if not model or "arch" not in model:
+        return None, False
+    try:
+        algorithm = Algorithm.from_checkpoint(
+            {"path": model["checkpoint"], "arch": model["arch"]}, __version__
+        )
+    except (KeyError, OSError):
+        name = model.get("name") or model["arch"]
+        algorithm = Algorithm(name, model["arch"], __version__, "unavailable")
+    prediction = metadata.get(PREDICTION)
+    corrected = prediction is not None and not np.array_equal(np.asarray(data), prediction)
+    return algorithm, corrected
+
+
+def export_labels(
+    path: str | Path,
+    data: Any,
+    metadata: dict[str, Any],
+    name: str = "labels",
+    format: str = "auto",
+) -> Path:
+    """Write a labels layer's data (canonical) on its CT's grid as NIfTI or DICOM-SEG.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file; ``.nii`` / ``.nii.gz`` -> NIfTI, ``.dcm`` -> DICOM-SEG (``format="auto"``).
+    data : array-like
+        The layer's canonical uint8 data.
+    metadata : dict
+        ``layer.metadata``: the CT's geometry, and for model labels ``MODEL`` / ``PREDICTION``,
+        which give the SEG's algorithm and AUTOMATIC / SEMIAUTOMATIC segment type.
+    name : str
+        Layer name for error messages.
+    format : str
+        ``"auto"``, ``"nifti"`` or ``"seg"``.
+
+    Raises
+    ------
+    VolumeError
+        No CT geometry, data that no longer fits it, values other than 0, 1, 2, the CT's own
+        file or folder as the target, or DICOM-SEG for a CT that is not a DICOM series.
+    """
+    # The returned volume carries the CT's affine, shape, source and info: the reference.
+    volume = canonical_to_volume(data, metadata, name)
+    algorithm, corrected = provenance(data, metadata)
+    written = write_output(
+        path, volume.array, volume, format, algorithm=algorithm, corrected=corrected
+    )
+    journaled = metadata.get(AUTOSAVE_KEY)
+    if journaled:  # the export now holds the work: its autosave journal is no longer needed
+        autosave.prune(journaled["digest"], journaled["session"])
+    return written
 
 
 def write_labels_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
-    """Write one Labels layer as NIfTI; ``.nii.gz`` is added when the name has no extension.
+    """napari's Save for one Labels layer; ``.nii.gz`` is added when the name has no extension.
 
-    Refuses (``VolumeError``, shown by napari) layers without CT geometry, data that no longer
-    fits it, values other than 0, 1, 2, and the CT's own file as the target. After a successful
-    write the layer's autosave journal (:mod:`napari_dsms._autosave`) is removed.
+    Refuses (``VolumeError``, shown by napari) what :func:`export_labels` refuses. After a
+    successful write the layer's autosave journal (:mod:`napari_dsms._autosave`) is removed.
     """
     target = Path(path)
     if not target.name.lower().endswith(NIFTI_SUFFIXES) and not target.suffix:
         target = target.with_name(target.name + ".nii.gz")
-    # The returned volume carries the CT's affine, shape, source and form codes: the reference.
     metadata = meta.get("metadata") or {}
-    volume = canonical_to_volume(data, metadata, meta.get("name", "labels"))
-    written = write_labels(target, volume.array, volume)
-    journaled = metadata.get(AUTOSAVE_KEY)
-    if journaled:  # the export now holds the work: its autosave journal is no longer needed
-        autosave.prune(journaled["digest"], journaled["session"])
-    return [str(written)]
+    return [str(export_labels(target, data, metadata, meta.get("name", "labels")))]
