@@ -215,16 +215,32 @@ def test_signed_and_unsigned_slices_in_one_series(tmp_path):
     assert pancreas_ml == pytest.approx(4 * 6 * 8 * 0.7 * 0.9 * 2.5 / 1000)
 
 
-def test_slices_whose_hu_need_more_than_int16(tmp_path):
-    """An unsigned slice with values above int16 next to a signed one: int32, all exact."""
+@pytest.mark.parametrize("high_first", [True, False])
+def test_slices_whose_hu_need_more_than_int16(tmp_path, high_first):
+    """An unsigned slice with values above int16 next to signed ones: int32, all exact,
+    whether the wide slice comes first or the stack has to widen on the way."""
     folder = tmp_path / "s"
     folder.mkdir()
     high = np.full((ROWS, COLS), 40000, dtype=np.int64)  # e.g. a metal implant scale
-    write_slice(folder / "a.dcm", high, (0, 0, 0), unsigned=True)
-    write_slice(folder / "b.dcm", np.full((ROWS, COLS), -1000), (0, 0, 2.5))
+    z_high, z_low = (0.0, 2.5) if high_first else (5.0, 2.5)
+    write_slice(folder / "a.dcm", high, (0, 0, z_high), unsigned=True)
+    write_slice(folder / "b.dcm", np.full((ROWS, COLS), -1000), (0, 0, z_low))
+    write_slice(folder / "c.dcm", np.full((ROWS, COLS), -900), (0, 0, 5.0 - z_high))
     volume = read_volume(folder)
     assert volume.array.dtype == np.int32
-    assert volume.array[..., 0].min() == 40000 and volume.array[..., 1].max() == -1000
+    k_high = 0 if high_first else 2
+    assert volume.array[..., k_high].min() == 40000
+    assert volume.array[..., 1].max() == -1000
+
+
+def test_one_fractional_slice_widens_the_stack_to_float(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    write_slice(folder / "a.dcm", np.full((ROWS, COLS), -1000), (0, 0, 0))
+    write_slice(folder / "b.dcm", np.full((ROWS, COLS), 81), (0, 0, 2.5), slope=0.5)
+    volume = read_volume(folder)
+    assert volume.array.dtype == np.float32
+    assert volume.array[..., 0].max() == -1000 and volume.array[..., 1].min() == 40.5
 
 
 def test_gantry_tilt_series_volumes_and_labels(tmp_path):

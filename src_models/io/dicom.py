@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -485,15 +485,14 @@ def _check_decoder(path: Path, ds: pydicom.Dataset) -> None:
         )
 
 
-def _pixels(frames: list[Frame]) -> list[np.ndarray]:
-    """HU of every frame, each rescaled with its own slope and intercept, in ``frames`` order.
+def _frames_hu(frames: list[Frame]) -> Iterator[tuple[int, np.ndarray]]:
+    """``(k, HU of frames[k])``, each frame rescaled with its own slope and intercept.
 
-    Each file is decoded once (an enhanced file holds all frames); only headers are kept.
+    Each file is decoded once (an enhanced file holds all frames), in file order.
     """
     wanted: dict[Path, list[int]] = defaultdict(list)
     for k, frame in enumerate(frames):
         wanted[frame.path].append(k)
-    slices: list[np.ndarray | None] = [None] * len(frames)
     for path, positions in wanted.items():
         pixels = _decode(path)
         if pixels.ndim == 2:
@@ -506,34 +505,39 @@ def _pixels(frames: list[Frame]) -> list[np.ndarray]:
                     f"{frame.where}: pixel data of shape {raw.shape} but Rows x Columns "
                     f"{frame.rows} x {frame.cols}"
                 )
-            slices[k] = rescale_to_hu(raw, frame.slope, frame.intercept)
-        del pixels
-    return slices  # type: ignore[return-value]
+            yield k, rescale_to_hu(raw, frame.slope, frame.intercept)
 
 
-def _stack_hu(slices: list[np.ndarray]) -> np.ndarray:
-    """Stack per-slice HU arrays in one dtype that holds every slice's values.
+def _holding(hu: np.ndarray) -> np.dtype:
+    """The smallest of int16, int32, int64 that holds integer ``hu``; float32 for fractions."""
+    if np.issubdtype(hu.dtype, np.floating):
+        return np.dtype(np.float32)
+    lo, hi = int(hu.min()), int(hu.max())
+    for dtype in (np.int16, np.int32):
+        if np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
 
-    Each slice was rescaled on its own (its own stored type, slope and intercept), so a series
+
+def _stack_hu(frames: list[Frame]) -> np.ndarray:
+    """HU of all frames, stacked (slice, row, column) in one type that holds every frame.
+
+    Each frame is rescaled on its own (its own stored type, slope and intercept), so a series
     mixing unsigned and signed slices (raw = HU + 1024 with intercept -1024 next to raw = HU)
-    is right slice by slice; the stack must not squeeze them back into the first slice's type.
-    int16 when every value fits (the usual CT case), else the smallest integer type holding all
-    slices, float32 when any slice is fractional. The list is emptied while stacking, so the
-    peak memory is about one copy of the volume.
+    is right slice by slice, and the stack never squeezes them into the first slice's type:
+    int16 when every value fits (the usual CT case, decoded straight into the stack), widened
+    to int32 or float32 (one copy) as soon as a frame needs it.
     """
-    if any(np.issubdtype(s.dtype, np.floating) for s in slices):
-        dtype = np.dtype(np.float32)
-    else:
-        lo = min(int(s.min()) for s in slices)
-        hi = max(int(s.max()) for s in slices)
-        info16 = np.iinfo(np.int16)
-        dtype = np.dtype(np.int16) if info16.min <= lo and hi <= info16.max else np.int32
-        if not (np.iinfo(dtype).min <= lo and hi <= np.iinfo(dtype).max):
-            dtype = np.dtype(np.int64)
-    stack = np.empty((len(slices), *slices[0].shape), dtype=dtype)
-    for k in range(len(slices)):
-        stack[k] = slices[k]
-        slices[k] = None  # type: ignore[call-overload]
+    stack: np.ndarray | None = None
+    for k, hu in _frames_hu(frames):
+        needed = _holding(hu)
+        if stack is None:
+            stack = np.empty((len(frames), *hu.shape), dtype=needed)
+        elif needed != stack.dtype:
+            wider = np.result_type(stack.dtype, needed)
+            stack = stack.astype(np.float32 if wider.kind == "f" else wider)
+        stack[k] = hu
+    assert stack is not None  # frames is never empty
     return stack
 
 
@@ -604,7 +608,7 @@ def read_dicom_series(folder: Path, series_of: Path | None = None) -> Volume:
     frames, step = _geometry(folder, _frames(group))
     datasets = dict(group)
     _check_decoder(frames[0].path, datasets[frames[0].path])
-    hu = _stack_hu(_pixels(frames))
+    hu = _stack_hu(frames)
     first = frames[0]
     lps = np.eye(4)
     lps[:3, 0] = first.row * first.spacing[1]  # index i walks along a row: next column
