@@ -355,3 +355,20 @@ def test_predict_cli_real_series_seg_matches_nifti(nih_dicom, tmp_path, capsys):
     assert algorithm.AlgorithmName == "tiny_unet"
     assert main(["info", str(seg_path)]) == 0
     assert "DICOM-SEG" in capsys.readouterr().out
+
+
+def test_labels_on_one_slice_and_a_seg_of_another_series(tmp_path):
+    write_ct_series(tmp_path / "ct", orientation=ROWS_TO_FEET)
+    ct = read_volume(tmp_path / "ct")
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[3:6, 2:4, 5] = 2
+    out = write_seg(tmp_path / "one.dcm", labels, ct, ALGORITHM)
+    own = read_volume(out)
+    assert own.shape == (COLS, ROWS, 1)
+    np.testing.assert_allclose(
+        world_of(own.affine, own.array == 2), world_of(ct.affine, labels == 2)
+    )
+    np.testing.assert_array_equal(read_labels(out, ct).array, labels)
+    write_ct_series(tmp_path / "other", orientation=AXIAL, step=2.0)
+    with pytest.raises(VolumeError, match="do not lie on the voxel grid"):
+        read_labels(out, reference=read_volume(tmp_path / "other"))
