@@ -322,7 +322,9 @@ def write_seg(
         source_number = 0
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_PERSON_NAME_WARNING)
-        logging.getLogger("highdicom").disabled = True  # "empty image" notes for an empty mask
+        logger = logging.getLogger("highdicom")  # parent of highdicom.image, which warns
+        level = logger.level  # "Encoding an empty image ..." for labels without structures
+        logger.setLevel(logging.ERROR)
         try:
             seg = hd.seg.Segmentation(
                 source_images=headers,
@@ -345,7 +347,7 @@ def write_seg(
         except (ValueError, TypeError, AttributeError) as exc:
             raise VolumeError(f"{path}: the DICOM-SEG cannot be built ({exc})") from exc
         finally:
-            logging.getLogger("highdicom").disabled = False
+            logger.setLevel(level)
     # Pixel Measures need a Slice Thickness; highdicom copies the source's, which CT may leave
     # empty (type 2). The slice step is then the thickness each frame stands for.
     measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
