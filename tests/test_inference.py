@@ -114,6 +114,10 @@ def test_a_single_slice_is_segmented():
     assert result.labels.shape == (24, 20, 1)
     np.testing.assert_array_equal(result.labels, _expected_labels(volume.array))
     assert result.stats.total_slices == 1
+    flat = Volume(volume.array[..., 0], volume.affine)  # a 2D array from the Python API
+    assert flat.shape == (24, 20, 1)
+    again = run_to_end(segment(flat, Threshold(), NATIVE, device="cpu"))
+    np.testing.assert_array_equal(again.labels, result.labels)
 
 
 def _reoriented(volume: Volume, ornt: np.ndarray) -> Volume:

@@ -36,8 +36,10 @@ class Volume:
     Attributes
     ----------
     array : numpy.ndarray
-        3D voxel array. For CT the values are Hounsfield units in the file's native dtype
-        (int16 for most scanners); DICOM series use index order (column, row, slice).
+        3D voxel array (a 2D one becomes a volume of one slice, shape (X, Y, 1), the affine's
+        third column giving the slice axis). For CT the values are Hounsfield units in the
+        file's native dtype (int16 for most scanners); DICOM series use index order (column,
+        row, slice).
     affine : numpy.ndarray
         4 x 4 float64 matrix mapping ``array`` indices to RAS millimetres, as nibabel's
         ``img.affine``.
@@ -60,6 +62,8 @@ class Volume:
         self.affine = np.asarray(self.affine, dtype=np.float64)
         if self.affine.shape != (4, 4):
             raise VolumeError(f"{self.source or 'volume'}: affine must be 4 x 4")
+        if np.ndim(self.array) == 2:  # one slice: the models are 2D and segment it like a volume
+            self.array = np.asarray(self.array)[..., None]
 
     @property
     def shape(self) -> tuple[int, ...]:
