@@ -286,6 +286,12 @@ def test_seg_from_another_tool_opens_by_segment_codes(tmp_path):
         )
     with pytest.warns(UserWarning, match="Liver"):
         np.testing.assert_array_equal(read_labels(tmp_path / "other.dcm", ct).array, truth)
+    # beside its series (as PACS exports put it), the SEG (21 frames > 7 slices) is not the CT
+    (tmp_path / "other.dcm").rename(tmp_path / "ct" / "other.dcm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = read_volume(tmp_path / "ct")
+    np.testing.assert_array_equal(again.array, ct.array)
 
 
 def test_refusals(tmp_path):

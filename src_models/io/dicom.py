@@ -33,6 +33,11 @@ from .volume import Volume, VolumeError, rescale_to_hu
 
 DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or python-gdcm)"
 
+#: Segmentation and Label Map Segmentation Storage (DICOM PS3.4 B.5): labels, never CT.
+SEGMENTATION_SOP_CLASSES = frozenset(
+    {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7"}
+)
+
 #: LPS (DICOM) -> RAS (NIfTI / nibabel) for points and direction vectors.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -80,6 +85,8 @@ def _headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
             continue  # DICOMDIR, structured report, presentation state, ...
         if "LOCALIZER" in _image_type(ds):
             continue  # scout images share study but never the volume's grid
+        if str(ds.get("SOPClassUID", "")) in SEGMENTATION_SOP_CLASSES:
+            continue  # a DICOM-SEG beside its series holds labels, not CT (src_models.io.seg)
         found.append((path, ds))
     return found
 

@@ -57,7 +57,7 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 from .atomic import atomic_path
-from .dicom import LPS_TO_RAS, is_dicom_file
+from .dicom import LPS_TO_RAS, SEGMENTATION_SOP_CLASSES, is_dicom_file
 from .volume import Volume, VolumeError, check_same_grid, label_array
 
 #: File endings that choose DICOM-SEG output.
@@ -367,7 +367,7 @@ def is_seg_file(path: str | os.PathLike[str]) -> bool:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
     except Exception:  # a damaged header is the series reader's to report
         return False
-    return str(ds.get("SOPClassUID", "")) in hd.seg.SOP_CLASS_UIDS
+    return str(ds.get("SOPClassUID", "")) in SEGMENTATION_SOP_CLASSES
 
 
 def _label_of(item: pydicom.Dataset) -> int:
