@@ -4,8 +4,9 @@ The layer holds canonical data; its metadata (set by the reader, the sample and
 :func:`napari_dsms._layers.new_labels_like`) records the CT's affine and native shape, which the
 writers need to put every voxel back where the CT has it. ``.nii`` / ``.nii.gz`` give NIfTI with
 the CT's affine; ``.dcm`` gives a DICOM-SEG that references the CT's DICOM series
-(:func:`src_models.io.write_output` chooses). The review dock's export calls
-:func:`export_labels` too, so both name the model and mark corrections the same way.
+(:func:`src_models.io.write_output` chooses). :func:`export_labels` is meant for every labels
+export from napari (Save here, the review dock's export), so all of them name the model and
+mark corrections the same way.
 """
 
 from __future__ import annotations
