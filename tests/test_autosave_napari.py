@@ -194,7 +194,7 @@ def test_a_full_disk_warns_once_and_leaves_the_labels_alone(
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(np, "savez_compressed", disk_full)
+    monkeypatch.setattr(np.lib.format, "write_array", disk_full)
     labels.paint((4, 5, 5), 2)
     before = labels.data.copy()
     qtbot.waitUntil(lambda: any("No space" in n.message for n in messages), timeout=TIMEOUT_MS)
