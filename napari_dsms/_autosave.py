@@ -37,7 +37,18 @@ from qtpy.QtCore import QTimer
 from src_models import autosave as journal
 from src_models.corrections import edited_slices, foreground_slices
 
-from ._layers import AUTOSAVE_KEY, is_ct_layer, labels_layer_data
+from ._layers import (
+    AFFINE,
+    AUTOSAVE_KEY,
+    DESCRIPTION,
+    MODEL,
+    PREDICTION,
+    REVIEWED,
+    SHAPE,
+    SOURCE,
+    is_ct_layer,
+    labels_layer_data,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -65,14 +76,15 @@ def attach(viewer: napari.viewer.Viewer) -> Autosave:
 
 def _geometry_key(metadata: dict[str, Any]) -> tuple[str, tuple[int, ...], bytes] | None:
     """What ties a labels layer to its CT layer: source, file shape and affine."""
-    if "affine" not in metadata or "shape" not in metadata:
+    if AFFINE not in metadata or SHAPE not in metadata:
         return None
-    affine = np.round(np.asarray(metadata["affine"], dtype=np.float64), 3) + 0.0
-    shape = tuple(int(n) for n in metadata["shape"])
-    return str(metadata.get("source", "")), shape, affine.tobytes()
+    affine = np.round(np.asarray(metadata[AFFINE], dtype=np.float64), 3) + 0.0
+    shape = tuple(int(n) for n in metadata[SHAPE])
+    return str(metadata.get(SOURCE, "")), shape, affine.tobytes()
 
 
 def _is_ct(layer: Layer) -> bool:
+    """A CT image layer with its file geometry: the only kind a journal can be keyed by."""
     return is_ct_layer(layer) and _geometry_key(layer.metadata) is not None
 
 
@@ -107,12 +119,15 @@ def _journal_job(
     saved_hash: str,
     kwargs: dict[str, Any],
 ) -> tuple[journal.JournalEntry | None, str]:
-    """Worker-thread part of a save: skip unchanged labels, find edited slices, write.
+    """Worker-thread part of a save: skip an unchanged state, find edited slices, write.
 
-    Labels equal to the model's prediction hold no work: the session's journal is removed
-    instead, so nobody is offered to "restore" an unedited prediction.
+    The state is the labels and the reviewed slices. Labels equal to the model's prediction hold
+    no work: the session's journal is removed instead, so nobody is offered to "restore" an
+    unedited prediction.
     """
-    digest = hashlib.blake2b(labels.data, digest_size=16).hexdigest()
+    state = hashlib.blake2b(labels.data, digest_size=16)
+    state.update(repr(kwargs["reviewed"]).encode())
+    digest = state.hexdigest()
     if digest == saved_hash:
         return None, digest
     fits = prediction is not None and np.shape(prediction) == labels.shape
@@ -193,7 +208,7 @@ class Autosave:
         if key in self._hashing:
             return
         self._hashing.add(key)
-        affine = np.asarray(image.metadata["affine"], dtype=np.float64)
+        affine = np.asarray(image.metadata[AFFINE], dtype=np.float64)
 
         def done(digest: str) -> None:
             self._digests[key] = digest
@@ -231,6 +246,13 @@ class Autosave:
 
     # ------------------------------------------------------------------ saving
 
+    def schedule(self, layer: Labels) -> None:
+        """Journal ``layer`` after the usual quiet time: for changes no layer event announces,
+        such as a slice marked reviewed. Layers not bound to a CT are ignored."""
+        tracked = self._tracked.get(id(layer))
+        if tracked is not None:
+            tracked.timer.start(self.delay_ms)
+
     def flush(self) -> None:
         """Save every labels layer with a pending save now (for example before closing)."""
         for tracked in list(self._tracked.values()):
@@ -261,18 +283,18 @@ class Autosave:
                 self._fail(tracked, "its CT is not open in the viewer, so it cannot be keyed")
             return
         labels = np.array(layer.data, dtype=np.uint8, copy=True)  # the only GUI-thread cost
-        prediction = layer.metadata.get("prediction")
+        prediction = layer.metadata.get(PREDICTION)
         layer.metadata[AUTOSAVE_KEY] = {"digest": digest, "session": tracked.session}
         kwargs = {
             "digest": digest,
             "session": tracked.session,
-            "affine": np.asarray(layer.metadata["affine"], dtype=np.float64),
-            "shape": tuple(int(n) for n in layer.metadata["shape"]),
-            "source": str(layer.metadata.get("source", "")),
-            "description": str(layer.metadata.get("description", "")),
+            "affine": np.asarray(layer.metadata[AFFINE], dtype=np.float64),
+            "shape": tuple(int(n) for n in layer.metadata[SHAPE]),
+            "source": str(layer.metadata.get(SOURCE, "")),
+            "description": str(layer.metadata.get(DESCRIPTION, "")),
             "layer": layer.name,
-            "reviewed": [int(s) for s in layer.metadata.get("reviewed", ())],
-            "model": layer.metadata.get("model"),
+            "reviewed": sorted(int(s) for s in layer.metadata.get(REVIEWED, ())),
+            "model": layer.metadata.get(MODEL),
             "effort": tracked.effort(),
         }
         tracked.busy = True
@@ -379,11 +401,11 @@ class Autosave:
         if kwargs["name"] in viewer.layers:
             kwargs["name"] = f"{kwargs['name']} (restored)"
         kwargs["metadata"][AUTOSAVE_KEY] = {"digest": digest, "session": entry.session}
-        kwargs["metadata"]["reviewed"] = entry.reviewed
+        kwargs["metadata"][REVIEWED] = entry.reviewed
         if prediction is not None:
-            kwargs["metadata"]["prediction"] = prediction
+            kwargs["metadata"][PREDICTION] = prediction
         if entry.record.get("model"):
-            kwargs["metadata"]["model"] = entry.record["model"]
+            kwargs["metadata"][MODEL] = entry.record["model"]
         layer = viewer.add_labels(data, **kwargs)
         show_info(f"Restored {layer.name}: {len(entry.edited)} edited slices")
         return layer

@@ -57,6 +57,9 @@ PREDICTION = "prediction"
 MODEL = "model"
 #: On a labels layer: sorted canonical slices the user marked as reviewed.
 REVIEWED = "reviewed"
+#: On a journaled labels layer: ``{"digest": CT digest, "session": id}`` of its autosave journal
+#: (:mod:`napari_dsms._autosave`); exports remove that journal once the file is written.
+AUTOSAVE_KEY = "autosave"
 
 #: ``layer.metadata`` keys describing the file grid, written here and read by the writer.
 METADATA_KEYS = (AFFINE, SOURCE, SHAPE, DESCRIPTION, VOLUME_INFO)
@@ -85,11 +88,6 @@ def is_ct_layer(layer: Any, slices: bool = False) -> bool:
         and not layer.rgb
         and layer.metadata.get(ROLE) not in DERIVED_ROLES
     )
-
-
-#: ``layer.metadata`` key of a journaled labels layer: ``{"digest": CT digest, "session": id}``
-#: (:mod:`napari_dsms._autosave`); the writer removes that journal after a successful export.
-AUTOSAVE_KEY = "autosave"
 
 
 def label_colormap() -> DirectLabelColormap:

@@ -85,9 +85,7 @@ def export_labels(
     written = write_output(
         path, volume.array, volume, format, algorithm=algorithm, corrected=corrected
     )
-    journaled = metadata.get(AUTOSAVE_KEY)
-    if journaled:  # the export now holds the work: its autosave journal is no longer needed
-        autosave.prune(journaled["digest"], journaled["session"])
+    autosave.discard(metadata.get(AUTOSAVE_KEY))  # the export now holds the work
     return written
 
 

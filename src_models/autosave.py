@@ -402,3 +402,15 @@ def prune(
         except OSError:
             pass
     return removed
+
+
+def discard(stamp: Mapping[str, str] | None) -> int:
+    """Remove the journal of an exported session; ``stamp`` is ``{"digest": ..., "session": ...}``.
+
+    napari-dsms keeps the stamp in the labels layer's metadata; once the labels are safely in an
+    exported file the journal has done its job. ``None`` (a layer never journaled) removes
+    nothing. Returns the number of files removed.
+    """
+    if not stamp:
+        return 0
+    return prune(stamp["digest"], stamp["session"])

@@ -12,6 +12,12 @@ NIH_0001 = SHARED_DATA / "nih-pancreas-0001"
 NIH_SLICES = SHARED_DATA / "nih-pancreas-slices"
 
 
+@pytest.fixture(autouse=True)
+def _autosave_dir(tmp_path_factory, monkeypatch) -> None:
+    """Keep the autosave journals of every test (docks journal edits) out of the user's folder."""
+    monkeypatch.setenv("DSMS_AUTOSAVE_DIR", str(tmp_path_factory.mktemp("autosave")))
+
+
 def _require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real CT not available: {path} is missing (it sits in ../shared/data)")

@@ -22,6 +22,7 @@ from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QFormLayout, QFrame, QGroupBox, QLabel, QScrollArea, QVBoxLayout, QWidget
 
+from ..._autosave import attach as attach_autosave
 from ..._layers import AFFINE, MODEL, PREDICTION, REVIEWED, SHAPE, SOURCE, is_ct_layer
 from ..._session import ReviewSession
 from .._pickers import choose, layer_picker, of_kind, same_layer
@@ -89,6 +90,7 @@ class ReviewWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.autosave = attach_autosave(napari_viewer)  # journals corrections, offers restoring
         self.session: ReviewSession | None = None
         self._watched: Labels | None = None
         self._last_point = tuple(self.viewer.dims.point)
@@ -254,6 +256,7 @@ class ReviewWidget(QWidget):
         """Write the session's reviewed slices into the labels layer, where exports find them."""
         if self.session is not None and self.labels_layer is not None:
             self.labels_layer.metadata[REVIEWED] = sorted(self.session.reviewed)
+            self.autosave.schedule(self.labels_layer)  # the journal records reviewed slices
 
     # ------------------------------------------------------------------ slices
 

@@ -9,6 +9,7 @@ slices and the volumes. The source CT is never overwritten, an existing file onl
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,10 +26,10 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from src_models import corrections
+from src_models import autosave, corrections
 from src_models.io import VolumeError, write_image, write_labels
 
-from ..._layers import SOURCE, layer_to_volume, reference_volume
+from ..._layers import AUTOSAVE_KEY, SOURCE, layer_to_volume, reference_volume
 from ._common import refuse
 
 if TYPE_CHECKING:
@@ -146,13 +147,14 @@ class ExportPanel(QGroupBox):
         if target is None:
             return None
         review.refresh_status()
-        try:
-            volume = layer_to_volume(labels)
-            written = write_labels(target, volume.array, reference_volume(image))
-            sidecar = corrections.write_sidecar(written, session.sidecar(written, "labels"))
-        except (VolumeError, ValueError) as error:
-            refuse(self.export_label, str(error))
+        written = self._write(
+            lambda: write_labels(target, layer_to_volume(labels).array, reference_volume(image)),
+            "labels",
+        )
+        if written is None:
             return None
+        autosave.discard(labels.metadata.get(AUTOSAVE_KEY))  # the export now holds the work
+        sidecar = corrections.sidecar_path(written)
         self.export_label.setText(f"labels written to {written}, side-car {sidecar.name}")
         show_info(f"Labels written to {written}")
         return written
@@ -181,14 +183,33 @@ class ExportPanel(QGroupBox):
         target = self._export_target(path, "Export reconstruction", "reconstruction")
         if target is None:
             return None
-        try:
-            volume = layer_to_volume(layer)
-            reference = reference_volume(self.review.image_layer)
-            written = write_image(target, np.asarray(volume.array), reference)
-            corrections.write_sidecar(written, session.sidecar(written, "reconstruction"))
-        except (VolumeError, ValueError) as error:
-            refuse(self.export_label, str(error))
+        reference = reference_volume(self.review.image_layer)
+        written = self._write(
+            lambda: write_image(target, np.asarray(layer_to_volume(layer).array), reference),
+            "reconstruction",
+        )
+        if written is None:
             return None
         self.export_label.setText(f"reconstruction written to {written}")
         show_info(f"Reconstruction written to {written}")
+        return written
+
+    def _write(self, write: Callable[[], Path], kind: str) -> Path | None:
+        """Write the NIfTI with ``write()``, then its side-car; on failure say why, keep no file.
+
+        A full disk or a folder without write permission (``OSError``) is reported like bad
+        input; NIfTI files go through :mod:`src_models.io.atomic`, so a failed write leaves no
+        partial file, and labels whose side-car could not be written are removed again.
+        """
+        try:
+            written = write()
+        except (VolumeError, ValueError, OSError) as error:
+            refuse(self.export_label, str(error))
+            return None
+        try:
+            corrections.write_sidecar(written, self.review.session.sidecar(written, kind))
+        except (ValueError, OSError) as error:
+            written.unlink(missing_ok=True)
+            refuse(self.export_label, f"{error}; the {kind} file was not kept")
+            return None
         return written
