@@ -29,8 +29,9 @@ from qtpy.QtWidgets import (
 )
 
 from src_models import corrections
+from src_models.io.atomic import check_writable_folder
 from src_models.models.checkpoints import CheckpointError, read_metadata
-from src_models.models.store import list_checkpoints, user_model_dir
+from src_models.models.store import MODEL_DIR_ENV, list_checkpoints, user_model_dir
 from src_models.training import fine_tune as tuning
 from src_models.training.loop import TrainEvent
 
@@ -208,6 +209,17 @@ class FineTunePanel(QGroupBox):
         if not checkpoint:
             refuse(self.fine_tune_label, "no base model: no checkpoint is installed or chosen")
             return None
+        output = tuning.fine_tuned_path(user_model_dir(), checkpoint, inputs.source)
+        try:  # before training, so an unwritable model folder costs a second, not the run
+            output.parent.mkdir(parents=True, exist_ok=True)
+            check_writable_folder(output)
+        except OSError as error:
+            refuse(
+                self.fine_tune_label,
+                f"cannot save the fine-tuned model in {output.parent}: {error}; "
+                f"set {MODEL_DIR_ENV} to a folder you can write to",
+            )
+            return None
         steps = int(self.steps_spin.value())
         self.loss_plot.clear()
         self.progress.setRange(0, steps)
@@ -228,7 +240,7 @@ class FineTunePanel(QGroupBox):
             inputs.spacing_yx,
             holdout_images=inputs.holdout_images,
             holdout_labels=inputs.holdout_labels,
-            output=tuning.fine_tuned_path(user_model_dir(), checkpoint, inputs.source),
+            output=output,
             provenance=inputs.provenance(),
             steps=steps,
             time_budget_s=float(self.budget_spin.value()) or None,
