@@ -43,6 +43,8 @@ setup(
     ],
     extras_require={
         "qt": ["napari[pyqt6]"],
+        # Peers timed by benchmarks/inference_speed.py --monai; never needed to run the product.
+        "bench": ["monai>=1.6"],
         "testing": [
             "napari[pyqt6]",
             "pytest>=7",

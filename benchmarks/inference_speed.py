@@ -18,11 +18,15 @@ What it measures, all in one run so that the ratios compare like with like:
    a fresh process: the command's own "from reading to writing" time, the process wall time and
    its peak RSS (``os.wait4``).
 5. ``--precision-check``: float32 against bfloat16 on the shared CT, speed and label agreement.
+6. ``--monai``: the default model through MONAI's ``SliceInferer`` (float32 and bfloat16
+   autocast), timed in turn with the engine with and without its crop to the body, on every
+   ``--slices`` volume; needs the ``bench`` extra (``pip install -e .[bench]``).
 
 Usage::
 
     .venv/bin/python benchmarks/inference_speed.py [--device cpu|cuda] [--repeats 3]
-        [--models dsmsc_unet unet] [--checkpoints DIR] [--precision-check] [--markdown OUT.md]
+        [--models dsmsc_unet unet] [--checkpoints DIR] [--precision-check] [--monai]
+        [--markdown OUT.md]
 
 Medians over ``--repeats``; the load average before and after each block is printed, because
 a shared machine's other jobs slow every figure.
@@ -181,13 +185,63 @@ def engine_run(
     meta: dict[str, Any],
     device: torch.device,
     batch_size: int | None = None,
+    crop_to_body: bool = True,
 ) -> Callable[[], None]:
     """``segment`` as ``dsms predict`` runs it (labels only, default batch and precision)."""
 
     def run() -> None:
         run_to_end(
-            segment(volume, model, meta, device=device, reconstruct=False, batch_size=batch_size)
+            segment(
+                volume,
+                model,
+                meta,
+                device=device,
+                reconstruct=False,
+                batch_size=batch_size,
+                crop_to_body=crop_to_body,
+            )
         )
+
+    return run
+
+
+def monai_run(
+    model: torch.nn.Module,
+    volume: Volume,
+    meta: dict[str, Any],
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> Callable[[], None]:
+    """The same model through MONAI's ``SliceInferer``, from the HU array to labels.
+
+    What a MONAI user writes with the best settings anyone adds: the volume windowed and
+    resampled by our own preprocessing (so both see identical slices), one window per axial
+    slice (``roi_size`` = the model's slice size), 4 slices per batch as the engine on the CPU,
+    a ``channels_last`` model under ``torch.inference_mode``, autocast in ``dtype`` (``None``:
+    float32); the logits resampled back to the slice size and turned into labels 16 slices at a
+    time, the engine's post-processing.
+    """
+    from monai.inferers import SliceInferer
+
+    peer = copy.deepcopy(model).to(device, memory_format=torch.channels_last).eval()
+    canonical, _ = to_canonical(volume.array, volume.affine)
+    spacing = canonical_spacing(volume.affine)[1:]
+    prep = meta["preprocessing"]
+    size = model_size(canonical.shape[1:], spacing, prep)
+    inferer = SliceInferer(roi_size=size, sw_batch_size=4, spatial_dim=0, progress=False)
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        return peer(x, reconstruct=False).logits
+
+    def run() -> None:
+        x = to_model_input(canonical, spacing, prep).to(device)  # (D, 1, h, w)
+        x = x.permute(1, 0, 2, 3)[None]  # (1, 1, D, h, w)
+        with torch.inference_mode():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = inferer(x, predictor)[0].permute(1, 0, 2, 3)  # (D, 2, h, w)
+            for start in range(0, len(logits), 16):
+                chunk = to_source_size(logits[start : start + 16].float(), canonical.shape[1:])
+                labels_from_logits(chunk).cpu().numpy()
 
     return run
 
@@ -346,6 +400,40 @@ def precision_check(args: argparse.Namespace, device: torch.device, ct: Volume) 
     ]
 
 
+def monai_table(args: argparse.Namespace, device: torch.device, ct: Volume) -> list[str]:
+    """The engine, with and without the crop, against MONAI's ``SliceInferer``, taking turns."""
+    model, meta, weights = model_for(DEFAULT_MODEL, args.width, args.checkpoints)
+    bf16 = autocast_dtype(device, "bfloat16")
+    lines = [
+        f"Engine against MONAI `SliceInferer` ({DEFAULT_MODEL}, {weights}; median (best) "
+        f"slices/s of {args.repeats} runs taken in turn; ratios of medians):",
+        "",
+        "| Slices | Engine (crop to body) | Engine (whole slices) | MONAI float32 "
+        "| MONAI bfloat16 | Engine / faster MONAI | Crop speed-up | Load before/after |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for slices in args.slices:
+        volume = ct if slices == axial_slices(ct) else stacked(ct, slices)
+        runs = {
+            "crop": engine_run(model, volume, meta, device),
+            "whole": engine_run(model, volume, meta, device, crop_to_body=False),
+            "monai32": monai_run(model, volume, meta, device, None),
+            "monai16": monai_run(model, volume, meta, device, bf16),
+        }
+        before = load()
+        times = interleaved_seconds(runs, args.repeats, device)
+        rates = {name: [slices / t for t in seconds] for name, seconds in times.items()}
+        median = {name: statistics.median(r) for name, r in rates.items()}
+        cells = [f"{median[name]:.1f} ({max(rates[name]):.1f})" for name in runs]
+        monai = max(median["monai32"], median["monai16"])
+        lines.append(
+            f"| {slices} | {' | '.join(cells)} | {median['crop'] / monai:.2f}x "
+            f"| {median['crop'] / median['whole']:.2f}x | {before}/{load()} |"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto")
@@ -364,6 +452,9 @@ def main() -> None:
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--precision-check", action="store_true")
     parser.add_argument(
+        "--monai", action="store_true", help="also time MONAI's SliceInferer (extra 'bench')"
+    )
+    parser.add_argument(
         "--batch-sweep", type=int, nargs="+", metavar="N", help="also time these batch sizes"
     )
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
@@ -380,6 +471,8 @@ def main() -> None:
     if args.precision_check:
         report += precision_check(args, device, ct) + [""]
         print("\n".join(report[-6:]), flush=True)
+    if args.monai:
+        report += monai_table(args, device, ct) + [""]
     if not args.skip_end_to_end:
         with tempfile.TemporaryDirectory() as workdir:
             report += end_to_end(args, ct, Path(workdir)) + [""]
