@@ -1,0 +1,206 @@
+"""GPU check: the default model's throughput, a 240-slice ``dsms predict`` and fine-tuning speed.
+
+One script to run on a machine with a CUDA GPU; it finishes in under 5 minutes and prints a
+Markdown section to paste into docs/benchmarks.md:
+
+1. Slices/s of :func:`src_models.inference.engine.segment` (labels only, as ``dsms predict``
+   runs it) on 512 x 512 slices of the shared CT, for every batch size and precision, with the
+   peak GPU memory of each run; and the default batch and precision on whole slices
+   (``crop_to_body=False``) for comparison.
+2. ``python -m src_models predict`` on a 240-slice NIfTI in a fresh process: wall time.
+3. Fine-tuning (:func:`src_models.training.fine_tune.fine_tune`, the Review widget's recipe) on
+   10 slices: optimiser steps/s and peak GPU memory.
+
+``--device cpu --quick`` runs every part on a few slices and steps on the CPU, so the script is
+known to work before a GPU is lent (``tests/test_benchmarks.py`` runs it that way).
+
+Usage::
+
+    .venv/bin/python benchmarks/gpu_check.py [--device cuda] [--quick] [--markdown OUT.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from src_models.inference.devices import resolve_device
+from src_models.inference.engine import default_batch_size, segment
+from src_models.inference.precision import autocast_dtype, precision_name
+from src_models.io import Volume, read_volume
+from src_models.io.orientation import canonical_spacing, to_canonical
+from src_models.jobs import run_to_end
+from src_models.models.store import load_checkpoint
+from src_models.training.fine_tune import fine_tune
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "nih-pancreas-0001"
+DEFAULT_MODEL = "dsmsc_unet"
+
+#: What each mode measures: slices per volume, batch sizes, precisions, runs per cell, slices of
+#: the ``dsms predict`` volume, fine-tuning steps.
+PLANS = {
+    "full": {
+        "slices": 512,
+        "batches": (32, 64, 128, 256),
+        "precisions": ("float32", "bfloat16", "float16"),
+        "repeats": 3,
+        "predict_slices": 240,
+        "fine_tune_steps": 60,
+    },
+    "quick": {
+        "slices": 4,
+        "batches": (2,),
+        "precisions": ("float32",),
+        "repeats": 1,
+        "predict_slices": 4,
+        "fine_tune_steps": 2,
+    },
+}
+
+
+def stacked(volume: Volume, slices: int) -> Volume:
+    """``volume`` repeated along its axial axis up to ``slices`` slices (same affine)."""
+    axis = int(np.argmax(np.abs(volume.affine[2, :3])))  # file axis that runs along S
+    reps = -(-slices // volume.array.shape[axis])
+    array = np.concatenate([volume.array] * reps, axis=axis)
+    return Volume(np.ascontiguousarray(np.take(array, range(slices), axis=axis)), volume.affine)
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device: torch.device) -> str:
+    """Peak GPU memory allocated since :func:`reset_peak`, or "-" off CUDA."""
+    if device.type != "cuda":
+        return "-"
+    return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB"
+
+
+def machine(device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return (
+        f"{name or 'CPU'}; torch {torch.__version__}, Python {platform.python_version()}, "
+        f"{torch.get_num_threads()} CPU threads"
+    )
+
+
+def throughput(device: torch.device, plan: dict, ct: Volume) -> list[str]:
+    """Engine slices/s and peak memory over batch sizes and precisions (median of repeats)."""
+    model, meta = load_checkpoint(DEFAULT_MODEL)
+    volume = stacked(ct, plan["slices"])
+    cells = [(b, p, True) for p in plan["precisions"] for b in plan["batches"]]
+    cells.append((default_batch_size(device), "auto", False))
+    lines = [
+        f"Engine on {plan['slices']} slices of 512 x 512 ({DEFAULT_MODEL}, bundled; labels only; "
+        f"median of {plan['repeats']} runs after a warm-up):",
+        "",
+        "| Precision | Batch | Crop to body | Slices/s | Peak GPU memory |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for batch, precision, crop in cells:
+        options = {"batch_size": batch, "precision": precision, "crop_to_body": crop}
+        run_to_end(segment(volume, model, meta, device=device, reconstruct=False, **options))
+        reset_peak(device)
+        rates = []
+        for _ in range(plan["repeats"]):
+            synchronise(device)
+            started = time.perf_counter()
+            run_to_end(segment(volume, model, meta, device=device, reconstruct=False, **options))
+            synchronise(device)
+            rates.append(plan["slices"] / (time.perf_counter() - started))
+        name = precision_name(autocast_dtype(device, precision))
+        lines.append(
+            f"| {name} | {batch} | {'yes' if crop else 'no'} | {statistics.median(rates):.1f} "
+            f"| {peak_gib(device)} |"
+        )
+        print(lines[-1], flush=True)
+    return lines
+
+
+def predict_end_to_end(device: torch.device, plan: dict, ct: Volume, workdir: Path) -> list[str]:
+    """``python -m src_models predict`` on a stacked NIfTI in a fresh process."""
+    volume = stacked(ct, plan["predict_slices"])
+    source = workdir / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(volume.array, volume.affine), source)
+    command = [sys.executable, "-m", "src_models", "predict", str(source)]
+    command += ["-o", str(workdir / "labels.nii.gz"), "--device", str(device)]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr}")
+    return [
+        f"`dsms predict` on 512 x 512 x {plan['predict_slices']} (.nii.gz, fresh process): "
+        f"{wall:.1f} s wall. Its summary: `{done.stdout.strip()}`",
+    ]
+
+
+def fine_tune_speed(device: torch.device, plan: dict, ct: Volume) -> list[str]:
+    """Steps/s of the Review widget's fine-tuning on 10 slices of the shared CT."""
+    model, meta = load_checkpoint(DEFAULT_MODEL)
+    images, _ = to_canonical(ct.array, ct.affine)
+    labels, _ = to_canonical(np.asarray(read_volume(SHARED / "label.nii.gz").array), ct.affine)
+    chosen = np.linspace(0, len(images) - 1, 10).round().astype(int)
+    steps = plan["fine_tune_steps"]
+    reset_peak(device)
+    result = run_to_end(
+        fine_tune(
+            model,
+            meta,
+            images[chosen],
+            labels[chosen],
+            canonical_spacing(ct.affine)[1:],
+            steps=steps,
+            device=str(device),
+        )
+    )
+    return [
+        f"Fine-tuning ({DEFAULT_MODEL}, 10 slices, default recipe): {steps} steps in "
+        f"{result.elapsed_s:.1f} s, {steps / result.elapsed_s:.1f} steps/s; peak GPU memory "
+        f"{peak_gib(device)}.",
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", help="cuda, cuda:N, cpu or auto")
+    parser.add_argument("--quick", action="store_true", help="a few slices and steps only")
+    parser.add_argument("--ct", type=Path, default=SHARED / "ct.nii.gz")
+    parser.add_argument("--markdown", type=Path, help="also write the report to this file")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    plan = PLANS["quick" if args.quick else "full"]
+    ct = read_volume(args.ct)
+    started = time.perf_counter()
+    report = [f"Machine: {machine(device)}.", ""]
+    report += throughput(device, plan, ct) + [""]
+    with tempfile.TemporaryDirectory() as workdir:
+        report += predict_end_to_end(device, plan, ct, Path(workdir)) + [""]
+    report += fine_tune_speed(device, plan, ct) + [""]
+    report.append(f"Whole check: {time.perf_counter() - started:.0f} s.")
+    text = "\n".join(report)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
