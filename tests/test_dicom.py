@@ -359,6 +359,15 @@ def test_single_slice_reads_as_a_volume_of_one_slice(tmp_path):
         assert volume.voxel_volume_mm3 == pytest.approx(0.7 * 0.9 * 3.0)
 
 
+def test_single_slice_negative_spacing_between_slices_is_a_distance(tmp_path):
+    path = write_slice(tmp_path / "one.dcm", pattern(0), (0, 0, 0))
+    ds = dcmread(path)
+    ds.SpacingBetweenSlices = -2.0  # written by some exporters; the magnitude is the spacing
+    ds.SliceThickness = 3.0
+    ds.save_as(path)
+    assert read_volume(path).voxel_volume_mm3 == pytest.approx(0.7 * 0.9 * 2.0)
+
+
 def test_single_slice_without_thickness_warns_and_assumes_1_mm(tmp_path):
     path = write_slice(tmp_path / "one.dcm", pattern(0), (0, 0, 0))
     ds = dcmread(path)

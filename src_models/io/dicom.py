@@ -157,7 +157,8 @@ class Frame:
     slope, intercept : float
         RescaleSlope and RescaleIntercept (1 and 0 when absent).
     thickness : float or None
-        SpacingBetweenSlices, else SliceThickness, in mm; ``None`` when neither is given.
+        SpacingBetweenSlices, else SliceThickness, in mm (magnitude: some exporters write a
+        negative SpacingBetweenSlices); ``None`` when neither is given or it is 0.
     rows, cols : int
         Image size.
     """
@@ -310,7 +311,7 @@ def _frame(path: Path, ds: pydicom.Dataset, index: int | None) -> Frame:
         spacing=(spacing[0], spacing[1]),
         slope=slope[0] if slope else 1.0,
         intercept=intercept[0] if intercept else 0.0,
-        thickness=thickness[0] if thickness and thickness[0] > 0 else None,
+        thickness=abs(thickness[0]) if thickness and thickness[0] != 0 else None,
         rows=_size(where, ds, "Rows"),
         cols=_size(where, ds, "Columns"),
     )
