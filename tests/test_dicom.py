@@ -259,6 +259,21 @@ def test_gantry_tilt_series_volumes_and_labels(tmp_path):
     np.testing.assert_allclose(written.affine, volume.affine, atol=1e-4)
 
 
+def test_series_without_the_part10_preamble_reads_the_same(tmp_path):
+    """Older exporters write bare implicit-VR data sets: no preamble, no file meta."""
+    slices = write_series(tmp_path / "s", n=4)
+    (tmp_path / "bare").mkdir()
+    for path in (tmp_path / "s").iterdir():
+        ds = dcmread(path)
+        ds.preamble = None
+        ds.file_meta = FileMetaDataset()
+        ds.save_as(tmp_path / "bare" / path.stem, implicit_vr=True, little_endian=True)
+    assert dcmread(next((tmp_path / "bare").iterdir()), force=True).preamble is None
+    bare = read_volume(tmp_path / "bare")
+    check_geometry(bare, slices)
+    np.testing.assert_array_equal(bare.array, read_volume(tmp_path / "s").array)
+
+
 def test_largest_series_chosen_with_a_warning(tmp_path):
     folder = tmp_path / "study"
     write_series(folder, n=6)

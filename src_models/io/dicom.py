@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from .volume import Volume, VolumeError, rescale_to_hu
 
@@ -62,13 +63,36 @@ TAG_PURPOSE = {
 
 
 def is_dicom_file(path: Path) -> bool:
-    """True when ``path`` has the DICOM Part 10 preamble ('DICM' at byte 128)."""
+    """True when ``path`` looks like DICOM: the Part 10 preamble ('DICM' at byte 128), or,
+    as older exporters write it, a bare little-endian data set starting with group 0002 or 0008.
+    """
     try:
         with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
+            head = handle.read(132)
     except OSError:
         return False
+    if head[128:132] == b"DICM":
+        return True
+    return len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00") and head[3:4] == b"\x00"
+
+
+def _read(path: Path, pixels: bool) -> pydicom.Dataset:
+    """``dcmread`` that also takes files without the Part 10 preamble and file meta.
+
+    pydicom needs a Transfer Syntax UID to decode pixels; a bare data set gets the one its
+    encoding was detected as (implicit or explicit VR, little or big endian).
+    """
+    ds = pydicom.dcmread(path, stop_before_pixels=not pixels, force=True)
+    if "TransferSyntaxUID" not in ds.file_meta and getattr(ds, "original_encoding", None):
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian
+            if implicit
+            else ExplicitVRLittleEndian
+            if little
+            else ExplicitVRBigEndian
+        )
+    return ds
 
 
 def _headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
@@ -78,7 +102,7 @@ def _headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
         if not path.is_file() or path.name.startswith(".") or not is_dicom_file(path):
             continue
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds = _read(path, pixels=False)
         except (InvalidDicomError, OSError, ValueError, EOFError):
             continue
         if "Rows" not in ds or "Columns" not in ds:
@@ -461,7 +485,7 @@ def _check_spacing(
 
 def _decode(path: Path) -> np.ndarray:
     """Pixel data of ``path`` as stored (one frame: rows x columns; enhanced: frames first)."""
-    ds = pydicom.dcmread(path)
+    ds = _read(path, pixels=True)
     syntax = ds.file_meta.get("TransferSyntaxUID", None)
     try:
         pixels = ds.pixel_array
