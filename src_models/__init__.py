@@ -5,6 +5,7 @@ Never imports napari or Qt, so it runs on GPU servers and in the ``dsms`` comman
 
 from __future__ import annotations
 
+from .fill import fill_between_slices
 from .io import Volume, VolumeError, read_labels, read_volume, write_image, write_labels
 from .models.checkpoints import CheckpointError, save_checkpoint
 from .models.store import load_checkpoint
@@ -21,6 +22,7 @@ __all__ = [
     "__version__",
     "VolumeError",
     "build_model",
+    "fill_between_slices",
     "load_checkpoint",
     "read_labels",
     "read_volume",

@@ -114,6 +114,13 @@ def structure_counts(matrix: np.ndarray, structure: str) -> Counts:
     return Counts(tp, fp, fn)
 
 
+def structure_dice(
+    prediction: np.ndarray, reference: np.ndarray, structure: str = "pancreas"
+) -> float:
+    """Dice of one structure between two label arrays (or boolean masks) of one shape."""
+    return dice(structure_counts(confusion(prediction, reference), structure))
+
+
 def volume_ml(mask_or_count: np.ndarray | int, spacing: Sequence[float] | float) -> float:
     """Volume in millilitres of a boolean mask (or a voxel count).
 

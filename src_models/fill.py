@@ -1,0 +1,112 @@
+"""Fill between slices: shape-based interpolation of labels between corrected slices.
+
+A user corrects a few slices; the slices between two of them are filled by interpolating each
+structure's signed distance map linearly along the slice axis and keeping where it is negative
+(shape-based interpolation: Raya and Udupa, "Shape-based interpolation of multidimensional
+objects", IEEE TMI 9(1), 1990; Herman et al., IEEE CG&A 12(3), 1992; what 3D Slicer's "Fill
+between slices" offers). Distance maps come from :func:`scipy.ndimage.distance_transform_edt`.
+
+Measured on the shared NIH volume 0001 (``benchmarks/correction_loop.py``, docs/benchmarks.md):
+from every 5th slice of the manual reference, pancreas Dice on the slices between is given there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from scipy import ndimage
+
+
+def _signed_distance(mask: np.ndarray) -> np.ndarray:
+    """Signed distance in pixels: negative inside ``mask``, positive outside, never 0."""
+    return ndimage.distance_transform_edt(~mask) - ndimage.distance_transform_edt(mask)
+
+
+def _end_distances(first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Signed distances of two 2D masks, one of which may be empty.
+
+    An empty end gets the other end's distance raised by that shape's greatest depth, so the
+    shape erodes steadily and vanishes at the empty slice (a structure that ends between the
+    two slices tapers off instead of stopping abruptly or vanishing at once).
+    """
+    if first.any() and last.any():
+        return _signed_distance(first), _signed_distance(last)
+    present = _signed_distance(first if first.any() else last)
+    vanished = present - present.min()  # > 0 everywhere but at the deepest point
+    vanished[vanished == 0] = 0.5
+    return (present, vanished) if first.any() else (vanished, present)
+
+
+def _interpolate_mask(stack: np.ndarray, k0: int, k1: int) -> None:
+    """Fill ``stack[k0 + 1 : k1]`` (bool, slices first) from ``stack[k0]`` and ``stack[k1]``."""
+    first, last = stack[k0], stack[k1]
+    stack[k0 + 1 : k1] = False
+    union = first | last
+    if not union.any():
+        return
+    # Interpolated shapes lie inside the union of the two masks (the distance is negative only
+    # where one of them is), so a crop with a one-pixel margin gives the same distances.
+    rows, cols = (np.flatnonzero(union.any(axis=a)) for a in (1, 0))
+    r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, union.shape[0])
+    c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, union.shape[1])
+    d0, d1 = _end_distances(first[r0:r1, c0:c1], last[r0:r1, c0:c1])
+    span = k1 - k0
+    for k in range(k0 + 1, k1):
+        t = (k - k0) / span
+        stack[k, r0:r1, c0:c1] = (1.0 - t) * d0 + t * d1 < 0
+
+
+def fill_between_slices(
+    labels: np.ndarray, known: Iterable[int], axis: int = -1
+) -> np.ndarray:
+    """Interpolate every structure into the slices between consecutive known slices.
+
+    Parameters
+    ----------
+    labels
+        Integer label volume (3D): 0 background, 1 pancreas, 2 tumour. Only the ``known``
+        slices are read where they matter; the others between them are replaced.
+    known
+        Indices along ``axis`` of the slices the user corrected (any order, duplicates ignored;
+        negative indices count from the end).
+    axis
+        The slice axis of ``labels``.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new array of ``labels``' shape and dtype. Every slice strictly between two consecutive
+        known slices is interpolated from those two: the pancreas including tumour (labels >= 1)
+        and the tumour (label 2) each by signed distance, the tumour nested in the pancreas.
+        The known slices, and the slices before the first and after the last, are unchanged.
+
+    Raises
+    ------
+    ValueError
+        ``labels`` is not 3D, or a known index lies outside the axis.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"expected a 3D label volume, got shape {labels.shape}")
+    length = labels.shape[axis]
+    indices = sorted({int(k) for k in known})
+    if any(not -length <= k < length for k in indices):
+        raise ValueError(f"known slices {indices} lie outside an axis of {length} slices")
+    indices = sorted({k % length for k in indices})
+    out = labels.copy()
+    if len(indices) < 2:
+        return out
+    moved = np.moveaxis(labels, axis, 0)
+    pancreas, tumour = moved >= 1, moved == 2
+    filled = np.moveaxis(out, axis, 0)  # a view: writing it writes ``out``
+    for k0, k1 in zip(indices[:-1], indices[1:]):
+        if k1 - k0 < 2:
+            continue
+        _interpolate_mask(pancreas, k0, k1)
+        _interpolate_mask(tumour, k0, k1)
+        between = slice(k0 + 1, k1)
+        filled[between] = 0
+        filled[between][pancreas[between]] = 1
+        filled[between][tumour[between]] = 2
+    return out
