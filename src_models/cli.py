@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train or fine-tune a model"),
     "evaluate": ("evaluate", "the paper's Table 1 (Dice, PPV, sensitivity) for one or more models"),
     "recover": ("recover", "list or write corrections that napari-dsms autosaved"),
+    "triage": ("triage", "rank the slices of a CT by how suspect the model's segmentation is"),
 }
 
 

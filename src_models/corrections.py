@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nibabel.orientations import io_orientation
 from scipy import ndimage
 
 from .io.atomic import write_text_atomic
+from .io.orientation import head_feet_axis
 from .metrics import STRUCTURES, volume_ml
 from .version import __version__
 
@@ -191,10 +191,8 @@ def source_slice_indices(
     indices : list of int
         The same slices as indices along ``axis`` of the source array.
     """
-    ornt = io_orientation(np.asarray(affine, dtype=float))
-    axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
+    axis, flipped = head_feet_axis(affine)
     length = int(shape[axis])
-    flipped = ornt[axis, 1] < 0
     return axis, [length - 1 - int(s) if flipped else int(s) for s in slices]
 
 

@@ -13,6 +13,7 @@ from every 5th slice of the manual reference, pancreas Dice on the slices betwee
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import pairwise
 
 import numpy as np
 from scipy import ndimage
@@ -100,7 +101,7 @@ def fill_between_slices(
     moved = np.moveaxis(labels, axis, 0)
     pancreas, tumour = moved >= 1, moved == 2
     filled = np.moveaxis(out, axis, 0)  # a view: writing it writes ``out``
-    for k0, k1 in zip(indices[:-1], indices[1:]):
+    for k0, k1 in pairwise(indices):
         if k1 - k0 < 2:
             continue
         _interpolate_mask(pancreas, k0, k1)

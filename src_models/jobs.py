@@ -43,3 +43,23 @@ def run_to_end(
                 on_progress(value)
     finally:
         job.close()
+
+
+def relay(
+    job: Generator[tuple[int, int], Any, Result], offset: int, total: int
+) -> Generator[tuple[int, int], None, Result]:
+    """Yield ``job``'s ``(done, total)`` progress as part of a larger job, and return its result.
+
+    ``(done, _)`` of ``job`` becomes ``(offset + done, total)``, so a job made of several
+    passes (triage, refine) reports one progress over all of them:
+    ``result = yield from relay(segment(...), offset, total)``.
+    """
+    try:
+        while True:
+            try:
+                done, _ = next(job)
+            except StopIteration as stop:
+                return stop.value
+            yield offset + done, total
+    finally:
+        job.close()

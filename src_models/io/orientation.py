@@ -63,6 +63,18 @@ def from_canonical(canonical_array: np.ndarray, affine: np.ndarray) -> np.ndarra
     return apply_orientation(canonical_array, inverse)
 
 
+def head_feet_axis(affine: np.ndarray) -> tuple[int, bool]:
+    """The array axis closest to the patient's head-feet axis, and whether it runs to the feet.
+
+    Canonical slice ``k`` (axis 0, towards Superior) is index ``k`` along that axis of the
+    file's array, or ``length - 1 - k`` when it runs towards the feet (nibabel's
+    ``io_orientation`` picks the axis).
+    """
+    ornt = io_orientation(np.asarray(affine, dtype=float))
+    axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
+    return axis, bool(ornt[axis, 1] < 0)
+
+
 def canonical_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel spacing in mm along the canonical axes (slice, row, column)."""
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))

@@ -1,0 +1,77 @@
+"""``dsms triage INPUT``: the slices to review first, most suspect first.
+
+Prints one line per slice, ``K SCORE``, where ``K`` indexes the slice axis of
+``read_volume(INPUT).array`` closest to head-feet, 0-based (:mod:`src_models.inference.triage`
+says what the score is made of). ``--json`` prints the same as a JSON document, with the score's
+parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..inference.devices import resolve_device
+from ..inference.triage import triage
+from ..io import VolumeError, read_volume
+from ..io.orientation import head_feet_axis
+from ..jobs import run_to_end
+from ..models.store import load_checkpoint
+from .predict import DEFAULT_MODEL
+from .progress import progress_bar
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="CT volume: a .nii / .nii.gz file or a DICOM series folder")
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="NAME_OR_PATH",
+        help=f"bundled model name, name in the user model folder, or checkpoint file "
+        f"(default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--top", type=int, metavar="N", help="print only the N most suspect slices")
+    parser.add_argument("--json", action="store_true", help="print JSON with the score's parts")
+
+
+def run(args: argparse.Namespace) -> int:
+    input_path = Path(args.input)
+    if not input_path.exists():
+        raise VolumeError(f"{input_path}: no such file or folder")
+    if args.top is not None and args.top < 1:
+        raise ValueError(f"--top must be at least 1, got {args.top}")
+    device = resolve_device(args.device)
+    volume = read_volume(input_path)
+    model, meta = load_checkpoint(args.model)
+    bar, show = progress_bar("triage")
+    with bar:
+        result = run_to_end(triage(volume, model, meta, device=device), show)
+    ranking = result.ranking(volume.affine, volume.array.shape)[: args.top]
+    if args.json:
+        axis, _ = head_feet_axis(volume.affine)
+        print(
+            json.dumps(
+                {
+                    "input": str(input_path),
+                    "model": meta["path"],
+                    "slice_axis": axis,
+                    "slices": [
+                        {
+                            "k": k,
+                            "score": round(score, 4),
+                            "parts": {
+                                name: round(float(values[c]), 4)
+                                for name, values in result.features.items()
+                            },
+                        }
+                        for (k, score), c in zip(ranking, result.order, strict=False)
+                    ],
+                },
+                indent=1,
+            )
+        )
+    else:
+        print("\n".join(f"{k} {score:.4f}" for k, score in ranking))
+    return 0
