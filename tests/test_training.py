@@ -141,10 +141,11 @@ def test_guard_keeps_the_previous_model_when_a_round_makes_it_worse(tmp_path):
     )  # fmt: skip
     assert result.metrics_before["dice_pancreas"] == pytest.approx(1.0)
     assert result.metrics_after["dice_pancreas"] < 1.0
-    assert result.kept_previous and result.checkpoint is None
-    assert "kept the previous model" in result.summary()
-    assert not (tmp_path / "worse.pt").exists()
+    assert result.kept_previous and "kept the previous model" in result.summary()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    saved, saved_meta = load_checkpoint(result.checkpoint)  # what was handed back is saved
+    assert all(torch.equal(before[k], v) for k, v in saved.state_dict().items())
+    assert saved_meta["provenance"]["fine_tune"]["kept_previous"] is True
 
 
 def test_fine_tune_never_replaces_a_file(tmp_path):

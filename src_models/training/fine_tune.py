@@ -3,10 +3,10 @@
 The Review widget's Fine-tune button and ``dsms refine`` both run :func:`fine_tune`: the loop,
 augmentation and preprocessing of :func:`~src_models.training.loop.train`, on the slices a user
 corrected, with a few corrected slices held out to measure pancreas Dice before and after. With
-``guard=True`` a round that makes the held-out Dice worse hands back the previous weights and
-saves nothing, so repeated rounds never lose ground. The result is one :class:`FineTuneResult`;
-a checkpoint is written only by :func:`fine_tune` itself (``out``), atomically, never over an
-existing file; :func:`fine_tuned_path` names a new version beside the earlier ones.
+``guard=True`` a round that makes the held-out Dice worse hands back the previous weights, so
+repeated rounds never lose ground. The result is one :class:`FineTuneResult`; a checkpoint is
+written only by :func:`fine_tune` itself (``out``), atomically, never over an existing file;
+:func:`fine_tuned_path` names a new version beside the earlier ones.
 
 Fine-tuning is a generator of :class:`~src_models.training.loop.TrainEvent`: run it in a worker
 and close it to stop (:func:`src_models.jobs.run_to_end` runs it in scripts).
@@ -69,8 +69,7 @@ class FineTuneResult:
     Attributes
     ----------
     checkpoint
-        The new checkpoint when one was written, else ``None`` (no ``out``, or the guard kept
-        the previous model).
+        The new checkpoint when ``out`` was given, else ``None``.
     base_checkpoint
         The checkpoint fine-tuned from (``meta["path"]`` of the input); never modified.
     steps, elapsed_s
@@ -85,7 +84,7 @@ class FineTuneResult:
         the previous ones when :attr:`kept_previous`).
     meta
         Its metadata: the input's, with the round recorded under ``provenance["fine_tune"]``
-        (the input's own when :attr:`kept_previous`).
+        (``kept_previous`` included).
     kept_previous
         The guard found the held-out Dice worse after the round and restored the previous
         weights.
@@ -111,6 +110,8 @@ class FineTuneResult:
         """A line or two for the widget, the log and ``dsms refine``."""
         if self.kept_previous:
             text = f"{self.steps} steps in {self.elapsed_s:.0f} s made the model worse"
+            if self.checkpoint is not None:
+                text += f" (saved the previous one as {self.checkpoint.name})"
         elif self.checkpoint is not None:
             text = f"saved {self.checkpoint.name}: {self.steps} steps in {self.elapsed_s:.0f} s"
         else:
@@ -243,7 +244,8 @@ def fine_tune(
         under ``provenance["fine_tune"]``.
     guard
         If the held-out pancreas Dice is lower after the round than before, restore the
-        weights the model had and save nothing (:attr:`FineTuneResult.kept_previous`).
+        weights the model had (:attr:`FineTuneResult.kept_previous`); ``out`` then holds those
+        weights, with the round recorded, so a caller always finds the model it was handed.
     config
         Full control of the loop; ``steps``, ``time_budget_s``, ``device`` and ``seed`` given
         explicitly still win.
@@ -323,15 +325,14 @@ def fine_tune(
     kept_previous = previous is not None and _is_worse(before, after)
     if kept_previous:
         model.load_state_dict(previous)
-        new_meta = dict(meta)
-    else:
-        new_meta = _fine_tuned_meta(meta, base_path, len(images_hu), loop, config, before, after)
-        new_meta["provenance"]["fine_tune"].update(provenance or {})
+    new_meta = _fine_tuned_meta(meta, base_path, len(images_hu), loop, config, before, after)
+    new_meta["provenance"]["fine_tune"].update(provenance or {})
+    new_meta["provenance"]["fine_tune"]["kept_previous"] = kept_previous
     saved = None
-    if out is not None and not kept_previous:
+    if out is not None:
         saved = save_checkpoint(
             out, model, preprocessing=preprocessing, provenance=new_meta["provenance"],
-            metrics=after or dict(meta.get("metrics", {})),
+            metrics=(before if kept_previous else after) or dict(meta.get("metrics", {})),
         )  # fmt: skip
         new_meta["path"] = str(saved)
     result = FineTuneResult(
