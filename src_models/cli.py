@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "the paper's Table 1 (Dice, PPV, sensitivity) for one or more models"),
     "recover": ("recover", "list or write corrections that napari-dsms autosaved"),
     "triage": ("triage", "rank the slices of a CT by how suspect the model's segmentation is"),
+    "refine": ("refine", "one round of the correction loop: fine-tune, fill between, re-segment"),
 }
 
 

@@ -1,0 +1,121 @@
+"""One round of the correction loop: corrections kept bit for bit, the rest filled, a CLI twin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from src_models import build_model, load_checkpoint, read_labels, save_checkpoint
+from src_models.cli import main
+from src_models.io import Volume, write_image, write_labels
+from src_models.jobs import run_to_end
+from src_models.metrics import structure_dice
+from src_models.phantom import make_phantom
+from src_models.refine import grow_from, refine
+
+PREP = {"hu_window": [-100.0, 250.0], "spacing_mm": 2.9}
+
+
+@pytest.fixture(scope="module")
+def case():
+    image, labels = make_phantom(seed=2, shape=(96, 96, 40), spacing=(2.9, 2.9, 2.0))
+    return image, labels
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "tiny.pt", build_model("unet", width=4), preprocessing=PREP)
+
+
+def _with_pancreas(labels: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(labels.any(axis=(0, 1)))  # phantom: slices along axis 2
+
+
+def test_corrections_stay_bit_identical_and_the_slices_between_are_filled(case, tiny):
+    image, reference = case
+    pancreas = _with_pancreas(reference.array)
+    corrected = [int(k) for k in pancreas[::3]]
+    user = np.zeros_like(reference.array)  # "anything" elsewhere: here nothing at all
+    user[..., corrected] = reference.array[..., corrected]
+    user[1, 1, corrected[0]] = 2  # an odd edit the user made on purpose
+    model, meta = load_checkpoint(tiny)
+    result = run_to_end(refine(image, user, corrected, model, meta, steps=2, device="cpu"))
+    out = result.labels
+    assert out.shape == user.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[..., corrected], user[..., corrected])
+    between = np.setdiff1d(np.arange(corrected[0], corrected[-1] + 1), corrected)
+    assert structure_dice(out[..., between], reference.array[..., between]) > 0.8
+    assert result.fine_tune is not None and result.fine_tune.steps == 2
+    assert set(result.changed).isdisjoint(result.corrected)
+
+
+def test_beyond_the_corrections_the_model_only_continues_the_shape():
+    model = np.zeros((6, 20, 20), dtype=bool)
+    model[:, 5:10, 5:10] = True  # the organ, continuing upwards
+    model[:, 15:19, 15:19] = True  # a distant false positive
+    model[4:, 5:10, 5:10] = False  # the organ ends at slice 3
+    seed = np.zeros((20, 20), dtype=bool)
+    seed[5:10, 5:10] = True
+    grown = grow_from(model, 1, 1, seed, radius_px=1)
+    assert grown[1:4, 5:10, 5:10].all() and not grown[:, 15:, 15:].any()
+    assert not grown[4:].any() and not grown[0].any()
+
+
+def _files(tmp_path, case, flip: bool):
+    image, reference = case
+    array, labels, affine = image.array, reference.array, image.affine.copy()
+    if flip:  # stored feet-first: file slice k is canonical slice n - 1 - k
+        array, labels = array[..., ::-1], labels[..., ::-1]
+        affine[:, 2] *= -1
+        affine[:3, 3] -= affine[:3, 2] * (array.shape[2] - 1)
+    ct = Volume(np.ascontiguousarray(array), affine)
+    write_image(tmp_path / "ct.nii.gz", ct.array, ct)
+    write_labels(tmp_path / "labels.nii.gz", np.ascontiguousarray(labels), ct)
+    return tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz"
+
+
+def test_refine_command_writes_labels_and_the_model(tmp_path, case, tiny, capsys):
+    ct, labels = _files(tmp_path, case, flip=True)
+    truth = read_labels(labels).array
+    corrected = [int(k) for k in _with_pancreas(truth)[1::3]]
+    out, saved = tmp_path / "out.nii.gz", tmp_path / "round1.pt"
+    args = ["refine", str(ct), "--labels", str(labels), "--corrected",
+            ",".join(map(str, corrected)), "-o", str(out), "--model", str(tiny),
+            "--steps", "2", "--device", "cpu", "--save-model", str(saved)]  # fmt: skip
+    assert main(args) == 0
+    assert "corrected slices kept" in capsys.readouterr().out
+    written = read_labels(out, reference=read_labels(labels))
+    np.testing.assert_array_equal(written.array[..., corrected], truth[..., corrected])
+    between = np.setdiff1d(np.arange(corrected[0], corrected[-1] + 1), corrected)
+    assert structure_dice(written.array[..., between], truth[..., between]) > 0.8
+    _, meta = load_checkpoint(saved)
+    assert meta["provenance"]["fine_tune"]["steps"] == 2
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a.__setitem__("--labels", "other.nii.gz"), "other.nii.gz"),
+        (lambda a: a.__setitem__("--corrected", "3,99"), "outside"),
+        (lambda a: a.__setitem__("--corrected", "30,35"), "no pancreas"),
+        (lambda a: a.__setitem__("--labels", "missing.nii.gz"), "missing.nii.gz"),
+    ],
+)
+def test_refine_command_refuses_bad_input(tmp_path, case, tiny, capsys, change, message):
+    ct, labels = _files(tmp_path, case, flip=False)
+    other = Volume(np.zeros((8, 8, 8), dtype=np.uint8), np.eye(4))
+    write_labels(tmp_path / "other.nii.gz", other.array, other)
+    options = {"--labels": str(labels), "--corrected": "15,18", "-o": str(tmp_path / "o.nii.gz"),
+               "--model": str(tiny), "--steps": "1", "--device": "cpu",
+               "--save-model": str(tmp_path / "m.pt")}  # fmt: skip
+    change(options)
+    for key in ("--labels",):
+        if not options[key].startswith(str(tmp_path)):
+            options[key] = str(tmp_path / options[key])
+    argv = ["refine", str(ct)] + [item for pair in options.items() for item in pair]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "o.nii.gz").exists() and not (tmp_path / "m.pt").exists()
