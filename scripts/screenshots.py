@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import napari  # noqa: E402
 from qtpy.QtWidgets import QApplication, QScrollArea, QWidget  # noqa: E402
 
-from src_models.corrections import keep_largest_components  # noqa: E402
+from src_models.inference.postprocess import keep_largest_components  # noqa: E402
 from src_models.io import read_labels, read_volume  # noqa: E402
 from src_models.io.orientation import to_canonical  # noqa: E402
 from src_models.metrics import case_metrics  # noqa: E402

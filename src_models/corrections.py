@@ -22,16 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
+from .inference.postprocess import keep_largest_components  # noqa: F401  (review dock)
 from .io.atomic import write_text_atomic
 from .io.orientation import head_feet_axis
 from .metrics import STRUCTURES, volume_ml
 from .version import __version__
-
-#: 26-connectivity: predictions are made slice by slice, so a structure that shifts by a voxel
-#: between slices still touches itself diagonally and must count as one component.
-_CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
 
 
 class CorrectionsError(ValueError):
@@ -98,42 +94,6 @@ def structure_volumes(labels: np.ndarray, spacing: Sequence[float] | float) -> d
         name: volume_ml(int(sum(int(counts[v]) for v in values)), spacing)
         for name, values in STRUCTURES.items()
     }
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    components, count = ndimage.label(mask, structure=_CONNECTIVITY)
-    if count <= 1:
-        return mask.copy()
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    return components == int(np.argmax(sizes))
-
-
-def keep_largest_components(labels: np.ndarray) -> np.ndarray:
-    """Keep the largest connected component of the pancreas and of the tumour inside it.
-
-    The pancreas including tumour is one structure (the paper's target), so its largest 3D
-    component is kept first and everything outside it becomes background. Within that, the
-    largest tumour component stays tumour and smaller tumour islands become pancreas: they lie
-    inside the kept pancreas, which the model's pancreas channel vouches for, so erasing them
-    would punch holes in it.
-
-    Parameters
-    ----------
-    labels : numpy.ndarray
-        Label volume (values 0, 1, 2); not modified.
-
-    Returns
-    -------
-    numpy.ndarray
-        A new uint8 array of the same shape.
-    """
-    labels = np.asarray(labels)
-    pancreas = _largest_component(labels > 0)
-    tumour = _largest_component((labels == 2) & pancreas)
-    out = pancreas.astype(np.uint8)
-    out[tumour] = 2
-    return out
 
 
 def training_slices(

@@ -89,7 +89,7 @@ def test_stats_count_volumes_and_slices():
     hu = volume.array.copy()
     hu[:, :, 3] = 0  # one axial slice (file axis 2 is S) without foreground
     volume = Volume(hu, volume.affine)
-    stats = run_to_end(segment(volume, Threshold(), NATIVE, device="cpu")).stats
+    stats = run_to_end(segment(volume, Threshold(), NATIVE, device="cpu", clean_up=False)).stats
     voxel_ml = 0.8 * 0.9 * 2.5 / 1000
     assert stats.pancreas_ml == pytest.approx(np.count_nonzero(hu > 100) * voxel_ml)
     assert stats.tumour_ml == pytest.approx(np.count_nonzero(hu > 200) * voxel_ml)
@@ -202,7 +202,9 @@ def test_out_of_memory_halves_the_batch_and_goes_on(monkeypatch, caplog):
     monkeypatch.setattr(model, "forward", flaky_forward)
     volume = _ramp_volume()
     with caplog.at_level(logging.WARNING, logger="src_models.inference.engine"):
-        result = run_to_end(segment(volume, model, NATIVE, device="cpu", batch_size=4))
+        result = run_to_end(
+            segment(volume, model, NATIVE, device="cpu", batch_size=4, clean_up=False)
+        )
     assert failures == [4]
     assert [call["shape"][0] for call in model.calls] == [2, 2, 2, 1]
     assert result.stats.batch_size == 2
@@ -249,7 +251,7 @@ def test_memory_does_not_grow_with_slices_beyond_the_outputs():
     def peak(slices: int) -> int:
         volume = _ramp_volume(shape=(64, 64, slices))
         tracemalloc.start()
-        run_to_end(segment(volume, model, NATIVE, device="cpu", batch_size=4))
+        run_to_end(segment(volume, model, NATIVE, device="cpu", batch_size=4, clean_up=False))
         _, top = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         return top
@@ -305,7 +307,10 @@ def test_precision_choices():
     assert autocast_dtype(cpu, "auto", training=True) is None
     assert autocast_dtype(cpu, "bfloat16", training=True) is torch.bfloat16
     assert [precision_from_amp(a) for a in ("off", "bf16", "fp16", "auto")] == [
-        "float32", "bfloat16", "float16", "auto"
+        "float32",
+        "bfloat16",
+        "float16",
+        "auto",
     ]
     with pytest.raises(ValueError, match="not available"):
         next(segment(_ramp_volume(), Threshold(), NATIVE, device="cuda:7"))

@@ -82,7 +82,11 @@ def predict_case(
         raise ValueError(f"{case.case_id}: evaluation needs labels")
     spacing = arrays.spacing or (1.0, FALLBACK_SPACING_MM, FALLBACK_SPACING_MM)
     volume = _CanonicalVolume(arrays.image_hu, spacing)
-    result = run_to_end(segment(volume, model, meta, device=device, reconstruct=False))
+    # Slice sets are unrelated 2D slices: a 3D clean-up would erase all but one of them.
+    clean_up = case.kind != "npz"
+    result = run_to_end(
+        segment(volume, model, meta, device=device, reconstruct=False, clean_up=clean_up)
+    )
     voxel_mm3 = arrays.voxel_mm3 or float(np.prod(spacing))
     return result.canonical_labels, arrays.labels, voxel_mm3
 

@@ -32,8 +32,8 @@ from ..io import (
 from ..io.atomic import check_writable_folder
 from ..io.dicom import is_dicom_file
 from ..jobs import run_to_end
+from ..models.checkpoints import tumour_warning
 from ..models.store import load_checkpoint
-from ..nets.registry import has_restoration
 from ..version import __version__
 
 #: The model used when ``--model`` is not given: the paper's architecture, bundled.
@@ -76,6 +76,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=PRECISIONS,
         default="auto",
         help="model arithmetic (default auto: bfloat16 where the hardware has it)",
+    )
+    parser.add_argument(
+        "--no-clean-up",
+        dest="clean_up",
+        action="store_false",
+        help="keep every island the model marks (default: only the largest 3D component of the "
+        "pancreas, as a radiologist would erase the rest)",
     )
 
 
@@ -123,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {text}", file=sys.stderr)
     check_output(output, volume, args.format)  # DICOM-SEG needs a DICOM series
     model, meta = load_checkpoint(args.model)
-    if reconstruction_path is not None and not has_restoration(meta["arch"]):
+    if reconstruction_path is not None and not getattr(model, "has_restoration", True):
         raise ValueError(
             f"{meta['path']}: architecture {meta['arch']!r} has no restoration decoder, so "
             "there is no reconstruction to write; drop --reconstruction or use a DRS model"
@@ -136,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         reconstruct=reconstruction_path is not None,
         precision=args.precision,
+        clean_up=args.clean_up,
     )
     with tqdm(unit="slice", desc="segmenting", file=sys.stderr, leave=False) as bar:
 
@@ -152,8 +160,10 @@ def run(args: argparse.Namespace) -> int:
         except BaseException:
             output.unlink(missing_ok=True)
             raise
+    warning = tumour_warning(meta)
     print(
         f"{output}: {result.stats.summary()}; "
         f"{time.perf_counter() - started:.1f} s from reading to writing"
+        + (f"; {warning}" if warning else "")
     )
     return 0

@@ -68,9 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.precision,
         help="autocast precision (default auto: bfloat16 or float16 on GPUs, float32 on CPU)",
     )
-    parser.add_argument(
-        "--amp", choices=tuple(AMP_ALIASES), help="deprecated: use --precision"
-    )
+    parser.add_argument("--amp", choices=tuple(AMP_ALIASES), help="deprecated: use --precision")
     parser.add_argument(
         "--log-csv",
         "--log",
@@ -101,9 +99,7 @@ def run(args: argparse.Namespace) -> int:
     precision = args.precision
     if args.amp is not None:
         precision = precision_from_amp(args.amp)
-        print(
-            f"warning: --amp is deprecated; use --precision {precision}", file=sys.stderr
-        )
+        print(f"warning: --amp is deprecated; use --precision {precision}", file=sys.stderr)
     config = TrainConfig(
         arch=args.arch,
         width=args.width,

@@ -46,6 +46,7 @@ from ..io.windows import hu_to_unit
 from ..metrics import volume_ml
 from .body import body_boxes, has_body, model_box
 from .devices import release_memory, resolve_device
+from .postprocess import keep_largest_components
 from .precision import autocast_dtype, precision_name
 from .preprocessing import (
     DEFAULT_PREPROCESSING,
@@ -511,6 +512,7 @@ def segment(
     probabilities: bool = False,
     precision: str = "auto",
     crop_to_body: bool = True,
+    clean_up: bool = True,
 ) -> Generator[Progress, None, SegmentationResult]:
     """Segment pancreas and tumour slice by slice, yielding progress, returning the result.
 
@@ -546,6 +548,11 @@ def segment(
     crop_to_body
         Run the model only on the body's box of each batch and skip slices without body (see
         the module notes); ``False`` runs it on whole slices.
+    clean_up
+        Keep only the largest 3D connected component of the pancreas (and of the tumour in it),
+        :func:`~src_models.inference.postprocess.keep_largest_components`; skipped for a single
+        slice. Turn it off for stacks of unrelated 2D slices, whose neighbours are not
+        neighbours in space.
 
     Yields
     ------
@@ -623,7 +630,12 @@ def segment(
     finally:
         in_flight.clear()
         release_memory(torch_device)
+    labels = runner.labels
     pancreas, tumour, foreground = (int(n) for n in runner.counts)
+    if clean_up and total > 1:
+        labels = keep_largest_components(labels)
+        pancreas, tumour = int(np.count_nonzero(labels)), int(np.count_nonzero(labels == 2))
+        foreground = int(np.count_nonzero(labels.reshape(total, -1).any(axis=1)))
     stats = SegmentationStats(
         pancreas_ml=volume_ml(pancreas, voxel_volume_mm3(volume.affine)),
         tumour_ml=volume_ml(tumour, voxel_volume_mm3(volume.affine)),
@@ -635,7 +647,7 @@ def segment(
         precision=precision_name(dtype),
     )
     return SegmentationResult(
-        canonical_labels=runner.labels,
+        canonical_labels=labels,
         canonical_reconstruction=runner.reconstruction,
         canonical_probabilities=runner.probabilities,
         affine=np.asarray(volume.affine, dtype=np.float64),

@@ -121,15 +121,17 @@ class Algorithm:
         Parameters
         ----------
         meta : dict
-            Needs ``"path"`` (the checkpoint file) and ``"arch"``.
+            Needs ``"path"`` (the checkpoint file) and ``"arch"``; an ensemble's
+            ``"members"`` (their files) are hashed in order instead of ``"path"``.
         version : str
             napari-dsms version (``src_models.version.__version__``).
         """
         path = Path(meta["path"])
         digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        for member in meta.get("members") or [path]:  # an ensemble: every member's file
+            with open(member, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
         return cls(path.stem, str(meta["arch"]), version, digest.hexdigest())
 
     def identification(self) -> hd.AlgorithmIdentificationSequence:

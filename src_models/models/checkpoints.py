@@ -259,3 +259,31 @@ def load_checkpoint_file(
     model.to(map_location).eval()
     meta = {key: payload[key] for key in META_KEYS} | {"path": str(path)}
     return model, meta
+
+
+def validated_structures(meta: dict[str, Any]) -> tuple[str, ...]:
+    """Structures a checkpoint was validated on with real labels, e.g. ``("pancreas",)``.
+
+    Training records them (``provenance["validated_structures"]``, from the real patients of its
+    validation set); an ensemble vouches only for what every member does. Checkpoints written
+    before that record existed were all selected on NIH Pancreas-CT, which has no tumour: they
+    count as validated for the pancreas only.
+    """
+    members = meta.get("members_meta")
+    if members:
+        common = set(CLASS_NAMES)
+        for member in members:
+            common &= set(validated_structures(member))
+        return tuple(name for name in CLASS_NAMES if name in common)
+    recorded = (meta.get("provenance") or {}).get("validated_structures")
+    return tuple(recorded) if recorded is not None else ("pancreas",)
+
+
+def tumour_warning(meta: dict[str, Any]) -> str:
+    """What to say wherever an unvalidated model's tumour result is shown, else ``""``."""
+    if "tumour" in validated_structures(meta):
+        return ""
+    return (
+        "tumour unvalidated: this model never saw a real tumour in validation, so its tumour "
+        "labels are not to be trusted"
+    )

@@ -18,11 +18,19 @@ import platformdirs
 import torch
 from torch import nn
 
+from ..nets.ensemble import ProbabilityAverage
+from ..nets.registry import ARCHITECTURES
 from .checkpoints import CheckpointError, load_checkpoint_file, read_metadata
 
 BUNDLED_DIR = Path(__file__).parent / "weights"
 MODEL_DIR_ENV = "DSMS_MODEL_DIR"
 SUFFIX = ".pt"
+
+#: Model name of the ensemble of the bundled models (:func:`load_ensemble`).
+ENSEMBLE = "ensemble"
+
+#: The bundled architectures the ensemble averages.
+ENSEMBLE_MEMBERS = ARCHITECTURES
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,46 @@ def list_checkpoints() -> list[CheckpointEntry]:
     return entries
 
 
+def load_ensemble(map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The bundled models as one :class:`~src_models.nets.ensemble.ProbabilityAverage`.
+
+    Returns
+    -------
+    model, meta
+        As :func:`load_checkpoint`; ``meta["arch"]`` is :data:`ENSEMBLE`, ``meta["members"]``
+        the member checkpoints and ``meta["metrics"]`` the members' validation figures.
+
+    Raises
+    ------
+    CheckpointError
+        A bundled checkpoint is missing or damaged, or the members were trained with different
+        preprocessing (their mean would mix two views of the scan).
+    """
+    loaded = [
+        load_checkpoint_file(BUNDLED_DIR / f"{arch}{SUFFIX}", map_location)
+        for arch in ENSEMBLE_MEMBERS
+    ]
+    first = loaded[0][1]
+    for _, meta in loaded[1:]:
+        if meta["preprocessing"] != first["preprocessing"]:
+            raise CheckpointError(
+                f"{meta['path']}: preprocessing {meta['preprocessing']} differs from "
+                f"{first['path']} ({first['preprocessing']}); they cannot be averaged"
+            )
+    model = ProbabilityAverage([m for m, _ in loaded]).to(map_location).eval()
+    meta = {
+        **{key: first[key] for key in ("format", "format_version", "preprocessing", "class_names")},
+        "arch": ENSEMBLE,
+        "config": {"members": list(ENSEMBLE_MEMBERS)},
+        "members": [m["path"] for _, m in loaded],
+        "provenance": {"ensemble_of": list(ENSEMBLE_MEMBERS), **first["provenance"]},
+        "metrics": {Path(m["path"]).stem: m["metrics"] for _, m in loaded},
+        "members_meta": [m for _, m in loaded],
+        "path": ENSEMBLE,
+    }
+    return model, meta
+
+
 def load_checkpoint(
     path_or_name: str | os.PathLike[str], map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -123,7 +171,7 @@ def load_checkpoint(
     path_or_name
         A checkpoint file, or a name resolved by :func:`resolve_checkpoint`
         (a bundled architecture such as ``"dsmsc_unet"`` or a checkpoint in the user's model
-        folder).
+        folder), or :data:`ENSEMBLE` for :func:`load_ensemble`.
     map_location
         Device for the model; the file is always read to the CPU first.
 
@@ -143,4 +191,6 @@ def load_checkpoint(
         refused because it asks to import or run code, lacks keys, or its weights do not match
         its declared architecture or class count. The message names the file.
     """
+    if str(path_or_name) == ENSEMBLE and not Path(ENSEMBLE).is_file():
+        return load_ensemble(map_location)
     return load_checkpoint_file(resolve_checkpoint(path_or_name), map_location)

@@ -43,6 +43,9 @@ SPLIT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)
 #: Slices converted per chunk while caching a volume: bounds the float32 working memory.
 _CHUNK = 16
 
+#: Patient ids of synthetic cases start with this (``phantom-0003``).
+PHANTOM_PREFIX = "phantom-"
+
 _NIFTI = (".nii.gz", ".nii")
 _SINGLE_IMAGE_NAMES = ("ct", "image")
 _SINGLE_LABEL_NAMES = ("label", "labels")
@@ -194,7 +197,13 @@ def phantom_cases(
     ones); ``None`` keeps its default abdomen-sized grid.
     """
     return [
-        Case(f"phantom-{s:04d}", f"phantom-{s:04d}", "phantom", seed=s, phantom_grid=grid)
+        Case(
+            f"{PHANTOM_PREFIX}{s:04d}",
+            f"{PHANTOM_PREFIX}{s:04d}",
+            "phantom",
+            seed=s,
+            phantom_grid=grid,
+        )
         for s in range(seed, seed + count)
     ]
 

@@ -356,9 +356,7 @@ def _fine_tuned_meta(
 ) -> dict[str, Any]:
     """The input's metadata with this round recorded under ``provenance["fine_tune"]``."""
     new_meta = copy.deepcopy(dict(meta))
-    provenance = {
-        k: v for k, v in new_meta.get("provenance", {}).items() if k not in _STAMP_KEYS
-    }
+    provenance = {k: v for k, v in new_meta.get("provenance", {}).items() if k not in _STAMP_KEYS}
     provenance["fine_tune"] = {
         "base": meta.get("path"),
         "base_checkpoint": str(base_path) if base_path else None,
@@ -400,7 +398,14 @@ def learn_from_corrections(
     model, meta = load_checkpoint(checkpoint)
     return (
         yield from fine_tune(
-            model, meta, images_hu, labels, spacing_yx, val_images_hu=holdout_images,
-            val_labels=holdout_labels, out=output, **options,
+            model,
+            meta,
+            images_hu,
+            labels,
+            spacing_yx,
+            val_images_hu=holdout_images,
+            val_labels=holdout_labels,
+            out=output,
+            **options,
         )  # fmt: skip
     )

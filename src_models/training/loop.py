@@ -41,7 +41,7 @@ from ..metrics import METRICS, STRUCTURES, case_metrics, summarise
 from ..models.checkpoints import CheckpointError, save_checkpoint
 from ..models.store import load_checkpoint
 from ..nets.registry import build_model
-from .data import Augmentation, CachedCase, SliceSampler
+from .data import PHANTOM_PREFIX, Augmentation, CachedCase, SliceSampler
 from .losses import build_loss
 
 #: Columns of the CSV log, one row per optimiser step (validation columns empty between).
@@ -517,6 +517,7 @@ def train(
         "config": config.to_dict(),
         "train_patients": sorted({c.patient_id for c in train_cases}),
         "val_patients": sorted({c.patient_id for c in val_cases}),
+        "validated_structures": validated_structures_of(val_cases),
         "processes": world,
         "device": str(device),
     }
@@ -579,6 +580,22 @@ def train(
         metrics=result.best_metrics, checkpoint=out,
     )  # fmt: skip
     return result
+
+
+def validated_structures_of(val_cases: Sequence[CachedCase]) -> list[str]:
+    """Structures the validation cases hold in real (not synthetic) patients.
+
+    A model is only vouched for where its checkpoint was selected on real labels: the bundled
+    models saw tumour only in phantoms, so their tumour channel is unvalidated, and every place
+    that shows its output says so (:func:`~src_models.models.checkpoints.validated_structures`).
+    """
+    real = [c for c in val_cases if not c.patient_id.startswith(PHANTOM_PREFIX)]
+    found = []
+    if any(len(c.foreground) for c in real):
+        found.append("pancreas")
+    if any(len(c.tumour) for c in real):
+        found.append("tumour")
+    return found
 
 
 def default_threads() -> int:
