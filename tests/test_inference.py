@@ -352,7 +352,8 @@ def test_cropped_run_equals_whole_slices_and_skips_air_slices(slice_with_body):
     """A pixel-wise model gives the same labels on the body's crop; air is never run."""
     volume = _volume_with_air_slices(slice_with_body)
     whole_model, crop_model = Threshold(), Threshold()
-    kwargs = {"device": "cpu", "precision": "float32", "probabilities": True, "batch_size": 8}
+    kwargs = {"device": "cpu", "precision": "float32", "probabilities": True, "batch_size": 8,
+              "clean_up": False}  # fmt: skip
     whole = run_to_end(segment(volume, whole_model, NATIVE, crop_to_body=False, **kwargs))
     crop = run_to_end(segment(volume, crop_model, NATIVE, **kwargs))
     np.testing.assert_array_equal(crop.labels, whole.labels)
