@@ -28,13 +28,28 @@ from src_models.io.windows import CT_WINDOWS, DEFAULT_WINDOW
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
-#: RGBA per label value: pancreas orange, tumour magenta, background transparent.
-LABEL_COLOURS: dict[int | None, tuple[float, float, float, float]] = {
+Colours = dict[int | None, tuple[float, float, float, float]]
+
+#: RGBA per label value of a segmentation (a model's result, being corrected): pancreas orange,
+#: tumour magenta, background transparent. Drawn filled.
+LABEL_COLOURS: Colours = {
     0: (0.0, 0.0, 0.0, 0.0),
     1: (1.0, 0.6, 0.0, 1.0),
     2: (1.0, 0.0, 1.0, 1.0),
     None: (0.5, 0.5, 0.5, 1.0),  # any other value a user paints
 }
+
+#: RGBA per label value of a reference (a label file, e.g. a manual segmentation): pancreas
+#: green, tumour blue, so that it never looks like the model's result. Drawn as contours.
+REFERENCE_COLOURS: Colours = {
+    0: (0.0, 0.0, 0.0, 0.0),
+    1: (0.1, 0.9, 0.3, 1.0),
+    2: (0.2, 0.6, 1.0, 1.0),
+    None: (0.5, 0.5, 0.5, 1.0),
+}
+
+#: Contour width in screen pixels of reference and comparison labels layers.
+CONTOUR_WIDTH = 2
 
 # --- layer metadata keys (``layer.metadata[KEY]``) -------------------------------------------
 
@@ -64,6 +79,13 @@ AUTOSAVE_KEY = "autosave"
 #: ``layer.metadata`` keys describing the file grid, written here and read by the writer.
 METADATA_KEYS = (AFFINE, SOURCE, SHAPE, DESCRIPTION, VOLUME_INFO)
 
+# --- roles of labels layers (``layer.metadata[ROLE]``) ------------------------------------------
+
+#: A model's result (``metadata[PREDICTION]`` keeps its output), corrected by the user.
+SEGMENTATION = "segmentation"
+#: Labels read from a file: a reference to compare with, not to paint into by accident.
+REFERENCE = "reference"
+
 # --- roles of the image layers a segmentation adds (``layer.metadata[ROLE]``) -----------------
 
 RECONSTRUCTION = "reconstruction"
@@ -90,9 +112,28 @@ def is_ct_layer(layer: Any, slices: bool = False) -> bool:
     )
 
 
-def label_colormap() -> DirectLabelColormap:
-    """Fixed colours, so pancreas and tumour look the same in every layer and screenshot."""
-    return DirectLabelColormap(color_dict=dict(LABEL_COLOURS))
+def label_colours(role: str | None = SEGMENTATION) -> Colours:
+    """The fixed colours of a labels layer of ``role`` (:data:`REFERENCE` or a segmentation)."""
+    return dict(REFERENCE_COLOURS if role == REFERENCE else LABEL_COLOURS)
+
+
+def label_colormap(
+    role: str | None = SEGMENTATION, hidden: tuple[int, ...] = ()
+) -> DirectLabelColormap:
+    """Fixed colours per role, so a structure looks the same in every layer of that role.
+
+    ``hidden`` label values are made transparent (the data stay as they are).
+    """
+    colours = label_colours(role)
+    for value in hidden:
+        colours[value] = (0.0, 0.0, 0.0, 0.0)
+    return DirectLabelColormap(color_dict=colours)
+
+
+def style_labels(layer: Any) -> None:
+    """Draw a reference labels layer as contours (set after creation: no layer kwarg does it)."""
+    if layer.metadata.get(ROLE) == REFERENCE:
+        layer.contour = CONTOUR_WIDTH
 
 
 def label_features() -> dict[str, list]:
@@ -168,21 +209,21 @@ def reference_volume(reference: Any) -> Volume:
     )
 
 
-def _labels_kwargs(reference: Volume, name: str) -> dict[str, Any]:
+def _labels_kwargs(reference: Volume, name: str, role: str = SEGMENTATION) -> dict[str, Any]:
     return {
         "name": name,
-        "colormap": label_colormap(),
+        "colormap": label_colormap(role),
         "features": label_features(),
-        "opacity": 0.5,
-        "metadata": geometry_metadata(reference),
+        "opacity": 0.9 if role == REFERENCE else 0.5,
+        "metadata": {**geometry_metadata(reference), ROLE: role},
         **_placement(reference.affine, reference.shape),
     }
 
 
 def labels_layer_data(
-    labels: Volume | np.ndarray, reference: Any, name: str = "labels"
+    labels: Volume | np.ndarray, reference: Any, name: str = "labels", role: str = SEGMENTATION
 ) -> LayerDataTuple:
-    """Labels layer data aligned with a CT, with the fixed pancreas / tumour colours.
+    """Labels layer data aligned with a CT, with the fixed pancreas / tumour colours of ``role``.
 
     Parameters
     ----------
@@ -193,6 +234,9 @@ def labels_layer_data(
         The CT (volume or image layer made by :func:`image_layer_data`) the labels belong to.
     name : str
         Layer name.
+    role : str
+        :data:`SEGMENTATION` (orange / magenta, filled) or :data:`REFERENCE` (green / blue;
+        :func:`style_labels` draws it as contours once it is a layer).
     """
     ref = reference_volume(reference)
     canonical_shape = to_canonical(np.broadcast_to(np.uint8(0), ref.shape), ref.affine)[0].shape
@@ -208,7 +252,7 @@ def labels_layer_data(
             )
     if not np.issubdtype(data.dtype, np.integer):
         data = data.astype(np.uint8)
-    return data, _labels_kwargs(ref, name), "labels"
+    return data, _labels_kwargs(ref, name, role), "labels"
 
 
 def new_labels_like(image_layer: Any, name: str = "labels") -> LayerDataTuple:

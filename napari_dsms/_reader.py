@@ -22,7 +22,7 @@ from napari.utils.notifications import show_warning
 from src_models.io import NIFTI_SUFFIXES, Volume, label_array, read_volume_reporting
 from src_models.io.dicom import is_dicom_file
 
-from ._layers import LayerDataTuple, image_layer_data, labels_layer_data
+from ._layers import REFERENCE, LayerDataTuple, image_layer_data, labels_layer_data
 
 ReaderFunction = Callable[[str | list[str]], list[LayerDataTuple]]
 
@@ -73,19 +73,20 @@ def looks_like_labels(volume: Volume) -> bool:
 
 
 def read_ct(path: str | list[str]) -> list[LayerDataTuple]:
-    """Read a CT (abdomen window), a label file or a DICOM-SEG (fixed colours) as layer data.
+    """Read a CT (abdomen window), a label file or a DICOM-SEG as layer data.
 
-    The reader's warnings (unknown orientation, several series in a folder, a single slice
-    without thickness) become napari notifications; a 2D image opens as one slice.
+    Label files and SEGs are references: they get their own colours, never those of a model's
+    result. The reader's warnings (unknown orientation, several series in a folder, a single
+    slice without thickness) become napari notifications; a 2D image opens as one slice.
     """
     target = _single_path(path)
     volume, warnings = read_volume_reporting(target)
     for text in warnings:
         show_warning(text)
     if volume.info.get("format") == "DICOM-SEG":
-        return [labels_layer_data(volume, volume, name=volume.description)]
+        return [labels_layer_data(volume, volume, name=volume.description, role=REFERENCE)]
     if looks_like_labels(volume):
         volume.array = label_array(volume.array, volume.source)
         name = Path(volume.source).name
-        return [labels_layer_data(volume, volume, name=name.split(".nii")[0])]
+        return [labels_layer_data(volume, volume, name=name.split(".nii")[0], role=REFERENCE)]
     return [image_layer_data(volume)]

@@ -8,11 +8,15 @@ go through here, so a result looks the same whoever asked for it.
 
 Layer contract (read by the Review dock)
 ----------------------------------------
-``"<image> pancreas/tumour"`` (Labels, canonical uint8) with ``metadata[PREDICTION]``, an
-unedited copy of the model's labels, and ``metadata[MODEL]``, a dict with ``arch``,
-``checkpoint`` (file path), ``name``, ``device`` and ``precision``. Models with a restoration
-decoder add ``"<image> reconstruction"`` and ``"<image> reconstruction error"`` (Image layers on
-the CT's geometry with ``metadata[ROLE]`` set), probability layers when asked for.
+Every layer is named by the model that made it, so the results of two models never mix:
+``"<image> pancreas/tumour [<model>]"`` (Labels, canonical uint8, ``metadata[ROLE] =
+SEGMENTATION``) with ``metadata[PREDICTION]``, an unedited copy of the model's labels, and
+``metadata[MODEL]``, a dict with ``arch``, ``checkpoint`` (file path), ``name``, ``device`` and
+``precision``. Models with a restoration decoder add ``"<image> reconstruction [<model>]"`` and
+``"<image> reconstruction error [<model>]"`` (Image layers on the CT's geometry with
+``metadata[ROLE]`` and ``metadata[MODEL]``), and probability layers when asked for. A new run
+replaces the same model's layers of that image (never edited labels) and removes those of its
+layers it did not make this time (probabilities not asked for again); other models' layers stay.
 
 No Qt here: napari's layer and viewer models only.
 """
@@ -36,6 +40,7 @@ from src_models.models.store import load_checkpoint
 
 from ._layers import (
     AFFINE,
+    DERIVED_ROLES,
     METADATA_KEYS,
     MODEL,
     PANCREAS_PROBABILITY,
@@ -43,6 +48,7 @@ from ._layers import (
     RECONSTRUCTION,
     RECONSTRUCTION_ERROR,
     ROLE,
+    SEGMENTATION,
     SHAPE,
     TUMOUR_PROBABILITY,
     geometry_metadata,
@@ -69,9 +75,21 @@ def import_layer_dependencies() -> None:
             continue
 
 
-def labels_name(image_name: str) -> str:
-    """Name of the labels layer a segmentation of ``image_name`` gets."""
-    return f"{image_name} pancreas/tumour"
+def model_name(model: dict[str, Any] | None) -> str:
+    """Short name of the model of a ``metadata[MODEL]`` record (its checkpoint's stem)."""
+    if not model:
+        return "unknown model"
+    return str(model.get("name") or Path(str(model.get("checkpoint", "model"))).stem)
+
+
+def layer_name(image_name: str, what: str, model: dict[str, Any] | None) -> str:
+    """Name of a result layer, ``"<image> <what> [<model>]"``: ``"ct reconstruction [unet]"``."""
+    return f"{image_name} {what} [{model_name(model)}]"
+
+
+def labels_name(image_name: str, model: dict[str, Any] | None) -> str:
+    """Name of the labels layer a segmentation of ``image_name`` by ``model`` gets."""
+    return layer_name(image_name, "pancreas/tumour", model)
 
 
 def _placement(layer: Image) -> dict[str, tuple[float, ...]]:
@@ -172,11 +190,17 @@ def _geometry(image: Image) -> dict[str, Any]:
 
 
 def _put_image(
-    viewer: Any, name: str, data: np.ndarray, geometry: dict[str, Any], role: str, **kwargs: Any
+    viewer: Any,
+    name: str,
+    data: np.ndarray,
+    geometry: dict[str, Any],
+    role: str,
+    model: dict[str, Any],
+    **kwargs: Any,
 ) -> Image:
     """Add an image layer, or refresh the data of the one a previous run made."""
     existing = viewer.layers[name] if name in viewer.layers else None
-    metadata = {**geometry["metadata"], ROLE: role}
+    metadata = {**geometry["metadata"], ROLE: role, MODEL: model}
     if isinstance(existing, Image) and existing.data.shape == data.shape:
         existing.data = data
         existing.metadata.update(metadata)
@@ -214,9 +238,9 @@ def _put_labels(viewer: Any, image: Image, labels: np.ndarray, model: dict[str, 
     A layer whose data differ from its stored prediction holds manual work: it is left alone
     and the new result goes into a new layer with a numbered name.
     """
-    base = labels_name(image.name)
+    base = labels_name(image.name, model)
     reference = image if AFFINE in image.metadata else volume_of_layer(image)
-    data, kwargs, _ = labels_layer_data(labels, reference, name=base)
+    data, kwargs, _ = labels_layer_data(labels, reference, name=base, role=SEGMENTATION)
     kwargs["metadata"].update({PREDICTION: data.copy(), MODEL: model})
     existing = viewer.layers[base] if base in viewer.layers else None
     if isinstance(existing, Labels) and existing.data.shape == data.shape and is_unedited(existing):
@@ -245,53 +269,41 @@ def result_steps(
     top, selected, label 1 and paint mode: the last step returns the labels layer.
     """
     result = output.result
+    model = output.model_record()
     geometry = _geometry(image)
-    steps: list[Callable[[], Layer]] = []
+    images: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
     if output.error is not None:
-        steps.append(
-            partial(
-                _put_image,
-                viewer,
-                f"{image.name} reconstruction error",
-                output.error,
-                geometry,
-                role=RECONSTRUCTION_ERROR,
-                colormap="inferno",
-                contrast_limits=ERROR_CONTRAST,
-                visible=False,
-            )
+        images[RECONSTRUCTION_ERROR] = (
+            output.error,
+            {"colormap": "inferno", "contrast_limits": ERROR_CONTRAST, "visible": False},
         )
-        steps.append(
-            partial(
-                _put_image,
-                viewer,
-                f"{image.name} reconstruction",
-                result.canonical_reconstruction,
-                geometry,
-                role=RECONSTRUCTION,
-                colormap="gray",
-                contrast_limits=(0.0, 1.0),
-                visible=False,
-            )
+        images[RECONSTRUCTION] = (
+            result.canonical_reconstruction,
+            {"colormap": "gray", "contrast_limits": (0.0, 1.0), "visible": False},
         )
     if result.canonical_probabilities is not None:
         for channel, role in enumerate((PANCREAS_PROBABILITY, TUMOUR_PROBABILITY)):
-            steps.append(
-                partial(
-                    _put_image,
-                    viewer,
-                    f"{image.name} {role}",
-                    result.canonical_probabilities[..., channel],
-                    geometry,
-                    role=role,
-                    colormap="magma",
-                    contrast_limits=(0.0, 1.0),
-                    blending="additive",
-                )
+            images[role] = (
+                result.canonical_probabilities[..., channel],
+                {"colormap": "magma", "contrast_limits": (0.0, 1.0), "blending": "additive"},
             )
-    put = partial(_put_labels, viewer, image, result.canonical_labels, output.model_record())
+    stale = [
+        layer_name(image.name, role, model)
+        for role in DERIVED_ROLES
+        if role not in images and layer_name(image.name, role, model) in viewer.layers
+    ]
+    steps: list[Callable[[], Layer]] = [partial(_remove, viewer, name) for name in stale]
+    for role, (data, kwargs) in images.items():
+        name = layer_name(image.name, role, model)
+        steps.append(partial(_put_image, viewer, name, data, geometry, role, model, **kwargs))
+    put = partial(_put_labels, viewer, image, result.canonical_labels, model)
     steps.append(lambda: _select_for_painting(viewer, put()))
     return steps
+
+
+def _remove(viewer: Any, name: str) -> None:
+    if name in viewer.layers:
+        viewer.layers.remove(name)
 
 
 def summary(image_name: str, output: SegmentationOutput) -> str:

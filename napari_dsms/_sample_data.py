@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from src_models.phantom import make_phantom
 
-from ._layers import LayerDataTuple, image_layer_data, labels_layer_data
+from ._layers import REFERENCE, LayerDataTuple, image_layer_data, labels_layer_data
 
 
 def make_phantom_sample() -> list[LayerDataTuple]:
-    """Phantom CT (abdomen window) and its pancreas / tumour labels, aligned."""
+    """Phantom CT (abdomen window) and its true pancreas / tumour labels (a reference), aligned."""
     image, labels = make_phantom(seed=0)
     return [
         image_layer_data(image, name="phantom CT"),
-        labels_layer_data(labels, image, name="phantom labels"),
+        labels_layer_data(labels, image, name="phantom labels", role=REFERENCE),
     ]

@@ -97,6 +97,15 @@ class ReviewSession:
         The CT file's own array shape.
     current : int
         The canonical slice shown.
+
+    Attributes
+    ----------
+    edited : list of int
+        Slices where the labels differ from the model's output (after :meth:`refresh`). Changes
+        made by a tool rather than by the user (the clean-up, see :meth:`add_tool_changes`) do
+        not count: they are folded into ``baseline``, what edits are measured against.
+    baseline : numpy.ndarray or None
+        The model's output plus the tools' changes; ``None`` while it equals ``prediction``.
     """
 
     image: np.ndarray
@@ -111,6 +120,11 @@ class ReviewSession:
     source_shape: tuple[int, ...] | None = None
     current: int = 0
     edited: list[int] = field(default_factory=list)
+    baseline: np.ndarray | None = None
+    # Tool changes still in effect, newest last: (voxels, labels before, baseline before).
+    _tool_changes: list[tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]] = field(
+        default_factory=list, repr=False
+    )
 
     def __post_init__(self) -> None:
         self.spacing = tuple(float(s) for s in self.spacing)
@@ -144,12 +158,48 @@ class ReviewSession:
         self.labels = labels
         self.refresh()
 
+    def set_prediction(self, prediction: np.ndarray | None) -> None:
+        """Follow the stored model output (a new run replaced it); tool changes start afresh."""
+        if prediction is not None and np.shape(prediction) != self.labels.shape:
+            prediction = None
+        if prediction is not self.prediction:
+            self.prediction, self.baseline, self._tool_changes = prediction, None, []
+
+    def _edit_reference(self) -> np.ndarray | None:
+        return self.baseline if self.baseline is not None else self.prediction
+
+    def add_tool_changes(self, voxels: tuple[np.ndarray, ...], values: np.ndarray) -> None:
+        """Record that a tool (not the user) is about to set ``labels[voxels] = values``.
+
+        Such changes are not corrections: a clean-up that removes islands on 100 slices must
+        not make a following fine-tuning learn the model's own output there. Call it before
+        writing the values; undoing them later (napari's Ctrl+Z) is noticed by :meth:`refresh`.
+        """
+        if self.prediction is None:
+            return
+        if self.baseline is None:
+            self.baseline = np.array(self.prediction, copy=True)
+        labels = np.asarray(self.labels)
+        self._tool_changes.append((voxels, labels[voxels].copy(), self.baseline[voxels].copy()))
+        self.baseline[voxels] = values
+
+    def _forget_undone_tool_changes(self) -> None:
+        labels = np.asarray(self.labels)
+        while self._tool_changes:
+            voxels, labels_before, baseline_before = self._tool_changes[-1]
+            if not np.array_equal(labels[voxels], labels_before):
+                break
+            self.baseline[voxels] = baseline_before  # the tool's change was undone
+            self._tool_changes.pop()
+
     def refresh(self) -> list[int]:
         """Recompute the edited slices from the labels as they are now, and return them."""
-        if self.prediction is None:
+        self._forget_undone_tool_changes()
+        reference = self._edit_reference()
+        if reference is None:
             self.edited = []
         else:
-            self.edited = corrections.edited_slices(np.asarray(self.labels), self.prediction)
+            self.edited = corrections.edited_slices(np.asarray(self.labels), reference)
         return list(self.edited)
 
     def go_to(self, index: int) -> int:
@@ -227,8 +277,17 @@ class ReviewSession:
 
     # ------------------------------------------------------------------ leaving
 
-    def sidecar(self, export_path: str | Path, kind: str, with_labels: bool = True) -> dict:
+    def sidecar(
+        self,
+        export_path: str | Path,
+        kind: str,
+        with_labels: bool = True,
+        model: dict[str, Any] | None = None,
+    ) -> dict:
         """The JSON side-car of an export (:func:`src_models.corrections.sidecar`).
+
+        ``model`` names the model that made the exported file when it is not the one that made
+        the labels (a reconstruction records its own model).
 
         Raises
         ------
@@ -245,7 +304,7 @@ class ReviewSession:
             source_shape=self.source_shape,
             labels=np.asarray(self.labels) if with_labels and self.fits_image else None,
             spacing=self.voxel_mm3,
-            model=self.model,
+            model=model if model is not None else self.model,
             edited=self.edited,
             reviewed=self.reviewed,
             plugin_version=__version__,
@@ -272,7 +331,7 @@ class ReviewSession:
             )
         data = np.asarray(self.labels)
         chosen = corrections.training_slices(
-            data, self.prediction, self.reviewed, include_reviewed
+            data, self._edit_reference(), self.reviewed, include_reviewed
         )
         train, holdout = split_holdout(chosen)
         hu = np.asarray(self.image)

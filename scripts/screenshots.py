@@ -151,10 +151,12 @@ def main() -> None:
     show_dock("Segment")
     segment.select_checkpoint(checkpoint)
     started = time.perf_counter()
+    segmented: list = []
+    segment.segmented.connect(segmented.append)
     segment.run()
-    wait_until(lambda: not segment.running, 1200, "segmentation")
+    wait_until(lambda: bool(segmented) and not segment.running, 1200, "segmentation")
     print(f"segmentation: {time.perf_counter() - started:.1f} s")
-    labels = viewer.layers[f"{image.name} pancreas/tumour"]
+    labels = viewer.layers[segmented[-1].name]
     review.select_labels(labels)
     review.go_to_slice(middle)
     shoot(viewer, args.out / "02-segment.png")

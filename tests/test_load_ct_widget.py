@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from test_dicom import pattern, write_series, write_slice
 
+from napari_dsms._layers import REFERENCE_COLOURS
 from napari_dsms._widgets.load_ct import LoadCTWidget
 from src_models.io.windows import CT_WINDOWS
 
@@ -45,6 +46,10 @@ def test_load_nifti_then_labels_and_windows(widget, qtbot, nih_ct, nih_label):
     assert tuple(labels.scale) == tuple(image.scale)
     assert tuple(labels.translate) == tuple(image.translate)
     assert np.count_nonzero(labels.data == 1) == 78329
+    # a label file is a reference: drawn as contours in its own colours, and described in mL
+    assert labels.contour == 2
+    np.testing.assert_allclose(labels.colormap.map(np.array([1]))[0], REFERENCE_COLOURS[1])
+    assert "HU" not in widget.info.text() and "pancreas (incl. tumour)" in widget.info.text()
     assert 40 < np.median(image.data[labels.data == 1]) < 160
     # the pancreas label reads "pancreas" under the cursor
     z, y, x = np.argwhere(labels.data == 1)[0]

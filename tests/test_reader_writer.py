@@ -11,6 +11,7 @@ from napari.layers import Image, Labels
 
 from napari_dsms._layers import (
     LABEL_COLOURS,
+    REFERENCE_COLOURS,
     image_layer_data,
     labels_layer_data,
     layer_to_volume,
@@ -66,7 +67,10 @@ def test_reader_opens_real_label_as_labels_that_overlay(nih_ct, nih_label):
     assert kwargs["translate"] == image_kwargs["translate"]
     assert kwargs["features"]["name"] == ["background", "pancreas", "tumour"]
     colours = kwargs["colormap"].color_dict
-    np.testing.assert_allclose(colours[1], LABEL_COLOURS[1])
+    # a label file is a reference: its own colours, never those of the model's result
+    np.testing.assert_allclose(colours[1], REFERENCE_COLOURS[1])
+    assert not np.allclose(colours[1], LABEL_COLOURS[1])
+    assert kwargs["metadata"]["dsms_role"] == "reference"
     assert colours[0][3] == 0  # background transparent
     hu = image[labels == 1]
     assert 40 < np.median(hu) < 160

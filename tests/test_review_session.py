@@ -111,6 +111,24 @@ def test_clean_up_changes_are_computed_not_applied() -> None:
     assert not values.any()
 
 
+def test_tool_changes_are_not_edits_until_undone() -> None:
+    session = _session()
+    session.labels[10, 0:2, 0:2] = 1  # an island the model made...
+    session.prediction[10, 0:2, 0:2] = 1  # ...so it is in its output too
+    session.labels[4, 5, 5] = 0  # and one correction by the user
+    assert session.refresh() == [4]
+    changed, values = session.cleanup_changes()
+    session.add_tool_changes(changed, values)
+    session.labels[changed] = values
+    assert session.refresh() == [4]  # the island's slice is not a correction
+    inputs_slices = session.fine_tune_inputs().train + session.fine_tune_inputs().holdout
+    assert 10 not in inputs_slices
+    session.labels[10, 0:2, 0:2] = 1  # undone (napari's Ctrl+Z)
+    assert session.refresh() == [4]
+    session.labels[10, 0:2, 0:2] = 0  # now erased by the user: a correction
+    assert session.refresh() == [4, 10]
+
+
 def test_sidecar_records_model_edits_reviews_and_volumes() -> None:
     session = _session()
     session.labels[4, 0, 0] = 1

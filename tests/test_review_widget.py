@@ -84,10 +84,10 @@ def _open(viewer, case) -> tuple:
     data, kwargs, _ = image_layer_data(volume, name="ct")
     image = viewer.add_image(data, **kwargs)
     prediction = case["prediction"]
-    data, kwargs, _ = labels_layer_data(prediction.copy(), image, name="ct pancreas/tumour")
+    data, kwargs, _ = labels_layer_data(prediction.copy(), image, name="ct pancreas/tumour [tiny]")
     kwargs["metadata"].update(
         prediction=prediction.copy(),
-        model={"arch": "drs_unet", "checkpoint": str(case["checkpoint"])},
+        model={"arch": "drs_unet", "checkpoint": str(case["checkpoint"]), "name": "tiny"},
     )
     labels = viewer.add_labels(data, **kwargs)
     reference = np.asarray(to_canonical(case["reference"], case["affine"])[0])
@@ -208,6 +208,27 @@ def test_clean_up_keeps_largest_component_and_is_one_undo_step(widget_and_layers
     assert labels.data[15].sum() == 0 and labels.data[0, 0, 0] == 1
 
 
+def test_clean_up_is_not_a_correction(widget_and_layers, qtbot):
+    widget, viewer, image, labels, reference = widget_and_layers
+    model_output = np.zeros_like(labels.data)
+    model_output[5:9, 200:230, 200:240] = 1
+    model_output[[12, 15], 10:14, 10:14] = 1  # islands the clean-up removes
+    labels.metadata["prediction"] = model_output.copy()
+    labels.data = model_output.copy()
+    labels.data_setitem((np.array([6]), np.array([210]), np.array([210])), 0)  # the user's edit
+    widget.refresh_status()
+    assert widget.edited_slices() == [6]
+    assert widget.correct.clean_up() == 2 * 16
+    assert widget.edited_slices() == [6]  # the clean-up's slices are not corrections
+    labels.undo()  # napari's Ctrl+Z takes the clean-up back
+    qtbot.waitUntil(lambda: labels.data[15, 11, 11] == 1, timeout=5000)
+    widget.refresh_status()
+    assert widget.edited_slices() == [6]
+    widget.correct.clean_up()
+    assert widget.correct.undo_clean_up()
+    assert widget.edited_slices() == [6]
+
+
 def test_metrics_between_model_output_and_corrected_labels(widget_and_layers):
     widget, viewer, image, labels, reference = widget_and_layers
     labels.data[:] = reference
@@ -270,16 +291,27 @@ def test_export_reconstruction_needs_a_drs_layer(widget_and_layers, case, tmp_pa
     widget, viewer, image, labels, reference = widget_and_layers
     assert widget.export.export_reconstruction(tmp_path / "r.nii.gz") is None
     recon = np.random.default_rng(0).random(image.data.shape).astype(np.float16)
+    other = {"arch": "dsmsc_unet", "checkpoint": "/elsewhere/other.pt", "name": "other"}
+    metadata = {**image.metadata, "dsms_role": "reconstruction", "model": other}
     viewer.add_image(
-        recon, name="ct reconstruction", metadata=dict(image.metadata), scale=image.scale,
+        recon, name="ct reconstruction [other]", metadata=metadata, scale=image.scale,
         translate=image.translate,
+    )
+    # another model's reconstruction is never exported beside these labels
+    assert widget.export.export_reconstruction(tmp_path / "r.nii.gz") is None
+    assert "tiny" in widget.export.export_label.text()
+    mine = {**labels.metadata["model"]}
+    viewer.add_image(
+        recon, name="ct reconstruction [tiny]", metadata={**metadata, "model": mine},
+        scale=image.scale, translate=image.translate,
     )
     written = widget.export.export_reconstruction(tmp_path / "r.nii.gz")
     saved = nib.load(written)
     np.testing.assert_array_equal(
         np.asarray(saved.dataobj), _source_grid(recon, case).astype(np.float32)
     )
-    assert json.loads((tmp_path / "r.json").read_text())["kind"] == "reconstruction"
+    sidecar = json.loads((tmp_path / "r.json").read_text())
+    assert sidecar["kind"] == "reconstruction" and sidecar["model"]["name"] == "tiny"
 
 
 def _source_grid(canonical: np.ndarray, case) -> np.ndarray:
@@ -392,3 +424,43 @@ def test_base_model_defaults_to_the_checkpoint_that_made_the_labels(widget_and_l
     assert widget.fine_tune.checkpoint_combo.currentData() == str(elsewhere)
     assert widget.select_labels(labels)
     assert Path(widget.fine_tune.checkpoint_combo.currentData()) == case["checkpoint"]
+
+
+def _result(viewer, image, name: str, prediction: np.ndarray):
+    """A model result layer as the Segment dock makes it."""
+    data, kwargs, _ = labels_layer_data(prediction.copy(), image, name=name)
+    kwargs["metadata"].update(prediction=prediction.copy(), model={"name": name, "arch": "unet"})
+    return viewer.add_labels(data, **kwargs)
+
+
+def test_follows_the_newest_model_result_never_the_reference(make_napari_viewer, qtbot, case):
+    viewer = make_napari_viewer()
+    volume = read_volume(case["ct"])
+    data, kwargs, _ = image_layer_data(volume, name="ct")
+    image = viewer.add_image(data, **kwargs)
+    reference = np.asarray(to_canonical(case["reference"], case["affine"])[0])
+    data, kwargs, _ = labels_layer_data(reference, image, name="manual", role="reference")
+    manual = viewer.add_labels(data, **kwargs)  # opened before segmenting
+    widget = ReviewWidget(viewer)
+    qtbot.addWidget(widget)
+    assert widget.labels_layer is manual and "reference" in widget.editing_label.text()
+    assert manual.contour == 2  # a reference is drawn as contours
+
+    first = _result(viewer, image, "ct pancreas/tumour [a]", case["prediction"])
+    assert widget.labels_layer is first
+    assert "ct pancreas/tumour [a]" in widget.editing_label.text()
+    assert "model result" in widget.editing_label.text()
+    viewer.add_labels(np.zeros((3, 8, 8), np.uint8), name="another CT's labels")
+    assert widget.labels_layer is first
+    second = _result(viewer, image, "ct pancreas/tumour [b]", case["prediction"])
+    assert widget.labels_layer is second
+    assert second.contour == 0 and not np.allclose(
+        second.colormap.map(np.array([1]))[0], manual.colormap.map(np.array([1]))[0]
+    )
+    widget.correct.paint_pancreas()
+    assert viewer.layers.selection.active is second  # painting goes into the model result
+
+    viewer.layers.remove(second)
+    assert widget.labels_layer is first  # not back to the reference
+    viewer.layers.remove(first)
+    assert widget.labels_layer is manual

@@ -73,7 +73,8 @@ def test_segmenting_the_phantom_adds_editable_labels_and_reconstruction(
     widget = _widget(viewer, model_dir)
     labels = _run(qtbot, widget)
 
-    assert labels.name == "phantom pancreas/tumour" and labels.data.dtype == np.uint8
+    assert labels.name == "phantom pancreas/tumour [tiny_dsmsc_unet]"
+    assert labels.data.dtype == np.uint8
     _assert_same_geometry(labels, image)
     prediction = labels.metadata["prediction"]
     np.testing.assert_array_equal(prediction, labels.data)
@@ -84,8 +85,8 @@ def test_segmenting_the_phantom_adds_editable_labels_and_reconstruction(
     assert labels.selected_label == 1 and labels.mode == "paint"
     assert labels.colormap.map(np.array([1]))[0, 3] > 0  # fixed pancreas colour, opaque
 
-    reconstruction = viewer.layers["phantom reconstruction"]
-    error = viewer.layers["phantom reconstruction error"]
+    reconstruction = viewer.layers["phantom reconstruction [tiny_dsmsc_unet]"]
+    error = viewer.layers["phantom reconstruction error [tiny_dsmsc_unet]"]
     for layer in (reconstruction, error):
         assert isinstance(layer, Image)
         _assert_same_geometry(layer, image)
@@ -103,13 +104,13 @@ def test_a_second_run_never_overwrites_edited_labels(make_napari_viewer, qtbot, 
     first = _run(qtbot, widget)
     again = _run(qtbot, widget)
     assert again is first  # unedited: data replaced in place
-    assert "phantom reconstruction" not in viewer.layers  # U-Net has no decoder
+    assert not [n for n in viewer.layers if "reconstruction" in n.name]  # U-Net has no decoder
 
     edited = first.data.copy()
     edited[2, 5:9, 5:9] = 2
     first.data = edited
     second = _run(qtbot, widget)
-    assert second is not first and second.name == "phantom pancreas/tumour (2)"
+    assert second is not first and second.name == "phantom pancreas/tumour [tiny_unet] (2)"
     np.testing.assert_array_equal(first.data, edited)
     np.testing.assert_array_equal(second.data, second.metadata["prediction"])
 
@@ -236,7 +237,7 @@ def test_docked_from_the_manifest_through_napari_proxies(make_napari_viewer, qtb
     edited = first_layer.data.copy()
     edited[1, 3:6, 3:6] = 1 - edited[1, 3:6, 3:6].clip(0, 1)
     first_layer.data = edited
-    assert _run(qtbot, widget).name == "phantom pancreas/tumour (2)"
+    assert _run(qtbot, widget).name == "phantom pancreas/tumour [tiny_unet] (2)"
     assert len([layer for layer in viewer.layers if isinstance(layer, Labels)]) == 2
 
 
@@ -271,3 +272,59 @@ def test_a_2d_image_layer_is_segmented_as_one_slice(make_napari_viewer, qtbot, m
     np.testing.assert_allclose(labels.scale[-2:], image.scale)
     np.testing.assert_allclose(labels.translate[-2:], image.translate)
     assert set(np.unique(labels.data)) <= {0, 1, 2}
+
+
+def test_results_of_two_models_never_mix(make_napari_viewer, qtbot, model_dir):
+    viewer = make_napari_viewer()
+    _phantom_layer(viewer)
+    widget = _widget(viewer, model_dir)
+    widget.probabilities_check.setChecked(True)
+    first = _run(qtbot, widget)
+    names = {layer.name for layer in viewer.layers}
+    assert {
+        "phantom reconstruction [tiny_dsmsc_unet]",
+        "phantom reconstruction error [tiny_dsmsc_unet]",
+        "phantom pancreas probability [tiny_dsmsc_unet]",
+        "phantom tumour probability [tiny_dsmsc_unet]",
+    } <= names
+    for layer in viewer.layers[1:]:
+        assert layer.metadata["model"]["name"] == "tiny_dsmsc_unet"
+    before = np.array(first.data)
+
+    # another architecture: its own layer, the first result untouched
+    assert widget.select_checkpoint(model_dir / "tiny_unet.pt")
+    widget.probabilities_check.setChecked(False)
+    second = _run(qtbot, widget)
+    assert second is not first and second.name == "phantom pancreas/tumour [tiny_unet]"
+    np.testing.assert_array_equal(first.data, before)
+    assert first.metadata["model"]["name"] == "tiny_dsmsc_unet"
+
+    # the first model again, without probabilities: its stale probability layers go
+    assert widget.select_checkpoint(model_dir / "tiny_dsmsc_unet.pt")
+    again = _run(qtbot, widget)
+    assert again is first
+    names = {layer.name for layer in viewer.layers}
+    assert "phantom pancreas probability [tiny_dsmsc_unet]" not in names
+    assert "phantom reconstruction [tiny_dsmsc_unet]" in names
+    assert "phantom pancreas/tumour [tiny_unet]" in names
+
+
+def test_deleting_the_ct_while_segmenting_cancels_the_run(make_napari_viewer, qtbot, model_dir):
+    viewer = make_napari_viewer()
+    image = _phantom_layer(viewer, slices=40)
+    widget = _widget(viewer, model_dir)
+    widget.batch_spin.setValue(1)
+    seen = []
+    widget.run()
+    assert "Segmenting" in widget.readout.text()
+
+    def delete_image(value):
+        seen.append(value)
+        if image in viewer.layers:
+            viewer.layers.remove(image)
+
+    widget.worker.yielded.connect(delete_image)
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+    assert seen and seen[-1][0] < 40  # stopped early, not run to its end
+    assert len(viewer.layers) == 0
+    assert "Segmenting" not in widget.readout.text() and "removed" in widget.readout.text()

@@ -27,16 +27,19 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from src_models.corrections import structure_volumes
 from src_models.io import Volume, describe, read_labels, read_volume
 from src_models.io.windows import CT_WINDOWS, DEFAULT_WINDOW
 
 from .._autosave import attach as attach_autosave
 from .._layers import (
+    REFERENCE,
     LayerDataTuple,
     image_layer_data,
     is_ct_layer,
     labels_layer_data,
     reference_volume,
+    style_labels,
 )
 from ._worker import report_error, start_job
 
@@ -58,11 +61,25 @@ def _read_image(path: str, window: str) -> ReadJob:
     return image_layer_data(volume, window=window), describe(volume)
 
 
+def _describe_labels(labels: Volume) -> str:
+    """What a label file holds, in words and mL (``describe`` speaks of HU, which labels lack)."""
+    volumes = structure_volumes(labels.array, labels.voxel_volume_mm3)
+    return "\n".join(
+        [
+            f"source:      {labels.source}",
+            f"shape:       {' x '.join(str(n) for n in labels.shape)} (the CT's grid)",
+            f"labels:      pancreas (incl. tumour) {volumes['pancreas']:.1f} mL, "
+            f"tumour {volumes['tumour']:.1f} mL",
+        ]
+    )
+
+
 def _read_labels(path: str, reference: Volume, image_layer: Any) -> ReadJob:
     yield _ONE_STEP
     labels = read_labels(path, reference=reference)
     name = Path(path).name.split(".nii")[0]
-    return labels_layer_data(labels, image_layer, name=name), describe(labels)
+    data = labels_layer_data(labels, image_layer, name=name, role=REFERENCE)
+    return data, _describe_labels(labels)
 
 
 class LoadCTWidget(QWidget):
@@ -203,6 +220,7 @@ class LoadCTWidget(QWidget):
         except Exception as exc:  # a layer napari refuses must not take the viewer down
             report_error(exc, "Open")
             return
+        style_labels(layer)
         self.viewer.layers.selection.active = layer
         if kind == "image":
             self.viewer.reset_view()

@@ -7,7 +7,9 @@ clean-up), :mod:`.compare` (Dice, PPV, sensitivity of two segmentations), :mod:`
 (NIfTI and side-car) and :mod:`.fine_tune` (learn from the corrections, re-segment). napari's own
 paint, erase, fill and undo stay the editing tools.
 
-This module keeps the session in step with the layers: it rebuilds it when another image or
+This module keeps the session in step with the layers: it follows the newest model result for
+the chosen CT (a labels layer with a stored prediction; a reference opened earlier is never
+taken for it), says which layer is being edited, rebuilds the session when another image or
 labels layer is chosen (``session_changed``), recomputes it a moment after an edit or an undo
 (``refreshed``), and follows the viewer's slice (``slice_changed``). A new panel connects to
 these signals and reads ``review.session``.
@@ -23,7 +25,19 @@ from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QFormLayout, QFrame, QGroupBox, QLabel, QScrollArea, QVBoxLayout, QWidget
 
 from ..._autosave import attach as attach_autosave
-from ..._layers import AFFINE, MODEL, PREDICTION, REVIEWED, SHAPE, SOURCE, is_ct_layer
+from ..._layers import (
+    AFFINE,
+    MODEL,
+    PREDICTION,
+    REFERENCE,
+    REVIEWED,
+    ROLE,
+    SHAPE,
+    SOURCE,
+    is_ct_layer,
+    style_labels,
+)
+from ..._results import model_name
 from ..._session import ReviewSession
 from .._pickers import choose, layer_picker, of_kind, same_layer
 from .compare import ComparePanel
@@ -44,6 +58,36 @@ REFRESH_DELAY_MS = 250
 
 def _is_labels(layer: Layer) -> bool:
     return isinstance(layer, Labels)
+
+
+def _belongs_to(layer: Layer, image: Image) -> bool:
+    """Whether ``layer`` is a labels layer on ``image``'s grid (same shape and file affine)."""
+    if not isinstance(layer, Labels) or layer.data.shape != image.data.shape:
+        return False
+    ours, theirs = layer.metadata.get(AFFINE), image.metadata.get(AFFINE)
+    return ours is None or theirs is None or np.allclose(ours, theirs, atol=1e-4)
+
+
+def preferred_labels(image: Image | None, layers: list[Layer]) -> Labels | None:
+    """The labels to review for ``image``: its newest model result, else its newest labels."""
+    if image is None:
+        return None
+    fitting = [layer for layer in layers if _belongs_to(layer, image)]
+    results = [layer for layer in fitting if PREDICTION in layer.metadata]
+    return (results or fitting or [None])[-1]
+
+
+def describe_labels(layer: Labels | None) -> str:
+    """Which layer is edited, and what it is, in a line."""
+    if layer is None:
+        return "no labels layer: segment the CT (Segment dock) or open labels"
+    if PREDICTION in layer.metadata:
+        model = layer.metadata.get(MODEL)
+        made_by = f" made by {model_name(model)}" if isinstance(model, dict) else ""
+        return f"editing {layer.name!r}, a model result{made_by}"
+    if layer.metadata.get(ROLE) == REFERENCE:
+        return f"editing {layer.name!r}, a reference read from a file (no model output)"
+    return f"editing {layer.name!r} (no model output: edits cannot be told apart)"
 
 
 def session_for(image: Image, labels: Labels) -> ReviewSession:
@@ -122,6 +166,14 @@ class ReviewWidget(QWidget):
         outer.addWidget(self._scroll)
 
         self.viewer.dims.events.point.connect(self._on_point_changed)
+        # After the pickers' own handlers, so that these see the refreshed choices.
+        self._losing_current = False
+        self.viewer.layers.events.removing.connect(self._on_layer_removing)
+        self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        for layer in self.viewer.layers:
+            style_labels(layer)
+        self._follow_newest()
         self._on_labels_changed()
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
@@ -150,6 +202,12 @@ class ReviewWidget(QWidget):
         form.addRow("Labels", self.labels_combo.native)
         self.image_combo.changed.connect(self._on_image_changed)
         self.labels_combo.changed.connect(self._on_labels_changed)
+        self.editing_label = QLabel("")
+        self.editing_label.setWordWrap(True)
+        self.editing_label.setToolTip(
+            "The layer that Paint, Erase, clean-up, export and fine-tuning work on"
+        )
+        form.addRow(self.editing_label)
         self.volumes_label = QLabel("")
         self.volumes_label.setWordWrap(True)
         form.addRow("Volumes", self.volumes_label)
@@ -171,21 +229,33 @@ class ReviewWidget(QWidget):
         """Review ``layer``; ``False`` when it is not a labels layer of this viewer."""
         return choose(self.labels_combo, layer)
 
+    def _follow_newest(self) -> bool:
+        """Review the newest model result of the chosen CT; whether the choice changed."""
+        layers = [layer for layer in self.labels_combo.choices if layer is not None]
+        wanted = preferred_labels(self.image_layer, layers)
+        if wanted is None or same_layer(wanted, self.labels_layer):
+            return False
+        return choose(self.labels_combo, wanted)
+
     def _on_image_changed(self, *_: Any) -> None:
-        """Pick the labels layer that belongs to the chosen image (same name prefix)."""
-        image = self.image_layer
-        if image is None:
+        """Review the labels that belong to the chosen image."""
+        if not self._follow_newest():
             self._on_labels_changed()
-            return
-        current = self.labels_layer
-        if current is not None and current.name.startswith(image.name):
-            self._on_labels_changed()
-            return
-        for layer in self.labels_combo.choices:
-            if layer.name.startswith(image.name) and layer.data.shape == image.data.shape:
-                if choose(self.labels_combo, layer):
-                    return
-        self._on_labels_changed()
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        layer, image = event.value, self.image_layer
+        style_labels(layer)  # references as contours, wherever they were opened
+        if PREDICTION in layer.metadata and image is not None and _belongs_to(layer, image):
+            self._follow_newest()
+
+    def _on_layer_removing(self, event: Any) -> None:
+        # Noted before the pickers move on to another layer (they do so on "removed").
+        self._losing_current = same_layer(self.viewer.layers[event.index], self.labels_layer)
+
+    def _on_layer_removed(self, event: Any) -> None:
+        if self._losing_current:
+            self._losing_current = False
+            self._follow_newest()
 
     def _on_labels_changed(self, *_: Any) -> None:
         layer = self.labels_layer
@@ -199,6 +269,7 @@ class ReviewWidget(QWidget):
             layer.events.data.connect(self._schedule_refresh)
             layer.events.set_data.connect(self._on_set_data)
         self._watched = layer
+        self.editing_label.setText(describe_labels(layer))
         image = self.image_layer
         self.session = session_for(image, layer) if image is not None and layer else None
         self.session_changed.emit()
@@ -230,9 +301,7 @@ class ReviewWidget(QWidget):
         if session is None or layer is None:
             self.volumes_label.setText("choose a CT and its labels layer")
         else:
-            session.prediction = layer.metadata.get(PREDICTION)
-            if session.prediction is not None and np.shape(session.prediction) != layer.data.shape:
-                session.prediction = None
+            session.set_prediction(layer.metadata.get(PREDICTION))
             model = layer.metadata.get(MODEL)
             session.model = dict(model) if isinstance(model, dict) else None
             session.set_labels(np.asarray(layer.data))

@@ -10,11 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from napari.layers import Labels
-from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QCheckBox, QGridLayout, QGroupBox, QLabel, QPushButton
 
-from ..._layers import LABEL_COLOURS
+from ..._layers import ROLE, label_colormap
 from .._pickers import same_layer
 from ._common import refuse
 
@@ -24,8 +23,6 @@ if TYPE_CHECKING:
 #: Brush diameter in mm set by the paint buttons: about a third of the pancreas' thickness,
 #: fine enough for its borders, large enough to fill a missed slice in a few strokes.
 BRUSH_MM = 6.0
-
-_TRANSPARENT = (0.0, 0.0, 0.0, 0.0)
 
 
 class CorrectPanel(QGroupBox):
@@ -64,7 +61,8 @@ class CorrectPanel(QGroupBox):
         self.cleanup_button = QPushButton("Keep largest component")
         self.cleanup_button.setToolTip(
             "Remove islands: keep the largest 3D connected pancreas (tumour included) and the "
-            "largest tumour inside it. One undo step (Ctrl+Z or the button beside)."
+            "largest tumour inside it. One undo step (Ctrl+Z or the button beside). Not a "
+            "correction: slices it changes are not marked edited and are not learnt from."
         )
         self.cleanup_button.clicked.connect(self.clean_up)
         self.undo_cleanup_button = QPushButton("Undo clean-up")
@@ -87,11 +85,8 @@ class CorrectPanel(QGroupBox):
         if layer is None:
             return
         shown = {1: self.show_pancreas.isChecked(), 2: self.show_tumour.isChecked()}
-        colour_dict = dict(LABEL_COLOURS)
-        for value, visible in shown.items():
-            if not visible:
-                colour_dict[value] = _TRANSPARENT
-        layer.colormap = DirectLabelColormap(color_dict=colour_dict)
+        hidden = tuple(value for value, visible in shown.items() if not visible)
+        layer.colormap = label_colormap(layer.metadata.get(ROLE), hidden)
 
     def _prepare_brush(self, label: int, mode: str) -> Labels | None:
         layer = self.review.labels_layer
@@ -145,6 +140,7 @@ class CorrectPanel(QGroupBox):
             self.status.setText("nothing to remove: the labels are already one piece")
             show_info("Clean-up: nothing to remove, the labels are already one piece")
             return 0
+        session.add_tool_changes(changed, values)  # a clean-up is not a correction
         layer.data_setitem(changed, values)
         # Set after the call: the clean-up's own events must not count as a later edit.
         self._cleanup_on_top = layer

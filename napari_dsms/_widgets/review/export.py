@@ -29,7 +29,15 @@ from qtpy.QtWidgets import (
 from src_models import autosave, corrections
 from src_models.io import VolumeError, write_image, write_labels
 
-from ..._layers import AUTOSAVE_KEY, SOURCE, layer_to_volume, reference_volume
+from ..._layers import (
+    AUTOSAVE_KEY,
+    MODEL,
+    RECONSTRUCTION,
+    SOURCE,
+    layer_to_volume,
+    reference_volume,
+)
+from ..._results import layer_name, model_name
 from ._common import refuse
 
 if TYPE_CHECKING:
@@ -58,7 +66,8 @@ class ExportPanel(QGroupBox):
         self.export_labels_button.clicked.connect(lambda: self.export_labels())
         self.export_reconstruction_button = QPushButton("Export reconstruction…")
         self.export_reconstruction_button.setToolTip(
-            "The restoration decoder's output of DRS models ('<image> reconstruction' layer)"
+            "The restoration decoder's output of the DRS model that made the labels "
+            "('<image> reconstruction [<model>]' layer)"
         )
         self.export_reconstruction_button.clicked.connect(lambda: self.export_reconstruction())
         row.addWidget(self.export_labels_button)
@@ -160,24 +169,32 @@ class ExportPanel(QGroupBox):
         return written
 
     def reconstruction_layer(self) -> Image | None:
-        """The '<image> reconstruction' layer of the chosen image, if the model made one."""
-        image = self.review.image_layer
-        if image is None:
+        """The reconstruction made by the model of the labels under review, if it made one.
+
+        Results of different models never mix: the layer is found by the model's name
+        (``"<image> reconstruction [<model>]"``), never another model's.
+        """
+        image, session = self.review.image_layer, self.review.session
+        if image is None or session is None or session.model is None:
             return None
-        name = f"{image.name} reconstruction"
+        name = layer_name(image.name, RECONSTRUCTION, session.model)
         for layer in self.review.viewer.layers:
             if isinstance(layer, Image) and layer.name == name:
                 return layer
         return None
 
     def export_reconstruction(self, path: str | os.PathLike[str] | None = None) -> Path | None:
-        """Write the DRS restoration decoder's output on the source grid, plus a side-car."""
+        """Write the DRS restoration decoder's output on the source grid, plus a side-car.
+
+        The side-car names the model that made the reconstruction (from the layer itself).
+        """
         layer, session = self.reconstruction_layer(), self.review.session
         if layer is None or session is None:
+            made_by = model_name(session.model) if session and session.model else "no model"
             refuse(
                 self.export_label,
-                "no reconstruction layer: segment with a DRS model (drs_unet, kcmdrs_unet, "
-                "dsmsc_unet) to get one",
+                f"no reconstruction of the labels' model ({made_by}): segment with a DRS model "
+                "(drs_unet, kcmdrs_unet, dsmsc_unet) to get one",
             )
             return None
         target = self._export_target(path, "Export reconstruction", "reconstruction")
@@ -187,6 +204,7 @@ class ExportPanel(QGroupBox):
         written = self._write(
             lambda: write_image(target, np.asarray(layer_to_volume(layer).array), reference),
             "reconstruction",
+            model=layer.metadata.get(MODEL),
         )
         if written is None:
             return None
@@ -194,8 +212,13 @@ class ExportPanel(QGroupBox):
         show_info(f"Reconstruction written to {written}")
         return written
 
-    def _write(self, write: Callable[[], Path], kind: str) -> Path | None:
+    def _write(
+        self, write: Callable[[], Path], kind: str, model: dict | None = None
+    ) -> Path | None:
         """Write the NIfTI with ``write()``, then its side-car; on failure say why, keep no file.
+
+        ``model`` is the model the side-car names when it is not the labels' (a reconstruction
+        names its own).
 
         A full disk or a folder without write permission (``OSError``) is reported like bad
         input; NIfTI files go through :mod:`src_models.io.atomic`, so a failed write leaves no
@@ -207,7 +230,8 @@ class ExportPanel(QGroupBox):
             refuse(self.export_label, str(error))
             return None
         try:
-            corrections.write_sidecar(written, self.review.session.sidecar(written, kind))
+            content = self.review.session.sidecar(written, kind, model=model)
+            corrections.write_sidecar(written, content)
         except (ValueError, OSError) as error:
             written.unlink(missing_ok=True)
             refuse(self.export_label, f"{error}; the {kind} file was not kept")

@@ -35,7 +35,7 @@ from src_models.models.store import MODEL_DIR_ENV, list_checkpoints, user_model_
 from src_models.training import fine_tune as tuning
 from src_models.training.loop import TrainEvent
 
-from ..._layers import MODEL
+from ..._layers import CONTOUR_WIDTH, MODEL
 from .._worker import JobWorker, SegmentationRun, start_job
 from ..loss_plot import LossPlot
 from ._common import refuse
@@ -323,6 +323,7 @@ class FineTunePanel(QGroupBox):
         return run
 
     def _on_resegmented(self, labels: Labels, corrected: Labels | None) -> None:
+        labels.contour = CONTOUR_WIDTH  # a comparison: outlines over the corrected labels
         if corrected is not None:
             self.review.select_labels(corrected)
         self.fine_tune_label.setText(
