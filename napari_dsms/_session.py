@@ -27,7 +27,32 @@ from src_models.training.fine_tune import split_holdout
 from src_models.version import __version__
 
 #: Navigation targets of :meth:`ReviewSession.neighbour`.
-SLICE_KINDS = ("edited", "foreground", "reviewed")
+SLICE_KINDS = ("edited", "foreground", "foreground changes", "reviewed")
+
+
+def foreground_changes(labels: np.ndarray) -> list[int]:
+    """Slices where the foreground starts, changes or ends, along axis 0.
+
+    Each slice holds nothing, pancreas only, or pancreas with tumour. The stops are the first
+    slice of every run of slices that hold the same (non-empty) thing, and the last slice before
+    the foreground ends: where a reader's attention is needed, instead of every slice in between.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (S, Y, X) labels, values 0, 1, 2.
+
+    Returns
+    -------
+    list of int
+        Sorted slice indices.
+    """
+    flat = np.asarray(labels).reshape(labels.shape[0], -1)
+    state = flat.any(axis=1).astype(np.int8) + (flat == 2).any(axis=1).astype(np.int8)
+    before = np.concatenate([[0], state[:-1]])
+    after = np.concatenate([state[1:], [0]])
+    stops = (state > 0) & ((state != before) | (after == 0))
+    return [int(k) for k in np.flatnonzero(stops)]
 
 
 @dataclass(frozen=True)
@@ -153,11 +178,6 @@ class ReviewSession:
             return voxel_volume_mm3(self.affine)
         return float(np.prod(self.spacing))
 
-    def set_labels(self, labels: np.ndarray) -> None:
-        """Follow a new labels array (the layer's data was replaced), and recompute."""
-        self.labels = labels
-        self.refresh()
-
     def set_prediction(self, prediction: np.ndarray | None) -> None:
         """Follow the stored model output (a new run replaced it); tool changes start afresh."""
         if prediction is not None and np.shape(prediction) != self.labels.shape:
@@ -228,6 +248,8 @@ class ReviewSession:
             return list(self.edited)
         if kind == "foreground":
             return corrections.foreground_slices(np.asarray(self.labels))
+        if kind == "foreground changes":
+            return foreground_changes(np.asarray(self.labels))
         if kind == "reviewed":
             return sorted(self.reviewed)
         raise KeyError(f"unknown kind of slice {kind!r}; choose one of {SLICE_KINDS}")

@@ -74,6 +74,8 @@ def test_navigation_and_reviewed_marks() -> None:
     session.go_to(9)
     assert session.neighbour("edited", +1) is None
     assert session.slices("foreground") == [2, 3, 4, 5, 7, 8, 9]
+    # pancreas 2..5 (tumour on 5), 7..9: starts, changes and ends
+    assert session.slices("foreground changes") == [2, 5, 7, 9]
     assert session.go_to(99) == 11  # clipped to the volume
     assert session.toggle_reviewed(4) and session.toggle_reviewed(7)
     assert not session.toggle_reviewed(4)

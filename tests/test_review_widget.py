@@ -129,16 +129,26 @@ def test_finds_exactly_the_corrected_slices_and_navigates(widget_and_layers):
     assert widget.navigate.previous_edited() == 2
     widget.go_to_slice(16)
     assert widget.navigate.next_edited() is None and widget.current_slice() == 16
-    foreground = np.flatnonzero(np.asarray(labels.data).reshape(20, -1).any(axis=1))
-    widget.go_to_slice(0)
-    expected = [int(s) for s in foreground if s > 0]
-    assert widget.navigate.next_foreground() == (expected[0] if expected else None)
     assert "mL" in widget.volumes_label.text()
 
     # an edit reverted by hand is no longer an edit
     labels.data[2] = labels.metadata["prediction"][2]
     widget.refresh_status()
     assert widget.edited_slices() == CORRECTED[1:]
+
+
+def test_foreground_buttons_stop_where_the_foreground_starts_changes_or_ends(widget_and_layers):
+    widget, viewer, image, labels, reference = widget_and_layers
+    structured = np.zeros_like(labels.data)
+    structured[3:16, 200:230, 200:240] = 1  # pancreas on slices 3..15
+    structured[7:10, 210:215, 210:215] = 2  # with tumour on 7..9
+    labels.data = structured
+    widget.go_to_slice(0)
+    stops = [widget.navigate.next_foreground() for _ in range(5)]
+    assert stops == [3, 7, 10, 15, None]  # not 3, 4, 5, ... one slice at a time
+    assert widget.current_slice() == 15
+    assert widget.navigate.previous_foreground() == 10
+    assert widget.navigate.previous_foreground() == 7
 
 
 def test_edits_and_undo_update_the_edited_list_but_scrolling_does_not_recompute(
@@ -245,6 +255,15 @@ def test_metrics_between_model_output_and_corrected_labels(widget_and_layers):
         labels.metadata["prediction"][10], reference[10], image.scale[1:]
     )["pancreas"]
     assert "Dice" in widget.compare.metrics_label.text()
+    # no tumour in either layer (the manual reference against itself): said in words, not as
+    # a Dice of 1.000
+    widget.compare.compare_pair(labels, labels)
+    widget.compare.compute_metrics()
+    assert "volume, tumour: no tumour in either" in widget.compare.metrics_label.text()
+    # figures of labels that changed since are not left on screen
+    labels.data_setitem((np.array([0]), np.array([0]), np.array([0])), 1)
+    assert "compute again" in widget.compare.metrics_label.text()
+    assert "Dice" not in widget.compare.metrics_label.text()
 
 
 def test_export_is_bit_exact_on_the_source_grid_with_sidecar(widget_and_layers, case, tmp_path):

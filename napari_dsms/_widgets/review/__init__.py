@@ -123,6 +123,9 @@ class ReviewWidget(QWidget):
         Another image or labels layer was chosen; ``session`` is new (or ``None``).
     refreshed()
         The session was recomputed from the labels as they are now.
+    edited()
+        The labels under review changed (a brush stroke, a tool, an undo); ``refreshed``
+        follows a moment later.
     slice_changed(int)
         The viewer shows another canonical slice.
     """
@@ -130,6 +133,7 @@ class ReviewWidget(QWidget):
     session_changed = Signal()
     refreshed = Signal()
     slice_changed = Signal(int)
+    edited = Signal()
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -279,6 +283,7 @@ class ReviewWidget(QWidget):
 
     def _schedule_refresh(self, event: Any = None) -> None:
         self.correct.forget_cleanup()
+        self.edited.emit()
         self._refresh_timer.start()
 
     def _on_set_data(self, event: Any = None) -> None:
@@ -294,17 +299,28 @@ class ReviewWidget(QWidget):
             return
         self._schedule_refresh()  # undo or redo (or a display change, harmlessly)
 
-    def refresh_status(self) -> None:
-        """Recompute volumes and edited slices from the labels as they are now."""
-        self._refresh_timer.stop()
+    def sync_session(self) -> ReviewSession | None:
+        """The session, following the labels layer's current array and stored model output.
+
+        Cheap (no full-volume pass): a brush paints into the same array, but a new run or a
+        script may replace the layer's data or its prediction.
+        """
         session, layer = self.session, self.labels_layer
-        if session is None or layer is None:
-            self.volumes_label.setText("choose a CT and its labels layer")
-        else:
+        if session is not None and layer is not None:
             session.set_prediction(layer.metadata.get(PREDICTION))
             model = layer.metadata.get(MODEL)
             session.model = dict(model) if isinstance(model, dict) else None
-            session.set_labels(np.asarray(layer.data))
+            session.labels = np.asarray(layer.data)
+        return session
+
+    def refresh_status(self) -> None:
+        """Recompute volumes and edited slices from the labels as they are now."""
+        self._refresh_timer.stop()
+        session = self.sync_session()
+        if session is None:
+            self.volumes_label.setText("choose a CT and its labels layer")
+        else:
+            session.refresh()
             volumes = session.volumes()
             self.volumes_label.setText(
                 f"pancreas (incl. tumour) {volumes['pancreas']:.1f} mL, "

@@ -74,9 +74,16 @@ class ComparePanel(QGroupBox):
         self.metrics_label.setWordWrap(True)
         form.addRow(self.metrics_label)
         review.session_changed.connect(self._on_session_changed)
+        review.edited.connect(self._on_edited)
+
+    def _on_edited(self) -> None:
+        """Figures of labels that have changed since are stale: say so rather than show them."""
+        if self.metrics_label.text():
+            self.metrics_label.setText("the labels changed: compute again")
 
     def _on_session_changed(self) -> None:
         """Score the model output against the labels under review, by default."""
+        self.metrics_label.setText("")
         layer = self.review.labels_layer
         if layer is not None:
             choose(self.prediction_combo, (layer, MODEL_OUTPUT)) or choose(
@@ -133,6 +140,10 @@ def _describe(result: dict[str, dict[str, Any]], current: int) -> str:
     lines = []
     for scope, title in (("volume", "volume"), ("slice", f"slice {current}")):
         for structure, m in result[scope].items():
+            if not m.in_reference and m.predicted_ml == 0:
+                # Dice of two empty masks is 1 by convention; it says nothing about the model.
+                lines.append(f"{title}, {structure}: no {structure} in either")
+                continue
             lines.append(
                 f"{title}, {structure}: Dice {m.dice:.3f}  PPV {m.ppv:.3f}  "
                 f"sens. {m.sensitivity:.3f}"

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from . import ReviewWidget
 
 
+FOREGROUND_TIP = (
+    "{} slice where the foreground starts, changes (tumour appears or ends) or ends; "
+    "the arrow keys Left / Right step one slice"
+)
+
+
 class NavigatePanel(QGroupBox):
     """Buttons to the next and previous foreground or edited slice, and the slice lists.
 
@@ -38,8 +44,8 @@ class NavigatePanel(QGroupBox):
         self.review = review
         grid = QGridLayout(self)
         buttons = (
-            ("◀ Foreground", "Previous slice with pancreas or tumour", self.previous_foreground),
-            ("Foreground ▶", "Next slice with pancreas or tumour", self.next_foreground),
+            ("◀ Foreground", FOREGROUND_TIP.format("Previous"), self.previous_foreground),
+            ("Foreground ▶", FOREGROUND_TIP.format("Next"), self.next_foreground),
             ("◀ Edited", "Previous slice you changed", self.previous_edited),
             ("Edited ▶", "Next slice you changed", self.next_edited),
         )
@@ -106,7 +112,7 @@ class NavigatePanel(QGroupBox):
     # ------------------------------------------------------------------ actions
 
     def _jump(self, kind: str, step: int) -> int | None:
-        session = self.review.session
+        session = self.review.sync_session()
         if session is None:
             refuse(self.slice_label, "choose a CT and its labels layer first")
             return None
@@ -120,12 +126,12 @@ class NavigatePanel(QGroupBox):
         return target
 
     def next_foreground(self) -> int | None:
-        """Jump to the next slice with pancreas or tumour; returns it, or ``None``."""
-        return self._jump("foreground", +1)
+        """Jump to the next slice where the foreground starts, changes or ends, if any."""
+        return self._jump("foreground changes", +1)
 
     def previous_foreground(self) -> int | None:
-        """Jump to the previous slice with pancreas or tumour; returns it, or ``None``."""
-        return self._jump("foreground", -1)
+        """Jump to the previous slice where the foreground starts, changes or ends, if any."""
+        return self._jump("foreground changes", -1)
 
     def next_edited(self) -> int | None:
         """Jump to the next slice that differs from the model's output."""
