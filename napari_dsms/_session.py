@@ -26,6 +26,13 @@ from src_models.metrics import StructureMetrics, case_metrics
 from src_models.training.fine_tune import split_holdout
 from src_models.version import __version__
 
+#: A held-out slice with less pancreas than this share of the corrected slices' median area
+#: looks unfinished (partly painted), so its held-out Dice is doubtful.
+UNFINISHED_SHARE = 0.5
+
+#: Held-out Dice changes smaller than this are "about the same" (two slices are few).
+DICE_TOLERANCE = 0.02
+
 #: Navigation targets of :meth:`ReviewSession.neighbour`.
 SLICE_KINDS = ("edited", "foreground", "foreground changes", "reviewed")
 
@@ -81,6 +88,63 @@ class FineTuneInputs:
     holdout_labels: np.ndarray
     spacing_yx: tuple[float, float]
     source: str
+
+    def unfinished_holdout(self) -> list[int]:
+        """Held-out slices that look unfinished: pancreas (incl. tumour) on less than
+        :data:`UNFINISHED_SHARE` of the median area of all the corrected slices, as a partly
+        painted slice has. A held-out Dice measured there says little."""
+        areas = [int(np.count_nonzero(s)) for s in (*self.labels, *self.holdout_labels)]
+        if not self.holdout or not areas:
+            return []
+        least = UNFINISHED_SHARE * float(np.median(areas))
+        held = [int(np.count_nonzero(s)) for s in self.holdout_labels]
+        return [k for k, area in zip(self.holdout, held, strict=True) if area < least]
+
+    def report(self, before: dict[str, float], after: dict[str, float]) -> list[str]:
+        """What a fine-tuning round's held-out figures mean, and whether to keep the model.
+
+        Parameters
+        ----------
+        before, after
+            Held-out figures (``dice_pancreas``) of the model before and after the round; empty
+            when nothing was held out.
+
+        Returns
+        -------
+        list of str
+            Sentences for the user: what was measured, on which slices, doubts about those
+            slices, and advice.
+        """
+        if not self.holdout or "dice_pancreas" not in before or "dice_pancreas" not in after:
+            return [
+                "Nothing was measured: with fewer than 3 corrected slices none is held out. "
+                "Re-segment and compare with your corrections before you keep the new model."
+            ]
+        slices = ", ".join(str(k) for k in self.holdout)
+        lines = [
+            f"The held-out Dice compares each model with your own labels on {len(self.holdout)} "
+            f"corrected slice(s) it did not train on (slice {slices}), at the model's resolution."
+        ]
+        doubtful = self.unfinished_holdout()
+        if doubtful:
+            lines.append(
+                f"Slice {', '.join(str(k) for k in doubtful)} looks unfinished (much less "
+                "pancreas than your other corrected slices): the figure is only as good as your "
+                "labels there; finish it and fine-tune again for a fair measure."
+            )
+        change = after["dice_pancreas"] - before["dice_pancreas"]
+        if change > DICE_TOLERANCE:
+            lines.append("Keep the new model: it agrees better with your corrections.")
+        elif change < -DICE_TOLERANCE:
+            lines.append(
+                "The new model agrees less with your corrections on the held-out slices: keep "
+                "the previous one" + (", unless those slices are unfinished." if doubtful else ".")
+            )
+        else:
+            lines.append(
+                "About the same on the held-out slices: re-segment and look before keeping it."
+            )
+        return lines
 
     def provenance(self) -> dict[str, Any]:
         """Facts about the corrections, stored in the checkpoint under ``fine_tune``."""

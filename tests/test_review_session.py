@@ -168,6 +168,30 @@ def test_fine_tune_inputs_hold_the_corrected_slices_and_keep_some_out() -> None:
         other.fine_tune_inputs()
 
 
+def test_the_fine_tune_report_says_what_it_measured_and_advises() -> None:
+    session = _session()
+    for k in (3, 4, 5, 6, 7):
+        session.labels[k, 10:12, 10:12] = 1  # corrections on five slices
+    session.refresh()
+    inputs = session.fine_tune_inputs()
+    assert inputs.holdout == [5]
+    better = inputs.report({"dice_pancreas": 0.70}, {"dice_pancreas": 0.80})
+    assert "did not train on (slice 5)" in better[0] and better[-1].startswith("Keep the new")
+    worse = inputs.report({"dice_pancreas": 0.718}, {"dice_pancreas": 0.650})
+    assert "keep the previous one." in worse[-1]
+    assert "About the same" in inputs.report({"dice_pancreas": 0.7}, {"dice_pancreas": 0.71})[-1]
+    assert "Nothing was measured" in inputs.report({}, {})[0]
+
+    session.labels[5] = 0
+    session.labels[5, 4:6, 4:6] = 1  # the held-out slice only partly painted
+    session.refresh()
+    partly = session.fine_tune_inputs()
+    assert partly.unfinished_holdout() == [5]
+    lines = partly.report({"dice_pancreas": 0.718}, {"dice_pancreas": 0.650})
+    assert any("Slice 5 looks unfinished" in line for line in lines)
+    assert "unless those slices are unfinished" in lines[-1]
+
+
 def test_the_session_module_needs_no_qt_and_no_napari() -> None:
     code = (
         "import sys, napari_dsms._session\n"

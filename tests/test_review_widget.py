@@ -286,11 +286,21 @@ def test_export_is_bit_exact_on_the_source_grid_with_sidecar(widget_and_layers, 
     assert sidecar["model"]["checkpoint"] == str(case["checkpoint"])
     assert sidecar["volumes_ml"]["pancreas"] > 0
 
-    # without a path, a dialog proposes a name beside the source CT
-    proposed: list[str] = []
-    widget.export._ask_save_path = lambda title, suggested: proposed.append(suggested) or None
+    # without a path, a dialog proposes a name in the folder of the last export, never among
+    # the source data, and offers DICOM-SEG too
+    proposed: list[tuple[str, str]] = []
+    widget.export._ask_save_path = lambda title, suggested, filters: proposed.append(
+        (suggested, filters)
+    )
     assert widget.export.export_labels() is None
-    assert proposed == [str(case["ct"].parent / "ct_labels.nii.gz")]
+    assert proposed[0][0] == str(target.parent / "ct_labels.nii.gz")
+    assert "*.dcm" in proposed[0][1]
+    # the question before replacing names the side-car that is really written
+    from napari_dsms._widgets.review.export import replace_question
+
+    assert "corrected.json" in replace_question(target) and ".nii.json" not in replace_question(
+        target
+    )
 
     # an existing file is replaced only when the user agrees
     asked: list[Path] = []
@@ -377,7 +387,11 @@ def test_fine_tune_on_corrections_saves_a_new_listed_checkpoint(make_napari_view
     listed = [combo.itemData(i) for i in range(combo.count())]
     assert str(path) in listed
     np.testing.assert_array_equal(labels.data, before)  # fine-tuning never edits labels
-    assert "Dice" in widget.fine_tune.fine_tune_label.text()
+    report = widget.fine_tune.fine_tune_label.text()
+    assert "Dice" in report
+    # says what the held-out figure is measured on, and advises
+    assert f"did not train on (slice {', '.join(map(str, record['holdout_slices']))})" in report
+    assert "keep" in report.lower() or "About the same" in report
 
     # the Segment widget lists and selects the new model at once (it watches the model folder)
     qtbot.waitUntil(

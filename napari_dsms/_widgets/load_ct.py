@@ -41,6 +41,7 @@ from .._layers import (
     reference_volume,
     style_labels,
 )
+from ._scroll import ScrollingDock
 from ._worker import report_error, start_job
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def _read_labels(path: str, reference: Volume, image_layer: Any) -> ReadJob:
     return data, _describe_labels(labels)
 
 
-class LoadCTWidget(QWidget):
+class LoadCTWidget(ScrollingDock):
     """Open CT volumes and labels with exact geometry and set the CT window.
 
     Parameters
@@ -119,7 +120,7 @@ class LoadCTWidget(QWidget):
         buttons.addWidget(self.open_dicom_button)
         form = QFormLayout()
         form.addRow("Window", self.window_combo)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.content)
         layout.addLayout(buttons)
         layout.addWidget(self.open_labels_button)
         layout.addLayout(form)

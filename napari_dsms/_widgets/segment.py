@@ -41,6 +41,7 @@ from .._autosave import attach as attach_autosave
 from .._layers import is_ct_layer
 from .._results import import_layer_dependencies, summary
 from ._pickers import layer_picker, of_kind
+from ._scroll import ScrollingDock
 from ._worker import SegmentationRun, report_error
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 BROWSE = "\0browse"
 
 
-class SegmentWidget(QWidget):
+class SegmentWidget(ScrollingDock):
     """Segment pancreas and tumour in a CT image layer with one of the paper's five models.
 
     Parameters
@@ -113,13 +114,16 @@ class SegmentWidget(QWidget):
         form.addRow("Architecture", self.arch_combo)
         form.addRow("", self.arch_label)
         form.addRow("Checkpoint", self.checkpoint_combo)
-        form.addRow("Device", self.device_combo)
-        form.addRow("Batch size", self.batch_spin)
+        device = QHBoxLayout()  # one row: the dock must fit a laptop screen beside two others
+        device.addWidget(self.device_combo, 1)
+        device.addWidget(QLabel("Batch"))
+        device.addWidget(self.batch_spin)
+        form.addRow("Device", device)
         form.addRow("", self.probabilities_check)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
+        layout = QVBoxLayout(self.content)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import QTimer, Signal
-from qtpy.QtWidgets import QFormLayout, QFrame, QGroupBox, QLabel, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 
 from ..._autosave import attach as attach_autosave
 from ..._layers import (
@@ -40,6 +40,7 @@ from ..._layers import (
 from ..._results import model_name
 from ..._session import ReviewSession
 from .._pickers import choose, layer_picker, of_kind, same_layer
+from .._scroll import ScrollingDock
 from .compare import ComparePanel
 from .correct import CorrectPanel
 from .export import ExportPanel
@@ -109,7 +110,7 @@ def session_for(image: Image, labels: Labels) -> ReviewSession:
     )
 
 
-class ReviewWidget(QWidget):
+class ReviewWidget(ScrollingDock):
     """Dock widget to review, correct, export and fine-tune from a segmentation.
 
     Parameters
@@ -136,7 +137,7 @@ class ReviewWidget(QWidget):
     edited = Signal()
 
     def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+        super().__init__(parent, grows=True)
         self.viewer = napari_viewer
         self.autosave = attach_autosave(napari_viewer)  # journals corrections, offers restoring
         self.session: ReviewSession | None = None
@@ -155,19 +156,11 @@ class ReviewWidget(QWidget):
         self.fine_tune.resegmented.connect(self.compare.compare_pair)
 
         # The panel is taller than a laptop screen: it scrolls instead of stretching the window.
-        content = QWidget()
-        layout = QVBoxLayout(content)
+        layout = QVBoxLayout(self.content)
         layout.addWidget(self._build_layers_box())
         for panel in (self.navigate, self.correct, self.compare, self.export, self.fine_tune):
             layout.addWidget(panel)
         layout.addStretch(1)
-        self._scroll = QScrollArea()
-        self._scroll.setWidgetResizable(True)
-        self._scroll.setFrameShape(QFrame.Shape.NoFrame)
-        self._scroll.setWidget(content)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(self._scroll)
 
         self.viewer.dims.events.point.connect(self._on_point_changed)
         # After the pickers' own handlers, so that these see the refreshed choices.
@@ -179,16 +172,6 @@ class ReviewWidget(QWidget):
             style_labels(layer)
         self._follow_newest()
         self._on_labels_changed()
-
-    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
-        """Make the dock as wide as the panel once napari's style sets its real size.
-
-        Only scrolling up and down is meant: a panel cut off on the right hides buttons.
-        """
-        scroll = self._scroll
-        margins = scroll.verticalScrollBar().sizeHint().width() + 2 * scroll.frameWidth() + 4
-        scroll.setMinimumWidth(scroll.widget().minimumSizeHint().width() + margins)
-        super().showEvent(event)
 
     def _build_layers_box(self) -> QGroupBox:
         box = QGroupBox("Layers")

@@ -1,9 +1,12 @@
 """Export panel: labels or reconstruction as NIfTI on the source CT's grid, with a side-car.
 
-The file goes through :func:`src_models.io.write_labels` / :func:`~src_models.io.write_image`
-with the CT's own affine, so it overlays the CT in any viewer; the JSON side-car
-(:meth:`~napari_dsms._session.ReviewSession.sidecar`) records the model, the edited and reviewed
-slices and the volumes. The source CT is never overwritten, an existing file only after asking.
+Labels go through :func:`napari_dsms._writer.export_labels`, the plugin's one labels export
+(NIfTI with the CT's own affine, or DICOM-SEG of the CT's series for a ``.dcm`` name; it also
+retires the autosave journal), the reconstruction through :func:`~src_models.io.write_image`;
+the JSON side-car (:meth:`~napari_dsms._session.ReviewSession.sidecar`) records the model, the
+edited and reviewed slices and the volumes. The dialog proposes the folder of the last export
+(else the home folder), never the source data's; the source CT is never overwritten, an
+existing file only after asking.
 """
 
 from __future__ import annotations
@@ -26,11 +29,10 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from src_models import autosave, corrections
-from src_models.io import VolumeError, write_image, write_labels
+from src_models import corrections
+from src_models.io import VolumeError, write_image
 
 from ..._layers import (
-    AUTOSAVE_KEY,
     MODEL,
     RECONSTRUCTION,
     SOURCE,
@@ -38,10 +40,23 @@ from ..._layers import (
     reference_volume,
 )
 from ..._results import layer_name, model_name
+from ..._writer import export_labels as export_layer_labels
 from ._common import refuse
 
 if TYPE_CHECKING:
     from . import ReviewWidget
+
+
+NIFTI_FILTER = "NIfTI (*.nii.gz *.nii)"
+SEG_FILTER = "DICOM-SEG of the CT's series (*.dcm)"
+
+
+def replace_question(path: Path) -> str:
+    """The question before replacing ``path``, naming the side-car that is really written."""
+    return (
+        f"{path} already exists. Replace it (and its side-car "
+        f"{corrections.sidecar_path(path).name})?"
+    )
 
 
 class ExportPanel(QGroupBox):
@@ -56,6 +71,8 @@ class ExportPanel(QGroupBox):
     def __init__(self, review: ReviewWidget) -> None:
         super().__init__("Export")
         self.review = review
+        #: Where the dialog opens: the folder of the last export, the home folder at first.
+        self.last_folder = Path.home()
         column = QVBoxLayout(self)
         row = QHBoxLayout()
         self.export_labels_button = QPushButton("Export labels…")
@@ -79,41 +96,40 @@ class ExportPanel(QGroupBox):
 
     # ------------------------------------------------------------------ dialogs
 
-    def _ask_save_path(self, title: str, suggested: str) -> str | None:
+    def _ask_save_path(self, title: str, suggested: str, filters: str = NIFTI_FILTER) -> str | None:
         """File dialog for an export target (tests replace this method)."""
         path, _ = QFileDialog.getSaveFileName(
-            self,
-            title,
-            suggested,
-            "NIfTI (*.nii.gz *.nii)",
-            options=QFileDialog.Option.DontConfirmOverwrite,
+            self, title, suggested, filters, options=QFileDialog.Option.DontConfirmOverwrite
         )
         return path or None
 
     def _confirm_replace(self, path: Path) -> bool:
         """Ask before replacing an existing file (tests replace this method)."""
-        answer = QMessageBox.question(
-            self,
-            "Replace file?",
-            f"{path} already exists. Replace it (and its side-car {path.stem}.json)?",
-        )
+        answer = QMessageBox.question(self, "Replace file?", replace_question(path))
         return answer == QMessageBox.StandardButton.Yes
 
     def _export_target(
         self, path: str | os.PathLike[str] | None, title: str, kind: str
     ) -> Path | None:
-        """The file to write: ``path``, or one chosen in a dialog next to the source CT."""
+        """The file to write: ``path``, or one chosen in a dialog (last export folder, else home).
+
+        Exports are the user's files: proposing the folder of the source data would put them
+        among the scanner's series (often read-only, or an archive).
+        """
         image = self.review.image_layer
         source = str(image.metadata.get(SOURCE, "")) if image else ""
-        folder = Path(source).parent if image else Path.home()
+        seg = kind == "labels"
         if path is None:
             stem = corrections.image_stem(image.name if image else "ct")
-            chosen = self._ask_save_path(title, str(folder / f"{stem}_{kind}.nii.gz"))
+            suggested = self.last_folder / f"{stem}_{kind}.nii.gz"
+            filters = f"{NIFTI_FILTER};;{SEG_FILTER}" if seg else NIFTI_FILTER
+            chosen = self._ask_save_path(title, str(suggested), filters)
             if not chosen:
                 return None
             path = chosen
         target = Path(path)
-        if not target.name.lower().endswith((".nii", ".nii.gz")):
+        endings = (".nii", ".nii.gz", ".dcm") if seg else (".nii", ".nii.gz")
+        if not target.name.lower().endswith(endings):
             target = target.with_name(target.name + ".nii.gz")
         if source and (
             target.resolve() == Path(source).resolve()
@@ -123,6 +139,7 @@ class ExportPanel(QGroupBox):
             return None
         if target.exists() and not self._confirm_replace(target):
             return None
+        self.last_folder = target.parent
         return target
 
     # ------------------------------------------------------------------ exports
@@ -157,12 +174,11 @@ class ExportPanel(QGroupBox):
             return None
         review.refresh_status()
         written = self._write(
-            lambda: write_labels(target, layer_to_volume(labels).array, reference_volume(image)),
+            lambda: export_layer_labels(target, labels.data, labels.metadata, labels.name),
             "labels",
         )
         if written is None:
             return None
-        autosave.discard(labels.metadata.get(AUTOSAVE_KEY))  # the export now holds the work
         sidecar = corrections.sidecar_path(written)
         self.export_label.setText(f"labels written to {written}, side-car {sidecar.name}")
         show_info(f"Labels written to {written}")

@@ -36,6 +36,7 @@ from src_models.training import fine_tune as tuning
 from src_models.training.loop import TrainEvent
 
 from ..._layers import CONTOUR_WIDTH, MODEL
+from ..._session import FineTuneInputs
 from .._worker import JobWorker, SegmentationRun, start_job
 from ..loss_plot import LossPlot
 from ._common import refuse
@@ -79,6 +80,7 @@ class FineTunePanel(QGroupBox):
         self._worker: JobWorker | None = None
         self._run: SegmentationRun | None = None
         self._last_checkpoint: Path | None = None
+        self._inputs: FineTuneInputs | None = None  # of the run in progress or the last one
         # Checkpoint files outside the model folders that produced a labels layer: path -> arch.
         self._other_checkpoints: dict[str, str] = {}
 
@@ -220,6 +222,7 @@ class FineTunePanel(QGroupBox):
                 f"set {MODEL_DIR_ENV} to a folder you can write to",
             )
             return None
+        self._inputs = inputs
         steps = int(self.steps_spin.value())
         self.loss_plot.clear()
         self.progress.setRange(0, steps)
@@ -276,8 +279,14 @@ class FineTunePanel(QGroupBox):
             )
 
     def _on_fine_tune_done(self, report: tuning.FineTuneResult) -> None:
+        inputs = self._inputs
+        lines = [report.summary()]
+        if inputs is not None:
+            lines += inputs.report(report.metrics_before, report.metrics_after)
+        self.fine_tune_label.setText("\n".join(lines))
+        if report.checkpoint is None:
+            return
         self._last_checkpoint = report.checkpoint
-        self.fine_tune_label.setText(report.summary())
         show_info(f"Fine-tuned model saved: {report.checkpoint}")
         self.refresh_checkpoints()
         self.resegment_button.setEnabled(True)

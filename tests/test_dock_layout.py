@@ -1,0 +1,45 @@
+"""The three docks together on a laptop screen (1366 x 768): each usable, nothing clipped."""
+
+from __future__ import annotations
+
+import pytest
+from qtpy.QtWidgets import QApplication, QLabel
+
+from napari_dsms._widgets._scroll import MIN_VISIBLE_HEIGHT
+
+PLUGIN = "napari-dsms"
+LAPTOP = (1366, 768)
+#: The Review dock, where the work happens, shows at least its Layers box and more.
+REVIEW_MIN_HEIGHT = 200
+
+
+def _settle(qtbot) -> None:
+    for _ in range(10):
+        QApplication.processEvents()
+        qtbot.wait(20)
+
+
+def _clipped(label: QLabel) -> bool:
+    return label.isVisible() and label.height() < label.heightForWidth(label.width())
+
+
+@pytest.mark.parametrize("with_ct", [False, True])
+def test_all_docks_fit_a_laptop_screen(make_napari_viewer, qtbot, nih_ct, with_ct):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(*LAPTOP)
+    docks = {
+        name: viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        for name in ("Load CT", "Segment", "Review and fine-tune")
+    }
+    load = docks["Load CT"][1]
+    if with_ct:
+        load.load(nih_ct)
+        qtbot.waitUntil(lambda: not load.busy, timeout=60_000)
+    _settle(qtbot)
+    heights = {name: dock.height() for name, (dock, _) in docks.items()}
+    assert all(height >= MIN_VISIBLE_HEIGHT for height in heights.values()), heights
+    assert heights["Review and fine-tune"] >= REVIEW_MIN_HEIGHT, heights
+    assert not _clipped(load.info), "the Load CT info is cut off"
+    assert not _clipped(docks["Segment"][1].arch_label), "the architecture text is cut off"
+    for name, (dock, widget) in docks.items():
+        assert widget.width() >= widget.content.minimumSizeHint().width(), name  # no h-scroll
