@@ -75,6 +75,8 @@ REVIEWED = "reviewed"
 #: On a journaled labels layer: ``{"digest": CT digest, "session": id}`` of its autosave journal
 #: (:mod:`napari_dsms._autosave`); exports remove that journal once the file is written.
 AUTOSAVE_KEY = "autosave"
+#: On a labels layer: the region of interest (``RegionOfInterest.as_dict()``, _session.py).
+ROI = "region_of_interest"
 
 #: ``layer.metadata`` keys describing the file grid, written here and read by the writer.
 METADATA_KEYS = (AFFINE, SOURCE, SHAPE, DESCRIPTION, VOLUME_INFO)

@@ -63,6 +63,59 @@ def foreground_changes(labels: np.ndarray) -> list[int]:
 
 
 @dataclass(frozen=True)
+class RegionOfInterest:
+    """Where the pancreas is, as the user says: a slice range and optionally an in-plane box.
+
+    Outside it labels are cleared and nothing is learnt. Canonical indices throughout.
+
+    Attributes
+    ----------
+    first, last
+        First and last axial slice inside (inclusive).
+    box
+        ``(row_start, row_stop, column_start, column_stop)`` in pixels (stops exclusive), or
+        ``None`` for whole slices.
+    """
+
+    first: int
+    last: int
+    box: tuple[int, int, int, int] | None = None
+
+    def mask(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Boolean (S, Y, X) array, ``True`` inside the region."""
+        inside = np.zeros(shape, dtype=bool)
+        rows, columns = (slice(None), slice(None))
+        if self.box is not None:
+            rows, columns = slice(self.box[0], self.box[1]), slice(self.box[2], self.box[3])
+        inside[max(self.first, 0) : self.last + 1, rows, columns] = True
+        return inside
+
+    def contains_slice(self, index: int) -> bool:
+        """Whether axial slice ``index`` lies in the slice range."""
+        return self.first <= int(index) <= self.last
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able, for layer metadata and side-cars."""
+        return {
+            "first_slice": int(self.first),
+            "last_slice": int(self.last),
+            "box_rows_columns": None if self.box is None else [int(v) for v in self.box],
+        }
+
+    @classmethod
+    def from_dict(cls, content: dict[str, Any] | None) -> RegionOfInterest | None:
+        """The region :meth:`as_dict` wrote, or ``None``."""
+        if not content:
+            return None
+        box = content.get("box_rows_columns")
+        return cls(
+            int(content["first_slice"]),
+            int(content["last_slice"]),
+            None if box is None else tuple(int(v) for v in box),
+        )
+
+
+@dataclass(frozen=True)
 class FineTuneInputs:
     """What one fine-tuning run learns from, cut from a session.
 
@@ -186,6 +239,8 @@ class ReviewSession:
         The CT file's own array shape.
     current : int
         The canonical slice shown.
+    roi : RegionOfInterest, optional
+        Where the pancreas is; outside it labels are cleared and nothing is learnt.
 
     Attributes
     ----------
@@ -208,6 +263,7 @@ class ReviewSession:
     affine: np.ndarray | None = None
     source_shape: tuple[int, ...] | None = None
     current: int = 0
+    roi: RegionOfInterest | None = None
     edited: list[int] = field(default_factory=list)
     baseline: np.ndarray | None = None
     # Tool changes still in effect, newest last: (voxels, labels before, baseline before).
@@ -361,6 +417,19 @@ class ReviewSession:
         changed = np.nonzero(cleaned != data)
         return changed, cleaned[changed]
 
+    def outside_roi_changes(self) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+        """Labelled voxels outside the region of interest, and the background they become.
+
+        Returned rather than applied, so the viewer writes them as one undoable step; record
+        them with :meth:`add_tool_changes` first (clearing outside is not a correction).
+        """
+        if self.roi is None:
+            empty = tuple(np.zeros(0, dtype=np.intp) for _ in self.labels.shape)
+            return empty, np.zeros(0, dtype=np.uint8)
+        data = np.asarray(self.labels)
+        voxels = np.nonzero((data != 0) & ~self.roi.mask(data.shape))
+        return voxels, np.zeros(len(voxels[0]), dtype=data.dtype)
+
     # ------------------------------------------------------------------ leaving
 
     def sidecar(
@@ -382,7 +451,7 @@ class ReviewSession:
         """
         if self.affine is None or self.source_shape is None:
             raise ValueError(f"{self.name}: the CT has no file geometry to number slices by")
-        return corrections.sidecar(
+        content = corrections.sidecar(
             export_path=export_path,
             kind=kind,
             source=self.source,
@@ -395,6 +464,13 @@ class ReviewSession:
             reviewed=self.reviewed,
             plugin_version=__version__,
         )
+        if self.roi is not None:
+            content["region_of_interest"] = {
+                **self.roi.as_dict(),
+                "convention": "canonical slices (inclusive) and rows / columns of the layer "
+                "shown in napari; outside it labels were cleared and nothing was learnt",
+            }
+        return content
 
     def fine_tune_inputs(self, include_reviewed: bool = False) -> FineTuneInputs:
         """The corrected slices to learn from, split into training and held-out slices.
@@ -419,8 +495,18 @@ class ReviewSession:
         chosen = corrections.training_slices(
             data, self._edit_reference(), self.reviewed, include_reviewed
         )
+        if self.roi is not None:
+            chosen = [k for k in chosen if self.roi.contains_slice(k)]
+            if not chosen:
+                raise corrections.CorrectionsError(
+                    "no corrected slice lies inside the region of interest "
+                    f"(slices {self.roi.first} to {self.roi.last}): nothing is learnt outside it"
+                )
         train, holdout = split_holdout(chosen)
         hu = np.asarray(self.image)
+        if self.roi is not None and self.roi.box is not None:  # learn inside the box only
+            r0, r1, c0, c1 = self.roi.box
+            hu, data = hu[:, r0:r1, c0:c1], data[:, r0:r1, c0:c1]
         return FineTuneInputs(
             train=train,
             holdout=holdout,

@@ -41,5 +41,5 @@ def test_all_docks_fit_a_laptop_screen(make_napari_viewer, qtbot, nih_ct, with_c
     assert heights["Review and fine-tune"] >= REVIEW_MIN_HEIGHT, heights
     assert not _clipped(load.info), "the Load CT info is cut off"
     assert not _clipped(docks["Segment"][1].arch_label), "the architecture text is cut off"
-    for name, (dock, widget) in docks.items():
+    for name, (_, widget) in docks.items():
         assert widget.width() >= widget.content.minimumSizeHint().width(), name  # no h-scroll

@@ -192,6 +192,35 @@ def test_the_fine_tune_report_says_what_it_measured_and_advises() -> None:
     assert "unless those slices are unfinished" in lines[-1]
 
 
+def test_region_of_interest_clears_outside_limits_learning_and_is_recorded() -> None:
+    from napari_dsms._session import RegionOfInterest
+
+    session = _session()
+    session.labels[1, 0:2, 0:2] = 1  # the model's bowel, far below the pancreas
+    session.prediction[1, 0:2, 0:2] = 1
+    session.labels[10, 12:14, 12:14] = 1  # and a correction the user made up there
+    for k in (3, 4, 5, 6, 7):
+        session.labels[k, 4:6, 4:6] = 0  # corrections inside
+    session.refresh()
+    assert session.outside_roi_changes()[1].size == 0  # no region yet: nothing to clear
+    session.roi = RegionOfInterest(3, 8, box=(2, 12, 2, 12))
+    voxels, values = session.outside_roi_changes()
+    assert set(voxels[0].tolist()) == {1, 10} and not values.any()
+    session.add_tool_changes(voxels, values)
+    session.labels[voxels] = values
+    assert session.refresh() == [3, 4, 5, 6, 7]  # clearing outside is not a correction
+    inputs = session.fine_tune_inputs()
+    assert all(3 <= k <= 8 for k in inputs.train + inputs.holdout)
+    assert inputs.images.shape[1:] == (10, 10)  # nothing learnt outside the box
+    content = session.sidecar("/out/labels.nii.gz", "labels")
+    assert content["region_of_interest"]["first_slice"] == 3
+    assert content["region_of_interest"]["box_rows_columns"] == [2, 12, 2, 12]
+    assert RegionOfInterest.from_dict(session.roi.as_dict()) == session.roi
+    session.roi = RegionOfInterest(10, 11)
+    with pytest.raises(CorrectionsError, match="inside the region of interest"):
+        session.fine_tune_inputs()
+
+
 def test_the_session_module_needs_no_qt_and_no_napari() -> None:
     code = (
         "import sys, napari_dsms._session\n"

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from qtpy.QtWidgets import QPushButton
 
 from napari_dsms._layers import image_layer_data, labels_layer_data
 from napari_dsms._widgets.review import ReviewWidget
@@ -237,6 +238,45 @@ def test_clean_up_is_not_a_correction(widget_and_layers, qtbot):
     widget.correct.clean_up()
     assert widget.correct.undo_clean_up()
     assert widget.edited_slices() == [6]
+
+
+def test_region_of_interest_clears_outside_and_is_kept(widget_and_layers, tmp_path):
+    widget, viewer, image, labels, reference = widget_and_layers
+    region = widget.region
+    model_output = np.zeros_like(labels.data)
+    model_output[5:12, 200:230, 200:240] = 1  # the pancreas
+    model_output[1:3, 40:60, 40:60] = 1  # bowel far below it
+    model_output[8, 400:420, 400:420] = 1  # vessels beside it
+    labels.metadata["prediction"] = model_output.copy()
+    labels.data = model_output.copy()
+    widget.refresh_status()
+    widget.go_to_slice(4)
+    region.first_spin.setValue(0)
+    [from_here] = [b for b in region.findChildren(QPushButton) if b.text() == "From this slice"]
+    from_here.click()
+    assert region.first_spin.value() == 4
+    region.last_spin.setValue(13)
+    shapes = region.draw_box()
+    assert viewer.layers.selection.active is shapes and shapes.mode == "add_rectangle"
+    corners = [[8, 190, 190], [8, 190, 250], [8, 240, 250], [8, 240, 190]]
+    shapes.add_rectangles(np.array(corners, dtype=float))
+    roi = region.set_region()
+    assert (roi.first, roi.last) == (4, 13)
+    assert roi.box == (190, 241, 190, 251)
+    assert labels.metadata["region_of_interest"]["first_slice"] == 4
+    assert region.clear_outside() == 2 * 400 + 400
+    assert labels.data[1:3].sum() == 0 and labels.data[8, 400:420, 400:420].sum() == 0
+    assert labels.data[5:12, 200:230, 200:240].all()
+    assert widget.edited_slices() == []  # clearing outside the region is not a correction
+    labels.undo()
+    assert labels.data[1, 50, 50] == 1
+    labels.redo()
+    written = widget.export.export_labels(tmp_path / "roi.nii.gz")
+    sidecar = json.loads((tmp_path / "roi.json").read_text())
+    assert written is not None and sidecar["region_of_interest"]["last_slice"] == 13
+    # the region stays with the labels: a new dock finds it again
+    again = ReviewWidget(viewer)
+    assert again.session.roi == roi and again.region.first_spin.value() == 4
 
 
 def test_metrics_between_model_output_and_corrected_labels(widget_and_layers):

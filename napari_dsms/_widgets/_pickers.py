@@ -37,9 +37,7 @@ def of_kind(accept: Callable[[Layer], bool]) -> Entries:
     return lambda layers: [(layer.name, layer) for layer in layers if accept(layer)]
 
 
-def layer_picker(
-    viewer: Any, entries: Entries, label: str = "", tooltip: str = ""
-) -> ComboBox:
+def layer_picker(viewer: Any, entries: Entries, label: str = "", tooltip: str = "") -> ComboBox:
     """A magicgui ``ComboBox`` listing ``entries(viewer.layers)``, kept up to date.
 
     Parameters

@@ -2,7 +2,8 @@
 
 The dock binds one CT image layer and one labels layer (normally a Segment result) into a
 Qt-free :class:`~napari_dsms._session.ReviewSession`, and shows panels over it, one module each:
-:mod:`.navigate` (slices worth looking at, reviewed marks), :mod:`.correct` (brush set-up,
+:mod:`.navigate` (slices worth looking at, reviewed marks), :mod:`.roi` (where the pancreas is),
+:mod:`.correct` (brush set-up,
 clean-up), :mod:`.compare` (Dice, PPV, sensitivity of two segmentations), :mod:`.export`
 (NIfTI and side-car) and :mod:`.fine_tune` (learn from the corrections, re-segment). napari's own
 paint, erase, fill and undo stay the editing tools.
@@ -31,6 +32,7 @@ from ..._layers import (
     PREDICTION,
     REFERENCE,
     REVIEWED,
+    ROI,
     ROLE,
     SHAPE,
     SOURCE,
@@ -38,7 +40,7 @@ from ..._layers import (
     style_labels,
 )
 from ..._results import model_name
-from ..._session import ReviewSession
+from ..._session import RegionOfInterest, ReviewSession
 from .._pickers import choose, layer_picker, of_kind, same_layer
 from .._scroll import ScrollingDock
 from .compare import ComparePanel
@@ -46,6 +48,7 @@ from .correct import CorrectPanel
 from .export import ExportPanel
 from .fine_tune import FineTunePanel
 from .navigate import NavigatePanel
+from .roi import RegionPanel
 
 if TYPE_CHECKING:
     import napari
@@ -107,6 +110,7 @@ def session_for(image: Image, labels: Labels) -> ReviewSession:
         name=image.name,
         affine=None if affine is None else np.asarray(affine, dtype=np.float64),
         source_shape=None if shape is None else tuple(int(n) for n in shape),
+        roi=RegionOfInterest.from_dict(labels.metadata.get(ROI)),
     )
 
 
@@ -149,6 +153,7 @@ class ReviewWidget(ScrollingDock):
         self._refresh_timer.timeout.connect(self.refresh_status)
 
         self.navigate = NavigatePanel(self)
+        self.region = RegionPanel(self)
         self.correct = CorrectPanel(self)
         self.compare = ComparePanel(self)
         self.export = ExportPanel(self)
@@ -158,7 +163,8 @@ class ReviewWidget(ScrollingDock):
         # The panel is taller than a laptop screen: it scrolls instead of stretching the window.
         layout = QVBoxLayout(self.content)
         layout.addWidget(self._build_layers_box())
-        for panel in (self.navigate, self.correct, self.compare, self.export, self.fine_tune):
+        panels = (self.navigate, self.region, self.correct, self.compare, self.export)
+        for panel in (*panels, self.fine_tune):
             layout.addWidget(panel)
         layout.addStretch(1)
 
