@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Labels, Layer
 
-from src_models.inference.engine import SegmentationResult, reconstruction_error, segment
+from src_models.inference.engine import reconstruction_error, segment
+from src_models.inference.results import SegmentationResult
 from src_models.io import Volume, VolumeError
 from src_models.io.orientation import to_canonical
 from src_models.models.store import load_checkpoint

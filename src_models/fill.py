@@ -58,9 +58,7 @@ def _interpolate_mask(stack: np.ndarray, k0: int, k1: int) -> None:
         stack[k, r0:r1, c0:c1] = (1.0 - t) * d0 + t * d1 < 0
 
 
-def fill_between_slices(
-    labels: np.ndarray, known: Iterable[int], axis: int = -1
-) -> np.ndarray:
+def fill_between_slices(labels: np.ndarray, known: Iterable[int], axis: int = -1) -> np.ndarray:
     """Interpolate every structure into the slices between consecutive known slices.
 
     Parameters

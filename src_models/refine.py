@@ -35,7 +35,8 @@ from scipy import ndimage
 from torch import nn
 
 from .fill import fill_between_slices
-from .inference.engine import VolumeLike, segment
+from .inference.engine import segment
+from .inference.results import VolumeLike
 from .io import Volume
 from .io.orientation import canonical_spacing, from_canonical, head_feet_axis, to_canonical
 from .jobs import relay

@@ -14,12 +14,13 @@ from torch import nn
 
 from src_models import build_model
 from src_models.inference import engine as inference_module
+from src_models.inference import memory as memory_module
 from src_models.inference.engine import (
-    InsufficientMemoryError,
     reconstruction_error,
     segment,
     window_on_device,
 )
+from src_models.inference.memory import InsufficientMemoryError
 from src_models.inference.precision import autocast_dtype, precision_from_amp
 from src_models.inference.preprocessing import to_model_input
 from src_models.io import Volume, read_volume
@@ -224,7 +225,7 @@ def test_out_of_memory_with_one_slice_is_a_clear_error(monkeypatch):
 
 
 def test_volume_too_large_for_memory_is_refused_before_any_work(monkeypatch):
-    monkeypatch.setattr(inference_module, "_memory_available_bytes", lambda: 600 * 2**20)
+    monkeypatch.setattr(memory_module, "_memory_available_bytes", lambda: 600 * 2**20)
     model = Threshold()
     huge = Volume(np.broadcast_to(np.int16(0), (512, 512, 2000)), np.eye(4), source="huge.nii")
     generator = segment(huge, model, NATIVE, device="cpu")

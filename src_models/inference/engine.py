@@ -33,19 +33,20 @@ import time
 from collections import deque
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io.orientation import canonical_spacing, from_canonical, to_canonical
+from ..io.orientation import canonical_spacing, to_canonical
 from ..io.volume import voxel_volume_mm3
 from ..io.windows import hu_to_unit
 from ..metrics import volume_ml
 from .body import body_boxes, has_body, model_box
 from .devices import release_memory, resolve_device
+from .memory import InsufficientMemoryError, check_memory, estimate_memory_bytes
 from .postprocess import keep_largest_components
 from .precision import autocast_dtype, precision_name
 from .preprocessing import (
@@ -55,6 +56,7 @@ from .preprocessing import (
     to_model_input,
     to_source_size,
 )
+from .results import SegmentationResult, SegmentationStats, VolumeLike
 
 logger = logging.getLogger(__name__)
 
@@ -66,14 +68,6 @@ Progress = tuple[int, int]
 #: be large to hide kernel-launch overhead, and an out-of-memory error halves it.
 DEFAULT_BATCH_SIZES: dict[str, int] = {"cpu": 4, "cuda": 128, "mps": 32}
 
-#: Rough bytes of live activations per model-resolution pixel and first-level channel, in
-#: float32 (skip connections of every level plus the largest working tensors); used only to
-#: refuse volumes that cannot fit, so it errs on the large side.
-_ACTIVATION_BYTES_PER_PIXEL_CHANNEL = 48
-
-#: Margin kept free for the rest of the program (napari, Python, the torch runtime).
-_MEMORY_RESERVE_BYTES = 512 * 2**20
-
 #: Model pixels of context kept around the body's box (27 mm at 1.7 mm). On the shared CT the
 #: default model's Dice against the manual label was 0.629, 0.632, 0.637 with margins 8, 16, 32
 #: (0.621 on whole slices), while a margin of 32 leaves little of the crop's speed-up.
@@ -84,194 +78,6 @@ _OUTSIDE_LOGIT = -20.0
 
 #: Input dtypes copied to an accelerator as they are; anything else goes as float32.
 _DEVICE_INPUT_DTYPES = (np.int16, np.uint8, np.int8, np.int32, np.float16, np.float32)
-
-
-class VolumeLike(Protocol):
-    """What :func:`segment` needs of a volume (:class:`~src_models.io.Volume` has it)."""
-
-    array: np.ndarray
-    affine: np.ndarray
-
-
-class InsufficientMemoryError(OSError):
-    """The volume's outputs would not fit in the memory available; the message says how much.
-
-    An ``OSError`` (like the system's own "cannot allocate memory"), so the ``dsms`` command
-    reports it as one ``error:`` line.
-    """
-
-
-@dataclass(frozen=True)
-class SegmentationStats:
-    """Figures a radiologist reads off a run.
-
-    Attributes
-    ----------
-    pancreas_ml
-        Volume of pancreas *including* tumour (labels 1 and 2), the paper's target, in mL.
-    tumour_ml
-        Volume of tumour (label 2) in mL.
-    foreground_slices
-        Axial slices holding any pancreas or tumour.
-    total_slices
-        Axial slices in the volume.
-    seconds
-        Wall time from the first batch to the result, preprocessing and copies included.
-    device
-        Device the model ran on, e.g. ``"cpu"`` or ``"cuda:0"``.
-    batch_size
-        Slices per batch at the end of the run (smaller than asked after out-of-memory errors).
-    precision
-        ``"float32"``, ``"bfloat16"`` or ``"float16"``: the autocast precision of the model.
-    """
-
-    pancreas_ml: float
-    tumour_ml: float
-    foreground_slices: int
-    total_slices: int
-    seconds: float
-    device: str
-    batch_size: int
-    precision: str
-
-    @property
-    def slices_per_second(self) -> float:
-        """Throughput of the whole run."""
-        return self.total_slices / self.seconds if self.seconds > 0 else float("inf")
-
-    def summary(self) -> str:
-        """One line for the terminal and the widget's readout."""
-        return (
-            f"pancreas {self.pancreas_ml:.1f} mL, tumour {self.tumour_ml:.1f} mL, "
-            f"{self.foreground_slices}/{self.total_slices} slices with foreground, "
-            f"{self.seconds:.1f} s on {self.device} ({self.precision}, batch {self.batch_size})"
-        )
-
-
-@dataclass(frozen=True)
-class SegmentationResult:
-    """Everything :func:`segment` returns.
-
-    The outputs are computed in the canonical layout, which is what napari layers hold; the
-    properties :attr:`labels`, :attr:`reconstruction` and :attr:`probabilities` give the same
-    memory on the source volume's grid (exact views, no copies), which is what files store.
-
-    Attributes
-    ----------
-    canonical_labels
-        uint8 (slices, rows, columns): 0 background, 1 pancreas, 2 tumour.
-    canonical_reconstruction
-        For models with a restoration decoder (and ``reconstruct=True``): the restored input in
-        the model's [0, 1] window scale, float16, else ``None``. float16 halves the memory of
-        float32 (126 MB instead of 252 MB at 512 x 512 x 240) at a resolution of 2**-11 near
-        1.0, about 0.1 HU of a 255 HU window: finer than the model's own bf16 arithmetic and far
-        below what a display shows.
-    canonical_probabilities
-        With ``probabilities=True``: float16 (slices, rows, columns, 2), the sigmoid of channel 0
-        (pancreas including tumour) and channel 1 (tumour); else ``None``.
-    affine
-        The source volume's affine (file index order to RAS mm).
-    stats
-        Volumes, slice counts, timing and device.
-    """
-
-    canonical_labels: np.ndarray
-    canonical_reconstruction: np.ndarray | None
-    canonical_probabilities: np.ndarray | None
-    affine: np.ndarray
-    stats: SegmentationStats
-
-    def _source(self, array: np.ndarray | None) -> np.ndarray | None:
-        return None if array is None else from_canonical(array, self.affine)
-
-    @property
-    def labels(self) -> np.ndarray:
-        """Labels on the source grid (the file's shape and index order), uint8 0/1/2."""
-        return self._source(self.canonical_labels)
-
-    @property
-    def reconstruction(self) -> np.ndarray | None:
-        """Reconstruction on the source grid, float16 in [0, 1], or ``None``."""
-        return self._source(self.canonical_reconstruction)
-
-    @property
-    def probabilities(self) -> np.ndarray | None:
-        """Probabilities on the source grid with a trailing axis of 2, float16, or ``None``."""
-        return self._source(self.canonical_probabilities)
-
-
-def _memory_available_bytes() -> int | None:
-    """Memory the system can give this process now, or ``None`` where it cannot be told.
-
-    ``MemAvailable`` of /proc/meminfo on Linux (free memory plus reclaimable caches); psutil
-    elsewhere when it happens to be installed (napari brings it), no new dependency.
-    """
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil
-    except ImportError:
-        return None
-    return int(psutil.virtual_memory().available)
-
-
-def estimate_memory_bytes(
-    shape: tuple[int, int, int],
-    model_hw: tuple[int, int],
-    *,
-    width: int,
-    batch_size: int,
-    reconstruction: bool,
-    probabilities: bool,
-) -> int:
-    """Memory a run needs beyond the input volume: the outputs plus one batch of work.
-
-    Parameters
-    ----------
-    shape
-        Canonical shape (slices, rows, columns).
-    model_hw
-        Slice size the model sees.
-    width
-        First-level channels of the model (activation memory scales with it).
-    batch_size
-        Slices per batch.
-    reconstruction, probabilities
-        Whether those outputs are kept (2 and 4 bytes per voxel).
-    """
-    voxels = int(np.prod(shape))
-    outputs = voxels * (1 + 2 * reconstruction + 4 * probabilities)
-    rows, cols = shape[1:]
-    pixels = model_hw[0] * model_hw[1]
-    per_slice = (
-        pixels * width * _ACTIVATION_BYTES_PER_PIXEL_CHANNEL
-        + rows * cols * (4 + 2 * 4 + 4 * probabilities)  # input, resampled logits, probabilities
-    )
-    return outputs + batch_size * per_slice
-
-
-def check_memory(required: int, what: str) -> None:
-    """Refuse early, with a clear message, when ``required`` bytes are not available.
-
-    Raises
-    ------
-    InsufficientMemoryError
-        If the system reports less than ``required`` plus a reserve for the rest of the program.
-    """
-    available = _memory_available_bytes()
-    if available is None or required + _MEMORY_RESERVE_BYTES <= available:
-        return
-    gib = 2**30
-    raise InsufficientMemoryError(
-        f"{what}: segmenting it needs about {required / gib:.1f} GiB of memory but only "
-        f"{available / gib:.1f} GiB are available; close other programs, crop the volume, "
-        "or turn off the probability and reconstruction outputs"
-    )
 
 
 def default_batch_size(device: torch.device) -> int:

@@ -44,8 +44,9 @@ from torch import nn
 
 from ..io.orientation import canonical_spacing, head_feet_axis, to_canonical
 from ..jobs import relay
-from .engine import Progress, VolumeLike, reconstruction_error, segment
+from .engine import Progress, reconstruction_error, segment
 from .preprocessing import DEFAULT_PREPROCESSING
+from .results import VolumeLike
 
 #: Weight of each feature in the suspicion score.
 WEIGHTS: dict[str, float] = {
