@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from src_models import corrections
+from src_models.inference.postprocess import keep_largest_components
 from src_models.io.volume import voxel_volume_mm3
 from src_models.metrics import StructureMetrics, case_metrics
 from src_models.training.fine_tune import split_holdout
@@ -413,7 +414,7 @@ class ReviewSession:
         Returned rather than applied, so the viewer writes them as one undoable step.
         """
         data = np.asarray(self.labels)
-        cleaned = corrections.keep_largest_components(data)
+        cleaned = keep_largest_components(data)
         changed = np.nonzero(cleaned != data)
         return changed, cleaned[changed]
 

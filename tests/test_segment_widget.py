@@ -91,6 +91,14 @@ def test_segmenting_the_phantom_adds_editable_labels_and_reconstruction(
         assert isinstance(layer, Image)
         _assert_same_geometry(layer, image)
     assert not error.visible
+    # the error map is scaled to its own spread: only the rarest errors saturate
+    low, high = error.contrast_limits
+    restored = np.asarray(error.data, dtype=np.float32)
+    restored = restored[restored > 0]
+    assert 0 < low < high
+    assert np.mean(restored >= high) < 0.02 and np.mean(restored <= low) > 0.3
+    assert "restoration decoder" in widget.readout.text()
+    assert "restoration decoder" in widget.readout.toolTip()
     assert 0 <= float(reconstruction.data.min()) and float(reconstruction.data.max()) <= 1
     assert "mL" in widget.readout.text() and "cpu" in widget.readout.text()
     assert [layer.name for layer in viewer.layers][-1] == labels.name
@@ -289,6 +297,10 @@ def test_results_of_two_models_never_mix(make_napari_viewer, qtbot, model_dir):
     } <= names
     for layer in viewer.layers[1:]:
         assert layer.metadata["model"]["name"] == "tiny_dsmsc_unet"
+    # probabilities: a perceptual colour map with a scale, over the CT rather than added to it
+    probability = viewer.layers["phantom pancreas probability [tiny_dsmsc_unet]"]
+    assert probability.colormap.name == "viridis" and probability.colorbar.visible
+    assert str(probability.blending) != "additive"
     before = np.array(first.data)
 
     # another architecture: its own layer, the first result untouched

@@ -39,7 +39,7 @@ from src_models.nets.registry import ARCHITECTURES, DESCRIPTIONS, has_restoratio
 
 from .._autosave import attach as attach_autosave
 from .._layers import is_ct_layer
-from .._results import import_layer_dependencies, summary
+from .._results import ERROR_EXPLANATION, import_layer_dependencies, summary
 from ._pickers import layer_picker, of_kind
 from ._scroll import ScrollingDock
 from ._worker import SegmentationRun, report_error
@@ -301,7 +301,11 @@ class SegmentWidget(ScrollingDock):
 
     def _on_segmented(self, labels: Labels) -> None:
         image, output = self._run.image, self._run.output
-        self.readout.setText(summary(image.name, output))
+        text = summary(image.name, output)
+        if output.error is not None:
+            text += "\n" + ERROR_EXPLANATION
+        self.readout.setText(text)
+        self.readout.setToolTip(ERROR_EXPLANATION if output.error is not None else "")
         show_info(f"{labels.name}: {output.result.stats.summary()}")
         self.segmented.emit(labels)
 
