@@ -11,6 +11,7 @@ Pure numpy and napari model classes: no Qt, so readers, sample data and tests us
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -158,6 +159,20 @@ def _placement(affine: np.ndarray, shape: tuple[int, ...]) -> dict[str, tuple[fl
     return {"scale": canonical_spacing(affine), "translate": canonical_origin(affine, shape)}
 
 
+def ct_layer_name(volume: Volume) -> str:
+    """A CT layer's default name: its file or DICOM folder, without the file ending.
+
+    Not the DICOM series description: that often names the organ ("Pancreas"), and a layer
+    "Pancreas pancreas/tumour [model]" would read like a label layer.
+    """
+    name = Path(volume.source).name if volume.source else ""
+    for ending in (".nii.gz", ".nii", ".dcm"):
+        if name.lower().endswith(ending):
+            name = name[: -len(ending)]
+            break
+    return name or volume.description or "CT"
+
+
 def image_layer_data(
     volume: Volume, window: str = DEFAULT_WINDOW, name: str | None = None
 ) -> LayerDataTuple:
@@ -170,13 +185,13 @@ def image_layer_data(
     window : str
         Key of :data:`src_models.io.windows.CT_WINDOWS` that sets the initial contrast limits.
     name : str, optional
-        Layer name; defaults to the volume's description.
+        Layer name; defaults to :func:`ct_layer_name`.
     """
     if window not in CT_WINDOWS:
         raise KeyError(f"unknown CT window {window!r}; choose one of {sorted(CT_WINDOWS)}")
     canonical, _ = to_canonical(volume.array, volume.affine)
     kwargs = {
-        "name": name or volume.description or "CT",
+        "name": name or ct_layer_name(volume),
         "colormap": "gray",
         "contrast_limits": tuple(float(v) for v in CT_WINDOWS[window]),
         "metadata": geometry_metadata(volume),

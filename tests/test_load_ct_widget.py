@@ -68,6 +68,8 @@ def test_load_dicom_folder(widget, qtbot, nih_dicom):
     assert tuple(image.scale) == pytest.approx(NIH_SCALE)
     assert image.translate[0] == pytest.approx(-146.0)
     assert "Pancreas" in widget.info.text()
+    # named by its folder, not by the series description "Pancreas" (which reads like a label)
+    assert image.name == nih_dicom.name
 
 
 def test_errors_become_notifications(widget, qtbot, tmp_path, monkeypatch):
