@@ -6,7 +6,8 @@ slice axis and written as NIfTI. napari then opens it through the Load CT dock (
 the labels layer is the shared manual label tiled the same way, stored as the model's prediction.
 Then, ``--saves`` times, a brush stroke is painted and the autosave journals the labels after
 its debounce, while a QTimer ticks every ``--tick-ms`` in the GUI thread: the longest gap between
-ticks beyond the interval, from the stroke to the end of the save, is the stall the user feels.
+ticks beyond the interval, from the stroke to the end of the save, is the stall the user feels;
+the time the save itself spends in the GUI thread (copying the labels) is reported beside it.
 The same window without a save (an idle wait of the same length) is the baseline: Mesa's software
 OpenGL and other jobs on the shared cores stall the loop on their own.
 
@@ -26,13 +27,16 @@ import argparse
 import os
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(__file__).resolve().parents[2] / "shared/data/nih-pancreas-0001"
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # measure this checkout's code, not an installed copy
+SHARED = REPO.parent / "shared/data/nih-pancreas-0001"
 
 
 def tiled(path: Path, slices: int):
@@ -143,6 +147,15 @@ def main() -> None:
 
         saved: list = []
         manager.on_saved.append(lambda entry: saved.append(time.perf_counter()))
+        gui_ms: list[float] = []  # the save's own time in the GUI thread (the labels copy)
+        save = manager._save
+
+        def timed_save(tracked) -> None:
+            start = time.perf_counter()
+            save(tracked)
+            gui_ms.append((time.perf_counter() - start) * 1000)
+
+        manager._save = timed_save
         labels.brush_size = 20
         labels.selected_label = 2
         n, h, w = labels.data.shape
@@ -160,8 +173,8 @@ def main() -> None:
             idle.append(heartbeat_idle(args.tick_ms, elapsed))
             print(
                 f"save {k + 1}: stroke to journal {elapsed:.2f} s (debounce "
-                f"{manager.delay_ms / 1000:.0f} s), longest stall {stall:.0f} ms, "
-                f"idle baseline {idle[-1]:.0f} ms",
+                f"{manager.delay_ms / 1000:.0f} s), in the GUI thread {gui_ms[-1]:.0f} ms, "
+                f"longest stall {stall:.0f} ms, idle baseline {idle[-1]:.0f} ms",
                 flush=True,
             )
         size_kb = journal.list_entries()[0].path.stat().st_size / 1024
@@ -173,6 +186,7 @@ def main() -> None:
         f"512 x 512 x {args.slices}: open + digest {open_s:.1f} s"
         + (f", segment {segment_s:.1f} s" if segment_s is not None else "")
         + f"; {args.saves} saves: median stroke-to-journal {statistics.median(seconds):.2f} s, "
+        f"median GUI-thread time per save {statistics.median(gui_ms):.0f} ms, "
         f"median longest stall {statistics.median(stalls):.0f} ms (idle baseline "
         f"{statistics.median(idle):.0f} ms), journal {size_kb:.0f} kB; peak RSS {peak_gb:.2f} GB"
     )
