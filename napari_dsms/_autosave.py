@@ -7,7 +7,9 @@ open). From then on:
   metadata) is keyed by its content (:func:`src_models.autosave.ct_digest`, hashed in a worker
   thread), and if a journal of that CT exists the user is offered to restore it: a napari
   notification with the time of the save and the number of edited slices, and a Restore button;
-- each labels layer on such a CT's grid is journaled (:func:`src_models.autosave.save`)
+- each labels layer on such a CT's grid (the docks' labels, and labels made with napari's own
+  *New labels layer* button, which get the CT's file geometry) is journaled
+  (:func:`src_models.autosave.save`)
   :data:`DELAY_MS` after the last paint, fill, erase, undo or data change. A worker thread copies,
   compresses and writes the labels atomically, so the viewer does not wait (copying 512 x 512 x
   1000 labels in the GUI thread stalled it by up to 0.7 s) and a crash at any moment leaves the
@@ -42,6 +44,7 @@ from ._layers import (
     AFFINE,
     AUTOSAVE_KEY,
     DESCRIPTION,
+    METADATA_KEYS,
     MODEL,
     PREDICTION,
     REVIEWED,
@@ -92,6 +95,15 @@ def _is_ct(layer: Layer) -> bool:
 def _is_bound_labels(layer: Layer) -> bool:
     return (
         isinstance(layer, Labels) and layer.ndim == 3 and _geometry_key(layer.metadata) is not None
+    )
+
+
+def _lies_on(labels: Labels, image: Image) -> bool:
+    """Whether a labels layer covers ``image``'s voxels exactly (shape, scale, translate)."""
+    return (
+        labels.data.shape == image.data.shape
+        and np.allclose(labels.scale, image.scale)
+        and np.allclose(labels.translate, image.translate)
     )
 
 
@@ -195,8 +207,23 @@ class Autosave:
     def _adopt(self, layer: Layer) -> None:
         if _is_ct(layer):
             self._key_ct(layer)
-        elif _is_bound_labels(layer) and id(layer) not in self._tracked:
+            return
+        if isinstance(layer, Labels) and layer.ndim == 3 and not _is_bound_labels(layer):
+            self._bind(layer)
+        if _is_bound_labels(layer) and id(layer) not in self._tracked:
             self._track(layer)
+
+    def _bind(self, labels: Labels) -> None:
+        """Give labels made without napari-dsms (napari's *New labels layer* button) the file
+        geometry of the one CT layer they cover exactly, so they are journaled and export on
+        the CT's grid like the docks' own labels."""
+        viewer = self._viewer()
+        if viewer is None:
+            return
+        cts = [layer for layer in viewer.layers if _is_ct(layer) and _lies_on(labels, layer)]
+        if len(cts) == 1:
+            metadata = cts[0].metadata
+            labels.metadata.update({key: metadata[key] for key in METADATA_KEYS if key in metadata})
 
     def _on_removed(self, event: Any) -> None:
         tracked = self._tracked.pop(id(event.value), None)

@@ -240,3 +240,25 @@ def test_closing_the_labels_layer_keeps_its_work_and_reopening_offers_it(
     np.testing.assert_array_equal(restored.data, painted)
     assert restored.metadata["model"] == {"arch": "unet"}
     assert restored.metadata[AUTOSAVE_KEY]["session"] == offer.session  # the journal goes on
+
+
+def test_labels_made_with_napari_s_own_button_are_journaled_on_the_ct_grid(
+    ct_file, tmp_path, make_napari_viewer, qtbot
+):
+    viewer = make_napari_viewer()
+    image, manager = _open(viewer, qtbot, ct_file)
+    manager.delay_ms = 100
+    # What napari's "New labels layer" button makes: the image's shape and placement, no metadata.
+    labels = viewer.add_labels(
+        np.zeros(image.data.shape, np.uint8), scale=image.scale, translate=image.translate
+    )
+    labels.brush_size = 3
+    labels.paint((2, 10, 10), 1)
+    qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
+    [entry] = journal.list_entries()
+    assert entry.edited == [2]  # no prediction: the slices holding labels
+    out = tmp_path / "labels.nii.gz"
+    write_labels_layer(str(out), labels.data, {"metadata": labels.metadata, "name": labels.name})
+    np.testing.assert_array_equal(
+        read_volume(out).array, from_canonical(labels.data, image.metadata["affine"])
+    )
