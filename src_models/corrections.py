@@ -18,6 +18,7 @@ import datetime as _dt
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 from .inference.postprocess import keep_largest_components  # noqa: F401  (review dock)
 from .io.atomic import write_text_atomic
 from .io.orientation import head_feet_axis
-from .metrics import STRUCTURES, volume_ml
+from .metrics import STRUCTURES, structure_dice, volume_ml
 from .version import __version__
 
 
@@ -156,6 +157,94 @@ def source_slice_indices(
     return axis, [length - 1 - int(s) if flipped else int(s) for s in slices]
 
 
+#: A pause longer than this (seconds) between two edits is not counted as time on a slice.
+IDLE_S = 60.0
+
+
+def seconds_per_slice(
+    edits: Iterable[tuple[float, int]], idle_s: float = IDLE_S
+) -> dict[int, float]:
+    """Seconds a user spent on each slice, from the time stamps of their edits.
+
+    The time between two consecutive edits counts for the slice of the later one (the user was
+    working towards it), unless it exceeds ``idle_s`` (a coffee break, another task); the first
+    edit of a session counts nothing.
+
+    Parameters
+    ----------
+    edits
+        ``(time stamp in seconds, canonical slice)`` of every edit (a brush stroke, a fill), in
+        any order.
+    idle_s
+        Longest pause that still counts as work.
+
+    Returns
+    -------
+    dict
+        Canonical slice -> seconds, for every slice that was edited.
+    """
+    events = sorted((float(t), int(k)) for t, k in edits)
+    seconds = {k: 0.0 for _, k in events}
+    for (before, _), (now, k) in pairwise(events):
+        if now - before <= idle_s:
+            seconds[k] += now - before
+    return seconds
+
+
+def effort_record(
+    prediction: np.ndarray,
+    final: np.ndarray,
+    edited: Iterable[int],
+    reviewed: Iterable[int],
+    seconds: Mapping[int, float] | None = None,
+) -> dict[str, Any]:
+    """What the corrections cost and changed, per slice and in total (the side-car's effort).
+
+    Parameters
+    ----------
+    prediction, final
+        (S, P, L) canonical labels: the model's prediction and the labels the user ends with.
+    edited, reviewed
+        Canonical slices the user edited, and those accepted unchanged.
+    seconds
+        Canonical slice -> seconds spent on it (:func:`seconds_per_slice`); missing: 0.
+
+    Returns
+    -------
+    dict
+        ``"slices"``: one entry per edited or reviewed slice with ``slice`` (canonical),
+        ``status`` (``"edited"`` or ``"reviewed"``), ``seconds``, ``voxels_changed`` (voxels
+        whose label differs from the prediction) and ``dice_prediction_final`` (pancreas Dice
+        between the two, 1 when both are empty); ``"totals"``: ``slices_edited``,
+        ``slices_reviewed``, ``minutes``, ``voxels_changed``.
+    """
+    _check_same_shape(final, prediction)
+    seconds = seconds or {}
+    edited_set = {int(k) for k in edited}
+    status = {int(k): "reviewed" for k in reviewed} | {k: "edited" for k in edited_set}
+    entries = []
+    for k in sorted(status):
+        changed = int(np.count_nonzero(prediction[k] != final[k]))
+        entries.append(
+            {
+                "slice": k,
+                "status": status[k],
+                "seconds": round(float(seconds.get(k, 0.0)), 1),
+                "voxels_changed": changed,
+                "dice_prediction_final": round(structure_dice(prediction[k], final[k]), 4),
+            }
+        )
+    return {
+        "slices": entries,
+        "totals": {
+            "slices_edited": sum(e["status"] == "edited" for e in entries),
+            "slices_reviewed": sum(e["status"] == "reviewed" for e in entries),
+            "minutes": round(sum(float(s) for s in seconds.values()) / 60.0, 2),
+            "voxels_changed": sum(e["voxels_changed"] for e in entries),
+        },
+    }
+
+
 def sidecar(
     *,
     export_path: str | Path,
@@ -170,6 +259,7 @@ def sidecar(
     reviewed: Iterable[int],
     plugin_version: str,
     now: _dt.datetime | None = None,
+    effort: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Content of the JSON file written beside an export, so the file explains itself later.
 
@@ -195,6 +285,9 @@ def sidecar(
         Version of the napari plugin that wrote the export.
     now
         Time stamp; the current UTC time when omitted.
+    effort
+        :func:`effort_record` of the session, stored under ``"effort"`` with each slice's
+        source index added; ``None`` leaves it out.
 
     Returns
     -------
@@ -228,6 +321,12 @@ def sidecar(
         content["volumes_ml"] = {
             name: round(value, 3) for name, value in structure_volumes(labels, spacing).items()
         }
+    if effort is not None:
+        slices = [dict(entry) for entry in effort["slices"]]
+        _, source = source_slice_indices([e["slice"] for e in slices], affine, source_shape)
+        for entry, index in zip(slices, source, strict=True):
+            entry["source_slice"] = index
+        content["effort"] = {"slices": slices, "totals": dict(effort["totals"])}
     return content
 
 

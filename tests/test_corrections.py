@@ -12,9 +12,11 @@ from src_models import __version__
 from src_models.corrections import (
     CorrectionsError,
     edited_slices,
+    effort_record,
     foreground_slices,
     keep_largest_components,
     neighbour_slice,
+    seconds_per_slice,
     sidecar,
     sidecar_path,
     source_slice_indices,
@@ -187,3 +189,33 @@ def test_fine_tune_report_says_when_the_time_limit_cut_the_run(tmp_path) -> None
     assert "m-ft-ct-v1.pt" in text and "0.638 -> 0.748" in text and "99 of 400" in text
     complete = FineTuneResult(tmp_path / "a.pt", tmp_path / "m.pt", 400, 120.0, planned_steps=400)
     assert not complete.stopped_by_time and "time limit" not in complete.summary()
+
+
+def test_seconds_per_slice_counts_work_and_skips_pauses() -> None:
+    edits = [(100.0, 4), (103.0, 4), (110.0, 6), (500.0, 6), (501.5, 4)]
+    assert seconds_per_slice(edits, idle_s=60) == {4: 3.0 + 1.5, 6: 7.0}
+    assert seconds_per_slice([]) == {}
+
+
+def test_effort_record_per_slice_and_in_the_sidecar() -> None:
+    prediction = _prediction()
+    final = prediction.copy()
+    final[3, 4:6, 4:10] = 0  # 12 voxels erased on slice 3
+    effort = effort_record(prediction, final, edited=[3], reviewed=[5, 3], seconds={3: 42.0})
+    assert effort["slices"] == [
+        {"slice": 3, "status": "edited", "seconds": 42.0, "voxels_changed": 12,
+         "dice_prediction_final": pytest.approx(2 * 24 / (36 + 24), abs=1e-4)},
+        {"slice": 5, "status": "reviewed", "seconds": 0.0, "voxels_changed": 0,
+         "dice_prediction_final": 1.0},
+    ]  # fmt: skip
+    assert effort["totals"] == {
+        "slices_edited": 1, "slices_reviewed": 1, "minutes": 0.7, "voxels_changed": 12
+    }  # fmt: skip
+    flipped = np.diag([1.0, 1.0, -2.0, 1.0])  # slices stored feet-first along axis 2
+    content = sidecar(
+        export_path="x.nii.gz", kind="labels", source="ct.nii.gz", affine=flipped,
+        source_shape=(16, 16, 10), labels=final, spacing=(2.0, 1.0, 1.0), model=None,
+        edited=[3], reviewed=[5], plugin_version="0", effort=effort,
+    )  # fmt: skip
+    assert [e["source_slice"] for e in content["effort"]["slices"]] == [6, 4]
+    assert content["effort"]["totals"]["minutes"] == 0.7
