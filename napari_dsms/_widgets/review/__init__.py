@@ -3,6 +3,7 @@
 The dock binds one CT image layer and one labels layer (normally a Segment result) into a
 Qt-free :class:`~napari_dsms._session.ReviewSession`, and shows panels over it, one module each:
 :mod:`.navigate` (slices worth looking at, reviewed marks), :mod:`.roi` (where the pancreas is),
+:mod:`.triage` (the most suspect slices first, fill between corrected slices),
 :mod:`.correct` (brush set-up,
 clean-up), :mod:`.compare` (Dice, PPV, sensitivity of two segmentations), :mod:`.export`
 (NIfTI and side-car) and :mod:`.fine_tune` (learn from the corrections, re-segment). napari's own
@@ -49,6 +50,7 @@ from .export import ExportPanel
 from .fine_tune import FineTunePanel
 from .navigate import NavigatePanel
 from .roi import RegionPanel
+from .triage import TriagePanel
 
 if TYPE_CHECKING:
     import napari
@@ -154,6 +156,7 @@ class ReviewWidget(ScrollingDock):
 
         self.navigate = NavigatePanel(self)
         self.region = RegionPanel(self)
+        self.triage = TriagePanel(self)
         self.correct = CorrectPanel(self)
         self.compare = ComparePanel(self)
         self.export = ExportPanel(self)
@@ -163,8 +166,8 @@ class ReviewWidget(ScrollingDock):
         # The panel is taller than a laptop screen: it scrolls instead of stretching the window.
         layout = QVBoxLayout(self.content)
         layout.addWidget(self._build_layers_box())
-        panels = (self.navigate, self.region, self.correct, self.compare, self.export)
-        for panel in (*panels, self.fine_tune):
+        panels = (self.navigate, self.triage, self.region, self.correct, self.compare)
+        for panel in (*panels, self.export, self.fine_tune):
             layout.addWidget(panel)
         layout.addStretch(1)
 

@@ -1,0 +1,241 @@
+"""Simulate a radiologist correcting the shared CT, round by round, and measure what it ends with.
+
+On the NIH volume 0001 (which no bundled model saw) with the bundled default model: rounds of
+picking slices (by ``dsms triage``'s ranking, evenly spaced over the pancreas, or at random),
+replacing them with the manual reference (the "correction"), then one :func:`src_models.refine.
+refine` round (guarded fine-tuning from the latest model, fill between, re-segment). Reported
+after 0, 5, 10 and 20 corrected slices: pancreas Dice over the whole volume (what the user ends
+with, corrected slices included), Dice on the untouched slices, and cumulative CPU seconds of the
+process; beside it, interpolation alone (fill between the same evenly spaced slices, nothing
+beyond them) and fine-tuning alone (the round's model, corrected slices pasted in).
+
+Usage::
+
+    python benchmarks/correction_loop.py [--seconds 40] [--plot docs/images/correction-loop.png]
+    python benchmarks/correction_loop.py --goal     # one dsms-refine round, 10 slices, defaults
+
+Prints a Markdown table for docs/benchmarks.md; with matplotlib installed, ``--plot`` draws it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from src_models import fill_between_slices, load_checkpoint, read_labels, read_volume
+from src_models.inference.engine import segment
+from src_models.inference.triage import triage
+from src_models.io.orientation import from_canonical, head_feet_axis, to_canonical
+from src_models.jobs import run_to_end
+from src_models.metrics import structure_dice
+from src_models.refine import refine
+
+REPO = Path(__file__).resolve().parents[1]
+CASE = REPO.parent / "shared" / "data" / "nih-pancreas-0001"
+COUNTS = (5, 10, 20)
+
+
+def even_slices(extent: np.ndarray, count: int) -> list[int]:
+    """``count`` slices spread evenly from the first to the last slice of ``extent``."""
+    positions = np.linspace(0, len(extent) - 1, count).round().astype(int)
+    return sorted({int(extent[i]) for i in positions})
+
+
+def pick(
+    strategy: str, taken: list[int], count: int, extent: np.ndarray, ranking, rng
+) -> list[int]:
+    """The corrected slices after adding slices up to ``count`` by ``strategy`` (canonical)."""
+    if strategy == "even":
+        return even_slices(extent, count)
+    if strategy == "triage":
+        order = [k for k in ranking if k not in taken]
+    else:
+        order = [int(k) for k in rng.permutation(extent) if k not in taken]
+    return sorted(taken + order[: count - len(taken)])
+
+
+def scores(labels: np.ndarray, reference: np.ndarray, corrected: list[int]) -> tuple[float, float]:
+    """(whole-volume Dice, Dice on the slices not corrected)."""
+    untouched = np.setdiff1d(np.arange(len(reference)), corrected)
+    return (
+        structure_dice(labels, reference),
+        structure_dice(labels[untouched], reference[untouched]),
+    )
+
+
+def loop(strategy: str, volume, reference, extent, ranking, args) -> list[dict]:
+    """Rounds of one strategy; each round refines from the model the last round ended with."""
+    model, meta = load_checkpoint(args.model)
+    rng = np.random.default_rng(args.seed)
+    taken: list[int] = []
+    rows = []
+    for count in COUNTS:
+        taken = pick(strategy, taken, count, extent, ranking, rng)
+        user = np.zeros_like(reference)  # the user's labels: only the corrections count
+        user[taken] = reference[taken]
+        started = time.process_time()
+        result = run_to_end(
+            refine(volume, from_canonical(user, volume.affine), file_slices(taken, volume),
+                   model, meta, seconds=args.seconds, device="cpu", seed=args.seed)
+        )  # fmt: skip
+        cpu = time.process_time() - started
+        model, meta = result.fine_tune.model, result.fine_tune.meta
+        whole, untouched = scores(result.canonical_labels, reference, taken)
+        model_only = run_to_end(segment(volume, model, meta, device="cpu", reconstruct=False))
+        alone = model_only.canonical_labels.copy()
+        alone[taken] = reference[taken]
+        rows.append(
+            {
+                "strategy": strategy,
+                "corrected": count,
+                "whole": whole,
+                "untouched": untouched,
+                "model_alone": scores(alone, reference, taken)[0],
+                "cpu_s": cpu,
+                "steps": result.fine_tune.steps,
+                "kept_previous": result.fine_tune.kept_previous,
+            }
+        )
+        print(rows[-1], flush=True)
+    for i in range(1, len(rows)):
+        rows[i]["cpu_s"] += rows[i - 1]["cpu_s"]
+    return rows
+
+
+def file_slices(canonical: list[int], volume) -> list[int]:
+    """Canonical slice numbers as indices along the file's head-feet axis (as dsms takes them)."""
+    axis, flipped = head_feet_axis(volume.affine)
+    length = volume.array.shape[axis]
+    return [length - 1 - k if flipped else k for k in canonical]
+
+
+def goal(volume, reference: np.ndarray, extent: np.ndarray, model: str) -> None:
+    """The issue's goal run: ``dsms refine`` with its defaults after 10 evenly spaced slices.
+
+    The labels file holds the bundled model's prediction with the 10 slices replaced by the
+    reference, as a user's file would; timed from the command's start to its end (wall).
+    """
+    import tempfile
+
+    from src_models.cli import main as dsms
+    from src_models.io import write_labels
+
+    bundled, meta = load_checkpoint(model)
+    prediction = run_to_end(segment(volume, bundled, meta, reconstruct=False)).canonical_labels
+    corrected = even_slices(extent, 10)
+    user = prediction.copy()
+    user[corrected] = reference[corrected]
+    with tempfile.TemporaryDirectory() as folder:
+        labels = Path(folder) / "labels.nii.gz"
+        write_labels(labels, np.ascontiguousarray(from_canonical(user, volume.affine)), volume)
+        out = Path(folder) / "refined.nii.gz"
+        argv = ["refine", str(CASE / "ct.nii.gz"), "--labels", str(labels), "--corrected",
+                ",".join(map(str, file_slices(corrected, volume))), "-o", str(out),
+                "--model", model]  # fmt: skip
+        wall, cpu = time.perf_counter(), time.process_time()
+        assert dsms(argv) == 0
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        refined = to_canonical(np.asarray(read_labels(out).array), volume.affine)[0]
+    whole, untouched = scores(refined, reference, corrected)
+    print(
+        f"goal: 10 corrected slices {corrected}, one dsms refine round: whole-volume Dice "
+        f"{whole:.3f}, untouched {untouched:.3f}; {wall:.0f} s wall, {cpu:.0f} CPU s"
+    )
+
+
+def interpolation_alone(reference: np.ndarray, extent: np.ndarray) -> dict[int, float]:
+    """Whole-volume Dice of fill between evenly spaced reference slices, nothing beyond."""
+    out = {}
+    for count in COUNTS:
+        known = even_slices(extent, count)
+        given = np.zeros_like(reference)
+        given[known] = reference[known]
+        out[count] = structure_dice(fill_between_slices(given, known, axis=0), reference)
+    return out
+
+
+def table(rows: list[dict], interpolation: dict[int, float], baseline: float) -> str:
+    lines = [
+        "| strategy | corrected slices | whole-volume Dice | Dice on untouched slices | "
+        "fine-tuning alone | interpolation alone (even) | cumulative CPU s | steps per round |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| (bundled model) | 0 | {baseline:.3f} | {baseline:.3f} | | | | |",
+    ]
+    for row in rows:
+        kept = " (kept previous)" if row["kept_previous"] else ""
+        lines.append(
+            f"| {row['strategy']} | {row['corrected']} | {row['whole']:.3f} | "
+            f"{row['untouched']:.3f} | {row['model_alone']:.3f} | "
+            f"{interpolation[row['corrected']]:.3f} | {row['cpu_s']:.0f} | "
+            f"{row['steps']}{kept} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], interpolation: dict[int, float], baseline: float, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: table only")
+        return
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        mine = [r for r in rows if r["strategy"] == strategy]
+        axis.plot([0] + [r["corrected"] for r in mine], [baseline] + [r["whole"] for r in mine],
+                  marker="o", label=f"loop, {strategy}")  # fmt: skip
+    axis.plot(list(interpolation), list(interpolation.values()), "k--", marker="s",
+              label="interpolation alone (even)")  # fmt: skip
+    axis.set_xlabel("corrected slices")
+    axis.set_ylabel("whole-volume pancreas Dice")
+    axis.set_title("NIH Pancreas-CT 0001, bundled dsmsc_unet, 2-core CPU")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="dsmsc_unet")
+    parser.add_argument("--seconds", type=float, default=40.0, help="fine-tuning per round")
+    parser.add_argument("--strategies", nargs="+", default=["triage", "even", "random"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--plot", type=Path, help="PNG of whole-volume Dice against slices")
+    parser.add_argument("--goal", action="store_true", help="only the one-round goal run")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    volume = read_volume(CASE / "ct.nii.gz")
+    reference = np.ascontiguousarray(
+        to_canonical(np.asarray(read_labels(CASE / "label.nii.gz").array), volume.affine)[0]
+    )
+    extent = np.flatnonzero(reference.reshape(len(reference), -1).any(axis=1))
+    if args.goal:
+        goal(volume, reference, extent, args.model)
+        return
+    model, meta = load_checkpoint(args.model)
+    started = time.process_time()
+    first = run_to_end(triage(volume, model, meta, device="cpu"))
+    print(f"triage: {time.process_time() - started:.0f} CPU s")
+    baseline = structure_dice(first.labels, reference)  # canonical, like reference
+    interpolation = interpolation_alone(reference, extent)
+    rows = []
+    for strategy in args.strategies:
+        rows += loop(strategy, volume, reference, extent, first.order, args)
+    print(table(rows, interpolation, baseline))
+    if args.plot:
+        plot(rows, interpolation, baseline, args.plot)
+
+
+if __name__ == "__main__":
+    main()

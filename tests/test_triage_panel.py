@@ -1,0 +1,75 @@
+"""Triage panel of the Review dock: ranked slices, next suspect, fill between as one undo step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_dsms._layers import image_layer_data, labels_layer_data
+from napari_dsms._widgets.review import ReviewWidget
+from src_models import build_model, save_checkpoint
+from src_models.io.orientation import to_canonical
+from src_models.phantom import make_phantom
+
+
+@pytest.fixture
+def dock(make_napari_viewer, qtbot, tmp_path):
+    """A phantom CT and its labels as a Segment result would leave them, and the dock."""
+    image, truth = make_phantom(seed=1, shape=(64, 64, 20), spacing=(4.0, 4.0, 3.0))
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(
+        tmp_path / "tiny.pt", build_model("unet", width=4),
+        preprocessing={"hu_window": [-100.0, 250.0], "spacing_mm": 4.0},
+    )  # fmt: skip
+    viewer = make_napari_viewer()
+    data, kwargs, _ = image_layer_data(image, name="ct")
+    ct = viewer.add_image(data, **kwargs)
+    prediction = np.array(to_canonical(truth.array, truth.affine)[0])
+    data, kwargs, _ = labels_layer_data(prediction.copy(), ct, name="ct pancreas/tumour")
+    kwargs["metadata"].update(
+        prediction=prediction.copy(), model={"arch": "unet", "checkpoint": str(checkpoint)}
+    )
+    labels = viewer.add_labels(data, **kwargs)
+    widget = ReviewWidget(viewer)
+    qtbot.addWidget(widget)
+    return widget, labels, prediction
+
+
+def test_scored_slices_form_a_queue_that_edits_and_reviews_leave(dock, qtbot):
+    widget, labels, _ = dock
+    panel = widget.triage
+    assert panel.next_suspect() is None  # nothing scored yet: says so
+    worker = panel.score()
+    assert worker is not None
+    qtbot.waitUntil(lambda: panel.result is not None and panel._worker is None, timeout=60_000)
+    assert len(panel.chart.scores) == labels.data.shape[0]
+    queue = panel.queue()
+    assert sorted(queue) == list(range(labels.data.shape[0]))
+    assert panel.suspects.count() == min(20, len(queue))
+    first = panel.next_suspect()
+    assert first == queue[0] and widget.current_slice() == first
+    labels.data[first] = 0  # the user corrects it
+    widget.session.go_to(queue[1])
+    widget.session.toggle_reviewed()  # and accepts the next one as it is
+    widget.refresh_status()
+    assert panel.queue() == queue[2:]
+    assert panel.next_suspect() == queue[2]
+
+
+def test_fill_between_is_one_undo_step(dock):
+    widget, labels, prediction = dock
+    with_pancreas = np.flatnonzero(prediction.reshape(len(prediction), -1).any(axis=1))
+    low, high = int(with_pancreas[2]), int(with_pancreas[2]) + 4
+    labels.data[low] = np.roll(prediction[low], 3, axis=1)  # two corrected slices
+    labels.data[high] = np.roll(prediction[high], 3, axis=1)  # the model's slices between
+    labels.events.data(value=labels.data)
+    widget.refresh_status()
+    before = np.array(labels.data)
+    changed = widget.triage.fill_between()
+    assert changed > 0
+    between = labels.data[low + 1 : high]
+    assert (between != before[low + 1 : high]).any() and between.any()  # moved with them
+    np.testing.assert_array_equal(labels.data[[low, high]], before[[low, high]])
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)
