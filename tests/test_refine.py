@@ -12,7 +12,7 @@ from src_models.io import Volume, write_image, write_labels
 from src_models.jobs import run_to_end
 from src_models.metrics import structure_dice
 from src_models.phantom import make_phantom
-from src_models.refine import grow_from, refine
+from src_models.refine import refine, taper_from
 
 PREP = {"hu_window": [-100.0, 250.0], "spacing_mm": 2.9}
 
@@ -53,16 +53,17 @@ def test_corrections_stay_bit_identical_and_the_slices_between_are_filled(case, 
     assert set(result.changed).isdisjoint(result.corrected)
 
 
-def test_beyond_the_corrections_the_model_only_continues_the_shape():
-    model = np.zeros((6, 20, 20), dtype=bool)
-    model[:, 5:10, 5:10] = True  # the organ, continuing upwards
+def test_beyond_the_corrections_the_model_only_continues_the_shape_and_tapers():
+    model = np.zeros((8, 20, 20), dtype=bool)
+    model[:, 2:13, 2:13] = True  # the organ as the model sees it, continuing upwards
     model[:, 15:19, 15:19] = True  # a distant false positive
-    model[4:, 5:10, 5:10] = False  # the organ ends at slice 3
+    model[3:, 2:13, 2:13] = False  # the model loses the organ after slice 2
     seed = np.zeros((20, 20), dtype=bool)
-    seed[5:10, 5:10] = True
-    grown = grow_from(model, 1, 1, seed, radius_px=1)
-    assert grown[1:4, 5:10, 5:10].all() and not grown[:, 15:, 15:].any()
-    assert not grown[4:].any() and not grown[0].any()
+    seed[4:11, 4:11] = True  # the outermost correction: 7 x 7
+    grown = taper_from(model, 1, 1, seed)
+    assert grown[1, 5:10, 5:10].all() and grown[1].sum() == 25  # 5 x 5: shrinks a pixel
+    assert grown[2].sum() == 9  # 3 x 3, then the model ends
+    assert not grown[3:].any() and not grown[0].any() and not grown[:, 15:, 15:].any()
 
 
 def _files(tmp_path, case, flip: bool):
