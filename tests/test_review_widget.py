@@ -356,6 +356,31 @@ def test_export_is_bit_exact_on_the_source_grid_with_sidecar(widget_and_layers, 
     assert nib.load(case["ct"]).get_data_dtype() == np.int16
 
 
+def test_export_keeps_the_viewer_responsive(widget_and_layers, tmp_path, monkeypatch):
+    from qtpy.QtCore import QTimer
+
+    widget, viewer, image, labels, reference = widget_and_layers
+    real_save = nib.save
+
+    def slow_save(*args, **kwargs):  # a large CT on a slow disk
+        import time
+
+        time.sleep(0.6)
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(nib, "save", slow_save)
+    ticks: list[int] = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start()
+    written = widget.export.export_labels(tmp_path / "slow.nii.gz")
+    timer.stop()
+    assert written == tmp_path / "slow.nii.gz" and written.is_file()
+    assert len(ticks) >= 10  # the GUI thread kept running while the file was written
+    assert not widget.export.busy
+
+
 def test_export_reconstruction_needs_a_drs_layer(widget_and_layers, case, tmp_path):
     widget, viewer, image, labels, reference = widget_and_layers
     assert widget.export.export_reconstruction(tmp_path / "r.nii.gz") is None

@@ -15,7 +15,7 @@ from typing import Any
 from napari.qt.threading import GeneratorWorkerSignals, WorkerBase, create_worker
 from napari.utils import progress as napari_progress
 from napari.utils.notifications import notification_manager, show_error, show_warning
-from qtpy.QtCore import QObject, QTimer, Signal
+from qtpy.QtCore import QEventLoop, QObject, QTimer, Signal
 
 from .._results import SegmentationOutput, result_steps, segmentation_job, volume_of_layer
 from ._pickers import same_layer
@@ -145,6 +145,43 @@ def start_job(
         _start_thread=True,
         **kwargs,
     )
+
+
+def run_responsive(function: Callable[..., Any], *args: Any, description: str) -> Any:
+    """``function(*args)`` in a worker thread, waited for here while the viewer stays usable.
+
+    For short jobs whose caller needs the answer at once (an export returns the file it wrote):
+    the GUI thread keeps handling events (painting, scrolling, other docks) in a local event
+    loop until the worker is done, with a busy bar in napari's activity panel. The result is
+    returned, an exception raised, as if ``function`` had run here.
+    """
+    outcome: dict[str, Any] = {}
+    loop = QEventLoop()
+
+    def job() -> Generator[tuple[int, int], None, Any]:
+        yield (0, 1)
+        return function(*args)
+
+    bar = napari_progress(total=0, desc=description)
+    worker = create_worker(
+        job,
+        _worker_class=JobWorker,
+        _connect={
+            "returned": lambda value: outcome.update(value=value),
+            "errored": lambda error: outcome.update(error=error),
+            "finished": loop.quit,
+        },
+        _ignore_errors=True,
+        _start_thread=False,
+    )
+    worker.start()
+    try:
+        loop.exec()  # the worker's signals are queued to this thread: none is missed
+    finally:
+        bar.close()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 class SegmentationRun(QObject):
