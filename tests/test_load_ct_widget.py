@@ -5,6 +5,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+from napari.layers import Labels
 from test_dicom import pattern, write_series, write_slice
 
 from napari_dsms._layers import REFERENCE_COLOURS
@@ -58,6 +59,14 @@ def test_load_nifti_then_labels_and_windows(widget, qtbot, nih_ct, nih_label):
 
     widget.window_combo.setCurrentText("bone")
     assert tuple(image.contrast_limits) == CT_WINDOWS["bone"]
+
+
+def test_a_label_file_opened_as_a_ct_is_read_as_labels(widget, qtbot, nih_label):
+    widget.load(nih_label)
+    wait(widget, qtbot)
+    [labels] = widget.viewer.layers
+    assert isinstance(labels, Labels) and labels.contour == 2  # a reference, outlined
+    assert "HU" not in widget.info.text() and "pancreas (incl. tumour)" in widget.info.text()
 
 
 def test_load_dicom_folder(widget, qtbot, nih_dicom):

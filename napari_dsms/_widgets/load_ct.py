@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from src_models.corrections import structure_volumes
-from src_models.io import Volume, describe, read_labels, read_volume
+from src_models.io import Volume, describe, label_array, read_labels, read_volume
 from src_models.io.windows import CT_WINDOWS, DEFAULT_WINDOW
 
 from .._autosave import attach as attach_autosave
@@ -41,6 +41,7 @@ from .._layers import (
     reference_volume,
     style_labels,
 )
+from .._reader import looks_like_labels
 from ._scroll import ScrollingDock
 from ._worker import report_error, start_job
 
@@ -59,6 +60,11 @@ ReadJob = Generator[tuple[int, int], None, tuple[LayerDataTuple, str]]
 def _read_image(path: str, window: str) -> ReadJob:
     yield _ONE_STEP
     volume = read_volume(path)
+    if looks_like_labels(volume):  # a label file opened as a CT: a reference, not HU
+        volume.array = label_array(volume.array, volume.source)
+        name = Path(volume.source).name.split(".nii")[0]
+        data = labels_layer_data(volume, volume, name=name, role=REFERENCE)
+        return data, _describe_labels(volume)
     return image_layer_data(volume, window=window), describe(volume)
 
 
