@@ -38,7 +38,6 @@ from napari.utils.notifications import Notification, notification_manager, show_
 from qtpy.QtCore import QTimer
 
 from src_models import autosave as journal
-from src_models.corrections import edited_slices, foreground_slices
 
 from ._layers import (
     AFFINE,
@@ -132,7 +131,7 @@ def _journal_job(
     saved_hash: str,
     kwargs: dict[str, Any],
 ) -> tuple[journal.JournalEntry | None, str]:
-    """Worker-thread part of a save: copy, skip an unchanged state, find edited slices, write.
+    """Worker-thread part of a save: copy, skip an unchanged state, write.
 
     ``live`` is the layer's own array. The copy made here (numpy copies without holding the GIL)
     may catch a stroke half-applied if the user paints meanwhile; that stroke's paint event
@@ -147,12 +146,11 @@ def _journal_job(
     if digest == saved_hash:
         return None, digest
     fits = prediction is not None and np.shape(prediction) == labels.shape
-    edited = edited_slices(labels, prediction) if fits else foreground_slices(labels)
-    if fits and not edited:
+    if fits and np.array_equal(labels, prediction):
         journal.prune(kwargs["digest"], kwargs["session"])
         return None, digest
     journal.prune()  # the age rule, so the folder does not grow for ever
-    entry = journal.save(labels, prediction=prediction if fits else None, edited=edited, **kwargs)
+    entry = journal.save(labels, prediction=prediction if fits else None, **kwargs)
     return entry, digest
 
 

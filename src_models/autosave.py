@@ -11,8 +11,12 @@ previous save intact.
 Journals are keyed by the CT's content (:func:`ct_digest`), not by its path: a CT copied or
 renamed still finds its corrections, and another CT saved under the same name does not.
 
-Layout: ``<autosave_dir()>/<digest>/<session>.npz``; :func:`autosave_dir` is the platformdirs
-user data folder (``.../napari-dsms/autosave``) unless ``$DSMS_AUTOSAVE_DIR`` is set.
+Layout: ``<autosave_dir()>/<digest>/<session>.npz`` holds the record and only the slices that
+differ from the session's base: the model's prediction, kept once per session in
+``<session>.<hash>.base.npz`` (it does not change while the user corrects), or background when
+there is none. A save of a 512 x 512 x 1000 session then compresses the edited slices, not
+262 MB. :func:`autosave_dir` is the platformdirs user data folder (``.../napari-dsms/autosave``)
+unless ``$DSMS_AUTOSAVE_DIR`` is set.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ AUTOSAVE_DIR_ENV = "DSMS_AUTOSAVE_DIR"
 MAX_AGE_DAYS = 30
 
 #: Version of the journal file layout, stored in every record.
-JOURNAL_FORMAT = 1
+JOURNAL_FORMAT = 2
 
 _SUFFIX = ".npz"
 _DIGEST = re.compile(r"^[0-9a-f]{32}$")
@@ -118,9 +122,11 @@ class JournalEntry:
     record
         Its JSON record: ``digest``, ``session``, ``saved`` (ISO 8601 UTC), ``source`` (CT
         path when it was opened), ``description``, ``layer`` (labels layer name), ``shape``
-        (the CT file's array shape), ``affine`` (its 4 x 4 affine), ``edited_slices`` and
-        ``reviewed_slices`` (canonical axial indices, 0 = most inferior), ``model``,
-        ``effort``, ``plugin_version``, ``format``.
+        (the CT file's array shape), ``affine`` (its 4 x 4 affine), ``labels_shape`` (canonical),
+        ``edited_slices`` (canonical axial indices, 0 = most inferior, that differ from the
+        base and are stored in the file), ``reviewed_slices``, ``base`` (``{"kind":
+        "prediction", "file": ...}`` or ``{"kind": "background"}``), ``model``, ``effort``,
+        ``plugin_version``, ``format``.
     """
 
     path: Path
@@ -155,23 +161,26 @@ class JournalEntry:
     def shape(self) -> tuple[int, ...]:
         return tuple(int(n) for n in self.record["shape"])
 
-    def _array(self, key: str) -> np.ndarray | None:
-        try:
-            with np.load(self.path, allow_pickle=False) as npz:
-                return npz[key] if key in npz.files else None
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise JournalError(f"{self.path}: the autosave file is damaged ({exc})") from exc
+    def prediction(self) -> np.ndarray | None:
+        """The model's unedited labels the session started from, if any (canonical)."""
+        base = self.record["base"]
+        if base["kind"] != "prediction":
+            return None
+        path = self.path.with_name(base["file"])
+        if not path.is_file():
+            raise JournalError(f"{self.path}: its prediction file {path.name} is missing")
+        return _load(path, "base")
 
     def labels(self) -> np.ndarray:
         """The saved labels, uint8 (S, P, L) canonical layout (0, 1 pancreas, 2 tumour)."""
-        labels = self._array("labels")
+        labels = self.prediction()
         if labels is None:
-            raise JournalError(f"{self.path}: the autosave file holds no labels")
+            labels = np.zeros(self.record["labels_shape"], dtype=np.uint8)
+        slices = _load(self.path, "slices")
+        if len(slices) != len(self.edited) or labels.shape[1:] != slices.shape[1:]:
+            raise JournalError(f"{self.path}: the stored slices do not match its record")
+        labels[self.edited] = slices
         return labels
-
-    def prediction(self) -> np.ndarray | None:
-        """The model's unedited labels the session started from, if any (canonical)."""
-        return self._array("prediction")
 
     def file_labels(self) -> np.ndarray:
         """The labels in the CT file's own index order (for its affine)."""
@@ -187,6 +196,14 @@ class JournalEntry:
             f"{when}  {where}  {edited} edited slice{'s' * (edited != 1)}"
             f"  [{layer}]  digest {self.digest[:12]} session {self.session}"
         )
+
+
+def _load(path: Path, key: str) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return npz[key]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise JournalError(f"{path}: the autosave file is damaged ({exc})") from exc
 
 
 def _journal_path(digest: str, session: str, root: Path | None) -> Path:
@@ -208,7 +225,6 @@ def save(
     description: str = "",
     layer: str = "",
     prediction: np.ndarray | None = None,
-    edited: Iterable[int] = (),
     reviewed: Iterable[int] = (),
     model: Mapping[str, Any] | None = None,
     effort: Mapping[str, Any] | None = None,
@@ -230,10 +246,11 @@ def save(
     source, description, layer
         CT path, its description and the labels layer name, shown by ``dsms recover --list``.
     prediction : numpy.ndarray, optional
-        The model's unedited labels (canonical), so a restored layer can still tell edited
-        slices apart.
-    edited, reviewed
-        Canonical axial slice indices.
+        The model's unedited labels (canonical): the session's base, written once; only the
+        slices that differ from it (the edited slices) are written at each save. Without a
+        prediction the base is background and the slices holding labels are written.
+    reviewed
+        Canonical axial slice indices the user marked as reviewed.
     model, effort
         What produced the prediction and the correction effort record (JSON-serialisable).
     now
@@ -252,13 +269,24 @@ def save(
         The folder cannot be written (full disk, no permission); the previous save is intact.
     """
     path = _journal_path(digest, session, root)
-    labels = np.asarray(labels)
+    labels = np.asarray(labels).astype(np.uint8, copy=False)
     if labels.ndim != 3:
         raise ValueError(f"labels must be a 3D volume, got shape {labels.shape}")
-    if prediction is not None and np.shape(prediction) != labels.shape:
-        raise ValueError(
-            f"prediction shape {np.shape(prediction)} differs from labels shape {labels.shape}"
-        )
+    base: dict[str, str] = {"kind": "background"}
+    if prediction is not None:
+        prediction = np.asarray(prediction).astype(np.uint8, copy=False)
+        if prediction.shape != labels.shape:
+            raise ValueError(
+                f"prediction shape {prediction.shape} differs from labels shape {labels.shape}"
+            )
+        name = hashlib.blake2b(prediction.data, digest_size=8).hexdigest()
+        base = {"kind": "prediction", "file": f"{session}.{name}.base{_SUFFIX}"}
+        if not path.with_name(base["file"]).is_file():
+            _write_atomic(path.with_name(base["file"]), {"base": prediction})
+        differs = np.not_equal(labels, prediction)
+    else:
+        differs = labels
+    edited = np.flatnonzero(differs.reshape(labels.shape[0], -1).any(axis=1))
     record = {
         "format": JOURNAL_FORMAT,
         "digest": digest,
@@ -270,21 +298,27 @@ def save(
         "shape": [int(n) for n in shape],
         "affine": np.asarray(affine, dtype=np.float64).tolist(),
         "layout": "canonical (S, P, L): axis 0 axial slices towards Superior",
-        "edited_slices": sorted(int(s) for s in edited),
-        "reviewed_slices": sorted(int(s) for s in reviewed),
+        "labels_shape": [int(n) for n in labels.shape],
+        "edited_slices": [int(k) for k in edited],
+        "reviewed_slices": sorted(int(k) for k in reviewed),
+        "base": base,
         "model": dict(model) if model else None,
         "effort": dict(effort) if effort else {},
         "plugin_version": __version__,
     }
-    arrays = {"labels": labels.astype(np.uint8, copy=False), "record": np.array(json.dumps(record))}
-    if prediction is not None:
-        arrays["prediction"] = np.asarray(prediction).astype(np.uint8, copy=False)
+    _write_atomic(path, {"slices": labels[edited], "record": np.array(json.dumps(record))})
+    for old in path.parent.glob(f"{session}.*.base{_SUFFIX}"):  # bases of earlier predictions
+        if old.name != base.get("file"):
+            old.unlink(missing_ok=True)
+    return JournalEntry(path, record)
+
+
+def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     with atomic_path(path, suffix=_SUFFIX) as temporary:
         with open(temporary, "wb") as handle:
             _write_npz(handle, arrays)
             handle.flush()
             os.fsync(handle.fileno())
-    return JournalEntry(path, record)
 
 
 def _write_npz(handle: Any, arrays: Mapping[str, np.ndarray]) -> None:
@@ -315,6 +349,8 @@ def read_entry(path: str | os.PathLike[str]) -> JournalEntry:
         raise JournalError(f"{path}: not a readable autosave file ({exc})") from exc
     if not isinstance(record, dict) or not {"digest", "session", "saved"} <= set(record):
         raise JournalError(f"{path}: not an autosave record")
+    if record.get("format") != JOURNAL_FORMAT:
+        raise JournalError(f"{path}: written in another journal format ({record.get('format')})")
     return JournalEntry(path, record)
 
 
@@ -390,7 +426,7 @@ def prune(
     for folder in _folders(root):
         # Every file, so that leftovers of a save killed half-way also age out.
         for path in folder.iterdir():
-            matches = folder.name == digest and session in (None, path.stem)
+            matches = folder.name == digest and session in (None, path.name.split(".")[0])
             try:
                 if matches or (cutoff is not None and path.stat().st_mtime < cutoff):
                     path.unlink()

@@ -87,7 +87,7 @@ def test_save_latest_and_list(ct_file, journal_dir):
     second = autosave.new_session()
     earlier = dt.datetime(2026, 1, 1, 10, 0, tzinfo=dt.timezone.utc)
     _save(ct_file, prediction, first, now=earlier)
-    entry = _save(ct_file, labels, second, prediction=prediction, edited=[1, 4], reviewed=[2])
+    entry = _save(ct_file, labels, second, prediction=prediction, reviewed=[2])
     assert entry.path.parent.parent == journal_dir
 
     newest = autosave.latest(entry.digest)
@@ -98,6 +98,38 @@ def test_save_latest_and_list(ct_file, journal_dir):
     assert [e.session for e in autosave.list_entries()] == [second, first]
     assert "2 edited slices" in newest.summary() and str(ct_file) in newest.summary()
     assert autosave.latest("0" * 32) is None
+
+
+def test_the_prediction_is_kept_once_per_session_and_saves_hold_only_edited_slices(
+    ct_file, journal_dir, capsys
+):
+    labels, prediction = _painted(ct_file)
+    session = autosave.new_session()
+    first = _save(ct_file, labels, session, prediction=prediction)
+    [base] = first.path.parent.glob("*.base.npz")
+    written = base.stat().st_mtime_ns
+    labels[5, 0:2, 0:2] = 1
+    second = _save(ct_file, labels, session, prediction=prediction)
+    assert second.edited == [1, 4, 5]
+    with np.load(second.path) as npz:
+        assert npz["slices"].shape == (3, *labels.shape[1:])  # not the whole volume
+    assert base.stat().st_mtime_ns == written  # the unchanged prediction is not written again
+    np.testing.assert_array_equal(autosave.latest(second.digest).labels(), labels)
+
+    # Re-segmented: a new base replaces the old one.
+    prediction[0, 0, 0] = 1
+    third = _save(ct_file, labels, session, prediction=prediction)
+    [new_base] = third.path.parent.glob("*.base.npz")
+    assert new_base != base and 0 in third.edited
+    np.testing.assert_array_equal(third.prediction(), prediction)
+
+    # A journal whose prediction file went missing is refused with its name, not misread.
+    new_base.unlink()
+    with pytest.raises(autosave.JournalError, match="prediction file"):
+        third.labels()
+    assert main(["recover", str(ct_file), "-o", str(journal_dir.parent / "out.nii.gz")]) == 2
+    assert "is missing" in capsys.readouterr().err
+    assert autosave.prune(third.digest, session) == 1 and not any(journal_dir.iterdir())
 
 
 def test_a_failed_save_keeps_the_previous_one_and_leaves_no_temporary_file(
@@ -142,7 +174,7 @@ def test_recover_writes_the_last_labels_on_the_ct_grid_with_a_sidecar(ct_file, t
     labels, prediction = _painted(ct_file)
     old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
     _save(ct_file, prediction, autosave.new_session(), now=old)
-    _save(ct_file, labels, autosave.new_session(), prediction=prediction, edited=[1, 4])
+    _save(ct_file, labels, autosave.new_session(), prediction=prediction)
     out = tmp_path / "out" / "recovered.nii.gz"
     out.parent.mkdir()
 
