@@ -466,12 +466,18 @@ def test_fine_tune_on_corrections_saves_a_new_listed_checkpoint(make_napari_view
     )
     # the panel re-segments with it itself, through the same job as the Segment widget
     assert widget.fine_tune.resegment_button.isEnabled()
+    widget.region.first_spin.setValue(2)  # the pancreas lies on slices 2 to 16
+    widget.region.last_spin.setValue(16)
+    assert widget.region.set_region() is not None
     with qtbot.waitSignal(widget.fine_tune.resegmented, timeout=60_000) as segmented:
         widget.fine_tune.resegment_button.click()
     qtbot.waitUntil(lambda: not widget.fine_tune.is_busy, timeout=10_000)
     new_layer = segmented.args[0]
     assert not _same(new_layer, labels)
     assert new_layer.metadata["model"]["checkpoint"] == str(path)
+    # the model re-segments inside the region of interest only
+    assert not np.asarray(new_layer.data)[[0, 1, 17, 18, 19]].any()
+    assert not np.asarray(new_layer.metadata["prediction"])[[0, 1, 17, 18, 19]].any()
     assert _same(widget.compare.prediction_choice[0], new_layer)
     assert _same(widget.compare.reference_combo.value, labels)
     assert _same(widget.labels_layer, labels)

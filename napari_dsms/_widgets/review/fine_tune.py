@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from napari.layers import Labels
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Signal
@@ -35,8 +36,8 @@ from src_models.models.store import MODEL_DIR_ENV, list_checkpoints, user_model_
 from src_models.training import fine_tune as tuning
 from src_models.training.loop import TrainEvent
 
-from ..._layers import CONTOUR_WIDTH, MODEL
-from ..._session import FineTuneInputs
+from ..._layers import CONTOUR_WIDTH, MODEL, PREDICTION, ROI
+from ..._session import FineTuneInputs, RegionOfInterest
 from .._worker import JobWorker, SegmentationRun, start_job
 from ..loss_plot import LossPlot
 from ._common import refuse
@@ -335,6 +336,9 @@ class FineTunePanel(QGroupBox):
         labels.contour = CONTOUR_WIDTH  # a comparison: outlines over the corrected labels
         if corrected is not None:
             self.review.select_labels(corrected)
+        session = self.review.session
+        if session is not None and session.roi is not None:
+            _keep_inside(labels, session.roi)
         self.fine_tune_label.setText(
             f"re-segmented into {labels.name!r}; compare it with your corrections "
             "below (slices you trained on flatter the figures)"
@@ -345,3 +349,20 @@ class FineTunePanel(QGroupBox):
         self._run = None
         self.fine_tune_button.setEnabled(True)
         self.resegment_button.setEnabled(self._last_checkpoint is not None)
+
+
+def _keep_inside(labels: Labels, roi: RegionOfInterest) -> None:
+    """The model re-segments inside the region of interest only: its result and stored output
+    are background outside it, and the region goes with the new layer."""
+    if labels.data.shape[0] <= roi.last:
+        return  # another grid: the region does not apply
+    outside = ~roi.mask(labels.data.shape)
+    data = np.array(labels.data)
+    data[outside] = 0
+    prediction = labels.metadata.get(PREDICTION)
+    if prediction is not None and np.shape(prediction) == data.shape:
+        prediction = np.array(prediction)
+        prediction[outside] = 0
+        labels.metadata[PREDICTION] = prediction
+    labels.metadata[ROI] = roi.as_dict()
+    labels.data = data
