@@ -126,3 +126,17 @@ def test_training_records_tumour_as_validated_only_from_real_patients() -> None:
         "pancreas",
         "tumour",
     ]
+
+
+def test_model_card_says_data_recipe_validation_and_tumour_status() -> None:
+    from src_models.models.checkpoints import model_card, read_metadata
+    from src_models.models.store import resolve_checkpoint
+
+    card = model_card(read_metadata(resolve_checkpoint("dsmsc_unet")))
+    assert card.startswith("dsmsc_unet, width 12.")
+    assert "NIH Pancreas-CT" in card and "6 phantoms" in card
+    assert "Pancreas Dice 0.730 on 3 validation patients." in card
+    assert "Tumour unvalidated" in card
+    validated = {"arch": "unet", "config": {"width": 32}, "metrics": {"dice_pancreas": 0.8},
+                 "provenance": {"validated_structures": ["pancreas", "tumour"]}}  # fmt: skip
+    assert model_card(validated).endswith("Tumour validated.")

@@ -287,3 +287,43 @@ def tumour_warning(meta: dict[str, Any]) -> str:
         "tumour unvalidated: this model never saw a real tumour in validation, so its tumour "
         "labels are not to be trusted"
     )
+
+
+def model_card(meta: dict[str, Any]) -> str:
+    """A few lines on where a model comes from and how well it did, for menus and tooltips.
+
+    Everything comes from the checkpoint itself (data, training patients, steps and time,
+    validation Dice and on how many patients, validated structures), so a fine-tuned or
+    user-trained model describes itself as the bundled ones do. Figures on unseen patients are in
+    ``docs/models.md``.
+    """
+    members = meta.get("members_meta")
+    if members:
+        lines = [f"Ensemble: mean probability of {len(members)} models."]
+        lines += [model_card(member).splitlines()[0] for member in members]
+    else:
+        provenance = meta.get("provenance") or {}
+        config = meta.get("config") or {}
+        lines = [f"{meta.get('arch', '?')}, width {config.get('width', '?')}."]
+        data = "; ".join(provenance.get("data") or []) or "data not recorded"
+        if provenance.get("phantoms"):
+            data += f" + {provenance['phantoms']} phantoms"
+        train = provenance.get("train_patients")
+        lines.append(f"Data: {data}" + (f" ({len(train)} training cases)." if train else "."))
+        if "steps" in provenance:
+            minutes = float(provenance.get("elapsed_s", 0.0)) / 60
+            lines.append(
+                f"Training: {provenance['steps']} steps, {minutes:.0f} min on "
+                f"{provenance.get('hardware') or provenance.get('device', '?')}."
+            )
+        fine_tune = provenance.get("fine_tune")
+        if fine_tune:
+            lines.append(f"Fine-tuned on corrections of {fine_tune.get('image', 'an image')}.")
+        dice = (meta.get("metrics") or {}).get("dice_pancreas")
+        if dice is not None:
+            validation = provenance.get("val_patients")
+            where = f"{len(validation)} validation patients" if validation else "validation"
+            lines.append(f"Pancreas Dice {dice:.3f} on {where}.")
+    warning = tumour_warning(meta)
+    lines.append(warning[0].upper() + warning[1:] + "." if warning else "Tumour validated.")
+    return "\n".join(lines)
