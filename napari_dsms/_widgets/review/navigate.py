@@ -106,7 +106,11 @@ class NavigatePanel(QGroupBox):
         reviewed = current in session.reviewed
         if reviewed:
             notes.append("reviewed")
-        self.slice_label.setText(f"slice {current}" + (f" ({', '.join(notes)})" if notes else ""))
+        # napari's slider shows the position in mm along the body, which can be negative: say
+        # how the two numbers relate.
+        position = self.review.viewer.dims.point[self.review.viewer.dims.ndim - 3]
+        where = f"slice {current} of {session.n_slices}; slider {position:g} mm"
+        self.slice_label.setText(where + (f" ({', '.join(notes)})" if notes else ""))
         self.review_button.setText("Unmark reviewed" if reviewed else "Mark slice reviewed")
 
     # ------------------------------------------------------------------ actions
