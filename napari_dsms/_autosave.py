@@ -116,6 +116,7 @@ class _Tracked:
     busy: bool = False
     dirty: bool = False
     saved_hash: str = ""
+    worked: bool = False  # painted, or its data replaced: labels opened and left alone are not
     failure: str = ""
     strokes: int = 0
     editing_s: float = 0.0
@@ -261,11 +262,14 @@ class Autosave:
         tracked.timer.timeout.connect(lambda: self._save(tracked))
         self._tracked[id(layer)] = tracked
         layer.events.paint.connect(lambda event: self._edited(tracked, stroke=True))
-        layer.events.data.connect(lambda event: self._edited(tracked))
+        layer.events.data.connect(lambda event: self._edited(tracked, worked=True))
+        # undo and in-place writes announce themselves only by a refresh (so do visibility and
+        # opacity changes, hence a refresh alone does not count as work)
         layer.events.set_data.connect(lambda event: self._edited(tracked))
 
-    def _edited(self, tracked: _Tracked, stroke: bool = False) -> None:
+    def _edited(self, tracked: _Tracked, stroke: bool = False, worked: bool = False) -> None:
         now = time.monotonic()
+        tracked.worked = tracked.worked or stroke or worked
         if stroke:
             tracked.strokes += 1
             if tracked.last_edit is not None and now - tracked.last_edit < _WORK_GAP_S:
@@ -280,6 +284,7 @@ class Autosave:
         such as a slice marked reviewed. Layers not bound to a CT are ignored."""
         tracked = self._tracked.get(id(layer))
         if tracked is not None:
+            tracked.worked = True
             tracked.timer.start(self.delay_ms)
 
     def flush(self) -> None:
@@ -299,10 +304,12 @@ class Autosave:
                 self._save(tracked)
 
     def _save(self, tracked: _Tracked) -> None:
+        layer = tracked.layer
+        if not tracked.worked and layer.metadata.get(PREDICTION) is None:
+            return  # labels opened and not edited: nothing of the user's to keep
         if tracked.busy:
             tracked.dirty = True
             return
-        layer = tracked.layer
         key = _geometry_key(layer.metadata)
         digest = self._digests.get(key)
         if digest is None:

@@ -262,3 +262,21 @@ def test_labels_made_with_napari_s_own_button_are_journaled_on_the_ct_grid(
     np.testing.assert_array_equal(
         read_volume(out).array, from_canonical(labels.data, image.metadata["affine"])
     )
+
+
+def test_labels_only_opened_are_not_journaled(ct_file, make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    image, manager = _open(viewer, qtbot, ct_file)
+    manager.delay_ms = 100
+    data, kwargs, _ = new_labels_like(image, name="opened from a file")
+    data[2, 10:20, 10:20] = 1
+    labels = viewer.add_labels(data, **kwargs)
+    labels.visible = False  # refreshes, as undo does, but changes nothing
+    labels.visible = True
+    manager._save_all()  # the safety sweep
+    qtbot.wait(500)
+    qtbot.waitUntil(lambda: not manager.busy, timeout=TIMEOUT_MS)
+    assert journal.list_entries() == []  # re-opening the CT will offer nothing
+    labels.paint((3, 5, 5), 2)
+    qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
+    assert journal.list_entries()[0].edited == [2, 3]
