@@ -37,6 +37,7 @@ from src_models.inference.engine import reconstruction_error, segment
 from src_models.inference.results import SegmentationResult
 from src_models.io import Volume, VolumeError
 from src_models.io.orientation import to_canonical
+from src_models.models.checkpoints import tumour_warning, validated_structures
 from src_models.models.store import load_checkpoint
 
 from ._layers import (
@@ -182,6 +183,7 @@ class SegmentationOutput:
             "name": Path(self.meta["path"]).stem,
             "device": stats.device,
             "precision": stats.precision,
+            "validated_structures": list(validated_structures(self.meta)),
         }
 
 
@@ -289,6 +291,9 @@ def _put_labels(viewer: Any, image: Image, labels: np.ndarray, model: dict[str, 
     reference = image if AFFINE in image.metadata else volume_of_layer(image)
     data, kwargs, _ = labels_layer_data(labels, reference, name=base, role=SEGMENTATION)
     kwargs["metadata"].update({PREDICTION: data.copy(), MODEL: model})
+    if "tumour" not in model.get("validated_structures", ["tumour"]):
+        # napari's status bar names the label under the cursor: say it there too.
+        kwargs["features"]["name"][2] = "tumour (unvalidated model)"
     existing = viewer.layers[base] if base in viewer.layers else None
     if isinstance(existing, Labels) and existing.data.shape == data.shape and is_unedited(existing):
         existing.data = data
@@ -354,13 +359,15 @@ def _remove(viewer: Any, name: str) -> None:
 
 
 def summary(image_name: str, output: SegmentationOutput) -> str:
-    """The figures of a run, a few lines for a dock's readout."""
+    """The figures of a run, a few lines for a dock's readout (and the tumour warning)."""
     stats = output.result.stats
     model = output.model_record()
-    return (
+    text = (
         f"{image_name} with {model['name']} ({model['arch']}):\n"
         f"pancreas {stats.pancreas_ml:.1f} mL, tumour {stats.tumour_ml:.1f} mL\n"
         f"{stats.foreground_slices} of {stats.total_slices} slices with foreground\n"
         f"{stats.seconds:.1f} s on {stats.device} ({stats.precision}, "
         f"batch {stats.batch_size})"
     )
+    warning = tumour_warning(output.meta)
+    return f"{text}\n{warning[0].upper()}{warning[1:]}." if warning else text

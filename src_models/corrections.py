@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from .inference.postprocess import keep_largest_components  # noqa: F401  (review dock)
 from .io.atomic import write_text_atomic
 from .io.orientation import head_feet_axis
 from .metrics import STRUCTURES, structure_dice, volume_ml

@@ -14,7 +14,6 @@ from src_models.corrections import (
     edited_slices,
     effort_record,
     foreground_slices,
-    keep_largest_components,
     neighbour_slice,
     seconds_per_slice,
     sidecar,
@@ -24,6 +23,7 @@ from src_models.corrections import (
     training_slices,
     write_sidecar,
 )
+from src_models.inference.postprocess import keep_largest_components
 from src_models.io.orientation import to_canonical
 from src_models.training.fine_tune import FineTuneResult, fine_tuned_path, split_holdout
 

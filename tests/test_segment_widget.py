@@ -340,3 +340,21 @@ def test_deleting_the_ct_while_segmenting_cancels_the_run(make_napari_viewer, qt
     assert seen and seen[-1][0] < 40  # stopped early, not run to its end
     assert len(viewer.layers) == 0
     assert "Segmenting" not in widget.readout.text() and "removed" in widget.readout.text()
+
+
+def test_ensemble_entry_shows_its_card_and_marks_tumour_unvalidated(make_napari_viewer, qtbot):
+    """The bundled ensemble from the menu: its card, its result, and the tumour warning where
+    the radiologist looks (the readout, the status bar's label name, the side-car record)."""
+    viewer = make_napari_viewer()
+    image = _phantom_layer(viewer, slices=3)
+    widget = SegmentWidget(viewer)
+    widget.device_combo.setCurrentText("cpu")
+    widget.arch_combo.setCurrentText("ensemble")
+    assert widget.checkpoint == "ensemble" and "five bundled models" in widget.arch_label.text()
+    assert widget.checkpoint_combo.toolTip().startswith("Ensemble: mean probability of 5 models")
+    assert "Tumour unvalidated" in widget.card_label.text()
+    labels = _run(qtbot, widget)
+    assert labels.name == f"{image.name} pancreas/tumour [ensemble]"
+    assert "Tumour unvalidated" in widget.readout.text()
+    assert list(labels.features["name"])[2] == "tumour (unvalidated model)"
+    assert labels.metadata["model"]["validated_structures"] == ["pancreas"]

@@ -33,8 +33,8 @@ from qtpy.QtWidgets import (
 
 from src_models.inference.devices import available_devices
 from src_models.inference.engine import DEFAULT_BATCH_SIZES
-from src_models.models.checkpoints import CheckpointError, read_metadata
-from src_models.models.store import list_checkpoints, user_model_dir
+from src_models.models.checkpoints import CheckpointError, model_card, read_metadata
+from src_models.models.store import ENSEMBLE, ensemble_metadata, list_checkpoints, user_model_dir
 from src_models.nets.registry import ARCHITECTURES, DESCRIPTIONS, has_restoration
 
 from .._autosave import attach as attach_autosave
@@ -49,6 +49,12 @@ if TYPE_CHECKING:
 
 #: Item data of the "Browse…" entry of the checkpoint menu.
 BROWSE = "\0browse"
+
+#: What the architecture menu says of the ensemble (``--model ensemble`` on the command line).
+ENSEMBLE_DESCRIPTION = (
+    "Mean probability of the five bundled models: five times the time of one, and on the "
+    "held-out CT no better than the best of them (docs/models.md)."
+)
 
 
 class SegmentWidget(ScrollingDock):
@@ -83,14 +89,13 @@ class SegmentWidget(ScrollingDock):
             tooltip="CT image layer to segment (a 3D volume or a 2D slice)",
         )
         self.arch_combo = QComboBox()
-        self.arch_combo.addItems(list(ARCHITECTURES))
+        self.arch_combo.addItems([*ARCHITECTURES, ENSEMBLE])
         self.arch_combo.setCurrentText("dsmsc_unet")
         self.arch_label = QLabel()
         self.arch_label.setWordWrap(True)
         self.checkpoint_combo = QComboBox()
-        self.checkpoint_combo.setToolTip(
-            "Bundled models, your fine-tuned models (user model folder) or a file"
-        )
+        self.card_label = QLabel()  # the chosen model's validation and tumour status
+        self.card_label.setWordWrap(True)
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
         self.device_combo.setToolTip("Devices found on this machine, fastest first")
@@ -114,6 +119,7 @@ class SegmentWidget(ScrollingDock):
         form.addRow("Architecture", self.arch_combo)
         form.addRow("", self.arch_label)
         form.addRow("Checkpoint", self.checkpoint_combo)
+        form.addRow("", self.card_label)
         device = QHBoxLayout()  # one row: the dock must fit a laptop screen beside two others
         device.addWidget(self.device_combo, 1)
         device.addWidget(QLabel("Batch"))
@@ -133,6 +139,7 @@ class SegmentWidget(ScrollingDock):
         self.image_combo.changed.connect(self._update_run_button)
         self.arch_combo.currentTextChanged.connect(self._on_arch_changed)
         self.checkpoint_combo.activated.connect(self._on_checkpoint_activated)
+        self.checkpoint_combo.currentIndexChanged.connect(self._show_model_card)
         self.device_combo.currentTextChanged.connect(self._on_device_changed)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
@@ -159,9 +166,34 @@ class SegmentWidget(ScrollingDock):
         return data if data and data != BROWSE else None
 
     def _on_arch_changed(self, arch: str) -> None:
-        decoder = "has a restoration decoder" if has_restoration(arch) else "no restoration decoder"
-        self.arch_label.setText(f"{DESCRIPTIONS[arch]} ({decoder})")
+        if arch == ENSEMBLE:
+            self.arch_label.setText(ENSEMBLE_DESCRIPTION)
+        else:
+            has = has_restoration(arch)
+            decoder = "has a restoration decoder" if has else "no restoration decoder"
+            self.arch_label.setText(f"{DESCRIPTIONS[arch]} ({decoder})")
         self.refresh_checkpoints()
+
+    def _show_model_card(self, *_: Any) -> None:
+        """The chosen model's card as the checkpoint menu's tooltip, its last lines below it."""
+        checkpoint = self.checkpoint
+        try:
+            meta = (
+                None
+                if checkpoint is None
+                else ensemble_metadata()
+                if checkpoint == ENSEMBLE
+                else read_metadata(checkpoint)
+            )
+        except CheckpointError as error:
+            meta, card = None, str(error)
+        else:
+            card = model_card(meta) if meta is not None else ""
+        self.checkpoint_combo.setToolTip(
+            card or "Bundled models, your fine-tuned models (user model folder) or a file"
+        )
+        validation = [line for line in card.splitlines() if "Dice" in line or "umour" in line]
+        self.card_label.setText("\n".join(validation[-2:]) if meta is not None else "")
 
     def _on_device_changed(self, device: str) -> None:
         self.batch_spin.setValue(DEFAULT_BATCH_SIZES.get(device.split(":")[0], 4))
@@ -174,6 +206,8 @@ class SegmentWidget(ScrollingDock):
         arch = self.arch_combo.currentText()
         current = self.checkpoint
         self.checkpoint_combo.clear()
+        if arch == ENSEMBLE:
+            self.checkpoint_combo.addItem("the five bundled models", ENSEMBLE)
         for entry in list_checkpoints():
             if entry.arch == arch:
                 where = "bundled" if entry.bundled else "yours"
@@ -187,6 +221,7 @@ class SegmentWidget(ScrollingDock):
         index = self.checkpoint_combo.findData(current) if current else -1
         self.checkpoint_combo.setCurrentIndex(max(index, 0))
         self._last_checkpoint_index = self.checkpoint_combo.currentIndex()
+        self._show_model_card()
         self._update_run_button()
 
     def _on_model_folder_changed(self, folder: str = "") -> None:

@@ -48,8 +48,6 @@ ORIENTATION_TOLERANCE = 1e-3
 SPACING_TOLERANCE_MM = 1e-3
 
 
-
-
 def is_dicom_file(path: Path) -> bool:
     """True when ``path`` looks like DICOM: the Part 10 preamble ('DICM' at byte 128), or,
     as older exporters write it, a bare little-endian data set starting with group 0002 or 0008.

@@ -121,6 +121,40 @@ def list_checkpoints() -> list[CheckpointEntry]:
     return entries
 
 
+def _ensemble_meta(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """Checkpoint-like metadata of the ensemble of the checkpoints described by ``members``."""
+    first = members[0]
+    for meta in members[1:]:
+        if meta["preprocessing"] != first["preprocessing"]:
+            raise CheckpointError(
+                f"{meta['path']}: preprocessing {meta['preprocessing']} differs from "
+                f"{first['path']} ({first['preprocessing']}); they cannot be averaged"
+            )
+    return {
+        **{key: first[key] for key in ("format", "format_version", "preprocessing", "class_names")},
+        "arch": ENSEMBLE,
+        "config": {"members": list(ENSEMBLE_MEMBERS)},
+        "members": [m["path"] for m in members],
+        "provenance": {"ensemble_of": list(ENSEMBLE_MEMBERS)},
+        "metrics": {Path(m["path"]).stem: m["metrics"] for m in members},
+        "members_meta": members,
+        "path": ENSEMBLE,
+    }
+
+
+def ensemble_metadata() -> dict[str, Any]:
+    """What :func:`load_ensemble` returns as ``meta``, from the members' metadata alone (cheap).
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`load_ensemble`.
+    """
+    return _ensemble_meta(
+        [read_metadata(BUNDLED_DIR / f"{arch}{SUFFIX}") for arch in ENSEMBLE_MEMBERS]
+    )
+
+
 def load_ensemble(map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The bundled models as one :class:`~src_models.nets.ensemble.ProbabilityAverage`.
 
@@ -128,7 +162,8 @@ def load_ensemble(map_location: str | torch.device = "cpu") -> tuple[nn.Module, 
     -------
     model, meta
         As :func:`load_checkpoint`; ``meta["arch"]`` is :data:`ENSEMBLE`, ``meta["members"]``
-        the member checkpoints and ``meta["metrics"]`` the members' validation figures.
+        the member checkpoints, ``meta["members_meta"]`` their metadata and ``meta["metrics"]``
+        their validation figures.
 
     Raises
     ------
@@ -140,25 +175,8 @@ def load_ensemble(map_location: str | torch.device = "cpu") -> tuple[nn.Module, 
         load_checkpoint_file(BUNDLED_DIR / f"{arch}{SUFFIX}", map_location)
         for arch in ENSEMBLE_MEMBERS
     ]
-    first = loaded[0][1]
-    for _, meta in loaded[1:]:
-        if meta["preprocessing"] != first["preprocessing"]:
-            raise CheckpointError(
-                f"{meta['path']}: preprocessing {meta['preprocessing']} differs from "
-                f"{first['path']} ({first['preprocessing']}); they cannot be averaged"
-            )
-    model = ProbabilityAverage([m for m, _ in loaded]).to(map_location).eval()
-    meta = {
-        **{key: first[key] for key in ("format", "format_version", "preprocessing", "class_names")},
-        "arch": ENSEMBLE,
-        "config": {"members": list(ENSEMBLE_MEMBERS)},
-        "members": [m["path"] for _, m in loaded],
-        "provenance": {"ensemble_of": list(ENSEMBLE_MEMBERS), **first["provenance"]},
-        "metrics": {Path(m["path"]).stem: m["metrics"] for _, m in loaded},
-        "members_meta": [m for _, m in loaded],
-        "path": ENSEMBLE,
-    }
-    return model, meta
+    meta = _ensemble_meta([m for _, m in loaded])
+    return ProbabilityAverage([m for m, _ in loaded]).to(map_location).eval(), meta
 
 
 def load_checkpoint(
