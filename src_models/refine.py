@@ -17,12 +17,13 @@ A user corrects a few slices (or accepts them as they are); :func:`refine` then
 Why this mix: measured on the NIH volume 0001 (which no bundled model saw) with 10 corrected
 slices spread over the pancreas, the slices between them scored pancreas Dice 0.837 by
 interpolation alone, 0.66 by the bundled ``dsmsc_unet`` alone and 0.82 after fine-tuning it
-(400 steps); averaging probabilities, or the model restricted to a band around the interpolated
-shape, scored 0.81 to 0.83; the interpolated shape *plus* the model's pancreas near it scored
-0.845 with the bundled and 0.851 with the fine-tuned model (whole volume 0.866 and 0.871,
-interpolation alone 0.859). Beyond the corrected range, the model tapering from the outermost
-corrections scored a whole-volume Dice of 0.859 to 0.877 depending on where the corrections lay
-(nothing beyond them: 0.859 to 0.865; the model allowed to grow by 2 mm a slice: 0.829 to 0.860;
+(400 steps); averaging probabilities scored at best 0.83 and 0.84, the model restricted to a band
+around the interpolated shape 0.79 to 0.83; the interpolated shape *plus* the model's pancreas
+within 2 to 4 pixels of it scored 0.840-0.845 with the bundled and 0.848-0.851 with the
+fine-tuned model (whole volume 0.861-0.866 and 0.869-0.871, interpolation alone 0.859).
+Beyond the corrected range, the model tapering from the outermost corrections scored a
+whole-volume Dice of 0.859 to 0.877 depending on where the corrections lay (nothing beyond
+them: 0.859 to 0.865; the model allowed to grow by 2 mm a slice: 0.829 to 0.860;
 the model alone: 0.82). docs/benchmarks.md (``benchmarks/correction_loop.py``).
 
 Everything works in the canonical layout (:mod:`src_models.io.orientation`); :class:`RefineResult`

@@ -14,11 +14,20 @@ import time
 from pathlib import Path
 
 from ..inference.devices import resolve_device
-from ..io import FORMATS, VolumeError, check_output, read_labels, read_volume, write_output
+from ..io import (
+    FORMATS,
+    Algorithm,
+    VolumeError,
+    check_output,
+    read_labels,
+    read_volume,
+    write_output,
+)
 from ..jobs import run_to_end
 from ..models.store import load_checkpoint
 from ..refine import check_corrections, refine
 from ..training.loop import TrainEvent
+from ..version import __version__
 from .predict import DEFAULT_MODEL, _check_outputs
 from .progress import progress_bar
 
@@ -121,7 +130,9 @@ def run(args: argparse.Namespace) -> int:
                 out=str(save_model) if save_model else None,
             )  # fmt: skip
             result = run_to_end(job, show)
-        write_output(output, result.labels, volume, args.format)
+        used = result.fine_tune.meta if result.fine_tune is not None else meta
+        algorithm = Algorithm.from_checkpoint(used, __version__)
+        write_output(output, result.labels, volume, args.format, algorithm, corrected=True)
     except BaseException:
         if save_model is not None:
             save_model.unlink(missing_ok=True)
