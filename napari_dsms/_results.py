@@ -184,6 +184,7 @@ class SegmentationOutput:
             "device": stats.device,
             "precision": stats.precision,
             "validated_structures": list(validated_structures(self.meta)),
+            "hu_window": [float(v) for v in self.meta["preprocessing"]["hu_window"]],
         }
 
 

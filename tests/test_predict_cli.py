@@ -59,7 +59,9 @@ def test_predict_writes_labels_and_reconstruction_on_the_input_grid(
     np.testing.assert_allclose(labels.affine, source.affine)
     assert set(np.unique(np.asarray(labels.dataobj))) <= {0, 1, 2}
     restored = np.asarray(nib.load(rec).dataobj)
-    assert restored.shape == source.shape and 0 <= restored.min() and restored.max() <= 1
+    # in HU (int16) within the model's window, as a radiologist reads a CT (issue 14.9)
+    assert restored.dtype == np.int16 and nib.load(rec).get_data_dtype() == np.int16
+    assert restored.shape == source.shape and 0 <= restored.min() and restored.max() <= 255
     summary = capsys.readouterr().out.strip()
     assert "pancreas" in summary and "tumour" in summary and "mL" in summary
     assert "cpu" in summary and " s " in summary

@@ -404,9 +404,10 @@ def test_export_reconstruction_needs_a_drs_layer(widget_and_layers, case, tmp_pa
     )
     written = widget.export.export_reconstruction(tmp_path / "r.nii.gz")
     saved = nib.load(written)
-    np.testing.assert_array_equal(
-        np.asarray(saved.dataobj), _source_grid(recon, case).astype(np.float32)
-    )
+    # HU as int16 in the tiny model's window [0, 255] (issue 14.9), not float32 window units
+    assert saved.get_data_dtype() == np.int16
+    expected = np.rint(_source_grid(recon, case).astype(np.float32) * 255).astype(np.int16)
+    np.testing.assert_array_equal(np.asarray(saved.dataobj), expected)
     sidecar = json.loads((tmp_path / "r.json").read_text())
     assert sidecar["kind"] == "reconstruction" and sidecar["model"]["name"] == "tiny"
 

@@ -31,6 +31,7 @@ from ..io import (
 )
 from ..io.atomic import check_writable_folder
 from ..io.dicom import is_dicom_file
+from ..io.windows import unit_to_hu
 from ..jobs import run_to_end
 from ..models.checkpoints import tumour_warning
 from ..models.store import load_checkpoint
@@ -69,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reconstruction",
         metavar="OUT.nii.gz",
-        help="also write the restoration decoder's reconstruction (DRS models), in [0, 1]",
+        help="also write the restoration decoder's reconstruction (DRS models), in HU (int16)",
     )
     parser.add_argument(
         "--precision",
@@ -156,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
     write_output(output, result.labels, volume, args.format, algorithm=algorithm)
     if reconstruction_path is not None:
         try:
-            write_image(reconstruction_path, result.reconstruction, volume)
+            window = meta["preprocessing"]["hu_window"]
+            write_image(reconstruction_path, unit_to_hu(result.reconstruction, window), volume)
         except BaseException:
             output.unlink(missing_ok=True)
             raise

@@ -267,9 +267,14 @@ def write_labels(
 
 
 def write_image(path: str | os.PathLike[str], array: np.ndarray, reference: Volume) -> Path:
-    """Write a float32 image (for example a reconstruction) on ``reference``'s voxel grid."""
+    """Write an image (for example a reconstruction in HU) on ``reference``'s voxel grid.
+
+    int16 arrays are written as int16 (HU); anything else as float32.
+    """
     path = Path(path)
-    array = np.asarray(array, dtype=np.float32)
+    array = np.asarray(array)
+    if array.dtype != np.int16:
+        array = array.astype(np.float32)
     if not np.isfinite(array).all():
         raise VolumeError(f"{path}: the image to write holds NaN or infinite values")
     return _write_nifti(path, array, reference, "image")

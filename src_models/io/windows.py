@@ -29,3 +29,25 @@ def hu_to_unit(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     out *= np.float32(1.0 / (upper - lower))
     np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+def unit_to_hu(unit: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """The inverse of :func:`hu_to_unit` inside the window: [0, 1] values back to int16 HU.
+
+    The restoration decoder (DRS models) restores its input in the model's [0, 1] window
+    scale; a radiologist reads HU, and int16 holds them in half the bytes of float32 (the
+    window's resolution is well under 1 HU per step of float16 input, so rounding loses nothing).
+
+    Raises
+    ------
+    ValueError
+        The window does not fit int16 or has ``upper <= lower``.
+    """
+    lower, upper = float(window[0]), float(window[1])
+    if not upper > lower:
+        raise ValueError(f"HU window must have upper > lower, got {window}")
+    info = np.iinfo(np.int16)
+    if lower < info.min or upper > info.max:
+        raise ValueError(f"HU window {window} does not fit 16-bit integers")
+    hu = np.asarray(unit, dtype=np.float32) * np.float32(upper - lower) + np.float32(lower)
+    return np.rint(np.clip(hu, lower, upper)).astype(np.int16)

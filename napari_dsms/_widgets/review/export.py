@@ -31,6 +31,8 @@ from qtpy.QtWidgets import (
 
 from src_models import corrections
 from src_models.io import VolumeError, write_image
+from src_models.io.windows import unit_to_hu
+from src_models.models.checkpoints import CheckpointError, read_metadata
 
 from ..._layers import (
     MODEL,
@@ -219,8 +221,15 @@ class ExportPanel(QGroupBox):
         if target is None:
             return None
         reference = reference_volume(self.review.image_layer)
+        window = _hu_window(layer.metadata.get(MODEL) or {})
+        if window is None:
+            refuse(self.export_label, "the model that made this reconstruction is unknown, "
+                   "so its HU window is too; segment again to export it")  # fmt: skip
+            return None
         written = self._write(
-            lambda: write_image(target, np.asarray(layer_to_volume(layer).array), reference),
+            lambda: write_image(
+                target, unit_to_hu(layer_to_volume(layer).array, window), reference
+            ),
             "reconstruction",
             model=layer.metadata.get(MODEL),
         )
@@ -262,3 +271,13 @@ class ExportPanel(QGroupBox):
             refuse(self.export_label, f"{error}; the {kind} file was not kept")
             return None
         return written
+
+
+def _hu_window(model: dict) -> tuple[float, float] | None:
+    """The HU window of the model record of a result layer, from the record or its checkpoint."""
+    if "hu_window" in model:
+        return tuple(model["hu_window"])
+    try:
+        return tuple(read_metadata(model["checkpoint"])["preprocessing"]["hu_window"])
+    except (KeyError, OSError, CheckpointError):
+        return None
