@@ -572,3 +572,17 @@ def test_follows_the_newest_model_result_never_the_reference(make_napari_viewer,
     assert widget.labels_layer is first  # not back to the reference
     viewer.layers.remove(first)
     assert widget.labels_layer is manual
+
+
+def test_orientation_markers_follow_the_displayed_axes(make_napari_viewer, case):
+    """Axial view: anterior at the top, the patient's right on the left (issue 14.11)."""
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer)  # the Review dock puts the markers on the canvas
+    _open(viewer, case)
+    assert widget.session is not None
+    overlay = viewer.text_overlay
+    assert overlay.visible and overlay.text.endswith("top A, bottom P, left R, right L")
+    viewer.dims.order = (1, 0, 2)  # a coronal view: rows now run from feet to head
+    assert overlay.text.endswith("top I, bottom S, left R, right L")
+    viewer.dims.ndisplay = 3
+    assert not overlay.visible

@@ -40,6 +40,7 @@ from ..._layers import (
     is_ct_layer,
     style_labels,
 )
+from ..._orientation import attach as attach_orientation
 from ..._results import model_name
 from ..._session import RegionOfInterest, ReviewSession
 from .._pickers import choose, layer_picker, of_kind, same_layer
@@ -146,6 +147,7 @@ class ReviewWidget(ScrollingDock):
         super().__init__(parent, grows=True)
         self.viewer = napari_viewer
         self.autosave = attach_autosave(napari_viewer)  # journals corrections, offers restoring
+        attach_orientation(napari_viewer)  # A/P, R/L on the canvas
         self.session: ReviewSession | None = None
         self._watched: Labels | None = None
         self._last_point = tuple(self.viewer.dims.point)
