@@ -98,12 +98,8 @@ def _is_bound_labels(layer: Layer) -> bool:
 
 
 def _lies_on(labels: Labels, image: Image) -> bool:
-    """Whether a labels layer covers ``image``'s voxels exactly (shape, scale, translate)."""
-    return (
-        labels.data.shape == image.data.shape
-        and np.allclose(labels.scale, image.scale)
-        and np.allclose(labels.translate, image.translate)
-    )
+    """Whether a labels layer is placed exactly over ``image`` (scale and translate)."""
+    return np.allclose(labels.scale, image.scale) and np.allclose(labels.translate, image.translate)
 
 
 @dataclass
@@ -213,15 +209,22 @@ class Autosave:
             self._track(layer)
 
     def _bind(self, labels: Labels) -> None:
-        """Give labels made without napari-dsms (napari's *New labels layer* button) the file
-        geometry of the one CT layer they cover exactly, so they are journaled and export on
-        the CT's grid like the docks' own labels."""
+        """Give labels made without napari-dsms the file geometry of their CT, so they are
+        journaled and export on the CT's grid like the docks' own labels.
+
+        Their CT is the one CT layer of the same shape, or of those the one they are placed
+        exactly over (napari's *New labels layer* button copies scale and translate); with no
+        single answer the labels stay unbound.
+        """
         viewer = self._viewer()
         if viewer is None:
             return
-        cts = [layer for layer in viewer.layers if _is_ct(layer) and _lies_on(labels, layer)]
-        if len(cts) == 1:
-            metadata = cts[0].metadata
+        shape = labels.data.shape
+        cts = [layer for layer in viewer.layers if _is_ct(layer) and layer.data.shape == shape]
+        placed = [layer for layer in cts if _lies_on(labels, layer)]
+        chosen = placed if len(placed) == 1 else cts
+        if len(chosen) == 1:
+            metadata = chosen[0].metadata
             labels.metadata.update({key: metadata[key] for key in METADATA_KEYS if key in metadata})
 
     def _on_removed(self, event: Any) -> None:

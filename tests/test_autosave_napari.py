@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from napari_dsms import _autosave
-from napari_dsms._layers import AUTOSAVE_KEY, new_labels_like
+from napari_dsms._layers import AUTOSAVE_KEY, image_layer_data, new_labels_like
 from napari_dsms._widgets.load_ct import LoadCTWidget
 from napari_dsms._writer import write_labels_layer
 from src_models import autosave as journal
@@ -262,6 +262,13 @@ def test_labels_made_with_napari_s_own_button_are_journaled_on_the_ct_grid(
     np.testing.assert_array_equal(
         read_volume(out).array, from_canonical(labels.data, image.metadata["affine"])
     )
+    # A script's np.zeros_like(image.data) labels, left at napari's default placement, too.
+    plain = viewer.add_labels(np.zeros_like(image.data, dtype=np.uint8), name="script")
+    assert plain.metadata["affine"] is image.metadata["affine"]
+    # Two CTs of the same shape: no guessing, the labels stay unbound.
+    data, kwargs, _ = image_layer_data(read_volume(ct_file), name="copy")
+    viewer.add_image(data, **{**kwargs, "translate": (0, 0, 0)})
+    assert "affine" not in viewer.add_labels(np.zeros_like(plain.data), name="which?").metadata
 
 
 def test_labels_only_opened_are_not_journaled(ct_file, make_napari_viewer, qtbot):
