@@ -29,6 +29,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -144,9 +145,9 @@ def _journal_job(
         return None, digest
     fits = prediction is not None and np.shape(prediction) == labels.shape
     if fits and np.array_equal(labels, prediction):
-        journal.prune(kwargs["digest"], kwargs["session"])
+        journal.prune(kwargs["digest"], kwargs["session"], root=kwargs["root"])
         return None, digest
-    journal.prune()  # the age rule, so the folder does not grow for ever
+    journal.prune(root=kwargs["root"])  # the age rule, so the folder does not grow for ever
     entry = journal.save(labels, prediction=prediction if fits else None, **kwargs)
     return entry, digest
 
@@ -162,6 +163,9 @@ class Autosave:
         Held through a weak reference: the autosave never keeps a closed viewer alive.
     delay_ms : int
         Quiet time after the last edit before a save.
+    root : Path, optional
+        Journal folder; by default :func:`src_models.autosave.autosave_dir` when the viewer is
+        attached, kept for the viewer's life so that its journals never change folder.
 
     Attributes
     ----------
@@ -172,9 +176,12 @@ class Autosave:
         Called with each written :class:`~src_models.autosave.JournalEntry` (GUI thread).
     """
 
-    def __init__(self, viewer: napari.viewer.Viewer, delay_ms: int = DELAY_MS):
+    def __init__(
+        self, viewer: napari.viewer.Viewer, delay_ms: int = DELAY_MS, root: Path | None = None
+    ):
         self._viewer = weakref.ref(viewer)
         self.delay_ms = delay_ms
+        self.root = root or journal.autosave_dir()
         self.offers: dict[str, journal.JournalEntry] = {}
         self.on_saved: list[Callable[[journal.JournalEntry], None]] = []
         self._digests: dict[tuple, str] = {}  # geometry key -> CT digest
@@ -322,8 +329,9 @@ class Autosave:
                 self._fail(tracked, "its CT is not open in the viewer, so it cannot be keyed")
             return
         prediction = layer.metadata.get(PREDICTION)
-        layer.metadata[AUTOSAVE_KEY] = {"digest": digest, "session": tracked.session}
+        layer.metadata[AUTOSAVE_KEY] = journal.stamp(digest, tracked.session, self.root)
         kwargs = {
+            "root": self.root,
             "digest": digest,
             "session": tracked.session,
             "affine": np.asarray(layer.metadata[AFFINE], dtype=np.float64),
@@ -397,7 +405,7 @@ class Autosave:
         return {tracked.session for tracked in self._tracked.values()}
 
     def _offer(self, digest: str) -> None:
-        entry = journal.latest(digest)
+        entry = journal.latest(digest, root=self.root)
         if entry is None or entry.session in self._live_sessions():
             return
         self.offers[digest] = entry
@@ -438,7 +446,7 @@ class Autosave:
             return None
         if kwargs["name"] in viewer.layers:
             kwargs["name"] = f"{kwargs['name']} (restored)"
-        kwargs["metadata"][AUTOSAVE_KEY] = {"digest": digest, "session": entry.session}
+        kwargs["metadata"][AUTOSAVE_KEY] = journal.stamp(digest, entry.session, self.root)
         kwargs["metadata"][REVIEWED] = entry.reviewed
         if prediction is not None:
             kwargs["metadata"][PREDICTION] = prediction

@@ -73,8 +73,8 @@ PREDICTION = "prediction"
 MODEL = "model"
 #: On a labels layer: sorted canonical slices the user marked as reviewed.
 REVIEWED = "reviewed"
-#: On a journaled labels layer: ``{"digest": CT digest, "session": id}`` of its autosave journal
-#: (:mod:`napari_dsms._autosave`); exports remove that journal once the file is written.
+#: On a journaled labels layer: :func:`src_models.autosave.stamp` of its autosave journal (CT
+#: digest, session, folder; :mod:`napari_dsms._autosave`); exports remove that journal.
 AUTOSAVE_KEY = "autosave"
 #: On a labels layer: the region of interest (``RegionOfInterest.as_dict()``, _session.py).
 ROI = "region_of_interest"

@@ -440,8 +440,13 @@ def prune(
     return removed
 
 
+def stamp(digest: str, session: str, root: Path | None = None) -> dict[str, str]:
+    """What a labels layer keeps to find its journal again: CT digest, session and folder."""
+    return {"digest": digest, "session": session, "folder": str(root or autosave_dir())}
+
+
 def discard(stamp: Mapping[str, str] | None) -> int:
-    """Remove the journal of an exported session; ``stamp`` is ``{"digest": ..., "session": ...}``.
+    """Remove the journal of an exported session, named by a :func:`stamp`.
 
     napari-dsms keeps the stamp in the labels layer's metadata; once the labels are safely in an
     exported file the journal has done its job. ``None`` (a layer never journaled) removes
@@ -449,4 +454,5 @@ def discard(stamp: Mapping[str, str] | None) -> int:
     """
     if not stamp:
         return 0
-    return prune(stamp["digest"], stamp["session"])
+    folder = Path(stamp["folder"]) if stamp.get("folder") else None
+    return prune(stamp["digest"], stamp["session"], root=folder)

@@ -173,7 +173,7 @@ def test_edits_are_journaled_after_a_pause_and_an_undone_edit_is_no_work(
     assert entry.record["effort"]["strokes"] == 1
     np.testing.assert_array_equal(entry.labels(), labels.data)
     np.testing.assert_array_equal(entry.prediction(), labels.metadata["prediction"])
-    assert labels.metadata[AUTOSAVE_KEY] == {"digest": entry.digest, "session": entry.session}
+    assert labels.metadata[AUTOSAVE_KEY] == journal.stamp(entry.digest, entry.session)
 
     labels.undo()  # back to the model's output: nothing left to recover
     qtbot.waitUntil(lambda: not journal.list_entries() and not manager.busy, timeout=TIMEOUT_MS)
@@ -287,3 +287,23 @@ def test_labels_only_opened_are_not_journaled(ct_file, make_napari_viewer, qtbot
     labels.paint((3, 5, 5), 2)
     qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
     assert journal.list_entries()[0].edited == [2, 3]
+
+
+def test_a_viewer_keeps_its_journal_folder(
+    ct_file, tmp_path, journal_dir, make_napari_viewer, qtbot, monkeypatch
+):
+    viewer = make_napari_viewer()
+    image, manager = _open(viewer, qtbot, ct_file)
+    manager.delay_ms = 100
+    elsewhere = tmp_path / "elsewhere"
+    monkeypatch.setenv(journal.AUTOSAVE_DIR_ENV, str(elsewhere))  # as after a test's teardown
+    labels = _labels_with_prediction(viewer, image)
+    labels.paint((4, 5, 5), 2)
+    qtbot.waitUntil(
+        lambda: bool(journal.list_entries(root=journal_dir)) and not manager.busy,
+        timeout=TIMEOUT_MS,
+    )
+    assert not elsewhere.exists()
+    out = tmp_path / "export.nii.gz"
+    write_labels_layer(str(out), labels.data, {"metadata": labels.metadata, "name": labels.name})
+    assert journal.list_entries(root=journal_dir) == []  # the export finds it there too
