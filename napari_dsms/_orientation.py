@@ -35,11 +35,17 @@ def markers(displayed: tuple[int, ...], ndim: int) -> str:
     return f"{PREFIX}top {top}, bottom {bottom}, left {left}, right {right}"
 
 
+def _text_overlay(viewer: Any) -> Any:
+    """The canvas text overlay: ``viewer.canvas.overlays.text`` since napari 0.9."""
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    return overlays.text if overlays is not None else viewer.text_overlay
+
+
 def attach(viewer: Any) -> None:
     """Show the markers in ``viewer``'s text overlay and keep them right as the view changes."""
 
     def update(*_: Any) -> None:
-        overlay = viewer.text_overlay
+        overlay = _text_overlay(viewer)
         text = markers(tuple(viewer.dims.displayed), viewer.dims.ndim)
         if text:
             overlay.text, overlay.position, overlay.visible = text, "top_left", True

@@ -580,7 +580,7 @@ def test_orientation_markers_follow_the_displayed_axes(make_napari_viewer, case)
     widget = ReviewWidget(viewer)  # the Review dock puts the markers on the canvas
     _open(viewer, case)
     assert widget.session is not None
-    overlay = viewer.text_overlay
+    overlay = viewer.canvas.overlays.text
     assert overlay.visible and overlay.text.endswith("top A, bottom P, left R, right L")
     viewer.dims.order = (1, 0, 2)  # a coronal view: rows now run from feet to head
     assert overlay.text.endswith("top I, bottom S, left R, right L")
