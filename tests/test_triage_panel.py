@@ -71,5 +71,8 @@ def test_fill_between_is_one_undo_step(dock):
     between = labels.data[low + 1 : high]
     assert (between != before[low + 1 : high]).any() and between.any()  # moved with them
     np.testing.assert_array_equal(labels.data[[low, high]], before[[low, high]])
+    widget.refresh_status()
+    # interpolated slices are not corrections: fine-tuning learns only from low and high
+    assert widget.session.edited == [low, high]
     labels.undo()
     np.testing.assert_array_equal(labels.data, before)

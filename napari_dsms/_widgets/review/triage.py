@@ -264,6 +264,9 @@ class TriagePanel(QGroupBox):
         if changed[0].size == 0:
             self.status.setText("nothing to fill: the slices between already match")
             return 0
+        # Filled slices are the interpolation's guess, not the user's: they are not corrections
+        # (fine-tuning never learns from them) until the user edits them or marks them reviewed.
+        session.add_tool_changes(changed, values)
         layer.data_setitem(changed, values)
         count = int(changed[0].size)
         self.status.setText(f"filled between slices {known[0]} and {known[-1]}: {count} voxels")
