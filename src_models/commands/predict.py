@@ -14,14 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ..inference.devices import resolve_device
 from ..inference.engine import segment
 from ..inference.precision import PRECISIONS
 from ..io import (
     FORMATS,
-    NIFTI_SUFFIXES,
     Algorithm,
     VolumeError,
     check_output,
@@ -29,16 +26,12 @@ from ..io import (
     write_image,
     write_output,
 )
-from ..io.atomic import check_writable_folder
-from ..io.dicom import is_dicom_file
 from ..io.windows import unit_to_hu
 from ..jobs import run_to_end
 from ..models.checkpoints import tumour_warning
 from ..models.store import load_checkpoint
 from ..version import __version__
-
-#: The model used when ``--model`` is not given: the paper's architecture, bundled.
-DEFAULT_MODEL = "dsmsc_unet"
+from .common import add_model_and_device, check_outputs, progress_bar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,14 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="labels format (default auto: from the output's ending)",
     )
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        metavar="NAME_OR_PATH",
-        help=f"bundled model name, name in the user model folder, or checkpoint file "
-        f"(default: {DEFAULT_MODEL})",
-    )
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    add_model_and_device(parser)
     parser.add_argument(
         "--batch-size", type=int, metavar="N", help="slices per batch (default: per device)"
     )
@@ -87,33 +73,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_outputs(input_path: Path, outputs: list[Path]) -> None:
-    """Refuse output names that cannot work before any time is spent on the volume."""
-    source = input_path.resolve()
-    series_folder = source.parent if is_dicom_file(source) else None
-    for index, output in enumerate(outputs):
-        # The labels' ending is checked by check_output; the reconstruction is NIfTI only.
-        if index and not output.name.lower().endswith(NIFTI_SUFFIXES):
-            raise VolumeError(f"{output}: output must be a NIfTI file ending in .nii or .nii.gz")
-        if not output.parent.is_dir():
-            raise VolumeError(f"{output}: the folder {output.parent} does not exist")
-        if output.is_dir():
-            raise VolumeError(f"{output}: is a folder, not a file name")
-        target = output.resolve()
-        if target == source or source in target.parents:
-            raise VolumeError(
-                f"{output}: refusing to overwrite the input {input_path}; choose another name"
-            )
-        if series_folder is not None and target.parent == series_folder:
-            raise VolumeError(
-                f"{output}: refusing to write into the DICOM series folder {series_folder} "
-                "(the file would join the series); choose another folder"
-            )
-        check_writable_folder(output)
-    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
-        raise VolumeError(f"{outputs[0]}: labels and reconstruction need different file names")
-
-
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     input_path = Path(args.input)
@@ -124,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_output(output, format=args.format)
-    _check_outputs(input_path, [output] + ([reconstruction_path] if reconstruction_path else []))
+    check_outputs(input_path, [output] + ([reconstruction_path] if reconstruction_path else []))
     device = resolve_device(args.device)
     volume, warnings = read_volume_reporting(input_path)
     for text in warnings:
@@ -146,12 +105,8 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         clean_up=args.clean_up,
     )
-    with tqdm(unit="slice", desc="segmenting", file=sys.stderr, leave=False) as bar:
-
-        def show(progress: tuple[int, int]) -> None:
-            bar.total = progress[1]
-            bar.update(progress[0] - bar.n)
-
+    bar, show = progress_bar("segmenting")
+    with bar:
         result = run_to_end(generator, show)
     algorithm = Algorithm.from_checkpoint(meta, __version__)
     write_output(output, result.labels, volume, args.format, algorithm=algorithm)

@@ -28,8 +28,7 @@ from ..models.store import load_checkpoint
 from ..refine import check_corrections, refine
 from ..training.loop import TrainEvent
 from ..version import __version__
-from .predict import DEFAULT_MODEL, _check_outputs
-from .progress import progress_bar
+from .common import DEFAULT_MODEL, check_outputs, progress_bar
 
 
 def _slice_list(text: str) -> list[int]:
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seconds is not None and args.seconds <= 0:
         raise ValueError(f"--seconds must be more than 0, got {args.seconds}")
     check_output(output, format=args.format)
-    _check_outputs(input_path, [output])
+    check_outputs(input_path, [output])
     save_model = Path(args.save_model) if args.save_model else None
     if save_model is not None and (save_model.exists() or not save_model.parent.is_dir()):
         raise ValueError(

@@ -18,20 +18,12 @@ from ..io import VolumeError, read_volume
 from ..io.orientation import head_feet_axis
 from ..jobs import run_to_end
 from ..models.store import load_checkpoint
-from .predict import DEFAULT_MODEL
-from .progress import progress_bar
+from .common import add_model_and_device, progress_bar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="CT volume: a .nii / .nii.gz file or a DICOM series folder")
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        metavar="NAME_OR_PATH",
-        help=f"bundled model name, name in the user model folder, or checkpoint file "
-        f"(default: {DEFAULT_MODEL})",
-    )
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    add_model_and_device(parser)
     parser.add_argument("--top", type=int, metavar="N", help="print only the N most suspect slices")
     parser.add_argument("--json", action="store_true", help="print JSON with the score's parts")
 

@@ -1,0 +1,81 @@
+"""What the ``dsms`` commands share: the model and device options, output checks, progress."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..io import NIFTI_SUFFIXES, VolumeError
+from ..io.atomic import check_writable_folder
+from ..io.dicom import is_dicom_file
+
+#: The model used when ``--model`` is not given: the paper's architecture, bundled.
+DEFAULT_MODEL = "dsmsc_unet"
+
+
+def add_model_and_device(parser: argparse.ArgumentParser) -> None:
+    """``--model NAME_OR_PATH`` and ``--device``, worded the same in every command."""
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="NAME_OR_PATH",
+        help=f"bundled model name, 'ensemble', name in the user model folder, or checkpoint "
+        f"file (default: {DEFAULT_MODEL})",
+    )
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+
+
+def check_outputs(input_path: Path, outputs: list[Path]) -> None:
+    """Refuse output names that cannot work before any time is spent on the volume.
+
+    The first output is the labels (its format is checked by :func:`~src_models.io.check_output`);
+    any further one (a reconstruction) must be NIfTI.
+
+    Raises
+    ------
+    VolumeError
+        An output that would overwrite the input, join a DICOM series folder, lie in a missing
+        or unwritable folder, or name a folder; the message names the file and the folder.
+    """
+    source = input_path.resolve()
+    series_folder = source.parent if is_dicom_file(source) else None
+    for index, output in enumerate(outputs):
+        # The labels' ending is checked by check_output; the reconstruction is NIfTI only.
+        if index and not output.name.lower().endswith(NIFTI_SUFFIXES):
+            raise VolumeError(f"{output}: output must be a NIfTI file ending in .nii or .nii.gz")
+        if not output.parent.is_dir():
+            raise VolumeError(f"{output}: the folder {output.parent} does not exist")
+        if output.is_dir():
+            raise VolumeError(f"{output}: is a folder, not a file name")
+        target = output.resolve()
+        if target == source or source in target.parents:
+            raise VolumeError(
+                f"{output}: refusing to overwrite the input {input_path}; choose another name"
+            )
+        if series_folder is not None and target.parent == series_folder:
+            raise VolumeError(
+                f"{output}: refusing to write into the DICOM series folder {series_folder} "
+                "(the file would join the series); choose another folder"
+            )
+        check_writable_folder(output)
+    if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
+        raise VolumeError(f"{outputs[0]}: labels and reconstruction need different file names")
+
+
+def progress_bar(description: str) -> tuple[tqdm, Callable[[tuple[int, int]], None]]:
+    """A tqdm bar on stderr and the callback that moves it with ``(done, total)`` progress.
+
+    Use the bar as a context manager and pass the callback to
+    :func:`src_models.jobs.run_to_end`.
+    """
+    bar = tqdm(unit="slice", desc=description, file=sys.stderr, leave=False)
+
+    def show(progress: tuple[int, int]) -> None:
+        bar.total = progress[1]
+        bar.update(progress[0] - bar.n)
+
+    return bar, show
