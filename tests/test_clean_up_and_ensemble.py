@@ -140,3 +140,26 @@ def test_model_card_says_data_recipe_validation_and_tumour_status() -> None:
     validated = {"arch": "unet", "config": {"width": 32}, "metrics": {"dice_pancreas": 0.8},
                  "provenance": {"validated_structures": ["pancreas", "tumour"]}}  # fmt: skip
     assert model_card(validated).endswith("Tumour validated.")
+
+
+def test_a_fine_tuned_card_says_its_figure_is_on_the_users_own_slices() -> None:
+    """A fine-tuned model must not show its held-out Dice as a validation on patients."""
+    from src_models.models.checkpoints import model_card
+
+    meta = {
+        "arch": "dsmsc_unet",
+        "config": {"width": 12},
+        "metrics": {"dice_pancreas": 0.583},
+        "provenance": {
+            "fine_tune": {
+                "source_image": "/data/ct.nii.gz",
+                "holdout_slices": [15],
+                "metrics_before": {"dice_pancreas": 0.41},
+                "metrics_after": {"dice_pancreas": 0.583},
+                "base_split": {"val_patients": ["a", "b", "c"]},
+            }
+        },
+    }
+    card = model_card(meta)
+    assert "validation patients" not in card
+    assert "0.410 -> 0.583 on 1 held-out corrected slice of that image" in card

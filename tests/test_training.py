@@ -95,7 +95,8 @@ def test_resume_without_state_is_refused(phantoms, tmp_path):
 def test_fine_tune_updates_the_model_in_place(tmp_path):
     torch.manual_seed(0)
     model = build_model("unet", width=4)
-    meta = {"preprocessing": PREP, "provenance": {}, "metrics": {}, "path": "base.pt"}
+    split = {"val_patients": ["p1", "p2"], "test_patients": ["this-patient"]}
+    meta = {"preprocessing": PREP, "provenance": dict(split), "metrics": {}, "path": "base.pt"}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, size=(3, 64, 64)).astype(np.float32)
@@ -111,6 +112,9 @@ def test_fine_tune_updates_the_model_in_place(tmp_path):
     tuned, tuned_meta = load_checkpoint(tmp_path / "tuned.pt")
     assert tuned_meta["provenance"]["fine_tune"]["steps"] == 3
     assert tuned_meta["provenance"]["fine_tune"]["slices"] == 2
+    # the base's split no longer describes the tuned model (it saw a new, maybe test, patient)
+    assert "test_patients" not in tuned_meta["provenance"]
+    assert tuned_meta["provenance"]["fine_tune"]["base_split"] == split
 
 
 def test_fine_tune_stops_when_closed():

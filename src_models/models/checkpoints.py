@@ -289,6 +289,23 @@ def tumour_warning(meta: dict[str, Any]) -> str:
     )
 
 
+def _fine_tune_line(record: dict[str, Any]) -> str:
+    """What a fine-tuning round says of itself: measured on the user's own held-out slices."""
+    image = Path(str(record.get("source_image") or "")).name or "an image"
+    before = (record.get("metrics_before") or {}).get("dice_pancreas")
+    after = (record.get("metrics_after") or {}).get("dice_pancreas")
+    held_out = len(record.get("holdout_slices") or [])
+    if before is None or after is None or not held_out:
+        return f"Fine-tuned on corrections of {image}; no held-out slice measured it."
+    text = (
+        f"Fine-tuned on corrections of {image}: pancreas Dice {before:.3f} -> {after:.3f} on "
+        f"{held_out} held-out corrected slice{'s' if held_out > 1 else ''} of that image, "
+        "not on other patients"
+    )
+    return text + ("; the round was worse, the previous weights were kept." if record.get(
+        "kept_previous") else ".")  # fmt: skip
+
+
 def model_card(meta: dict[str, Any]) -> str:
     """A few lines on where a model comes from and how well it did, for menus and tooltips.
 
@@ -318,12 +335,11 @@ def model_card(meta: dict[str, Any]) -> str:
             )
         fine_tune = provenance.get("fine_tune")
         if fine_tune:
-            lines.append(f"Fine-tuned on corrections of {fine_tune.get('image', 'an image')}.")
+            lines.append(_fine_tune_line(fine_tune))
         dice = (meta.get("metrics") or {}).get("dice_pancreas")
-        if dice is not None:
-            validation = provenance.get("val_patients")
-            where = f"{len(validation)} validation patients" if validation else "validation"
-            lines.append(f"Pancreas Dice {dice:.3f} on {where}.")
+        validation = provenance.get("val_patients")
+        if dice is not None and validation and not fine_tune:
+            lines.append(f"Pancreas Dice {dice:.3f} on {len(validation)} validation patients.")
     warning = tumour_warning(meta)
     lines.append(warning[0].upper() + warning[1:] + "." if warning else "Tumour validated.")
     return "\n".join(lines)

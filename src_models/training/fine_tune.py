@@ -55,6 +55,9 @@ HOLDOUT_FRACTION = 0.2
 #: Fewest corrected slices from which one is held out; below it every slice is needed to train.
 MIN_SLICES_FOR_HOLDOUT = 3
 
+#: Provenance keys of the base's patient split (moved under ``fine_tune["base_split"]``).
+_SPLIT_KEYS = ("train_patients", "val_patients", "test_patients", "split_file")
+
 #: Keys :func:`~src_models.models.checkpoints.save_checkpoint` stamps itself; a base checkpoint's
 #: values must not pass for the fine-tuned model's own.
 _STAMP_KEYS = ("date", "code_version", "torch_version")
@@ -357,7 +360,11 @@ def _fine_tuned_meta(
     """The input's metadata with this round recorded under ``provenance["fine_tune"]``."""
     new_meta = copy.deepcopy(dict(meta))
     provenance = {k: v for k, v in new_meta.get("provenance", {}).items() if k not in _STAMP_KEYS}
+    # The base's patient split no longer describes this model (it has now seen a new patient,
+    # perhaps one of the base's test patients): kept with the round, not as the model's own.
+    base_split = {k: provenance.pop(k) for k in _SPLIT_KEYS if k in provenance}
     provenance["fine_tune"] = {
+        "base_split": base_split,
         "base": meta.get("path"),
         "base_checkpoint": str(base_path) if base_path else None,
         "slices": int(slices),
