@@ -76,12 +76,15 @@ def _belongs_to(layer: Layer, image: Image) -> bool:
 
 
 def preferred_labels(image: Image | None, layers: list[Layer]) -> Labels | None:
-    """The labels to review for ``image``: its newest model result, else its newest labels."""
+    """The labels to review for ``image``: its newest model result, else its newest labels that
+    are not a reference read from a file (a manual reference is never taken for the labels to
+    correct; choosing one in the menu is the user's own decision)."""
     if image is None:
         return None
     fitting = [layer for layer in layers if _belongs_to(layer, image)]
     results = [layer for layer in fitting if PREDICTION in layer.metadata]
-    return (results or fitting or [None])[-1]
+    drawn = [layer for layer in fitting if layer.metadata.get(ROLE) != REFERENCE]
+    return (results or drawn or [None])[-1]
 
 
 def describe_labels(layer: Labels | None) -> str:
