@@ -343,16 +343,18 @@ def test_deleting_the_ct_while_segmenting_cancels_the_run(make_napari_viewer, qt
 
 
 def test_ensemble_entry_shows_its_card_and_marks_tumour_unvalidated(make_napari_viewer, qtbot):
-    """The bundled ensemble from the menu: its card, its result, and the tumour warning where
-    the radiologist looks (the readout, the status bar's label name, the side-car record)."""
+    """The bundled ensemble from the menu: its card (the checkpoint tooltip), its result, and
+    the tumour warning where the radiologist looks (the readout, the status bar's label name,
+    the side-car record)."""
     viewer = make_napari_viewer()
     image = _phantom_layer(viewer, slices=3)
     widget = SegmentWidget(viewer)
     widget.device_combo.setCurrentText("cpu")
     widget.arch_combo.setCurrentText("ensemble")
     assert widget.checkpoint == "ensemble" and "five bundled models" in widget.arch_label.text()
-    assert widget.checkpoint_combo.toolTip().startswith("Ensemble: mean probability of 5 models")
-    assert "Tumour unvalidated" in widget.card_label.text()
+    card = widget.checkpoint_combo.toolTip()
+    assert card.startswith("Ensemble: mean probability of 5 models")
+    assert "Tumour unvalidated" in card
     labels = _run(qtbot, widget)
     assert labels.name == f"{image.name} pancreas/tumour [ensemble]"
     assert "Tumour unvalidated" in widget.readout.text()

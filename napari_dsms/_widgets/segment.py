@@ -35,7 +35,7 @@ from src_models.inference.devices import available_devices
 from src_models.inference.engine import DEFAULT_BATCH_SIZES
 from src_models.models.checkpoints import CheckpointError, model_card, read_metadata
 from src_models.models.store import ENSEMBLE, ensemble_metadata, list_checkpoints, user_model_dir
-from src_models.nets.registry import ARCHITECTURES, DESCRIPTIONS, has_restoration
+from src_models.nets.registry import ARCHITECTURES, DESCRIPTIONS
 
 from .._autosave import attach as attach_autosave
 from .._layers import is_ct_layer
@@ -94,8 +94,6 @@ class SegmentWidget(ScrollingDock):
         self.arch_label = QLabel()
         self.arch_label.setWordWrap(True)
         self.checkpoint_combo = QComboBox()
-        self.card_label = QLabel()  # the chosen model's validation and tumour status
-        self.card_label.setWordWrap(True)
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
         self.device_combo.setToolTip("Devices found on this machine, fastest first")
@@ -119,7 +117,6 @@ class SegmentWidget(ScrollingDock):
         form.addRow("Architecture", self.arch_combo)
         form.addRow("", self.arch_label)
         form.addRow("Checkpoint", self.checkpoint_combo)
-        form.addRow("", self.card_label)
         device = QHBoxLayout()  # one row: the dock must fit a laptop screen beside two others
         device.addWidget(self.device_combo, 1)
         device.addWidget(QLabel("Batch"))
@@ -166,34 +163,29 @@ class SegmentWidget(ScrollingDock):
         return data if data and data != BROWSE else None
 
     def _on_arch_changed(self, arch: str) -> None:
-        if arch == ENSEMBLE:
-            self.arch_label.setText(ENSEMBLE_DESCRIPTION)
-        else:
-            has = has_restoration(arch)
-            decoder = "has a restoration decoder" if has else "no restoration decoder"
-            self.arch_label.setText(f"{DESCRIPTIONS[arch]} ({decoder})")
+        # The registry's descriptions already say whether there is a restoration decoder.
+        self.arch_label.setText(ENSEMBLE_DESCRIPTION if arch == ENSEMBLE else DESCRIPTIONS[arch])
         self.refresh_checkpoints()
 
     def _show_model_card(self, *_: Any) -> None:
-        """The chosen model's card as the checkpoint menu's tooltip, its last lines below it."""
+        """The chosen model's card (data, recipe, validation, tumour) as the menu's tooltip.
+
+        A tooltip, not a label: at 1366 x 768 every line the Segment dock grows is taken from
+        the Review dock below it.
+        """
         checkpoint = self.checkpoint
         try:
-            meta = (
-                None
-                if checkpoint is None
-                else ensemble_metadata()
-                if checkpoint == ENSEMBLE
-                else read_metadata(checkpoint)
-            )
+            if checkpoint is None:
+                card = ""
+            elif checkpoint == ENSEMBLE:
+                card = model_card(ensemble_metadata())
+            else:
+                card = model_card(read_metadata(checkpoint))
         except CheckpointError as error:
-            meta, card = None, str(error)
-        else:
-            card = model_card(meta) if meta is not None else ""
+            card = str(error)
         self.checkpoint_combo.setToolTip(
             card or "Bundled models, your fine-tuned models (user model folder) or a file"
         )
-        validation = [line for line in card.splitlines() if "Dice" in line or "umour" in line]
-        self.card_label.setText("\n".join(validation[-2:]) if meta is not None else "")
 
     def _on_device_changed(self, device: str) -> None:
         self.batch_spin.setValue(DEFAULT_BATCH_SIZES.get(device.split(":")[0], 4))
