@@ -12,22 +12,22 @@ the file and the problem, which napari shows as a notification.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from napari.utils.notifications import show_warning
 
-from src_models.io import NIFTI_SUFFIXES, Volume, label_array, read_volume_reporting
+from src_models.io import (
+    NIFTI_SUFFIXES,
+    label_array,
+    looks_like_labels,
+    read_volume_reporting,
+)
 from src_models.io.dicom import is_dicom_file
 
 from ._layers import REFERENCE, LayerDataTuple, image_layer_data, labels_layer_data
 
 ReaderFunction = Callable[[str | list[str]], list[LayerDataTuple]]
-
-#: File names that announce a segmentation rather than an image.
-_LABEL_NAME = re.compile(r"label|seg|mask", re.IGNORECASE)
 
 #: Files looked at when deciding whether a folder is a DICOM series (enough for any layout).
 _DICOM_PROBE = 64
@@ -62,14 +62,6 @@ def napari_get_reader(path: str | list[str]) -> ReaderFunction | None:
     if target.is_file() and is_dicom_file(target):
         return read_ct
     return None
-
-
-def looks_like_labels(volume: Volume) -> bool:
-    """A label file: integer voxels, values within {0, 1, 2}, and a name that says so."""
-    name = Path(volume.source).name
-    if not _LABEL_NAME.search(name) or not np.issubdtype(volume.array.dtype, np.integer):
-        return False
-    return int(volume.array.min()) >= 0 and int(volume.array.max()) <= 2
 
 
 def read_ct(path: str | list[str]) -> list[LayerDataTuple]:

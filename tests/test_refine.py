@@ -104,7 +104,9 @@ def test_refine_command_writes_labels_and_the_model(tmp_path, case, tiny, capsys
         (lambda a: a.__setitem__("--corrected", "3,99"), "outside"),
         (lambda a: a.__setitem__("--corrected", "30,35"), "no pancreas"),
         (lambda a: a.__setitem__("--labels", "missing.nii.gz"), "missing.nii.gz"),
-    ],
+        (lambda a: a.__setitem__("-o", a["--labels"]), "refusing to overwrite the corrected"),
+        (lambda a: a.__setitem__("--save-model", "/proc/m.pt"), "/proc"),  # not writable, even
+    ],  # for root: refused before fine-tuning, not after it
 )
 def test_refine_command_refuses_bad_input(tmp_path, case, tiny, capsys, change, message):
     ct, labels = _files(tmp_path, case, flip=False)
@@ -122,3 +124,4 @@ def test_refine_command_refuses_bad_input(tmp_path, case, tiny, capsys, change, 
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and "Traceback" not in err
     assert not (tmp_path / "o.nii.gz").exists() and not (tmp_path / "m.pt").exists()
+    assert "fine-tuning" not in err  # refused before any work

@@ -175,3 +175,22 @@ def test_evaluate_volumes_on_a_tilted_case_use_the_determinant(tmp_path, tiny_mo
 
     collect(json.loads(table.with_suffix(".json").read_text()))
     assert found and all(v == pytest.approx(60 * 0.8 * 0.8 * 2.5 / 1000) for v in found)
+
+
+def test_info_describes_a_label_file_in_ml_not_hu(tmp_path, capsys):
+    data = np.zeros((8, 8, 4), dtype=np.uint8)
+    data[2:6, 2:6, 1:3] = 1
+    data[3, 3, 1] = 2
+    path = nifti(tmp_path / "case_label.nii.gz", data, AFFINE)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    voxel_ml = abs(np.linalg.det(AFFINE[:3, :3])) / 1000
+    assert "labels:      0 to 2 (uint8)" in out and "HU" not in out
+    assert f"pancreas {32 * voxel_ml:.1f} mL (tumour included), tumour {voxel_ml:.1f} mL" in out
+
+
+def test_a_volume_with_an_empty_axis_is_refused_by_name(tmp_path, capsys):
+    path = nifti(tmp_path / "empty.nii.gz", np.zeros((0, 64, 5), dtype=np.int16), AFFINE)
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "empty.nii.gz" in err and "no voxels" in err

@@ -28,7 +28,14 @@ from qtpy.QtWidgets import (
 )
 
 from src_models.corrections import structure_volumes
-from src_models.io import Volume, describe, label_array, read_labels, read_volume
+from src_models.io import (
+    Volume,
+    describe,
+    label_array,
+    looks_like_labels,
+    read_labels,
+    read_volume,
+)
 from src_models.io.windows import CT_WINDOWS, DEFAULT_WINDOW
 
 from .._autosave import attach as attach_autosave
@@ -41,7 +48,6 @@ from .._layers import (
     reference_volume,
     style_labels,
 )
-from .._reader import looks_like_labels
 from ._scroll import ScrollingDock
 from ._worker import report_error, start_job
 

@@ -23,6 +23,7 @@ from ..io import (
     read_volume,
     write_output,
 )
+from ..io.atomic import check_writable_folder
 from ..jobs import run_to_end
 from ..models.store import load_checkpoint
 from ..refine import check_corrections, refine
@@ -97,11 +98,18 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seconds must be more than 0, got {args.seconds}")
     check_output(output, format=args.format)
     check_outputs(input_path, [output])
+    if output.resolve() == labels_path.resolve():
+        raise VolumeError(
+            f"{output}: refusing to overwrite the corrected labels {labels_path}; choose "
+            "another name"
+        )
     save_model = Path(args.save_model) if args.save_model else None
     if save_model is not None and (save_model.exists() or not save_model.parent.is_dir()):
         raise ValueError(
             f"{save_model}: exists already or its folder is missing; --save-model writes a new file"
         )
+    if save_model is not None:
+        check_writable_folder(save_model)  # before minutes of fine-tuning, not after
     device = resolve_device(args.device)
     volume = read_volume(input_path)
     check_output(output, volume, args.format)

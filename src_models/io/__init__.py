@@ -18,6 +18,7 @@ from .volume import (
     check_same_grid,
     describe,
     label_array,
+    looks_like_labels,
     rescale_to_hu,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "check_same_grid",
     "describe",
     "label_array",
+    "looks_like_labels",
     "output_format",
     "read_labels",
     "read_seg",

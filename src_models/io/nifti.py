@@ -55,6 +55,8 @@ def _spatial_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
             f"{path}: a {len(shape)}D image of shape {shape} (several volumes); "
             "a single 3D CT volume is needed"
         )
+    if 0 in spatial:
+        raise VolumeError(f"{path}: the image of shape {shape} has no voxels along an axis")
     if sum(n > 1 for n in spatial) < 2:
         raise VolumeError(
             f"{path}: an image of shape {shape} is not even a 2D slice; a CT slice or volume "

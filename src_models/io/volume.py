@@ -12,7 +12,9 @@ because these messages end up in front of a user (napari notification, ``dsms`` 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -182,6 +184,18 @@ def check_same_grid(volume: Volume, reference: Volume, what: str = "volume") -> 
         )
 
 
+#: File names that announce a segmentation rather than an image.
+LABEL_FILE_NAME = re.compile(r"label|seg|mask", re.IGNORECASE)
+
+
+def looks_like_labels(volume: Volume) -> bool:
+    """A label file: integer voxels, values within {0, 1, 2}, and a name that says so."""
+    name = Path(volume.source).name
+    if not LABEL_FILE_NAME.search(name) or not np.issubdtype(volume.array.dtype, np.integer):
+        return False
+    return int(volume.array.min()) >= 0 and int(volume.array.max()) <= 2
+
+
 def describe(volume: Volume) -> str:
     """Several lines about a volume for ``dsms info`` and the Load CT panel.
 
@@ -193,7 +207,8 @@ def describe(volume: Volume) -> str:
     array = volume.array
     info = volume.info
     lo, hi = (array.min(), array.max()) if array.size else (0, 0)
-    kind = "HU" if info.get("modality", "CT") == "CT" else "values"
+    labels = looks_like_labels(volume)
+    kind = "labels" if labels else "HU" if info.get("modality", "CT") == "CT" else "values"
     orientation = f"{''.join(volume.axcodes)} (axes increase towards these directions)"
     if info.get("orientation_unknown"):
         orientation = f"unknown (qform_code = sform_code = 0); {''.join(volume.axcodes)} assumed"
@@ -206,6 +221,12 @@ def describe(volume: Volume) -> str:
         f"orientation: {orientation}",
         f"{kind}:{' ' * (12 - len(kind))}{lo:g} to {hi:g} ({array.dtype})",
     ]
+    if labels:  # the volumes a radiologist reads off a label file, in mL (|det| voxels)
+        counts = [np.count_nonzero(array >= 1), np.count_nonzero(array == 2)]
+        pancreas, tumour = (n * volume.voxel_volume_mm3 / 1000 for n in counts)
+        lines.append(
+            f"volumes:     pancreas {pancreas:.1f} mL (tumour included), tumour {tumour:.1f} mL"
+        )
     if "format" in info:
         lines.insert(2, f"format:      {info['format']}")
     if info.get("unit_to_mm", 1.0) != 1.0:
