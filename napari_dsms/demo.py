@@ -10,20 +10,35 @@ import argparse
 from collections.abc import Sequence
 
 import napari
+from qtpy.QtGui import QGuiApplication
 
 PLUGIN = "napari-dsms"
 WIDGETS = ("Load CT", "Segment", "Review and fine-tune")
 
+#: Screens less tall than this get the docks as tabs: stacked on a 1366 x 768 laptop, the
+#: Review dock, where the work happens, would be a strip of about 200 pixels.
+TABIFY_BELOW_PX = 900
 
-def open_demo_viewer(path: str | None = None, viewer: napari.Viewer | None = None) -> napari.Viewer:
-    """Return a viewer with the CT (or the sample phantom) open and the widgets docked."""
+
+def open_demo_viewer(
+    path: str | None = None, viewer: napari.Viewer | None = None, tabify: bool | None = None
+) -> napari.Viewer:
+    """Return a viewer with the CT (or the sample phantom) open and the widgets docked.
+
+    ``tabify`` puts the docks in tabs, the Review dock in front; ``None`` does so on screens
+    less than :data:`TABIFY_BELOW_PX` tall.
+    """
     viewer = viewer or napari.Viewer(title="napari-dsms")
     if path:
         viewer.open(path, plugin=PLUGIN)
     else:
         viewer.open_sample(PLUGIN, "phantom")
+    if tabify is None:
+        screen = QGuiApplication.primaryScreen()
+        tabify = screen is not None and screen.availableGeometry().height() < TABIFY_BELOW_PX
     for widget_name in WIDGETS:
-        viewer.window.add_plugin_dock_widget(PLUGIN, widget_name)
+        dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, widget_name, tabify=tabify)
+    dock.raise_()  # the last, the Review dock, in front when tabbed
     return viewer
 
 

@@ -43,3 +43,19 @@ def test_all_docks_fit_a_laptop_screen(make_napari_viewer, qtbot, nih_ct, with_c
     assert not _clipped(docks["Segment"][1].arch_label), "the architecture text is cut off"
     for name, (_, widget) in docks.items():
         assert widget.width() >= widget.content.minimumSizeHint().width(), name  # no h-scroll
+
+
+def test_the_demo_tabs_the_docks_on_a_laptop_so_the_review_dock_gets_the_height(
+    make_napari_viewer, qtbot
+):
+    from napari_dsms.demo import open_demo_viewer
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(*LAPTOP)
+    open_demo_viewer(viewer=viewer, tabify=True)
+    _settle(qtbot)
+    docks = viewer.window.dock_widgets
+    review = next(dock for name, dock in docks.items() if "Review" in name)
+    assert review.isVisible() and review.height() >= 500, review.height()
+    tabbed = viewer.window._qt_window.tabifiedDockWidgets(review.parent())
+    assert len(tabbed) == 2  # Load CT and Segment are tabs beside it
