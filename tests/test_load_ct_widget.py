@@ -120,3 +120,13 @@ def test_several_series_named_in_a_warning(widget, qtbot, tmp_path, monkeypatch)
     assert (
         warnings_shown and "largest" in warnings_shown[0] and "Abdomen portal" in warnings_shown[0]
     )
+
+
+def test_a_ct_opened_another_way_is_described_too(make_napari_viewer, nih_ct):
+    """Drag and drop or File > Open goes through napari's reader, not this dock's buttons."""
+    viewer = make_napari_viewer()
+    widget = LoadCTWidget(viewer)
+    assert widget.info.text() == "No CT loaded."
+    viewer.open(str(nih_ct), plugin="napari-dsms")
+    assert "512 x 512 x 101" in widget.info.text() and "HU" in widget.info.text()
+    assert LoadCTWidget(viewer).info.text() == widget.info.text()  # docked after the CT

@@ -45,6 +45,7 @@ from .._layers import (
     image_layer_data,
     is_ct_layer,
     labels_layer_data,
+    layer_to_volume,
     reference_volume,
     style_labels,
 )
@@ -144,6 +145,19 @@ class LoadCTWidget(ScrollingDock):
         self.open_dicom_button.clicked.connect(self._open_dicom_dialog)
         self.open_labels_button.clicked.connect(self._open_labels_dialog)
         self.window_combo.currentTextChanged.connect(self.set_window)
+        # A CT opened another way (drag and drop, File > Open) is described here too.
+        self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        ct = self.current_ct_layer()
+        if ct is not None:
+            self._describe(ct)
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        if is_ct_layer(event.value) and not self.busy:  # our own reads describe themselves
+            self._describe(event.value)
+
+    def _describe(self, layer: Image) -> None:
+        """The Load CT panel's description of a CT layer on its file grid."""
+        self.info.setText(describe(layer_to_volume(layer)))
 
     # --- dialogs (kept small so tests call load / load_labels directly) -----------------------
 
