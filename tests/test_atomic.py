@@ -21,3 +21,12 @@ def test_the_temporary_name_keeps_the_suffix_writers_choose_formats_by(tmp_path)
         assert temporary.name.endswith(".nii.gz") and temporary.parent == tmp_path / "sub"
         temporary.write_bytes(b"x")
     assert (tmp_path / "sub" / "labels.nii.gz").read_bytes() == b"x"
+
+
+def test_a_folder_that_cannot_be_written_is_named_not_the_temporary_file(tmp_path) -> None:
+    """/proc refuses new files even to root: the message names the user's file and folder."""
+    with pytest.raises(OSError) as raised:
+        write_text_atomic("/proc/labels.json", "{}")
+    message = str(raised.value)
+    assert message.startswith("/proc/labels.json: cannot write into the folder /proc")
+    assert ".tmp" not in message

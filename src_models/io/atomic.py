@@ -37,6 +37,17 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     try:
         yield temporary
         os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        if temporary.name not in f"{error} {error.filename}":
+            raise
+        # Name what the user chose, not the hidden temporary file they never heard of.
+        named = OSError(
+            f"{path}: cannot write into the folder {path.parent} "
+            f"({error.strerror or type(error).__name__})"
+        )
+        named.errno = error.errno  # a full disk stays recognisable (ENOSPC)
+        raise named from error
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
