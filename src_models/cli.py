@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("DSMS_DEBUG"):
             raise
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
+        # One line, always: messages that show a matrix (two affines) are folded onto it.
+        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
         return 2
 
 

@@ -137,3 +137,14 @@ def test_predict_as_a_module_with_a_model_name_from_the_user_folder(
     assert "mL" in completed.stdout and "batch 2" in completed.stdout
     assert "Traceback" not in completed.stderr
     assert nib.load(out).shape == nib.load(ct_file).shape
+
+
+def test_an_error_that_shows_a_matrix_is_still_one_line(tmp_path, capsys):
+    """A degenerate affine: the message quotes the matrix, the CLI keeps it on one line."""
+    path = tmp_path / "flat.nii.gz"
+    image = nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), None)
+    image.set_sform(np.diag([1.0, 1.0, 0.0, 1.0]), code=1)  # no qform: nibabel cannot store it
+    nib.save(image, path)
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {path}")
