@@ -59,3 +59,17 @@ def test_the_demo_tabs_the_docks_on_a_laptop_so_the_review_dock_gets_the_height(
     assert review.isVisible() and review.height() >= 500, review.height()
     tabbed = viewer.window._qt_window.tabifiedDockWidgets(review.parent())
     assert len(tabbed) == 2  # Load CT and Segment are tabs beside it
+
+
+def test_a_dock_grows_with_its_controls(make_napari_viewer, qtbot, nih_ct):
+    """Alone in the column, Load CT shows the whole CT information once a CT is open: no scroll."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(*LAPTOP)
+    _, load = viewer.window.add_plugin_dock_widget(PLUGIN, "Load CT")
+    _settle(qtbot)
+    load.load(nih_ct)
+    qtbot.waitUntil(lambda: not load.busy, timeout=60_000)
+    _settle(qtbot)
+    assert load.info.text().count("\n") >= 3, load.info.text()
+    assert load._scroll.verticalScrollBar().maximum() == 0, "the CT information scrolls"
+    assert load.height() >= load.content.sizeHint().height()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import QSize
+from qtpy.QtCore import QEvent, QObject, QSize
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 #: Height in pixels a dock shows at least before it scrolls: a few rows of controls.
@@ -36,15 +36,45 @@ class ScrollingDock(QWidget):
         self._scroll.setWidgetResizable(True)
         self._scroll.setFrameShape(QFrame.Shape.NoFrame)
         self._scroll.setWidget(self.content)
+        self.content.installEventFilter(self)  # its layout changes: ask the dock for a new height
         self._scroll.setMinimumHeight(MIN_VISIBLE_HEIGHT)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(self._scroll)
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
-        """As tall as the controls: what the dock asks for when there is room."""
+        """As tall as the controls at the dock's width: what the dock asks for when there is room.
+
+        Wrapped text is taller in a narrow dock than Qt's width-free hint allows for, so the
+        height is the controls' height for the width they are shown at, once shown.
+        """
         hint = self.content.sizeHint()
-        return QSize(hint.width(), hint.height() + 2 * self._scroll.frameWidth())
+        height = hint.height()
+        # the controls' width beside a scroll bar: Qt keeps a scroll bar it once showed when
+        # the controls fit only without it
+        scroll = self._scroll
+        bar = scroll.verticalScrollBar().sizeHint().width()
+        width = self.width() - 2 * scroll.frameWidth() - bar
+        if self.isVisible() and width > 0 and self.content.hasHeightForWidth():
+            height = max(self.content.heightForWidth(width), hint.height())
+        return QSize(hint.width(), height + 2 * self._scroll.frameWidth())
+
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        """A new width wraps the text anew: ask for the height that goes with it."""
+        super().resizeEvent(event)
+        if event.size().width() != event.oldSize().width():
+            self.updateGeometry()
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
+        """Pass a change of the controls' height (new text, a panel shown) on to the dock.
+
+        The scroll area keeps the controls' layout to itself, so without this the dock keeps the
+        height of the controls as they were built and scrolls, or leaves blank space, after a
+        label grows (the Load CT information once a CT is open).
+        """
+        if watched is self.content and event.type() == QEvent.Type.LayoutRequest:
+            self.updateGeometry()
+        return super().eventFilter(watched, event)
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
         """Make the dock as wide as the controls once napari's style sets their real size.
