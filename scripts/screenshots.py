@@ -1,14 +1,16 @@
 """Take the user guide's screenshots by running the whole loop in a real napari window.
 
-Open the shared NIH CT, segment it, look at the reconstruction, correct slices (the manual
-reference label is painted into them, as a radiologist's corrections would be), export, fine-tune
-on the corrections and re-segment; a PNG of the napari window is saved at each stage, plus
-``napari-dsms.png`` for the README. The figures are real runs, so the script also prints what it
-measured (time, Dice before and after fine-tuning on the slices that were not corrected).
+Open the shared NIH CT, segment it, look at the reconstruction, set a region of interest, score
+the slices (triage), correct slices (the manual reference label is painted into them, as a
+radiologist's corrections would be), fill between them, export, fine-tune on the corrections and
+re-segment; a PNG of the napari window is saved at each stage, plus ``napari-dsms.png`` for the
+README, all at ``--size`` (a laptop screen by default), and an overview at ``--overview-size``.
+The figures are real runs, so the script also prints what it measured (time, Dice before and
+after fine-tuning on the slices that were not corrected).
 
 Needs a screen; on a server use a virtual one::
 
-    xvfb-run -s "-screen 0 1600x1000x24" .venv/bin/python scripts/screenshots.py
+    xvfb-run -s "-screen 0 1920x1080x24" .venv/bin/python scripts/screenshots.py
 
 The CT is patient PANCREAS_0001 of NIH Pancreas-CT (Roth et al., TCIA 2016,
 doi:10.7937/K9/TCIA.2016.tNB1kqBU, CC BY 3.0); keep that attribution beside the images.
@@ -30,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import napari  # noqa: E402
+from qtpy.QtCore import QPoint  # noqa: E402
 from qtpy.QtWidgets import QApplication, QScrollArea, QWidget  # noqa: E402
 
 from src_models.inference.postprocess import keep_largest_components  # noqa: E402
@@ -39,7 +42,6 @@ from src_models.metrics import case_metrics  # noqa: E402
 from src_models.models.store import resolve_checkpoint  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "nih-pancreas-0001"
-WINDOW_SIZE = (1600, 1000)
 PLUGIN = "napari-dsms"
 DOCKS = ("Load CT", "Segment", "Review and fine-tune")
 
@@ -54,7 +56,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--corrected", type=int, default=10, help="slices to correct")
     parser.add_argument("--steps", type=int, default=None, help="fine-tune steps (widget default)")
     parser.add_argument("--seconds", type=int, default=None, help="fine-tune time budget")
+    parser.add_argument("--size", type=screen_size, default=(1366, 768),
+                        help="window size WIDTHxHEIGHT of the main set (default 1366x768)")
+    parser.add_argument("--overview-size", type=screen_size, default=(1920, 1080),
+                        help="window size of the overview-WxH.png shot (default 1920x1080)")
     return parser.parse_args()
+
+
+def screen_size(text: str) -> tuple[int, int]:
+    """``"1366x768"`` -> ``(1366, 768)``, the window's width and height in pixels."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1366x768") from None
+    return width, height
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -91,9 +106,34 @@ def shoot(viewer: napari.Viewer, path: Path) -> None:
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
+def shoot_at(viewer: napari.Viewer, path: Path, size: tuple[int, int],
+             back: tuple[int, int]) -> None:
+    """Shoot the window resized to ``size``, then give it its ``back`` size again.
+
+    The zoom follows the canvas' height, so that the CT fills the bigger window as it did the
+    smaller one.
+    """
+    window, canvas, camera = viewer.window._qt_window, viewer.window._qt_viewer, viewer.scene.camera
+    height, zoom = canvas.height(), camera.zoom
+    window.resize(*size)
+    settle(1.0)
+    camera.zoom = zoom * canvas.height() / height
+    shoot(viewer, path)
+    window.resize(*back)
+    settle(1.0)
+    camera.zoom = zoom
+
+
 def scroll_to(panel: QWidget, child: QWidget) -> None:
     """Scroll a dock panel so that ``child`` is in view."""
     panel.findChild(QScrollArea).ensureWidgetVisible(child, 0, 400)
+
+
+def scroll_to_top(panel: QWidget, child: QWidget) -> None:
+    """Scroll a dock panel so that ``child`` starts at its top (as far as the panel scrolls)."""
+    area = panel.findChild(QScrollArea)
+    settle()
+    area.verticalScrollBar().setValue(child.mapTo(area.widget(), QPoint(0, 0)).y())
 
 
 def zoom_on(viewer: napari.Viewer, image, mask: np.ndarray, factor: float) -> None:
@@ -123,11 +163,13 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     model_dir = Path(tempfile.mkdtemp(prefix="dsms-screenshots-models-"))
     os.environ.setdefault("DSMS_MODEL_DIR", str(model_dir))
+    # a journal of its own: a former run's autosave would offer itself over the first picture
+    os.environ.setdefault("DSMS_AUTOSAVE_DIR", tempfile.mkdtemp(prefix="dsms-shots-autosave-"))
     export_dir = Path(tempfile.mkdtemp(prefix="dsms-screenshots-export-"))
     checkpoint = resolve_checkpoint(args.model)
 
     viewer = napari.Viewer(title="napari-dsms")
-    viewer.window._qt_window.resize(*WINDOW_SIZE)
+    viewer.window._qt_window.resize(*args.size)
     # Docked from the plugin's manifest, exactly as Plugins > napari-dsms does it.
     docks = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)
              for name in DOCKS}
@@ -170,9 +212,37 @@ def main() -> None:
         reconstruction.visible = False
         labels.visible = True
 
-    # 4. correct: paint the manual reference into a few slices
+    # 4. region of interest: the reference pancreas's slices (a few more each side) and a box
     show_dock("Review and fine-tune")
     prediction = np.array(labels.metadata["prediction"])
+    with_pancreas = np.flatnonzero(reference.reshape(reference.shape[0], -1).any(axis=1))
+    rows, columns = np.nonzero(reference.any(axis=0))
+    region = review.region
+    region.first_spin.setValue(max(int(with_pancreas[0]) - 3, 0))
+    region.last_spin.setValue(min(int(with_pancreas[-1]) + 3, reference.shape[0] - 1))
+    box = region.draw_box()
+    top, bottom = rows.min() - 20, rows.max() + 20
+    left, right = columns.min() - 20, columns.max() + 20
+    corners = np.array([[middle, top, left], [middle, top, right],
+                        [middle, bottom, right], [middle, bottom, left]], dtype=float)
+    box.add_rectangles(np.array([box.world_to_data(image.data_to_world(c)) for c in corners]))
+    box.mode = "pan_zoom"
+    region.set_region()
+    cleared = region.clear_outside()
+    print(f"region of interest: {region.status.text()}; {cleared} voxels cleared outside it")
+    viewer.layers.selection.active = labels
+    scroll_to_top(review, region)
+    shoot(viewer, args.out / "region.png")
+
+    # 5. triage: score every slice, list and chart the suspects, go to the first
+    if review.triage.score() is None:
+        raise SystemExit(f"triage refused: {review.triage.status.text()}")
+    wait_until(lambda: review.triage._worker is None, 1200, "triage")
+    review.triage.next_suspect()
+    scroll_to_top(review, review.triage)
+    shoot(viewer, args.out / "triage.png")
+
+    # 6. correct: paint the manual reference into a few slices
     slices = corrected_slices(reference, args.corrected)
     for k in slices:
         labels.data[k] = reference[k]
@@ -182,15 +252,26 @@ def main() -> None:
     review.navigate.toggle_reviewed()
     review.correct.paint_pancreas()
     zoom_on(viewer, image, reference, 2.0)
+    scroll_to_top(review, review.navigate)
     shoot(viewer, args.out / "04-correct.png")
+
+    # 7. fill between the corrected slices, shown on a filled slice, then undone (Ctrl+Z) so
+    #    that fine-tuning below learns from the corrections alone
+    filled = review.triage.fill_between()
+    review.go_to_slice((slices[len(slices) // 2] + slices[len(slices) // 2 + 1]) // 2)
+    scroll_to_top(review, review.triage)
+    shoot(viewer, args.out / "fill-between.png")
+    print(f"fill between: {filled} voxels; {review.triage.status.text()}")
+    labels.undo()
+    review.refresh_status()
     zoom_on(viewer, image, reference, 1)
 
-    # 5. export (the side-car is quoted in the user guide)
+    # 8. export (the side-car is quoted in the user guide)
     written = review.export.export_labels(export_dir / "ct_corrected.nii.gz")
     print(f"exported {written} and {written.with_name('ct_corrected.json')}")
     print(written.with_name("ct_corrected.json").read_text())
 
-    # 6. fine-tune on the corrections
+    # 9. fine-tune on the corrections
     if args.steps is not None:
         review.fine_tune.steps_spin.setValue(args.steps)
     if args.seconds is not None:
@@ -203,10 +284,10 @@ def main() -> None:
     print(f"fine-tuning: {seconds:.0f} s; {review.fine_tune.fine_tune_label.text()}")
     if review.fine_tune.last_checkpoint is None:
         raise SystemExit("fine-tuning saved no checkpoint")
-    scroll_to(review, review.fine_tune.loss_plot)
+    scroll_to_top(review, review.fine_tune)
     shoot(viewer, args.out / "05-fine-tune.png")
 
-    # 7. re-segment with the fine-tuned model and compare with the corrections
+    # 10. re-segment with the fine-tuned model and compare with the corrections
     results: list = []
     review.fine_tune.resegmented.connect(lambda new, corrected: results.append(new))
     review.fine_tune.resegment()
@@ -221,6 +302,8 @@ def main() -> None:
     # README screenshot: the CT with the fine-tuned result over it and the plugin's docks
     zoom_on(viewer, image, reference, 1.6)
     shoot(viewer, args.out / "napari-dsms.png")
+    width, height = args.overview_size
+    shoot_at(viewer, args.out / f"overview-{width}x{height}.png", args.overview_size, args.size)
 
     # what the run measured: the slices nobody corrected, against the manual reference
     others = [k for k in range(reference.shape[0]) if k not in set(slices)]
