@@ -73,3 +73,25 @@ def test_a_dock_grows_with_its_controls(make_napari_viewer, qtbot, nih_ct):
     assert load.info.text().count("\n") >= 3, load.info.text()
     assert load._scroll.verticalScrollBar().maximum() == 0, "the CT information scrolls"
     assert load.height() >= load.content.sizeHint().height()
+
+
+def test_the_fine_tune_report_is_not_cut_off_on_a_laptop(make_napari_viewer, qtbot):
+    """A several-line report under the loss chart shows whole (it lost its first and last
+    lines at 1366 x 768)."""
+    from napari_dsms.demo import open_demo_viewer
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(*LAPTOP)
+    open_demo_viewer(viewer=viewer, tabify=True)
+    review = next(w for name, w in viewer.window.dock_widgets.items() if "Review" in name)
+    for step in range(1, 400):
+        review.fine_tune.loss_plot.add(step, 1.0 / step)
+    label = review.fine_tune.fine_tune_label
+    label.setText(
+        "saved dsmsc_unet-ft-ct-v1.pt: 400 steps in 137 s; held-out pancreas Dice 0.296 -> "
+        "0.855\nThe held-out Dice compares each model with your own labels on 2 corrected "
+        "slice(s) it did not train on (slice 34, 66), at the model's resolution.\nKeep the new "
+        "model: it agrees better with your corrections on the slices it did not see."
+    )
+    _settle(qtbot)
+    assert not _clipped(label), (label.height(), label.heightForWidth(label.width()))
