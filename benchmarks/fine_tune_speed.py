@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=FINE_TUNE_DEFAULTS.batch_size)
     parser.add_argument("--lr", type=float, default=FINE_TUNE_DEFAULTS.lr)
     parser.add_argument("--precision", default=FINE_TUNE_DEFAULTS.precision)
+    parser.add_argument("--no-reconstruction", action="store_true", help="skip Loss 2")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resegment-slices", type=int, default=240)
@@ -78,6 +79,7 @@ def main() -> None:
         batch_size=args.batch_size,
         lr=args.lr,
         precision=args.precision,
+        reconstruction=not args.no_reconstruction,
     )
     model, meta = load_checkpoint(args.model)
     load_before = os.getloadavg()[0]
@@ -110,7 +112,8 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     print(
         f"| {args.steps} x {args.batch_size} x {args.patch_size}px, lr {args.lr:g}, "
-        f"{args.precision} | {before:.3f} -> {after:.3f} | {tuned:.0f} ({tuned_cpu:.0f}) "
+        f"{args.precision}{', no Loss 2' * args.no_reconstruction} | {before:.3f} -> {after:.3f} "
+        f"| {tuned:.0f} ({tuned_cpu:.0f}) "
         f"| {resegment:.1f} ({resegment_cpu:.1f}) | {tuned + resegment:.0f} "
         f"({tuned_cpu + resegment_cpu:.0f}) | {torch.get_num_threads()} "
         f"| {load_before:.1f}/{os.getloadavg()[0]:.1f} |",

@@ -65,6 +65,26 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)["model"]
 
 
+def test_without_loss_2_the_restoration_decoder_is_left_alone(phantoms, tmp_path):
+    """``reconstruction=False`` trains the labels only: no reconstruction term, decoder as built."""
+    config = _config(arch="drs_unet", steps=3, val_every=3)
+    torch.manual_seed(0)
+    initial = build_model("drs_unet", width=4).restorer.state_dict()
+    labels_only = replace(config, reconstruction=False)
+    events = list(train(labels_only, phantoms[:1], phantoms[1:2], tmp_path / "a.pt"))
+    assert all("reconstruction" not in e.losses for e in events if e.kind == "step")
+    trained = _weights_of(tmp_path / "a.pt", "restorer.")
+    assert all(torch.equal(trained[k], v) for k, v in initial.items())
+    run_to_end(train(config, phantoms[:1], phantoms[1:2], tmp_path / "b.pt"))  # with Loss 2
+    assert not all(torch.equal(_weights_of(tmp_path / "b.pt", "restorer.")[k], v)
+                   for k, v in initial.items())  # fmt: skip
+
+
+def _weights_of(checkpoint: Path, prefix: str) -> dict[str, torch.Tensor]:
+    state = torch.load(checkpoint, weights_only=True)["state_dict"]
+    return {k[len(prefix) :]: v.float() for k, v in state.items() if k.startswith(prefix)}
+
+
 def test_stop_then_resume_continues_exactly(phantoms, tmp_path):
     """Closing after step 2 and resuming gives the same weights as one uninterrupted run."""
     config = _config(steps=4, val_every=2)

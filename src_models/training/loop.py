@@ -109,6 +109,12 @@ class TrainConfig:
         CSV file for the losses and validation figures (``None``: no log).
     threads
         CPU threads for torch (``None``: leave torch's default).
+    reconstruction
+        Train the restoration decoder too (the paper's Loss 2, section III-D). Fine-tuning on a
+        few corrected slices may turn it off: labels never use that decoder, and without it a
+        step costs about a sixth less (the held-out Dice gain was the same on the shared CT,
+        docs/benchmarks.md), but the reconstructions shown beside the CT then drift from the
+        fine-tuned encoder, so the defaults keep it.
     """
 
     arch: str = "dsmsc_unet"
@@ -132,6 +138,7 @@ class TrainConfig:
     preprocessing: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_PREPROCESSING))
     log_csv: str | None = None
     threads: int | None = None
+    reconstruction: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able record for checkpoints."""
@@ -350,7 +357,7 @@ class _Loop:
             sync = contextlib.nullcontext() if last or self.world == 1 else self.model.no_sync()
             with sync:
                 with autocast(self.device, self.amp_dtype):
-                    output = self.model(images)
+                    output = self.model(images, reconstruct=config.reconstruction)
                 terms = self.loss_fn(output, labels, images)
                 self.scaler.scale(terms.total / config.accumulate).backward()
             for key, value in terms.as_floats().items():
