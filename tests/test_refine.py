@@ -88,7 +88,9 @@ def test_refine_command_writes_labels_and_the_model(tmp_path, case, tiny, capsys
             ",".join(map(str, corrected)), "-o", str(out), "--model", str(tiny),
             "--steps", "2", "--device", "cpu", "--save-model", str(saved)]  # fmt: skip
     assert main(args) == 0
-    assert "corrected slices kept" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "corrected slices kept" in shown.out
+    assert "fine-tuning" in shown.err and "step/s" in shown.err and "segmenting" in shown.err
     written = read_labels(out, reference=read_labels(labels))
     np.testing.assert_array_equal(written.array[..., corrected], truth[..., corrected])
     between = np.setdiff1d(np.arange(corrected[0], corrected[-1] + 1), corrected)

@@ -123,10 +123,18 @@ def run(args: argparse.Namespace) -> int:
     bar, show_slices = progress_bar("refining")
 
     def show(progress) -> None:
+        # One bar, counting steps while fine-tuning, then slices while segmenting.
         if isinstance(progress, TrainEvent):
-            bar.set_description(f"fine-tuning, step {progress.step}")
+            if bar.unit != "step":
+                bar.unit = "step"
+                bar.reset(total=progress.total_steps)
+                bar.set_description("fine-tuning")
+            bar.update(progress.step - bar.n)
         else:
-            bar.set_description("segmenting")
+            if bar.unit != "slice":
+                bar.unit = "slice"
+                bar.reset(total=progress[1])
+                bar.set_description("segmenting")
             show_slices(progress)
 
     try:
