@@ -15,6 +15,12 @@ started again with the same arguments. Example (low priority, in the background)
 
 Results: ``WORK/cv.json`` (per fold, per patient) and ``WORK/final.pt`` (float32, the best
 checkpoint on 3 inner validation patients).
+
+With ``--init CHECKPOINT`` every run continues training that model (for example the bundled
+one) instead of starting from random weights. Its own training patients must then not be
+scored, so the folds are built over the patients it never trained on
+(``provenance["train_patients"]``) only: each fold's model continues from ``CHECKPOINT`` on every
+other patient and is scored on the fold's, which neither it nor its base saw in training.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--phantoms", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    parser.add_argument("--init", type=Path, help="continue this checkpoint (see the doc)")
     parser.add_argument("--skip-final", action="store_true")
     return parser.parse_args()
 
@@ -63,14 +71,16 @@ def run(args, cases: list, val: list, out: Path, steps: int, provenance: dict) -
     if done.exists():
         return out  # finished in an earlier start of the script
     config = TrainConfig(
-        arch=args.arch, width=args.width, steps=steps, batch_size=4, lr=2e-3, patch_size=160,
+        arch=args.arch, width=args.width, steps=steps, batch_size=4, lr=args.lr, patch_size=160,
         val_every=100, loss="dice_bce", seed=args.seed, device="cpu", precision="float32",
         log_csv=str(out.with_suffix(".csv")), threads=args.threads,
     )  # fmt: skip
     cached = [cache_case(c, DEFAULT_PREPROCESSING) for c in cases]
     cached_val = [cache_case(c, DEFAULT_PREPROCESSING) for c in val]
     resume = state_path(out).exists()
-    for event in train(config, cached, cached_val, out, resume=resume, provenance=provenance):
+    events = train(config, cached, cached_val, out, init=args.init, resume=resume,
+                   provenance=provenance)  # fmt: skip
+    for event in events:
         if event.kind == "validation":
             print(f"{out.name} {event.step} {event.elapsed_s:.0f}s {event.metrics}", flush=True)
     done.touch()
@@ -97,11 +107,17 @@ def main() -> int:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     real = find_cases(args.slices) + find_cases(args.volume)
     phantoms = phantom_cases(args.phantoms, seed=1000 + args.seed)
-    order = np.random.default_rng(args.seed).permutation(len(real))
-    folds = [[real[i] for i in order[f :: args.folds]] for f in range(args.folds)]
+    scored = real
+    if args.init is not None:
+        seen = set(load_checkpoint(args.init)[1]["provenance"].get("train_patients", []))
+        scored = [c for c in real if c.patient_id not in seen]
+        print(f"{len(scored)} patients unseen by {args.init.name}", flush=True)
+    order = np.random.default_rng(args.seed).permutation(len(scored))
+    folds = [[scored[i] for i in order[f :: args.folds]] for f in range(args.folds)]
     provenance = {
         "data": ["nih-pancreas-slices and nih-pancreas-0001 (NIH Pancreas-CT, TCIA, CC BY 3.0)"],
         "recipe": "scripts/cross_validate.py",
+        **({"continued_from": str(args.init)} if args.init else {}),
     }
     report_path = args.work_dir / "cv.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {"folds": {}}
@@ -109,7 +125,7 @@ def main() -> int:
     for f, test in enumerate(folds):
         if str(f) in report["folds"]:
             continue
-        rest = [c for g, fold in enumerate(folds) if g != f for c in fold]
+        rest = [c for c in real if c not in test]
         val = [c for c in rest if c.kind == "npz"][:3]
         train_cases = [c for c in rest if c not in val] + phantoms
         out = args.work_dir / f"fold{f}.pt"
