@@ -13,14 +13,16 @@ started again with the same arguments. Example (low priority, in the background)
     nice -n 19 python scripts/cross_validate.py --work-dir /tmp/dsms-cv \\
         --slices ../shared/data/nih-pancreas-slices --volume ../shared/data/nih-pancreas-0001
 
-Results: ``WORK/cv.json`` (per fold, per patient) and ``WORK/final.pt`` (float32, the best
+Results: ``WORK/cv.json`` (per fold, per patient, and a summary: mean and spread of
+per-patient Dice, the volume's Dice) and ``WORK/final.pt`` (float32, the best
 checkpoint on 3 inner validation patients).
 
 With ``--init CHECKPOINT`` every run continues training that model (for example the bundled
 one) instead of starting from random weights. Its own training patients must then not be
 scored, so the folds are built over the patients it never trained on
 (``provenance["train_patients"]``) only: each fold's model continues from ``CHECKPOINT`` on every
-other patient and is scored on the fold's, which neither it nor its base saw in training.
+other patient and is scored on the fold's, which neither it nor its base saw in training. The
+base itself is scored on the same patients (``base_folds``, ``base_summary``) for comparison.
 """
 
 from __future__ import annotations
@@ -101,6 +103,26 @@ def score(checkpoint: Path, cases: list) -> dict:
     return scores
 
 
+def summarise(folds: dict, steps: int) -> dict:
+    """Mean and spread of per-patient Dice over the folds' slice-set patients, and the volume's."""
+    slices = [s for fold in folds.values() for s in fold.values() if s["kind"] == "npz"]
+    volume = [s for fold in folds.values() for s in fold.values() if s["kind"] != "npz"]
+    fold_means = [
+        float(np.mean([s["dice"] for s in fold.values() if s["kind"] == "npz"]))
+        for fold in folds.values()
+    ]
+    return {
+        "slice_patients": len(slices),
+        "mean_patient_dice": float(np.mean([s["dice"] for s in slices])),
+        "patient_dice_sd": float(np.std([s["dice"] for s in slices])),
+        "fold_means": fold_means,
+        "fold_spread_sd": float(np.std(fold_means)),
+        "volume_dice": volume[0]["dice"] if volume else None,
+        "volume_dice_clean_up": volume[0]["dice_clean_up"] if volume else None,
+        "steps_per_fold": steps,
+    }
+
+
 def main() -> int:
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -133,23 +155,14 @@ def main() -> int:
             {**provenance, "fold": f, "test_patients": [c.patient_id for c in test]})  # fmt: skip
         report["folds"][str(f)] = score(out, test)
         report_path.write_text(json.dumps(report, indent=1) + "\n")
-    slices = [s for fold in report["folds"].values() for s in fold.values() if s["kind"] == "npz"]
-    volume = [s for fold in report["folds"].values() for s in fold.values() if s["kind"] != "npz"]
-    fold_means = [
-        float(np.mean([s["dice"] for s in fold.values() if s["kind"] == "npz"]))
-        for fold in report["folds"].values()
-    ]
-    report["summary"] = {
-        "slice_patients": len(slices),
-        "mean_patient_dice": float(np.mean([s["dice"] for s in slices])),
-        "fold_means": fold_means,
-        "fold_spread_sd": float(np.std(fold_means)),
-        "volume_dice": volume[0]["dice"] if volume else None,
-        "volume_dice_clean_up": volume[0]["dice_clean_up"] if volume else None,
-        "steps_per_fold": args.steps,
-    }
+    report["summary"] = summarise(report["folds"], args.steps)
+    if args.init is not None:  # the base on the same unseen patients, for a fair comparison
+        if "base_folds" not in report:
+            report["base_folds"] = {str(f): score(args.init, test) for f, test in enumerate(folds)}
+        report["base_summary"] = summarise(report["base_folds"], 0)
     report_path.write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(report["summary"]), f"({time.perf_counter() - started:.0f} s)", flush=True)
+    shown = {key: report[key] for key in ("summary", "base_summary") if key in report}
+    print(json.dumps(shown), f"({time.perf_counter() - started:.0f} s)", flush=True)
     if not args.skip_final:
         val = [c for c in real if c.kind == "npz"][:3]
         final = args.work_dir / "final.pt"
