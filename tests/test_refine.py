@@ -91,6 +91,7 @@ def test_refine_command_writes_labels_and_the_model(tmp_path, case, tiny, capsys
     shown = capsys.readouterr()
     assert "corrected slices kept" in shown.out
     assert "fine-tuning" in shown.err and "step/s" in shown.err and "segmenting" in shown.err
+    assert "0slice" not in shown.err
     written = read_labels(out, reference=read_labels(labels))
     np.testing.assert_array_equal(written.array[..., corrected], truth[..., corrected])
     between = np.setdiff1d(np.arange(corrected[0], corrected[-1] + 1), corrected)

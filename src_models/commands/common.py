@@ -66,13 +66,15 @@ def check_outputs(input_path: Path, outputs: list[Path]) -> None:
         raise VolumeError(f"{outputs[0]}: labels and reconstruction need different file names")
 
 
-def progress_bar(description: str) -> tuple[tqdm, Callable[[tuple[int, int]], None]]:
+def progress_bar(
+    description: str, unit: str = "slice"
+) -> tuple[tqdm, Callable[[tuple[int, int]], None]]:
     """A tqdm bar on stderr and the callback that moves it with ``(done, total)`` progress.
 
     Use the bar as a context manager and pass the callback to
     :func:`src_models.jobs.run_to_end`.
     """
-    bar = tqdm(unit="slice", desc=description, file=sys.stderr, leave=False)
+    bar = tqdm(unit=unit, desc=description, file=sys.stderr, leave=False)
 
     def show(progress: tuple[int, int]) -> None:
         bar.total = progress[1]

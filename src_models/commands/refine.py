@@ -120,15 +120,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{labels_path}: {error}") from None
     model, meta = load_checkpoint(args.model)
     seconds = args.seconds if args.steps is None and args.seconds else DEFAULT_SECONDS
-    bar, show_slices = progress_bar("refining")
+    bar, show_slices = progress_bar("fine-tuning", unit="step")
 
     def show(progress) -> None:
         # One bar, counting steps while fine-tuning, then slices while segmenting.
         if isinstance(progress, TrainEvent):
-            if bar.unit != "step":
-                bar.unit = "step"
-                bar.reset(total=progress.total_steps)
-                bar.set_description("fine-tuning")
+            bar.total = progress.total_steps
             bar.update(progress.step - bar.n)
         else:
             if bar.unit != "slice":
