@@ -13,6 +13,7 @@ Usage::
 
     python benchmarks/correction_loop.py [--seconds 40] [--plot docs/images/correction-loop.png]
     python benchmarks/correction_loop.py --goal     # one dsms-refine round, 10 slices, defaults
+    python benchmarks/correction_loop.py --ranking  # where to correct: triage against even spacing
 
 Prints a Markdown table for docs/benchmarks.md; with matplotlib installed, ``--plot`` draws it.
 """
@@ -30,7 +31,12 @@ import torch
 from src_models import fill_between_slices, load_checkpoint, read_labels, read_volume
 from src_models.inference.engine import segment
 from src_models.inference.triage import triage
-from src_models.io.orientation import from_canonical, head_feet_axis, to_canonical
+from src_models.io.orientation import (
+    canonical_spacing,
+    from_canonical,
+    head_feet_axis,
+    to_canonical,
+)
 from src_models.jobs import run_to_end
 from src_models.metrics import structure_dice
 from src_models.refine import refine
@@ -148,6 +154,36 @@ def goal(volume, reference: np.ndarray, extent: np.ndarray, model: str) -> None:
     )
 
 
+def ranking(volume, reference: np.ndarray, extent: np.ndarray, model: str) -> None:
+    """Which slices to correct, without fine-tuning: Dice after the first n of each choice.
+
+    The corrections are the manual label on the chosen slices; the rest is what ``dsms refine``
+    makes of them with the model's labels and no fine-tuning (:func:`src_models.refine.combine`):
+    fill between, the model tapering beyond. Choices: ``dsms triage``'s ranking, slices evenly
+    spaced over the model's pancreas, and evenly spaced over the true pancreas (which a user
+    only gets by finding where the organ starts and ends).
+    """
+    from src_models.inference.triage import _largest_component
+    from src_models.refine import combine
+
+    bundled, meta = load_checkpoint(model)
+    result = run_to_end(triage(volume, bundled, meta, device="cpu"))
+    spacing = canonical_spacing(volume.affine)
+    main = _largest_component(result.labels > 0)
+    predicted = np.flatnonzero(main.reshape(len(main), -1).any(axis=1))
+    print(f"pancreas: true slices {extent[0]}-{extent[-1]}, model's {predicted[0]}-{predicted[-1]}")
+    print("| slices | triage | even over the model's pancreas | even over the true pancreas |")
+    print("| ---: | ---: | ---: | ---: |")
+    for count in (5, 10, 15, 20):
+        row = []
+        for chosen in (sorted(result.order[:count]), even_slices(predicted, count),
+                       even_slices(extent, count)):  # fmt: skip
+            user = np.zeros_like(reference)
+            user[chosen] = reference[chosen]
+            row.append(structure_dice(combine(user, chosen, result.labels, spacing), reference))
+        print(f"| {count} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+
+
 def interpolation_alone(reference: np.ndarray, extent: np.ndarray) -> dict[int, float]:
     """Whole-volume Dice of fill between evenly spaced reference slices, nothing beyond."""
     out = {}
@@ -212,6 +248,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plot", type=Path, help="PNG of whole-volume Dice against slices")
     parser.add_argument("--goal", action="store_true", help="only the one-round goal run")
+    parser.add_argument("--ranking", action="store_true", help="only the choice of slices")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
@@ -222,6 +259,9 @@ def main() -> None:
     extent = np.flatnonzero(reference.reshape(len(reference), -1).any(axis=1))
     if args.goal:
         goal(volume, reference, extent, args.model)
+        return
+    if args.ranking:
+        ranking(volume, reference, extent, args.model)
         return
     model, meta = load_checkpoint(args.model)
     started = time.process_time()

@@ -9,7 +9,7 @@ import pytest
 
 from src_models import load_checkpoint
 from src_models.cli import main
-from src_models.inference.triage import spread_ranking, triage
+from src_models.inference.triage import fill_ranking, triage
 from src_models.io import Volume, write_image
 from src_models.jobs import run_to_end
 from src_models.phantom import make_phantom
@@ -44,26 +44,42 @@ def test_a_planted_error_ranks_near_the_top(model):
     assert sorted(k for k, _ in ranking) == list(range(24))  # every slice once
     scores = [score for _, score in ranking]
     assert scores == sorted(scores, reverse=True)
-    assert PLANTED in [k for k, _ in ranking[:3]]
+    # Its suspicion stands out, and it comes among the first slices to review (after the ends
+    # of the predicted pancreas, which fill between slices needs first).
+    assert PLANTED in np.argsort(result.scores)[::-1][:3]
+    assert PLANTED in [k for k, _ in ranking[:6]]
     assert set(result.features) == {
         "uncertainty", "disagreement", "reconstruction", "area_jump", "fragments"
     }  # fmt: skip
 
 
-def test_ranking_spreads_over_the_volume():
-    scores = np.array([0.0, 0.9, 1.0, 0.95, 0.0, 0.0, 0.5, 0.0])
-    order, ranked = spread_ranking(scores, radius=3.0)
-    assert order[:2] == [2, 6]  # 1 and 3 sit next to 2: the far slice 6 comes first
-    assert ranked == sorted(ranked, reverse=True)
+def test_ranking_starts_at_the_ends_then_goes_where_fill_would_miss():
+    """Ends of the predicted pancreas first, then the bend that filling between them misses."""
+    main = np.zeros((24, 30, 30), dtype=bool)
+    for k in range(3, 21):
+        shift = 10 if k in (13, 14, 15) else 0  # the organ swerves sideways over three slices
+        main[k, 8:16, 4 + shift : 12 + shift] = True
+    scores = np.zeros(24)
+    scores[1] = 0.9  # suspicious, but outside the pancreas and nothing to fill there
+    order, values = fill_ranking(main, scores)
+    assert sorted(order) == list(range(24))
+    assert order[:2] == [3, 20]
+    assert order[2] in (13, 14, 15)
+    assert values == sorted(values, reverse=True) and values[0] == 1.0
+    assert order.index(1) < order.index(0)  # suspicion still orders the slices fill cannot help
 
 
 def test_triage_command_counts_slices_on_the_files_own_axis(tmp_path, capsys):
-    path = tmp_path / "feet-first.nii.gz"
+    """The same patient stored feet-first gets the same ranking, counted on its own axis."""
+    path, plain = tmp_path / "feet-first.nii.gz", tmp_path / "head-first.nii.gz"
     write_image(path, _planted(flip=True).array, _planted(flip=True))
-    assert main(["triage", str(path), "--device", "cpu", "--top", "3"]) == 0
-    lines = capsys.readouterr().out.split()
-    slices = [int(k) for k in lines[0::2]]
-    assert len(slices) == 3 and 23 - PLANTED in slices
+    write_image(plain, _planted().array, _planted())
+    ranked = {}
+    for name in (path, plain):
+        assert main(["triage", str(name), "--device", "cpu", "--top", "6"]) == 0
+        ranked[name] = [int(k) for k in capsys.readouterr().out.split()[0::2]]
+    assert len(ranked[path]) == 6 and 23 - PLANTED in ranked[path] and PLANTED in ranked[plain]
+    assert ranked[path] == [23 - k for k in ranked[plain]]
     quick = ["--model", "fcn", "--device", "cpu", "--json", "--top", "2"]
     assert main(["triage", str(path), *quick]) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -306,6 +306,18 @@ def _fine_tune_line(record: dict[str, Any]) -> str:
         "kept_previous") else ".")  # fmt: skip
 
 
+def _cross_validation_line(record: dict[str, Any]) -> str:
+    """The recipe's cross-validated accuracy (``scripts/cross_validate.py``'s summary)."""
+    text = (
+        f"Cross-validated on {record['slice_patients']} unseen patients' slices "
+        f"({record['folds']} folds): pancreas Dice {record['mean_patient_dice']:.3f} "
+        f"+- {record['patient_dice_sd']:.3f}"
+    )
+    if record.get("volume_dice_clean_up") is not None:
+        text += f"; unseen full volume {record['volume_dice_clean_up']:.3f}"
+    return text + "."
+
+
 def model_card(meta: dict[str, Any]) -> str:
     """A few lines on where a model comes from and how well it did, for menus and tooltips.
 
@@ -338,7 +350,10 @@ def model_card(meta: dict[str, Any]) -> str:
             lines.append(_fine_tune_line(fine_tune))
         dice = (meta.get("metrics") or {}).get("dice_pancreas")
         validation = provenance.get("val_patients")
-        if dice is not None and validation and not fine_tune:
+        cross_validation = provenance.get("cross_validation")
+        if cross_validation and not fine_tune:
+            lines.append(_cross_validation_line(cross_validation))
+        elif dice is not None and validation and not fine_tune:
             lines.append(f"Pancreas Dice {dice:.3f} on {len(validation)} validation patients.")
     warning = tumour_warning(meta)
     lines.append(warning[0].upper() + warning[1:] + "." if warning else "Tumour validated.")
