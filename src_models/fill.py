@@ -6,8 +6,17 @@ structure's signed distance map linearly along the slice axis and keeping where 
 objects", IEEE TMI 9(1), 1990; Herman et al., IEEE CG&A 12(3), 1992; what 3D Slicer's "Fill
 between slices" offers). Distance maps come from :func:`scipy.ndimage.distance_transform_edt`.
 
-Measured on the shared NIH volume 0001 (``benchmarks/correction_loop.py``, docs/benchmarks.md):
-from every 5th slice of the manual reference, pancreas Dice on the slices between is given there.
+Linear interpolation of signed distances shrinks a shape that moves or turns between the two
+slices: half-way, the two shapes' distance maps cancel out over much of each, and the organ thins
+or breaks apart. Where both slices hold the structure, the interpolated distance is therefore
+thresholded at ``GROWTH * gap * (1 - c) * 4 t (1 - t)`` pixels instead of 0, ``c`` being the
+share of the smaller shape that lies inside the larger: nothing for a shape that stays put or
+grows in place (c = 1), most half-way across a long gap between shapes that do not overlap, 0
+at both known slices. Measured on 17 NIH Pancreas-CT patients' slice sets (the middle of every
+three labelled slices at most 20 slices apart, 32 triples, from the outer two): mean pancreas
+Dice 0.717 without, 0.756 / 0.764 / 0.764 / 0.760 with ``GROWTH`` 0.2 / 0.3 / 0.4 / 0.5; on the
+NIH volume 0001 from every 5th, 7th, 10th and 14th slice: 0.861, 0.843, 0.812, 0.752 without
+and 0.865, 0.855, 0.834, 0.789 with 0.4 (docs/correction-loop.md).
 """
 
 from __future__ import annotations
@@ -17,6 +26,10 @@ from itertools import pairwise
 
 import numpy as np
 from scipy import ndimage
+
+#: Growth of the interpolated shape half-way between two known slices that do not overlap, in
+#: pixels per slice of the gap between them (module doc).
+GROWTH = 0.4
 
 
 def _signed_distance(mask: np.ndarray) -> np.ndarray:
@@ -46,16 +59,21 @@ def _interpolate_mask(stack: np.ndarray, k0: int, k1: int) -> None:
     union = first | last
     if not union.any():
         return
-    # Interpolated shapes lie inside the union of the two masks (the distance is negative only
-    # where one of them is), so a crop with a one-pixel margin gives the same distances.
-    rows, cols = (np.flatnonzero(union.any(axis=a)) for a in (1, 0))
-    r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, union.shape[0])
-    c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, union.shape[1])
-    d0, d1 = _end_distances(first[r0:r1, c0:c1], last[r0:r1, c0:c1])
     span = k1 - k0
+    smaller = min(int(first.sum()), int(last.sum()))
+    inside = (first & last).sum() / smaller if smaller else 1.0
+    growth = GROWTH * span * (1.0 - inside)
+    # Interpolated shapes lie within the growth of the union of the two masks (the distance is
+    # below the growth only there), so a crop with that margin gives the same distances.
+    margin = int(np.ceil(growth)) + 1
+    rows, cols = (np.flatnonzero(union.any(axis=a)) for a in (1, 0))
+    r0, r1 = max(rows[0] - margin, 0), min(rows[-1] + margin + 1, union.shape[0])
+    c0, c1 = max(cols[0] - margin, 0), min(cols[-1] + margin + 1, union.shape[1])
+    d0, d1 = _end_distances(first[r0:r1, c0:c1], last[r0:r1, c0:c1])
     for k in range(k0 + 1, k1):
         t = (k - k0) / span
-        stack[k, r0:r1, c0:c1] = (1.0 - t) * d0 + t * d1 < 0
+        grown = growth * 4.0 * t * (1.0 - t)
+        stack[k, r0:r1, c0:c1] = (1.0 - t) * d0 + t * d1 < grown
 
 
 def fill_between_slices(labels: np.ndarray, known: Iterable[int], axis: int = -1) -> np.ndarray:
@@ -77,8 +95,9 @@ def fill_between_slices(labels: np.ndarray, known: Iterable[int], axis: int = -1
     numpy.ndarray
         A new array of ``labels``' shape and dtype. Every slice strictly between two consecutive
         known slices is interpolated from those two: the pancreas including tumour (labels >= 1)
-        and the tumour (label 2) each by signed distance, the tumour nested in the pancreas.
-        The known slices, and the slices before the first and after the last, are unchanged.
+        and the tumour (label 2) each by signed distance (grown half-way: module doc), the tumour
+        nested in the pancreas. The known slices, and the slices before the first and after the
+        last, are unchanged.
 
     Raises
     ------

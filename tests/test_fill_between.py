@@ -29,6 +29,17 @@ def test_a_growing_disc_is_filled_in_between_and_nothing_else_changes():
     assert (labels[3:6] == 7).all()  # the input is untouched
 
 
+def test_a_shape_that_moves_between_the_slices_stays_whole_half_way():
+    """Plain signed-distance interpolation makes a disc that moves by its width vanish half-way."""
+    labels = np.zeros((9, 40, 40), dtype=np.uint8)
+    labels[0][_disc(6, centre=(20, 13))] = 1
+    labels[8][_disc(6, centre=(20, 27))] = 1
+    out = fill_between_slices(labels, [0, 8], axis=0)
+    areas = [int(out[k].sum()) for k in range(9)]
+    assert min(areas) >= areas[0]  # the organ neither thins nor breaks apart
+    assert dice(out[4] == 1, _disc(6, centre=(20, 20))) > 0.7  # and sits half-way
+
+
 def test_tumour_stays_inside_the_pancreas_and_a_structure_tapers_off():
     labels = np.zeros((40, 40, 11), dtype=np.uint8)  # slice axis last
     labels[..., 0][_disc(10)] = 1
@@ -55,7 +66,8 @@ def test_fewer_than_two_known_slices_change_nothing_and_bad_indices_are_refused(
 
 @pytest.mark.slow
 def test_every_fifth_slice_of_a_real_reference_fills_the_rest(nih_label):
-    """The issue's goal: Dice >= 0.82 on the slices between (measured 0.861, whole 0.890)."""
+    """The issue's goal: Dice >= 0.82 on the slices between (measured 0.865, was 0.861 without
+    the growth of moving shapes)."""
     reference = np.asarray(nib.load(nih_label).dataobj)  # LAS: slices along axis 2
     with_pancreas = np.flatnonzero(reference.any(axis=(0, 1)))
     known = list(range(with_pancreas[0], with_pancreas[-1] + 1, 5))
