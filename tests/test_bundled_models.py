@@ -19,10 +19,12 @@ from src_models.nets.registry import ARCHITECTURES
 #: Size limit of one bundled file (float16 weights of width 12 take 1.3 to 3.9 MB).
 MAX_BYTES = 5 * 2**20
 
-#: Pancreas Dice floor for the default model on the unseen NIH volume 0001. Measured: 0.632
-#: (PPV 0.639, sensitivity 0.626; docs/models.md). The floor sits well below, so that the test
-#: catches a broken model or pipeline, not the noise of retraining.
-DICE_FLOOR_0001 = 0.45
+#: Pancreas Dice floor for the default model on the NIH volume 0001. Since release 0.2 the
+#: default trained on it (all real data), so this checks the model and the pipeline, not how it
+#: does on a new patient (that is the cross-validation in its checkpoint: 0.676 on 0001 by the
+#: fold that held it out). Measured: 0.729 (PPV 0.671, sensitivity 0.799); the first release,
+#: which never saw it, scored 0.632. The floor sits below both.
+DICE_FLOOR_0001 = 0.6
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -39,7 +41,7 @@ def test_bundled_checkpoint_loads_and_is_documented(arch):
         assert "nih-pancreas-0001" in record["scored_patients"]
         assert record["slice_patients"] >= 5 and 0 < record["mean_patient_dice"] < 1
         assert "nih-pancreas-0001" in provenance["train_patients"]
-        assert not set(provenance["train_patients"]) & set(provenance["test_patients"])
+        assert not set(provenance["train_patients"]) & set(provenance.get("test_patients", []))
     else:
         assert not set(provenance["train_patients"]) & set(provenance["test_patients"])
         assert not set(provenance["val_patients"]) & set(provenance["test_patients"])
@@ -57,7 +59,7 @@ def test_split_file_matches_the_checkpoints():
 
 
 @pytest.mark.slow
-def test_default_model_segments_an_unseen_real_ct(nih_ct, nih_label):
+def test_default_model_segments_the_shared_real_ct(nih_ct, nih_label):
     from src_models.inference.engine import segment
     from src_models.io import read_labels, read_volume
     from src_models.jobs import run_to_end

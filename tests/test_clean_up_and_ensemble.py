@@ -135,7 +135,12 @@ def test_model_card_says_data_recipe_validation_and_tumour_status() -> None:
     card = model_card(read_metadata(resolve_checkpoint("dsmsc_unet")))
     assert card.startswith("dsmsc_unet, width 12.")
     assert "NIH Pancreas-CT" in card and "6 phantoms" in card
-    assert "Pancreas Dice 0.730 on 3 validation patients." in card
+    assert "continuing dsmsc_unet of napari-dsms 0.1.0" in card
+    assert "Cross-validated on 9 unseen patients' slices (2 folds): pancreas Dice 0.724" in card
+    assert "validation patients" not in card  # three patients chose nothing: no figure of theirs
+    first = {"arch": "unet", "config": {"width": 12}, "metrics": {"dice_pancreas": 0.73},
+             "provenance": {"val_patients": ["a", "b", "c"]}}  # fmt: skip
+    assert "Pancreas Dice 0.730 on 3 validation patients." in model_card(first)
     assert "Tumour unvalidated" in card
     validated = {"arch": "unet", "config": {"width": 32}, "metrics": {"dice_pancreas": 0.8},
                  "provenance": {"validated_structures": ["pancreas", "tumour"]}}  # fmt: skip

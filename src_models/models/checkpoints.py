@@ -341,9 +341,11 @@ def model_card(meta: dict[str, Any]) -> str:
         lines.append(f"Data: {data}" + (f" ({len(train)} training cases)." if train else "."))
         if "steps" in provenance:
             minutes = float(provenance.get("elapsed_s", 0.0)) / 60
+            continued = provenance.get("continued_from")
             lines.append(
                 f"Training: {provenance['steps']} steps, {minutes:.0f} min on "
-                f"{provenance.get('hardware') or provenance.get('device', '?')}."
+                f"{provenance.get('hardware') or provenance.get('device', '?')}"
+                + (f", continuing {continued}." if continued else ".")
             )
         fine_tune = provenance.get("fine_tune")
         if fine_tune:
