@@ -30,9 +30,11 @@ first the first and last slice of the predicted pancreas (where it starts and en
 between slices cannot guess), then, one at a time, the slice with the larger of two values: how
 much the model's pancreas there differs from what filling between the slices already ranked
 would give (the correction fill cannot infer), and :data:`SUSPICION_WEIGHT` times its suspicion
-score (the model may be wrong there, or beyond its own pancreas). Measured on the NIH volume 0001
-with two models (docs/correction-loop.md), this ordering ended better after 10 and 20 corrected
-slices than ranking by suspicion alone with neighbours pushed apart (the first version).
+score (the model may be wrong there, or beyond its own pancreas); a slice closer to a ranked one
+than a tenth of the predicted extent keeps only that fraction of its value, so the first picks
+cover the organ as fill between slices needs. Measured on the NIH volume 0001 with three models
+(docs/correction-loop.md), it ends within about 0.01 of slices spread evenly over the model's
+pancreas, above or below by model and count; without the spreading it fell 0.06 below.
 
 Everything is computed in the canonical layout (:mod:`src_models.io.orientation`);
 :meth:`Triage.ranking` maps slice numbers back to the file's own slice axis.
@@ -213,9 +215,11 @@ def fill_ranking(main: np.ndarray, scores: np.ndarray) -> tuple[list[int], list[
     -------
     order, values
         Every slice index once, and the value each had when it was ranked: 1 for the first and
-        last slice of ``main``, then ``max(miss, SUSPICION_WEIGHT * score)``, ``miss`` being the
-        area where filling between the ranked slices (as the model labels them) differs from
-        ``main``, over the largest area of ``main`` in a slice; made non-increasing.
+        last slice of ``main``, then ``max(miss, SUSPICION_WEIGHT * score) * min(1, d / r)``,
+        ``miss`` being the area where filling between the ranked slices (as the model labels
+        them) differs from ``main``, over the largest area of ``main`` in a slice, ``d`` the
+        distance to the nearest ranked slice and ``r`` a tenth of ``main``'s extent in slices;
+        made non-increasing.
     """
     count = len(main)
     shapes = main.astype(np.uint8)
@@ -237,13 +241,20 @@ def fill_ranking(main: np.ndarray, scores: np.ndarray) -> tuple[list[int], list[
     order, values = list(known), [1.0] * len(known)
     taken = np.zeros(count, dtype=bool)
     taken[known] = True
+    radius = max(1.0, (known[-1] - known[0] + 1) / 10.0) if known else 1.0
+    distance = np.full(count, np.inf)
+    for j in known:
+        distance = np.minimum(distance, np.abs(np.arange(count) - j))
     while not taken.all():
-        value = np.where(taken, -np.inf, np.maximum(np.minimum(miss, 1.0), suspicion))
+        spread = np.minimum(1.0, distance / radius)
+        value = np.maximum(np.minimum(miss, 1.0), suspicion) * spread
+        value = np.where(taken, -np.inf, value)
         k = int(np.argmax(value))
         order.append(k)
         values.append(float(value[k]))
         taken[k] = True
         miss[k] = 0.0
+        distance = np.minimum(distance, np.abs(np.arange(count) - k))
         below = [j for j in known if j < k]
         above = [j for j in known if j > k]
         if below and above:
