@@ -9,9 +9,12 @@ A user corrects a few slices (or accepts them as they are); :func:`refine` then
 3. fills the slices between corrected slices by shape-based interpolation
    (:func:`~src_models.fill.fill_between_slices`) and adds the model's pancreas within
    :data:`BAND_MM` of the interpolated shape (interpolation cuts corners where the organ bends);
-4. beyond the first and last corrected slice keeps only the model's pancreas that continues
+4. beyond the first and last corrected slice, when that slice looks like an end of the organ
+   (little or no pancreas, :func:`ends_there`), keeps only the model's pancreas that continues
    the corrected shape and tapers: slice by slice outwards, inside the slice before shrunk by
-   one pixel (see :func:`taper_from`); a structure that stops continuing ends there;
+   one pixel (see :func:`taper_from`); a structure that stops continuing ends there. Beyond a
+   corrected slice in the middle of the organ the model's labels stay as they are (the user
+   corrected part of the organ, not its end);
 5. copies the corrected slices unchanged: re-segmenting never overwrites a correction.
 
 Why this mix: measured on the NIH volume 0001 (which no bundled model saw) with 10 corrected
@@ -58,6 +61,10 @@ from .training.loop import TrainEvent
 #: slices: shape-based interpolation cuts corners where the organ bends, and the model sees them.
 BAND_MM = 1.0
 
+#: An outermost corrected slice with less pancreas than this share of the largest corrected
+#: slice's is taken for an end of the organ (:func:`ends_there`).
+END_FRACTION = 0.5
+
 #: What :func:`refine` yields: training events while fine-tuning, then ``(done, total)``.
 RefineProgress = TrainEvent | tuple[int, int]
 
@@ -94,8 +101,10 @@ class RefineResult:
 
     def summary(self) -> str:
         """A line for the terminal and the review dock."""
+        kept, changed = len(self.corrected), len(self.changed)
         text = (
-            f"{len(self.corrected)} corrected slices kept, {len(self.changed)} other slices changed"
+            f"{kept} corrected slice{'s' * (kept != 1)} kept, "
+            f"{changed} other slice{'s' * (changed != 1)} changed"
         )
         if self.fine_tune is not None:
             text += f"; model: {self.fine_tune.summary()}"
@@ -142,8 +151,10 @@ def combine(
     """The loop's labels from the corrected slices and the model's labels (canonical).
 
     Between the corrected slices: the interpolated shape, widened by the model's pancreas
-    where it lies within :data:`BAND_MM` of that shape. Beyond them: the model grown from the
-    outermost corrected slices (module doc). The corrected slices themselves: unchanged.
+    where it lies within :data:`BAND_MM` of that shape. Beyond them: where the outermost
+    corrected slice looks like an end of the organ (:func:`ends_there`), the model tapering
+    from it (module doc), else the model's labels as they are. The corrected slices themselves:
+    unchanged.
     """
     first, last = min(corrected), max(corrected)
     out = fill_between_slices(labels, corrected, axis=0).astype(np.uint8)
@@ -154,16 +165,31 @@ def combine(
             continue
         near = ndimage.distance_transform_edt(out[k] == 0) * pixel <= BAND_MM
         out[k][near & (model_labels[k] > 0) & (out[k] == 0)] = 1
-    beyond = np.zeros(out.shape, dtype=np.uint8)
-    for start, step, seed in ((first - 1, -1, labels[first]), (last + 1, 1, labels[last])):
+    areas = [int((labels[k] > 0).sum()) for k in corrected]
+    for start, step, end in ((first - 1, -1, first), (last + 1, 1, last)):
+        outside = slice(0, first) if step < 0 else slice(last + 1, None)
+        if not ends_there(int((labels[end] > 0).sum()), max(areas)):
+            out[outside] = model_labels[outside]  # the organ goes on: the model's labels stay
+            continue
+        seed = labels[end]
         pancreas = taper_from(model_labels > 0, start, step, seed > 0)
         tumour = taper_from(model_labels == 2, start, step, seed == 2) & pancreas
-        beyond[pancreas] = 1
-        beyond[tumour] = 2
-    out[:first] = beyond[:first]
-    out[last + 1 :] = beyond[last + 1 :]
+        beyond = np.where(tumour, 2, np.where(pancreas, 1, 0)).astype(np.uint8)
+        out[outside] = beyond[outside]
     out[list(corrected)] = labels[list(corrected)]
     return out
+
+
+def ends_there(area: int, largest: int) -> bool:
+    """Whether an outermost corrected slice looks like an end of the pancreas.
+
+    It does when it holds less than :data:`END_FRACTION` of the largest corrected slice's
+    pancreas, or none while another corrected slice holds some: the organ thins out there, and
+    beyond it the model is only followed as it tapers (:func:`taper_from`). A large slice is the
+    middle of the organ, where the model's labels beyond are kept as they are; so is any slice
+    when no corrected slice holds pancreas (nothing says where the organ is).
+    """
+    return largest > 0 and area < END_FRACTION * largest
 
 
 def check_corrections(

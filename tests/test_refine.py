@@ -12,7 +12,7 @@ from src_models.io import Volume, write_image, write_labels
 from src_models.jobs import run_to_end
 from src_models.metrics import structure_dice
 from src_models.phantom import make_phantom
-from src_models.refine import refine, taper_from
+from src_models.refine import combine, refine, taper_from
 
 PREP = {"hu_window": [-100.0, 250.0], "spacing_mm": 2.9}
 
@@ -64,6 +64,25 @@ def test_beyond_the_corrections_the_model_only_continues_the_shape_and_tapers():
     assert grown[1, 5:10, 5:10].all() and grown[1].sum() == 25  # 5 x 5: shrinks a pixel
     assert grown[2].sum() == 9  # 3 x 3, then the model ends
     assert not grown[3:].any() and not grown[0].any() and not grown[:, 15:, 15:].any()
+
+
+def test_corrections_in_the_middle_of_the_organ_keep_the_model_beyond_them():
+    """Two corrected slices of the head must not erase the body and tail the model found."""
+    spacing = (2.0, 1.0, 1.0)
+    model = np.zeros((30, 20, 20), dtype=np.uint8)
+    model[3:27, 4:14, 4:14] = 1  # the organ, as the model sees it, slices 3 to 26
+    user = model.copy()
+    user[10, 4:14, 4:16] = 1  # two corrections, both in the middle of the organ
+    user[14, 4:14, 4:16] = 1
+    out = combine(user, [10, 14], model, spacing)
+    np.testing.assert_array_equal(out[15:], model[15:])  # beyond them: the model's labels
+    np.testing.assert_array_equal(out[:10], model[:10])
+    only_empty = np.zeros_like(model)  # "no pancreas on slice 1", and nothing else corrected
+    np.testing.assert_array_equal(combine(only_empty, [1], model, spacing)[2:], model[2:])
+    ends = model.copy()
+    ends[[3, 26]] = 0  # the user corrects both ends to "no pancreas": the organ stops there
+    out = combine(ends, [3, 14, 26], model, spacing)
+    assert not out[:4].any() and not out[26:].any() and out[14].any()
 
 
 def _files(tmp_path, case, flip: bool):
