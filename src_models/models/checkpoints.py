@@ -284,7 +284,7 @@ def tumour_warning(meta: dict[str, Any]) -> str:
     if "tumour" in validated_structures(meta):
         return ""
     return (
-        "tumour unvalidated: this model never saw a real tumour in validation, so its tumour "
+        "tumour unvalidated: this model was never checked against a real tumour, so its tumour "
         "labels are not to be trusted"
     )
 
@@ -314,7 +314,7 @@ def _cross_validation_line(record: dict[str, Any]) -> str:
         f"+- {record['patient_dice_sd']:.3f}"
     )
     if record.get("volume_dice_clean_up") is not None:
-        text += f"; unseen full volume {record['volume_dice_clean_up']:.3f}"
+        text += f"; a full volume held out of its fold {record['volume_dice_clean_up']:.3f}"
     return text + "."
 
 
