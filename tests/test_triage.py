@@ -85,6 +85,7 @@ def test_triage_command_counts_slices_on_the_files_own_axis(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert printed["slice_axis"] == 2 and len(printed["slices"]) == 2
     assert set(printed["slices"][0]["parts"]) >= {"uncertainty", "area_jump"}
+    assert 0 <= printed["slices"][0]["suspicion"] <= 1  # the score also counts what fill misses
 
 
 def test_triage_command_refuses_bad_input(tmp_path, capsys):

@@ -120,7 +120,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{labels_path}: {error}") from None
     model, meta = load_checkpoint(args.model)
     seconds = args.seconds if args.steps is None and args.seconds else DEFAULT_SECONDS
-    bar, show_slices = progress_bar("fine-tuning", unit="step")
+    learns = args.steps != 0
+    bar, show_slices = (
+        progress_bar("fine-tuning", unit="step") if learns else progress_bar("segmenting")
+    )
 
     def show(progress) -> None:
         # One bar, counting steps while fine-tuning, then slices while segmenting.
@@ -130,8 +133,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             if bar.unit != "slice":
                 bar.unit = "slice"
+                bar.set_description("segmenting", refresh=False)
                 bar.reset(total=progress[1])
-                bar.set_description("segmenting")
             show_slices(progress)
 
     try:

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
                         {
                             "k": k,
                             "score": round(score, 4),
+                            "suspicion": round(float(result.scores[c]), 4),
                             "parts": {
                                 name: round(float(values[c]), 4)
                                 for name, values in result.features.items()
