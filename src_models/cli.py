@@ -15,7 +15,10 @@ from collections.abc import Sequence
 
 #: Sub-command name -> (module in src_models.commands, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "info": ("info", "print shape, spacing, orientation and intensity range of a volume"),
+    "info": (
+        "info",
+        "print shape, spacing, orientation and intensity range of a volume, or a model's card",
+    ),
     "predict": ("predict", "segment pancreas and tumour in a CT volume"),
     "train": ("train", "train or fine-tune a model"),
     "evaluate": ("evaluate", "the paper's Table 1 (Dice, PPV, sensitivity) for one or more models"),

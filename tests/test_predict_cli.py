@@ -148,3 +148,15 @@ def test_an_error_that_shows_a_matrix_is_still_one_line(tmp_path, capsys):
     assert main(["info", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: {path}")
+
+
+def test_info_prints_a_models_card(tmp_path, capsys):
+    """A model by name or file shows where it comes from and what it scored; junk is refused."""
+    assert main(["info", "dsmsc_unet"]) == 0
+    out = capsys.readouterr().out
+    assert "dsmsc_unet checkpoint" in out and "Cross-validated" in out
+    assert "Tumour unvalidated" in out
+    junk = tmp_path / "model.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert main(["info", str(junk)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {junk}")
