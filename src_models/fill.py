@@ -16,7 +16,8 @@ at both known slices. Measured on 17 NIH Pancreas-CT patients' slice sets (the m
 three labelled slices at most 20 slices apart, 32 triples, from the outer two): mean pancreas
 Dice 0.717 without, 0.756 / 0.764 / 0.764 / 0.760 with ``GROWTH`` 0.2 / 0.3 / 0.4 / 0.5; on the
 NIH volume 0001 from every 5th, 7th, 10th and 14th slice: 0.861, 0.843, 0.812, 0.752 without
-and 0.865, 0.855, 0.834, 0.789 with 0.4 (docs/correction-loop.md). The growth is capped at the
+and 0.865, 0.855, 0.834, 0.789 with 0.4 (``benchmarks/fill_between.py``,
+docs/correction-loop.md). The growth is capped at the
 thinner shape's depth (:data:`CAP`).
 """
 
