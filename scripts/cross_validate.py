@@ -39,6 +39,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from train_bundled import export_half  # noqa: E402  (scripts/, first on sys.path)
+
 from src_models.commands.evaluate import predict_case  # noqa: E402
 from src_models.inference.postprocess import keep_largest_components  # noqa: E402
 from src_models.inference.preprocessing import DEFAULT_PREPROCESSING  # noqa: E402
@@ -216,7 +218,6 @@ def export(source: Path, target: Path, report: dict, args: argparse.Namespace) -
     cross-validated Dice instead of the Dice on the final run's validation patients, which a
     continued base may have trained on.
     """
-    model, meta = load_checkpoint(source)
     scored = sorted(patient for fold in report["folds"].values() for patient in fold)
     record = {
         **report["summary"],
@@ -227,24 +228,19 @@ def export(source: Path, target: Path, report: dict, args: argparse.Namespace) -
     }
     if "base_summary" in report:
         record["base"] = report["base_summary"]
-    provenance = {**meta["provenance"], "phantoms": args.phantoms}
-    if args.init is not None:
-        base = load_checkpoint(args.init)[1]["provenance"]
-        provenance["continued_from"] = (
-            f"{args.arch} of napari-dsms {base.get('code_version', '?')}, "
-            f"trained {str(base.get('date', '?'))[:10]}"
-        )
-    provenance = {
-        **provenance,
+    extra = {
+        "phantoms": args.phantoms,
         "bundled": True,
-        "weights_dtype": "float16",
         "cross_validation": record,
         "hardware": f"CPU, {args.threads} threads",
     }
-    return save_checkpoint(
-        target, model.half(), preprocessing=meta["preprocessing"], provenance=provenance,
-        metrics=meta["metrics"],
-    )  # fmt: skip
+    if args.init is not None:
+        base = load_checkpoint(args.init)[1]["provenance"]
+        extra["continued_from"] = (
+            f"{args.arch} of napari-dsms {base.get('code_version', '?')}, "
+            f"trained {str(base.get('date', '?'))[:10]}"
+        )
+    return export_half(source, target, extra)
 
 
 if __name__ == "__main__":

@@ -68,23 +68,30 @@ def _interpolate_mask(stack: np.ndarray, k0: int, k1: int) -> None:
     if not union.any():
         return
     span = k1 - k0
+    rows, cols = (np.flatnonzero(union.any(axis=a)) for a in (1, 0))
+
+    def box(margin: int) -> tuple[slice, slice]:
+        """The union's bounding box grown by ``margin`` pixels, within the slice."""
+        return (
+            slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, union.shape[0])),
+            slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, union.shape[1])),
+        )
+
     smaller = min(int(first.sum()), int(last.sum()))
     inside = (first & last).sum() / smaller if smaller else 1.0
     growth = GROWTH * span * (1.0 - inside)
     if smaller:  # never more than the thinner shape is thick (no ballooning over long gaps)
-        depth = min(ndimage.distance_transform_edt(m).max() for m in (first, last))
+        near = box(1)  # a shape's depth needs only its box and the background just around it
+        depth = min(ndimage.distance_transform_edt(m[near]).max() for m in (first, last))
         growth = min(growth, CAP * float(depth))
     # Interpolated shapes lie within the growth of the union of the two masks (the distance is
     # below the growth only there), so a crop with that margin gives the same distances.
-    margin = int(np.ceil(growth)) + 1
-    rows, cols = (np.flatnonzero(union.any(axis=a)) for a in (1, 0))
-    r0, r1 = max(rows[0] - margin, 0), min(rows[-1] + margin + 1, union.shape[0])
-    c0, c1 = max(cols[0] - margin, 0), min(cols[-1] + margin + 1, union.shape[1])
-    d0, d1 = _end_distances(first[r0:r1, c0:c1], last[r0:r1, c0:c1])
+    crop = box(int(np.ceil(growth)) + 1)
+    d0, d1 = _end_distances(first[crop], last[crop])
     for k in range(k0 + 1, k1):
         t = (k - k0) / span
         grown = growth * 4.0 * t * (1.0 - t)
-        stack[k, r0:r1, c0:c1] = (1.0 - t) * d0 + t * d1 < grown
+        stack[k][crop] = (1.0 - t) * d0 + t * d1 < grown
 
 
 def fill_between_slices(labels: np.ndarray, known: Iterable[int], axis: int = -1) -> np.ndarray:
