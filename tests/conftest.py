@@ -18,34 +18,56 @@ def _autosave_dir(tmp_path_factory, monkeypatch) -> None:
     monkeypatch.setenv("DSMS_AUTOSAVE_DIR", str(tmp_path_factory.mktemp("autosave")))
 
 
+#: The fixtures that hand out real data, and the file or folder each needs.
+REAL_DATA = {
+    "nih_ct": NIH_0001 / "ct.nii.gz",
+    "nih_label": NIH_0001 / "label.nii.gz",
+    "nih_dicom": NIH_0001 / "dicom",
+    "nih_slices": NIH_SLICES,
+}
+
+
 def _require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real CT not available: {path} is missing (it sits in ../shared/data)")
     return path
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip a test that needs absent real data before any of its fixtures is set up.
+
+    Skipping from the data fixture itself comes too late for a test that also opens a viewer:
+    napari's ``make_napari_viewer`` has then started, and its teardown fails on the missing call
+    report.
+    """
+    for name in getattr(item, "fixturenames", ()):
+        if name in REAL_DATA:
+            _require(REAL_DATA[name])
+
+
 @pytest.fixture
 def nih_ct() -> Path:
     """The shared 512 x 512 x 101 NIfTI CT of NIH Pancreas-CT patient 0001 (CC BY 3.0)."""
-    return _require(NIH_0001 / "ct.nii.gz")
+    return _require(REAL_DATA["nih_ct"])
 
 
 @pytest.fixture
 def nih_label() -> Path:
     """Manual pancreas label on the grid of :func:`nih_ct`."""
-    return _require(NIH_0001 / "label.nii.gz")
+    return _require(REAL_DATA["nih_label"])
 
 
 @pytest.fixture
 def nih_dicom() -> Path:
     """24 original DICOM slices equal to ``ct.nii.gz[:, :, 38:62]``."""
-    return _require(NIH_0001 / "dicom")
+    return _require(REAL_DATA["nih_dicom"])
 
 
 @pytest.fixture
 def nih_slices() -> Path:
     """2D slices with pancreas masks of 39 more patients, one ``.npz`` per patient."""
-    return _require(NIH_SLICES)
+    return _require(REAL_DATA["nih_slices"])
 
 
 @pytest.fixture
