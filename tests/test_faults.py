@@ -149,9 +149,9 @@ def test_a_second_segment_click_while_running_starts_nothing(make_napari_viewer,
 
 
 @pytest.fixture
-def review(make_napari_viewer, qtbot, request):
+def review(case, make_napari_viewer, qtbot):  # noqa: F811 (the imported fixture)
     """A Review dock over test_review_widget's real CT crop, with eight corrected slices."""
-    real = request.getfixturevalue("case")
+    real = case
     viewer = make_napari_viewer()
     image, labels, reference = _open(viewer, real)
     widget = ReviewWidget(viewer)
