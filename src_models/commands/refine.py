@@ -26,15 +26,20 @@ from ..io import (
 from ..io.atomic import check_writable_folder
 from ..jobs import run_to_end
 from ..models.store import load_checkpoint
-from ..refine import check_corrections, refine
+from ..refine import ROUND_TRAINING, check_corrections, refine
 from ..training.loop import TrainEvent
 from ..version import __version__
 from .common import DEFAULT_MODEL, check_outputs, progress_bar
 
 
 def _slice_list(text: str) -> list[int]:
+    parts = text.replace(" ", "").split(",")
+    if "" in parts[:-1]:  # a trailing comma is harmless; "20,,35" may have lost a number
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has an empty entry between commas: give each corrected slice once"
+        )
     try:
-        slices = [int(part) for part in text.replace(" ", "").split(",") if part]
+        slices = [int(part) for part in parts if part]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a comma-separated list of slice numbers, e.g. 12,20,31"
@@ -70,19 +75,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_MODEL})",
     )
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, metavar="N", help="fine-tuning steps (0: none)")
     length.add_argument(
-        "--seconds", type=float, metavar="S", help="fine-tuning time (default 120 s)"
+        "--steps",
+        type=int,
+        metavar="N",
+        help=f"fine-tuning steps, no time limit (default {ROUND_TRAINING.steps} within "
+        f"{ROUND_TRAINING.time_budget_s:.0f} s; 0: none)",
+    )
+    length.add_argument(
+        "--seconds",
+        type=float,
+        metavar="S",
+        help=f"time limit of the {ROUND_TRAINING.steps} fine-tuning steps "
+        f"(default {ROUND_TRAINING.time_budget_s:.0f} s)",
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument(
         "--save-model", metavar="PATH", help="write the model the round ends with (a new .pt)"
     )
-
-
-#: Fine-tuning seconds when neither --steps nor --seconds is given: with reading, segmenting and
-#: writing the round stays within 3 minutes on a 2-core CPU.
-DEFAULT_SECONDS = 120.0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,7 +129,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise ValueError(f"{labels_path}: {error}") from None
     model, meta = load_checkpoint(args.model)
-    seconds = args.seconds if args.steps is None and args.seconds else DEFAULT_SECONDS
     learns = args.steps != 0
     bar, show_slices = (
         progress_bar("fine-tuning", unit="step") if learns else progress_bar("segmenting")
@@ -141,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         with bar:
             job = refine(
                 volume, labels.array, args.corrected, model, meta, steps=args.steps,
-                seconds=None if args.steps is not None else seconds, device=str(device),
+                seconds=args.seconds, device=str(device),
                 out=str(save_model) if save_model else None,
             )  # fmt: skip
             result = run_to_end(job, show)
