@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -44,9 +45,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: A value that starts like a negative number: "-1,20" (argparse reads it as an option).
+_NEGATIVE_VALUE = re.compile(r"^-\d[\d,\s-]*$")
+
+
+def attach_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--corrected -1,20`` as ``--corrected=-1,20``.
+
+    argparse takes a value such as ``-1,20`` for an unknown option and answers "expected one
+    argument", which hides the real problem (a slice number below 0); attached, the value
+    reaches the command's own check and its message.
+    """
+    out: list[str] = []
+    for token in argv:
+        previous = out[-1] if out else ""
+        if previous.startswith("--") and "=" not in previous and _NEGATIVE_VALUE.match(token):
+            out[-1] = f"{previous}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dsms`` console script and of ``python -m src_models``."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(attach_negative_values(argv))
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:

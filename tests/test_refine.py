@@ -143,6 +143,8 @@ def test_refine_command_runs_the_quick_round_by_default(tmp_path, case, tiny, ca
     [
         (lambda a: a.__setitem__("--labels", "other.nii.gz"), "other.nii.gz"),
         (lambda a: a.__setitem__("--corrected", "3,99"), "outside"),
+        (lambda a: a.__setitem__("--corrected", "-1,20"), "outside"),  # not argparse's
+        # "expected one argument"
         (lambda a: a.__setitem__("--corrected", "30,35"), "no pancreas"),
         (lambda a: a.__setitem__("--labels", "missing.nii.gz"), "missing.nii.gz"),
         (lambda a: a.__setitem__("-o", a["--labels"]), "refusing to overwrite the corrected"),
