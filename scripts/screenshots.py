@@ -2,9 +2,10 @@
 
 Open the shared NIH CT, segment it, look at the reconstruction, set a region of interest, score
 the slices (triage), correct slices (the manual reference label is painted into them, as a
-radiologist's corrections would be), fill between them, export, fine-tune on the corrections and
-re-segment; a PNG of the napari window is saved at each stage, plus ``napari-dsms.png`` for the
-README, all at ``--size`` (a laptop screen by default), and an overview at ``--overview-size``.
+radiologist's corrections would be), fill between them, run a refine round, export, fine-tune on
+the corrections and re-segment; a PNG of the napari window is saved at each stage, plus
+``napari-dsms.png`` for the README, all at ``--size`` (a laptop screen by default), and an
+overview at ``--overview-size``.
 The figures are real runs, so the script also prints what it measured (time, Dice before and
 after fine-tuning on the slices that were not corrected).
 
@@ -262,6 +263,21 @@ def main() -> None:
     scroll_to_top(review, review.triage)
     shoot(viewer, args.out / "fill-between.png")
     print(f"fill between: {filled} voxels; {review.triage.status.text()}")
+    labels.undo()
+    review.refresh_status()
+
+    # 7b. one refine round (learn, fill between, the model beyond), shown, then undone too
+    rounds = review.triage.refine_round
+    started = time.perf_counter()
+    if rounds.start() is None:
+        raise SystemExit(f"refine round refused: {rounds.status.text()}")
+    wait_until(lambda: not rounds.is_running, 1200, "refine round")
+    print(f"refine round: {time.perf_counter() - started:.0f} s; {rounds.status.text()}")
+    every = list(range(len(reference)))
+    print(f"  whole-volume pancreas Dice {dice_on(np.asarray(labels.data), reference, every):.3f}")
+    review.go_to_slice((slices[len(slices) // 2] + slices[len(slices) // 2 + 1]) // 2)
+    scroll_to_top(review, review.triage.fill_button)
+    shoot(viewer, args.out / "refine-round.png")
     labels.undo()
     review.refresh_status()
     zoom_on(viewer, image, reference, 1)

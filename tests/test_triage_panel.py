@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from napari_dsms._layers import image_layer_data, labels_layer_data
 from napari_dsms._widgets.review import ReviewWidget
+from napari_dsms._widgets.review.refine_round import LATEST_MODEL, changed_slices
 from src_models import build_model, save_checkpoint
 from src_models.io.orientation import to_canonical
 from src_models.phantom import make_phantom
@@ -76,3 +79,54 @@ def test_fill_between_is_one_undo_step(dock):
     assert widget.session.edited == [low, high]
     labels.undo()
     np.testing.assert_array_equal(labels.data, before)
+
+
+def _correct(labels, prediction, slices):
+    """The user shifts the model's pancreas by 3 pixels on ``slices``."""
+    for k in slices:
+        labels.data[k] = np.roll(prediction[k], 3, axis=1)
+    labels.events.data(value=labels.data)
+
+
+def test_refine_round_fills_and_resegments_in_one_undo_step(dock, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("DSMS_MODEL_DIR", str(tmp_path / "models"))
+    widget, labels, prediction = dock
+    with_pancreas = np.flatnonzero(prediction.reshape(len(prediction), -1).any(axis=1))
+    corrected = [int(k) for k in with_pancreas[1::3]]
+    _correct(labels, prediction, corrected)
+    widget.refresh_status()
+    before = np.array(labels.data)
+    panel = widget.triage.refine_round
+    worker = panel.start()
+    assert worker is not None and panel.button.text() == "Cancel round"
+    touched = int(with_pancreas[-1]) if int(with_pancreas[-1]) not in corrected else 0
+    labels.data[touched, :2, :2] = 2  # the user paints while the round runs
+    qtbot.waitUntil(lambda: not panel.is_running, timeout=120_000)
+    after = np.array(labels.data)
+    np.testing.assert_array_equal(after[corrected], before[corrected])  # corrections kept
+    np.testing.assert_array_equal(after[touched, :2, :2], 2)  # and what was painted meanwhile
+    np.testing.assert_array_equal(after[touched, 2:], before[touched, 2:])
+    between = [k for k in range(corrected[0] + 1, corrected[-1]) if k not in corrected]
+    assert (after[between] != before[between]).any()  # filled between the shifted slices
+    assert "corrected slices kept" in panel.status.text() and "changed" in panel.status.text()
+    latest = Path(labels.metadata[LATEST_MODEL])
+    assert latest.is_file() and latest.parent == tmp_path / "models"
+    assert panel.latest_checkpoint() == str(latest)  # the next round starts from it
+    widget.refresh_status()
+    assert set(widget.session.edited) == set(corrected) | {touched}  # the round's labels are
+    labels.undo()  # not corrections, and one Ctrl+Z takes them back
+    undone = np.array(labels.data)
+    np.testing.assert_array_equal(np.delete(undone, touched, 0), np.delete(before, touched, 0))
+
+
+def test_refine_round_without_corrections_says_what_to_do(dock):
+    widget, _, _ = dock
+    panel = widget.triage.refine_round
+    assert panel.start() is None
+    assert "no corrected slices" in panel.status.text()
+    assert panel.button.text() == "Refine round"
+
+
+def test_the_round_lists_changed_slices_as_ranges():
+    assert changed_slices(np.array([3, 1, 2, 7])) == "slices 1-3, 7"
+    assert changed_slices(np.array([1, 3, 5, 7, 9])) == "5 slices from 1 to 9"

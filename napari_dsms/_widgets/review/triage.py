@@ -30,11 +30,11 @@ from qtpy.QtWidgets import (
 
 from src_models import fill_between_slices
 from src_models.inference.triage import Triage, triage
-from src_models.io import Volume
 from src_models.models.store import load_checkpoint
 
 from .._worker import start_job
-from ._common import refuse
+from ._common import canonical_volume, refuse
+from .refine_round import RefineRoundPanel
 
 if TYPE_CHECKING:
     from . import ReviewWidget
@@ -43,21 +43,12 @@ if TYPE_CHECKING:
 NEXT_SUSPECT_KEY = "Shift-N"
 
 
-def canonical_volume(image: np.ndarray, spacing: tuple[float, float, float]) -> Volume:
-    """A Volume whose affine puts ``image`` (canonical S, P, L) in the canonical layout as is."""
-    sz, sy, sx = spacing
-    affine = np.array([[0, 0, -sx, 0], [0, -sy, 0, 0], [sz, 0, 0, 0], [0, 0, 0, 1]], float)
-    return Volume(image, affine)
-
-
 def suspect_queue(order: list[int], done: set[int]) -> list[int]:
     """Triage's ranking without the slices the user already edited or reviewed."""
     return [k for k in order if k not in done]
 
 
-def fill_changes(
-    labels: np.ndarray, known: list[int]
-) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+def fill_changes(labels: np.ndarray, known: list[int]) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """Voxels that fill between ``known`` slices changes (indices, new values), canonical."""
     filled = fill_between_slices(labels, known, axis=0)
     changed = np.nonzero(filled != labels)
@@ -158,6 +149,8 @@ class TriagePanel(QGroupBox):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         grid.addWidget(self.status, 4, 0, 1, 2)
+        self.refine_round = RefineRoundPanel(review)
+        grid.addWidget(self.refine_round, 5, 0, 1, 2)
         review.session_changed.connect(self._forget)
         review.refreshed.connect(self._fill_list)
         review.slice_changed.connect(self.chart.set_current)

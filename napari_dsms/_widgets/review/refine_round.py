@@ -1,0 +1,226 @@
+"""Refine round: the whole correction loop in one button, as ``dsms refine`` runs it.
+
+:func:`src_models.refine.refine` in a worker, on the slices the user edited or marked reviewed:
+guarded fine-tuning of the latest model (the quick round: 200 steps or 45 s), fill between the
+corrected slices, the model beyond them, then the result written into the labels layer as one
+napari undo step. It never writes into a corrected slice, nor into a slice the user touched
+while the round ran; outside the region of interest nothing changes. The round's model is saved
+as a new version in the user model folder, and the next round starts from it
+(:data:`LATEST_MODEL` on the labels layer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.utils.notifications import show_info
+from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
+
+from src_models.io.atomic import check_writable_folder
+from src_models.models.store import MODEL_DIR_ENV, load_checkpoint, user_model_dir
+from src_models.refine import RefineResult, check_corrections, refine
+from src_models.training.fine_tune import FineTuneResult, fine_tuned_path
+from src_models.training.loop import TrainEvent
+
+from .._worker import JobWorker, start_job
+from ._common import canonical_volume, refuse
+
+if TYPE_CHECKING:
+    from . import ReviewWidget
+
+#: On a labels layer: the checkpoint the last refine round ended with (the next one starts there).
+LATEST_MODEL = "latest_model"
+
+BUTTON_TEXT = "Refine round"
+
+
+def _round_progress(value: Any) -> tuple[int, int] | None:
+    """Steps while fine-tuning, then slices while segmenting, for napari's activity panel."""
+    if isinstance(value, TrainEvent):
+        return (value.step, value.total_steps) if value.kind == "step" else None
+    return value if isinstance(value, tuple) else None
+
+
+def changed_slices(slices: np.ndarray) -> str:
+    """``"12-15, 20"``: sorted slice numbers as ranges; beyond four ranges, the count and span."""
+    runs: list[list[int]] = []
+    for k in sorted(int(s) for s in slices):
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    if len(runs) > 4:
+        return f"{len(slices)} slices from {runs[0][0]} to {runs[-1][-1]}"
+    return "slices " + ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
+
+
+def model_line(tuned: FineTuneResult | None) -> str:
+    """What became of the model in a round, in a sentence for the status line."""
+    if tuned is None:
+        return "The model did not learn (no fine-tuning)."
+    measured = ""
+    if tuned.metrics_before and tuned.metrics_after:
+        measured = (
+            f" (held-out corrected slices: Dice {tuned.metrics_before['dice_pancreas']:.3f} -> "
+            f"{tuned.metrics_after['dice_pancreas']:.3f})"
+        )
+    steps = f"{tuned.steps} steps in {tuned.elapsed_s:.0f} s"
+    if tuned.stopped_by_time:
+        steps += f", stopped by the time limit before {tuned.planned_steps}"
+    if tuned.kept_previous:
+        return f"The model learnt nothing useful ({steps}){measured}: the previous one stays."
+    return f"The model learnt from them ({steps}){measured}; the next round starts from it."
+
+
+class RefineRoundPanel(QWidget):
+    """The Refine round button (Cancel while it runs) and its status line.
+
+    Parameters
+    ----------
+    review : ReviewWidget
+        The dock whose session, labels layer and viewer the round works on.
+    """
+
+    def __init__(self, review: ReviewWidget) -> None:
+        super().__init__()
+        self.review = review
+        self._worker: JobWorker | None = None
+        self._started: dict[str, Any] = {}
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.button = QPushButton(BUTTON_TEXT)
+        self.button.setToolTip(
+            "Learn from the edited and reviewed slices (keeping the previous model if that makes "
+            "held-out corrections worse), fill between them, re-segment the rest: under a minute "
+            "on a laptop CPU, one undo step; corrected slices are never changed"
+        )
+        self.button.clicked.connect(self._on_clicked)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.button)
+        layout.addWidget(self.status)
+
+    @property
+    def is_running(self) -> bool:
+        return self._worker is not None
+
+    def _on_clicked(self) -> None:
+        if self._worker is not None:
+            self.button.setEnabled(False)
+            self.status.setText("cancelling after the current step…")
+            self._worker.quit()
+        else:
+            self.start()
+
+    def latest_checkpoint(self) -> str | None:
+        """The model a round starts from: the last round's, else the one that made the labels."""
+        layer, session = self.review.labels_layer, self.review.session
+        latest = layer.metadata.get(LATEST_MODEL) if layer is not None else None
+        if latest and Path(latest).is_file():
+            return str(latest)
+        return (session.model or {}).get("checkpoint") if session is not None else None
+
+    def start(self) -> JobWorker | None:
+        """Run one round in a worker; returns it, or ``None`` (and the status says why)."""
+        layer, session = self.review.labels_layer, self.review.session
+        if layer is None or session is None or not session.fits_image:
+            refuse(self.status, "choose a CT and its labels layer (on the CT's grid) first")
+            return None
+        if self.review.fine_tune.is_busy:
+            refuse(self.status, "fine-tuning is running: wait for it or cancel it first")
+            return None
+        self.review.refresh_status()
+        known = sorted(set(session.edited) | session.reviewed)
+        if session.roi is not None:
+            known = [k for k in known if session.roi.contains_slice(k)]
+        volume = canonical_volume(session.image, session.spacing)
+        labels = np.array(session.labels, copy=True)  # what the round reads: a snapshot
+        try:
+            check_corrections(volume, labels, known)
+        except ValueError as error:
+            refuse(self.status, f"{error} (edit slices or mark them reviewed)")
+            return None
+        checkpoint = self.latest_checkpoint()
+        if not checkpoint:
+            refuse(self.status, "the labels keep no model to learn from: segment the CT first")
+            return None
+        output = fine_tuned_path(user_model_dir(), checkpoint, session.source or session.name)
+        try:  # before the round, so an unwritable model folder costs a second, not the round
+            output.parent.mkdir(parents=True, exist_ok=True)
+            check_writable_folder(output)
+        except OSError as error:
+            refuse(
+                self.status,
+                f"cannot save the round's model in {output.parent}: {error}; set "
+                f"{MODEL_DIR_ENV} to a folder you can write to",
+            )
+            return None
+        model, meta = load_checkpoint(checkpoint)
+        self._started = {"labels": labels, "known": known, "layer": layer, "session": session}
+        self.button.setText("Cancel round")
+        self.status.setText(
+            f"learning from {len(known)} corrected slices with {Path(checkpoint).name}, then "
+            "filling and re-segmenting…"
+        )
+        self._worker = start_job(
+            refine,
+            volume,
+            labels,
+            known,
+            model,
+            meta,
+            out=str(output),
+            description="Refine round",
+            on_result=self._on_done,
+            on_finished=self._on_finished,
+            progress_of=_round_progress,
+            error_context="Refine round",
+        )
+        self._worker.aborted.connect(self._on_cancelled)
+        return self._worker
+
+    def _on_done(self, result: RefineResult) -> None:
+        started, self._started = self._started, {}
+        layer, session = started["layer"], started["session"]
+        if layer is not self.review.labels_layer or session is not self.review.session:
+            self.status.setText("the labels layer changed during the round: nothing was written")
+            return
+        self.review.refresh_status()
+        current = np.asarray(layer.data)
+        # Slices the user edited, reviewed or touched while the round ran stay as they are.
+        keep = set(session.edited) | session.reviewed | set(started["known"])
+        touched = (current != started["labels"]).reshape(len(current), -1).any(axis=1)
+        keep |= {int(k) for k in np.flatnonzero(touched)}
+        writable = np.ones(len(current), dtype=bool)
+        writable[sorted(keep)] = False
+        differs = (result.canonical_labels != current) & writable[:, None, None]
+        if session.roi is not None:
+            differs &= session.roi.mask(current.shape)
+        changed = np.nonzero(differs)
+        values = result.canonical_labels[changed]
+        if result.fine_tune is not None and result.fine_tune.checkpoint is not None:
+            layer.metadata[LATEST_MODEL] = str(result.fine_tune.checkpoint)
+        slices = np.unique(changed[0])
+        if changed[0].size:
+            # The round's labels are a tool's guess, not corrections: fine-tuning never learns
+            # from them until the user edits them or marks them reviewed.
+            session.add_tool_changes(changed, values)
+            layer.data_setitem(changed, values)
+        where = changed_slices(slices) if len(slices) else "no other slice"
+        self.status.setText(
+            f"{len(started['known'])} corrected slices kept; {where} changed "
+            f"({changed[0].size} voxels; Ctrl+Z reverts them). {model_line(result.fine_tune)}"
+        )
+        show_info(f"Refine round changed {len(slices)} slices; Ctrl+Z reverts it")
+        self.review.refresh_status()
+
+    def _on_cancelled(self) -> None:
+        self._started = {}
+        self.status.setText("round cancelled: the labels and the model are unchanged")
+
+    def _on_finished(self) -> None:
+        self._worker, self._started = None, {}
+        self.button.setText(BUTTON_TEXT)
+        self.button.setEnabled(True)
