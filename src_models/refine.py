@@ -9,6 +9,8 @@ A user corrects a few slices (or accepts them as they are); :func:`refine` then
 3. fills the slices between corrected slices by shape-based interpolation
    (:func:`~src_models.fill.fill_between_slices`) and adds the model's pancreas within
    :data:`BAND_MM` of the interpolated shape (interpolation cuts corners where the organ bends);
+   between corrections more than :data:`MAX_GAP_MM` apart the model's labels stay (two
+   corrections at the organ's two ends must not erase the organ between them);
 4. beyond the first and last corrected slice, when that slice looks like an end of the organ
    (little or no pancreas, :func:`ends_there`), keeps only the model's pancreas that continues
    the corrected shape and tapers: slice by slice outwards, inside the slice before shrunk by
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -60,6 +63,14 @@ from .training.loop import TrainEvent
 #: How far (mm) beyond the interpolated shape the model's pancreas is added between corrected
 #: slices: shape-based interpolation cuts corners where the organ bends, and the model sees them.
 BAND_MM = 1.0
+
+#: Between two corrected slices further apart than this (mm), the model's labels stay: across
+#: long gaps shape-based interpolation loses to the model. Measured on the NIH volume 0001 with
+#: corrections every g mm through the pancreas and two models that never saw it, Dice on the
+#: slices between (this rule / the model): 0.868 / 0.70 at 5 mm, 0.802 / 0.70 at 14, 0.739 /
+#: 0.67-0.70 at 30, 0.61 / 0.67-0.70 at 35 and 45, 0.02 / 0.67-0.70 at 70 (two corrections at
+#: the organ's ends, whose small shapes interpolate to almost nothing in between).
+MAX_GAP_MM = 30.0
 
 #: An outermost corrected slice with less pancreas than this share of the largest corrected
 #: slice's is taken for an end of the organ (:func:`ends_there`).
@@ -160,7 +171,8 @@ def combine(
     """The loop's labels from the corrected slices and the model's labels (canonical).
 
     Between the corrected slices: the interpolated shape, widened by the model's pancreas
-    where it lies within :data:`BAND_MM` of that shape. Beyond them: where the outermost
+    where it lies within :data:`BAND_MM` of that shape; between two corrections more than
+    :data:`MAX_GAP_MM` apart, the model's labels. Beyond them: where the outermost
     corrected slice looks like an end of the organ (:func:`ends_there`), the model tapering
     from it (module doc), else the model's labels as they are. The corrected slices themselves:
     unchanged.
@@ -168,12 +180,16 @@ def combine(
     first, last = min(corrected), max(corrected)
     out = fill_between_slices(labels, corrected, axis=0).astype(np.uint8)
     pixel = min(spacing[1], spacing[2])
-    known = set(corrected)
-    for k in range(first + 1, last):
-        if k in known or not out[k].any():
+    ordered = sorted(set(corrected))
+    for k0, k1 in pairwise(ordered):
+        if (k1 - k0) * spacing[0] > MAX_GAP_MM:
+            out[k0 + 1 : k1] = model_labels[k0 + 1 : k1]
             continue
-        near = ndimage.distance_transform_edt(out[k] == 0) * pixel <= BAND_MM
-        out[k][near & (model_labels[k] > 0) & (out[k] == 0)] = 1
+        for k in range(k0 + 1, k1):
+            if not out[k].any():
+                continue
+            near = ndimage.distance_transform_edt(out[k] == 0) * pixel <= BAND_MM
+            out[k][near & (model_labels[k] > 0) & (out[k] == 0)] = 1
     areas = [int((labels[k] > 0).sum()) for k in corrected]
     for start, step, end in ((first - 1, -1, first), (last + 1, 1, last)):
         outside = slice(0, first) if step < 0 else slice(last + 1, None)

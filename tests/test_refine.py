@@ -87,6 +87,24 @@ def test_corrections_in_the_middle_of_the_organ_keep_the_model_beyond_them():
     assert not out[:4].any() and not out[26:].any() and out[14].any()
 
 
+def test_corrections_far_apart_keep_the_model_between_them():
+    """The organ's two ends corrected, 70 mm apart: the organ between must not vanish."""
+    spacing = (1.0, 1.0, 1.0)
+    model = np.zeros((80, 30, 30), dtype=np.uint8)
+    model[5:76, 5:25, 5:25] = 1  # the organ as the model sees it, 20 x 20 pixels
+    user = np.zeros_like(model)
+    user[5, 14:16, 14:16] = 1  # its two ends as the user corrects them: 2 x 2 pixels each
+    user[75, 14:16, 14:16] = 1
+    out = combine(user, [5, 75], model, spacing)
+    np.testing.assert_array_equal(out[6:75], model[6:75])  # not interpolated to nothing
+    empty_ends = np.zeros_like(model)  # both corrections "no pancreas", far apart
+    np.testing.assert_array_equal(combine(empty_ends, [2, 78], model, spacing), model)
+    user[[25, 40]] = model[[25, 40]]  # two more corrections, 20 and 15 mm apart, then 35 mm
+    mixed = combine(user, [5, 25, 40, 75], model, spacing)
+    assert mixed[15].sum() < model[15].sum()  # 5 to 25: interpolated from the small end
+    np.testing.assert_array_equal(mixed[41:75], model[41:75])  # 40 to 75: the model's
+
+
 def _files(tmp_path, case, flip: bool):
     image, reference = case
     array, labels, affine = image.array, reference.array, image.affine.copy()
@@ -146,6 +164,8 @@ def test_refine_command_runs_the_quick_round_by_default(tmp_path, case, tiny, ca
         (lambda a: a.__setitem__("--corrected", "-1,20"), "outside"),  # not argparse's
         # "expected one argument"
         (lambda a: a.__setitem__("--corrected", "30,35"), "no pancreas"),
+        (lambda a: a.__setitem__("--steps", "0"), "no new model"),  # with --save-model
+        (lambda a: (a.pop("--steps"), a.__setitem__("--seconds", "nan")), "--seconds"),
         (lambda a: a.__setitem__("--labels", "missing.nii.gz"), "missing.nii.gz"),
         (lambda a: a.__setitem__("-o", a["--labels"]), "refusing to overwrite the corrected"),
         (lambda a: a.__setitem__("--save-model", "/proc/m.pt"), "/proc"),  # not writable, even

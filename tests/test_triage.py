@@ -86,6 +86,11 @@ def test_triage_command_counts_slices_on_the_files_own_axis(tmp_path, capsys):
     assert printed["slice_axis"] == 2 and len(printed["slices"]) == 2
     assert set(printed["slices"][0]["parts"]) >= {"uncertainty", "area_jump"}
     assert 0 <= printed["slices"][0]["suspicion"] <= 1  # the score also counts what fill misses
+    feet_first = _planted(flip=True)
+    centre = (np.asarray(feet_first.array.shape) - 1) / 2.0
+    for entry in printed["slices"]:  # where to find the slice in a PACS viewer: its z in mm
+        z = (feet_first.affine @ [centre[0], centre[1], entry["k"], 1.0])[2]
+        assert entry["z_mm"] == pytest.approx(z, abs=0.01)
 
 
 def test_triage_command_refuses_bad_input(tmp_path, capsys):

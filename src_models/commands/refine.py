@@ -10,6 +10,7 @@ closest to head-feet, 0-based, as ``dsms triage`` prints it.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -104,8 +105,13 @@ def run(args: argparse.Namespace) -> int:
             raise VolumeError(f"{path}: no such file or folder")
     if args.steps is not None and args.steps < 0:
         raise ValueError(f"--steps must be 0 or more, got {args.steps}")
-    if args.seconds is not None and args.seconds <= 0:
-        raise ValueError(f"--seconds must be more than 0, got {args.seconds}")
+    if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise ValueError(f"--seconds must be a number of seconds above 0, got {args.seconds}")
+    if args.steps == 0 and args.save_model:
+        raise ValueError(
+            "--save-model with --steps 0: the round does not fine-tune, so there is no new model "
+            "to save; use --model's checkpoint as it is"
+        )
     check_output(output, format=args.format)
     check_outputs(input_path, [output])
     if output.resolve() == labels_path.resolve():

@@ -3,7 +3,8 @@
 Prints one line per slice, ``K SCORE``, where ``K`` indexes the slice axis of
 ``read_volume(INPUT).array`` closest to head-feet, 0-based (:mod:`src_models.inference.triage`
 says what the score is made of). ``--json`` prints the same as a JSON document, with the score's
-parts.
+parts and each slice's head-feet position ``z_mm`` (patient coordinates, the same in RAS and in
+DICOM's LPS: ImagePositionPatient[2] of an axial slice), to find the slice in a PACS viewer.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+import numpy as np
 
 from ..inference.devices import resolve_device
 from ..inference.triage import triage
@@ -43,6 +46,14 @@ def run(args: argparse.Namespace) -> int:
     ranking = result.ranking(volume.affine, volume.array.shape)[: args.top]
     if args.json:
         axis, _ = head_feet_axis(volume.affine)
+        centre = (np.asarray(volume.array.shape[:3], dtype=np.float64) - 1.0) / 2.0
+
+        def z_mm(k: int) -> float:
+            """Head-feet position (mm) of slice ``k``'s centre."""
+            index = centre.copy()
+            index[axis] = k
+            return round(float((np.asarray(volume.affine) @ [*index, 1.0])[2]), 2)
+
         print(
             json.dumps(
                 {
@@ -52,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
                     "slices": [
                         {
                             "k": k,
+                            "z_mm": z_mm(k),
                             "score": round(score, 4),
                             "suspicion": round(float(result.scores[c]), 4),
                             "parts": {

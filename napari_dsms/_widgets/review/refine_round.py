@@ -60,18 +60,18 @@ def model_line(tuned: FineTuneResult | None) -> str:
     """What became of the model in a round, in a sentence for the status line."""
     if tuned is None:
         return "The model did not learn (no fine-tuning)."
+    steps = f"{tuned.steps} steps in {tuned.elapsed_s:.0f} s"
+    if tuned.stopped_by_time:
+        steps += f" (the time limit stopped it before {tuned.planned_steps})"
     measured = ""
     if tuned.metrics_before and tuned.metrics_after:
         measured = (
-            f" (held-out corrected slices: Dice {tuned.metrics_before['dice_pancreas']:.3f} -> "
-            f"{tuned.metrics_after['dice_pancreas']:.3f})"
+            f", held-out corrected slices Dice {tuned.metrics_before['dice_pancreas']:.3f} -> "
+            f"{tuned.metrics_after['dice_pancreas']:.3f}"
         )
-    steps = f"{tuned.steps} steps in {tuned.elapsed_s:.0f} s"
-    if tuned.stopped_by_time:
-        steps += f", stopped by the time limit before {tuned.planned_steps}"
     if tuned.kept_previous:
-        return f"The model learnt nothing useful ({steps}){measured}: the previous one stays."
-    return f"The model learnt from them ({steps}){measured}; the next round starts from it."
+        return f"The model learnt nothing useful: {steps}{measured}; the previous one stays."
+    return f"The model learnt from them: {steps}{measured}; the next round starts from it."
 
 
 class RefineRoundPanel(QWidget):
