@@ -11,6 +11,7 @@ import torch
 from napari_dsms._layers import image_layer_data, labels_layer_data
 from napari_dsms._widgets.review import ReviewWidget
 from napari_dsms._widgets.review.refine_round import LATEST_MODEL, changed_slices
+from napari_dsms._widgets.review.triage import fill_changes
 from src_models import build_model, save_checkpoint
 from src_models.io.orientation import to_canonical
 from src_models.phantom import make_phantom
@@ -130,3 +131,14 @@ def test_refine_round_without_corrections_says_what_to_do(dock):
 def test_the_round_lists_changed_slices_as_ranges():
     assert changed_slices(np.array([3, 1, 2, 7])) == "slices 1-3, 7"
     assert changed_slices(np.array([1, 3, 5, 7, 9])) == "5 slices from 1 to 9"
+
+
+def test_fill_between_leaves_gaps_over_30_mm_as_they_were():
+    model = np.zeros((40, 20, 20), dtype=np.uint8)
+    model[:, 4:16, 4:16] = 1  # the organ as the model labelled it
+    labels = model.copy()
+    labels[[0, 12, 39]] = 0
+    labels[[0, 12, 39], 9:11, 9:11] = 1  # three small corrections: 24 mm, then 54 mm apart
+    changed, values, skipped = fill_changes(labels, [0, 12, 39], slice_mm=2.0)
+    assert skipped == [(12, 39)]
+    assert changed[0].size and set(np.unique(changed[0])) <= set(range(1, 12))

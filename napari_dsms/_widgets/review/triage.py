@@ -11,6 +11,7 @@ undo step.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from qtpy.QtWidgets import (
 from src_models import fill_between_slices
 from src_models.inference.triage import Triage, triage
 from src_models.models.store import load_checkpoint
+from src_models.refine import MAX_GAP_MM
 
 from .._worker import start_job
 from ._common import canonical_volume, refuse
@@ -48,11 +50,23 @@ def suspect_queue(order: list[int], done: set[int]) -> list[int]:
     return [k for k in order if k not in done]
 
 
-def fill_changes(labels: np.ndarray, known: list[int]) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
-    """Voxels that fill between ``known`` slices changes (indices, new values), canonical."""
-    filled = fill_between_slices(labels, known, axis=0)
+def fill_changes(
+    labels: np.ndarray, known: list[int], slice_mm: float
+) -> tuple[tuple[np.ndarray, ...], np.ndarray, list[tuple[int, int]]]:
+    """Voxels that fill between ``known`` slices changes (indices, new values), canonical.
+
+    Gaps longer than :data:`src_models.refine.MAX_GAP_MM` are left as they are (and returned):
+    across them interpolation loses to the model, and between two small end slices it empties
+    the organ.
+    """
+    ordered = sorted(set(known))
+    skipped = [(a, b) for a, b in pairwise(ordered) if (b - a) * slice_mm > MAX_GAP_MM]
+    filled = np.array(labels, copy=True)
+    for a, b in pairwise(ordered):
+        if (a, b) not in skipped and b - a > 1:
+            filled[a : b + 1] = fill_between_slices(labels[a : b + 1], [0, b - a], axis=0)
     changed = np.nonzero(filled != labels)
-    return changed, filled[changed]
+    return changed, filled[changed], skipped
 
 
 class SliceChart(QWidget):
@@ -253,16 +267,25 @@ class TriagePanel(QGroupBox):
         if len(known) < 2:
             refuse(self.status, "edit or mark reviewed at least two slices to fill between")
             return 0
-        changed, values = fill_changes(np.asarray(layer.data), known)
+        changed, values, skipped = fill_changes(np.asarray(layer.data), known, session.spacing[0])
+        left = ""
+        if skipped:
+            gaps = ", ".join(f"{a}-{b}" for a, b in skipped)
+            left = (
+                f"; gaps over {MAX_GAP_MM:.0f} mm left as they were ({gaps}): "
+                "correct a slice in each"
+            )
         if changed[0].size == 0:
-            self.status.setText("nothing to fill: the slices between already match")
+            self.status.setText(f"nothing to fill: the slices between already match{left}")
             return 0
         # Filled slices are the interpolation's guess, not the user's: they are not corrections
         # (fine-tuning never learns from them) until the user edits them or marks them reviewed.
         session.add_tool_changes(changed, values)
         layer.data_setitem(changed, values)
         count = int(changed[0].size)
-        self.status.setText(f"filled between slices {known[0]} and {known[-1]}: {count} voxels")
+        self.status.setText(
+            f"filled between slices {known[0]} and {known[-1]}: {count} voxels{left}"
+        )
         show_info(f"Fill between changed {count} voxels; Ctrl+Z reverts it")
         self.review.refresh_status()
         return count
