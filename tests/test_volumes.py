@@ -116,6 +116,18 @@ def test_write_labels_round_trip_and_codes(ct, tmp_path):
     assert only(tmp_path) == ["ct.nii.gz", "seg.nii.gz"]  # no temporary file left
 
 
+def test_labels_we_write_read_back_as_labels_whatever_their_name(ct, tmp_path):
+    # dsms refine -o refined.nii.gz: "refined" says nothing, the NIfTI label intent does
+    reference = read_volume(ct)
+    labels = np.zeros(reference.shape, dtype=np.uint8)
+    labels[2:5, 3:6, 1:4] = 1
+    out = write_labels(tmp_path / "refined.nii.gz", labels, reference)
+    assert nib.load(str(out)).header.get_intent()[0] == "label"
+    text = describe(read_volume(out))
+    assert "labels" in text and "HU" not in text
+    assert "HU" in describe(reference)  # the CT itself is no label map
+
+
 def test_write_labels_copies_form_codes(tmp_path):
     reference = read_volume(
         save(tmp_path / "ct.nii", np.zeros((3, 4, 5), np.int16), qform=2, sform=4)

@@ -161,6 +161,7 @@ def read_nifti(path: Path) -> Volume:
         "rescale_slope": slope,
         "rescale_intercept": inter,
         "warnings": warning_texts,
+        "intent": header.get_intent()[0],  # "label" (NIFTI_INTENT_LABEL) for label maps
     }
     return Volume(array, affine, str(path), path.name, info)
 
@@ -217,6 +218,7 @@ def _form_codes(reference: Volume) -> tuple[int, int]:
 
 
 def _write_nifti(path: Path, array: np.ndarray, reference: Volume, intent: str) -> Path:
+    """Write ``array`` on ``reference``'s grid; ``intent`` "labels" marks a label map."""
     _check_output_path(path, reference)
     if tuple(array.shape) != reference.shape:
         raise VolumeError(
@@ -229,6 +231,8 @@ def _write_nifti(path: Path, array: np.ndarray, reference: Volume, intent: str) 
     img.set_sform(reference.affine, code=scode)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_data_dtype(array.dtype)
+    if intent == "labels":  # NIFTI_INTENT_LABEL: read back as labels whatever the file's name
+        img.header.set_intent("label")
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else ".nii"
     try:
         with atomic_path(path, suffix=suffix) as temporary:

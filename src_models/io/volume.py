@@ -189,9 +189,11 @@ LABEL_FILE_NAME = re.compile(r"label|seg|mask", re.IGNORECASE)
 
 
 def looks_like_labels(volume: Volume) -> bool:
-    """A label file: integer voxels, values within {0, 1, 2}, and a name that says so."""
+    """A label file: integer voxels, values within {0, 1, 2}, and a name that says so or the
+    NIfTI intent NIFTI_INTENT_LABEL (which napari-dsms writes into its labels)."""
     name = Path(volume.source).name
-    if not LABEL_FILE_NAME.search(name) or not np.issubdtype(volume.array.dtype, np.integer):
+    marked = volume.info.get("intent") == "label" or LABEL_FILE_NAME.search(name)
+    if not marked or not np.issubdtype(volume.array.dtype, np.integer):
         return False
     return int(volume.array.min()) >= 0 and int(volume.array.max()) <= 2
 
