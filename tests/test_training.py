@@ -13,7 +13,7 @@ import torch
 
 from src_models.cli import main
 from src_models.jobs import run_to_end
-from src_models.models.checkpoints import save_checkpoint
+from src_models.models.checkpoints import model_card, save_checkpoint
 from src_models.models.store import load_checkpoint
 from src_models.nets.registry import build_model
 from src_models.training.data import cache_case, phantom_cases
@@ -135,6 +135,13 @@ def test_fine_tune_updates_the_model_in_place(tmp_path):
     # the base's split no longer describes the tuned model (it saw a new, maybe test, patient)
     assert "test_patients" not in tuned_meta["provenance"]
     assert tuned_meta["provenance"]["fine_tune"]["base_split"] == split
+    # a second round keeps the first one's record (dsms refine --model round1.pt, twice)
+    run_to_end(fine_tune(tuned, tuned_meta, images[:2], labels[:2], steps=1, device="cpu",
+                         out=tmp_path / "again.pt"))  # fmt: skip
+    again = load_checkpoint(tmp_path / "again.pt")[1]["provenance"]["fine_tune"]
+    assert again["steps"] == 1 and again["earlier"]["steps"] == 3
+    assert again["earlier"]["base_split"] == split
+    assert "the last of 2 rounds" in model_card(load_checkpoint(tmp_path / "again.pt")[1])
 
 
 def test_fine_tune_stops_when_closed():

@@ -295,15 +295,20 @@ def _fine_tune_line(record: dict[str, Any]) -> str:
     before = (record.get("metrics_before") or {}).get("dice_pancreas")
     after = (record.get("metrics_after") or {}).get("dice_pancreas")
     held_out = len(record.get("holdout_slices") or [])
+    rounds, earlier = 1, record.get("earlier")
+    while earlier:  # dsms refine --model round1.pt, and so on: each round keeps the one before
+        rounds, earlier = rounds + 1, earlier.get("earlier")
+    last = f" (the last of {rounds} rounds)" if rounds > 1 else ""
     if before is None or after is None or not held_out:
-        return f"Fine-tuned on corrections of {image}; no held-out slice measured it."
+        return f"Fine-tuned on corrections of {image}{last}; no held-out slice measured it."
     text = (
-        f"Fine-tuned on corrections of {image}: pancreas Dice {before:.3f} -> {after:.3f} on "
-        f"{held_out} held-out corrected slice{'s' if held_out > 1 else ''} of that image, "
+        f"Fine-tuned on corrections of {image}{last}: pancreas Dice {before:.3f} -> {after:.3f} "
+        f"on {held_out} held-out corrected slice{'s' if held_out > 1 else ''} of that image, "
         "not on other patients"
     )
-    return text + ("; the round was worse, the previous weights were kept." if record.get(
-        "kept_previous") else ".")  # fmt: skip
+    if record.get("kept_previous"):
+        text += "; the round was worse, the previous weights were kept"
+    return text + "."
 
 
 def _cross_validation_line(record: dict[str, Any]) -> str:

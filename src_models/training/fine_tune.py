@@ -363,6 +363,7 @@ def _fine_tuned_meta(
     # The base's patient split no longer describes this model (it has now seen a new patient,
     # perhaps one of the base's test patients): kept with the round, not as the model's own.
     base_split = {k: provenance.pop(k) for k in _SPLIT_KEYS if k in provenance}
+    earlier = provenance.pop("fine_tune", None)  # the rounds before this one, kept in a chain
     provenance["fine_tune"] = {
         "base_split": base_split,
         "base": meta.get("path"),
@@ -374,6 +375,8 @@ def _fine_tuned_meta(
         "metrics_before": before,
         "metrics_after": after,
     }
+    if earlier is not None:
+        provenance["fine_tune"]["earlier"] = earlier
     new_meta["provenance"] = provenance
     return new_meta
 
