@@ -232,8 +232,9 @@ def check_corrections(
     Raises
     ------
     ValueError
-        No corrected slice, a slice outside the volume, labels on another grid or with values
-        other than 0/1/2, or (``learn``) corrected slices without any pancreas.
+        No corrected slice, a slice outside the volume, labels on another grid, corrected
+        slices with values other than 0/1/2 (the other slices may hold anything), or
+        (``learn``) corrected slices without any pancreas.
     """
     array, labels = np.asarray(volume.array), np.asarray(labels)
     if labels.shape != array.shape:
@@ -251,10 +252,17 @@ def check_corrections(
             f"corrected slices {bad} lie outside the volume's {length} slices (0 to {length - 1})"
         )
     # The file's head-feet index k is canonical slice k, or length - 1 - k when flipped.
-    slices = sorted(length - 1 - k if flipped else k for k in slices)
+    in_file = {(length - 1 - k if flipped else k): k for k in slices}
+    slices = sorted(in_file)
     canonical = np.ascontiguousarray(to_canonical(labels, volume.affine)[0])
-    if canonical.min(initial=0) < 0 or canonical.max(initial=0) > 2:
-        raise ValueError("the labels must hold 0 (background), 1 (pancreas) or 2 (tumour) only")
+    # Only the corrected slices are read; the others may hold anything (they are replaced).
+    odd = sorted(in_file[k] for k in slices if canonical[k].min() < 0 or canonical[k].max() > 2)
+    if odd:
+        raise ValueError(
+            f"corrected slice{'s' * (len(odd) > 1)} {', '.join(map(str, odd))} hold values other "
+            "than 0 (background), 1 (pancreas) or 2 (tumour)"
+        )
+    canonical = np.clip(canonical, 0, 2).astype(np.uint8)
     if learn and not canonical[slices].any():
         raise ValueError(
             "the corrected slices hold no pancreas: the model has nothing to learn from"

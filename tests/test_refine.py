@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -203,3 +204,22 @@ def test_refine_command_refuses_a_garbled_slice_list(tmp_path, capsys, corrected
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert "--corrected" in err and message in err and "Traceback" not in err
+
+
+def test_refine_command_reads_only_the_corrected_slices_of_the_labels(tmp_path, case, tiny):
+    # "other slices may hold anything": a 7 elsewhere is fine, a 7 in a corrected slice is not
+    ct, labels = _files(tmp_path, case, flip=False)
+    truth = read_labels(labels).array
+    corrected = [int(k) for k in _with_pancreas(truth)[1::3]]
+    odd = truth.copy()
+    odd[..., 0] = 7
+    other = Volume(odd, read_labels(labels).affine)
+    write_labels(tmp_path / "odd.nii.gz", np.zeros_like(odd), other)  # a valid file first,
+    image = nib.load(tmp_path / "odd.nii.gz")  # then the odd values written in by hand
+    nib.save(nib.Nifti1Image(odd, image.affine, image.header), tmp_path / "odd.nii.gz")
+    out = tmp_path / "out.nii.gz"
+    args = ["refine", str(ct), "--labels", str(tmp_path / "odd.nii.gz"), "-o", str(out),
+            "--model", str(tiny), "--steps", "0", "--device", "cpu", "--corrected"]  # fmt: skip
+    assert main([*args, ",".join(map(str, corrected))]) == 0
+    np.testing.assert_array_equal(read_labels(out).array[..., corrected], truth[..., corrected])
+    assert main([*args, ",".join(map(str, [0, *corrected]))]) == 2  # slice 0 holds 7s

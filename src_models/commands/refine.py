@@ -14,17 +14,23 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..inference.devices import resolve_device
 from ..io import (
     FORMATS,
     Algorithm,
+    Volume,
     VolumeError,
     check_output,
+    check_same_grid,
+    label_array,
     read_labels,
     read_volume,
     write_output,
 )
 from ..io.atomic import check_writable_folder
+from ..io.orientation import head_feet_axis
 from ..jobs import run_to_end
 from ..models.store import load_checkpoint
 from ..refine import ROUND_TRAINING, check_corrections, refine
@@ -48,6 +54,33 @@ def _slice_list(text: str) -> list[int]:
     if not slices:
         raise argparse.ArgumentTypeError("give at least one corrected slice, e.g. 12,20,31")
     return slices
+
+
+def read_corrections(path: Path, volume: Volume, corrected: list[int]) -> np.ndarray:
+    """The labels file on ``volume``'s grid (file index order), as a round reads it.
+
+    Only the corrected slices must hold labels (0, 1, 2); the other slices may hold anything
+    (the round replaces them all) and are clipped into 0..2.
+
+    Raises
+    ------
+    VolumeError
+        The file is not on ``volume``'s grid, or a corrected slice holds something other than
+        labels (the message names the slice).
+    """
+    try:
+        return read_labels(path, reference=volume).array
+    except VolumeError:
+        raw = read_volume(path)
+        if raw.info.get("format") == "DICOM-SEG":
+            raise  # a SEG holds labels only: its error is the real one
+        check_same_grid(raw, volume, what="label file")
+        axis, _ = head_feet_axis(volume.affine)
+        array = np.asarray(raw.array)
+        for k in corrected:
+            if 0 <= k < array.shape[axis]:
+                label_array(np.take(array, k, axis=axis), f"{path} (corrected slice {k})")
+        return np.clip(np.nan_to_num(array), 0, 2).astype(np.uint8)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,9 +162,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     volume = read_volume(input_path)
     check_output(output, volume, args.format)
-    labels = read_labels(labels_path, reference=volume)
+    labels = read_corrections(labels_path, volume, args.corrected)
     try:
-        check_corrections(volume, labels.array, args.corrected, learn=args.steps != 0)
+        check_corrections(volume, labels, args.corrected, learn=args.steps != 0)
     except ValueError as error:
         raise ValueError(f"{labels_path}: {error}") from None
     model, meta = load_checkpoint(args.model)
@@ -155,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with bar:
             job = refine(
-                volume, labels.array, args.corrected, model, meta, steps=args.steps,
+                volume, labels, args.corrected, model, meta, steps=args.steps,
                 seconds=args.seconds, device=str(device),
                 out=str(save_model) if save_model else None,
             )  # fmt: skip
