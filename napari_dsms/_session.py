@@ -210,6 +210,10 @@ class FineTuneInputs:
         }
 
 
+#: A tool's change to the labels: voxels, labels before, baseline before, values written.
+ToolChange = tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray, np.ndarray]
+
+
 @dataclass
 class ReviewSession:
     """One CT and the labels being corrected for it.
@@ -267,10 +271,10 @@ class ReviewSession:
     roi: RegionOfInterest | None = None
     edited: list[int] = field(default_factory=list)
     baseline: np.ndarray | None = None
-    # Tool changes still in effect, newest last: (voxels, labels before, baseline before).
-    _tool_changes: list[tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]] = field(
-        default_factory=list, repr=False
-    )
+    # Tool changes still in effect, newest last: (voxels, labels before, baseline before, values
+    # written); and those undone (Ctrl+Z), newest undone last, which a redo brings back.
+    _tool_changes: list[ToolChange] = field(default_factory=list, repr=False)
+    _undone_tool_changes: list[ToolChange] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.spacing = tuple(float(s) for s in self.spacing)
@@ -304,7 +308,8 @@ class ReviewSession:
         if prediction is not None and np.shape(prediction) != self.labels.shape:
             prediction = None
         if prediction is not self.prediction:
-            self.prediction, self.baseline, self._tool_changes = prediction, None, []
+            self.prediction, self.baseline = prediction, None
+            self._tool_changes, self._undone_tool_changes = [], []
 
     def _edit_reference(self) -> np.ndarray | None:
         return self.baseline if self.baseline is not None else self.prediction
@@ -321,21 +326,35 @@ class ReviewSession:
         if self.baseline is None:
             self.baseline = np.array(self.prediction, copy=True)
         labels = np.asarray(self.labels)
-        self._tool_changes.append((voxels, labels[voxels].copy(), self.baseline[voxels].copy()))
+        values = np.array(values, copy=True)
+        before = (labels[voxels].copy(), self.baseline[voxels].copy())
+        self._tool_changes.append((voxels, *before, values))
+        self._undone_tool_changes.clear()  # a new change ends what napari can redo
         self.baseline[voxels] = values
 
-    def _forget_undone_tool_changes(self) -> None:
+    def _follow_undo_and_redo(self) -> None:
+        """Fold tool changes the user undid out of the baseline, and those redone back in.
+
+        Without the second half, Ctrl+Shift+Z after Ctrl+Z turned a fill between or a refine
+        round into corrections: fine-tuning then learnt the tool's guesses as the user's.
+        """
         labels = np.asarray(self.labels)
         while self._tool_changes:
-            voxels, labels_before, baseline_before = self._tool_changes[-1]
+            voxels, labels_before, baseline_before, _ = self._tool_changes[-1]
             if not np.array_equal(labels[voxels], labels_before):
                 break
             self.baseline[voxels] = baseline_before  # the tool's change was undone
-            self._tool_changes.pop()
+            self._undone_tool_changes.append(self._tool_changes.pop())
+        while self._undone_tool_changes:
+            voxels, _, _, values = self._undone_tool_changes[-1]
+            if not np.array_equal(labels[voxels], values):
+                break
+            self.baseline[voxels] = values  # ... and redone
+            self._tool_changes.append(self._undone_tool_changes.pop())
 
     def refresh(self) -> list[int]:
         """Recompute the edited slices from the labels as they are now, and return them."""
-        self._forget_undone_tool_changes()
+        self._follow_undo_and_redo()
         reference = self._edit_reference()
         if reference is None:
             self.edited = []

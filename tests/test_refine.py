@@ -56,6 +56,19 @@ def test_corrections_stay_bit_identical_and_the_slices_between_are_filled(case, 
     assert set(result.changed).isdisjoint(result.corrected)
 
 
+def test_two_corrected_slices_do_not_fine_tune(case, tiny):
+    """Nothing could be held out to check the model: a round on two slices does not learn."""
+    image, reference = case
+    corrected = [int(k) for k in _with_pancreas(reference.array)[[0, -1]]]
+    user = np.zeros_like(reference.array)
+    user[..., corrected] = reference.array[..., corrected]
+    model, meta = load_checkpoint(tiny)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = run_to_end(refine(image, user, corrected, model, meta, steps=5, device="cpu"))
+    assert result.fine_tune is None and "did not learn" in result.summary()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_beyond_the_corrections_the_model_only_continues_the_shape_and_tapers():
     model = np.zeros((8, 20, 20), dtype=bool)
     model[:, 2:13, 2:13] = True  # the organ as the model sees it, continuing upwards
@@ -161,11 +174,12 @@ def test_refine_command_runs_the_quick_round_by_default(tmp_path, case, tiny, ca
     "change, message",
     [
         (lambda a: a.__setitem__("--labels", "other.nii.gz"), "other.nii.gz"),
-        (lambda a: a.__setitem__("--corrected", "3,99"), "outside"),
-        (lambda a: a.__setitem__("--corrected", "-1,20"), "outside"),  # not argparse's
+        (lambda a: a.__setitem__("--corrected", "3,20,99"), "outside"),
+        (lambda a: a.__setitem__("--corrected", "-1,20,25"), "outside"),  # not argparse's
         # "expected one argument"
-        (lambda a: a.__setitem__("--corrected", "30,35"), "no pancreas"),
+        (lambda a: a.__setitem__("--corrected", "30,33,35"), "no pancreas"),
         (lambda a: a.__setitem__("--steps", "0"), "no new model"),  # with --save-model
+        (lambda a: a.__setitem__("--corrected", "15,18"), "fewer than 3"),  # nothing to save
         (lambda a: (a.pop("--steps"), a.__setitem__("--seconds", "nan")), "--seconds"),
         (lambda a: a.__setitem__("--labels", "missing.nii.gz"), "missing.nii.gz"),
         (lambda a: a.__setitem__("-o", a["--labels"]), "refusing to overwrite the corrected"),
@@ -176,7 +190,7 @@ def test_refine_command_refuses_bad_input(tmp_path, case, tiny, capsys, change, 
     ct, labels = _files(tmp_path, case, flip=False)
     other = Volume(np.zeros((8, 8, 8), dtype=np.uint8), np.eye(4))
     write_labels(tmp_path / "other.nii.gz", other.array, other)
-    options = {"--labels": str(labels), "--corrected": "15,18", "-o": str(tmp_path / "o.nii.gz"),
+    options = {"--labels": str(labels), "--corrected": "15,18,21", "-o": str(tmp_path / "o.nii.gz"),
                "--model": str(tiny), "--steps": "1", "--device": "cpu",
                "--save-model": str(tmp_path / "m.pt")}  # fmt: skip
     change(options)

@@ -78,8 +78,14 @@ def test_fill_between_is_one_undo_step(dock):
     widget.refresh_status()
     # interpolated slices are not corrections: fine-tuning learns only from low and high
     assert widget.session.edited == [low, high]
+    filled = np.array(labels.data)
     labels.undo()
     np.testing.assert_array_equal(labels.data, before)
+    widget.refresh_status()
+    labels.redo()  # Ctrl+Shift+Z: the fill is back, and still not a correction
+    np.testing.assert_array_equal(labels.data, filled)
+    widget.refresh_status()
+    assert widget.session.edited == [low, high]
 
 
 def _correct(labels, prediction, slices):
@@ -102,6 +108,8 @@ def test_refine_round_fills_and_resegments_in_one_undo_step(dock, qtbot, tmp_pat
     assert worker is not None and panel.button.text() == "Cancel round"
     touched = int(with_pancreas[-1]) if int(with_pancreas[-1]) not in corrected else 0
     labels.data[touched, :2, :2] = 2  # the user paints while the round runs
+    assert widget.fine_tune.fine_tune() is None  # one training at a time
+    assert "refine round is running" in widget.fine_tune.fine_tune_label.text()
     qtbot.waitUntil(lambda: not panel.is_running, timeout=120_000)
     after = np.array(labels.data)
     np.testing.assert_array_equal(after[corrected], before[corrected])  # corrections kept
@@ -142,3 +150,16 @@ def test_fill_between_leaves_gaps_over_30_mm_as_they_were():
     changed, values, skipped = fill_changes(labels, [0, 12, 39], slice_mm=2.0)
     assert skipped == [(12, 39)]
     assert changed[0].size and set(np.unique(changed[0])) <= set(range(1, 12))
+
+
+def test_a_round_on_two_slices_does_not_learn_and_says_so(dock, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("DSMS_MODEL_DIR", str(tmp_path / "models"))
+    widget, labels, prediction = dock
+    with_pancreas = np.flatnonzero(prediction.reshape(len(prediction), -1).any(axis=1))
+    _correct(labels, prediction, [int(with_pancreas[0]), int(with_pancreas[-1])])
+    widget.refresh_status()
+    panel = widget.triage.refine_round
+    assert panel.start() is not None
+    qtbot.waitUntil(lambda: not panel.is_running, timeout=120_000)
+    assert "did not learn" in panel.status.text() and LATEST_MODEL not in labels.metadata
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())

@@ -33,7 +33,8 @@ from ..io.atomic import check_writable_folder
 from ..io.orientation import head_feet_axis
 from ..jobs import run_to_end
 from ..models.store import load_checkpoint
-from ..refine import ROUND_TRAINING, check_corrections, refine
+from ..refine import ROUND_TRAINING, check_corrections, learns, refine
+from ..training.fine_tune import MIN_SLICES_FOR_HOLDOUT
 from ..training.loop import TrainEvent
 from ..version import __version__
 from .common import DEFAULT_MODEL, check_outputs, progress_bar
@@ -157,6 +158,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{save_model}: exists already or its folder is missing; --save-model writes a new file"
         )
+    learn = learns(args.steps, args.corrected)
+    if save_model is not None and not learn:
+        raise ValueError(
+            f"--save-model: with fewer than {MIN_SLICES_FOR_HOLDOUT} corrected slices the round "
+            "does not fine-tune (none could be held out to check it), so there is no new model "
+            "to save"
+        )
     if save_model is not None:
         check_writable_folder(save_model)  # before minutes of fine-tuning, not after
     device = resolve_device(args.device)
@@ -164,13 +172,12 @@ def run(args: argparse.Namespace) -> int:
     check_output(output, volume, args.format)
     labels = read_corrections(labels_path, volume, args.corrected)
     try:
-        check_corrections(volume, labels, args.corrected, learn=args.steps != 0)
+        check_corrections(volume, labels, args.corrected, learn=learn)
     except ValueError as error:
         raise ValueError(f"{labels_path}: {error}") from None
     model, meta = load_checkpoint(args.model)
-    learns = args.steps != 0
     bar, show_slices = (
-        progress_bar("fine-tuning", unit="step") if learns else progress_bar("segmenting")
+        progress_bar("fine-tuning", unit="step") if learn else progress_bar("segmenting")
     )
 
     def show(progress) -> None:

@@ -199,6 +199,9 @@ class FineTunePanel(QGroupBox):
         if self.is_busy:
             refuse(self.fine_tune_label, "fine-tuning is already running")
             return None
+        if self.review.triage.refine_round.is_running:
+            refuse(self.fine_tune_label, "a refine round is running: wait for it or cancel it")
+            return None
         session = self.review.session
         if session is None:
             refuse(self.fine_tune_label, "choose the image and its corrected labels layer first")

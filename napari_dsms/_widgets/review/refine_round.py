@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 from src_models.io.atomic import check_writable_folder
 from src_models.models.store import MODEL_DIR_ENV, load_checkpoint, user_model_dir
 from src_models.refine import RefineResult, check_corrections, refine
-from src_models.training.fine_tune import FineTuneResult, fine_tuned_path
+from src_models.training.fine_tune import fine_tuned_path
 from src_models.training.loop import TrainEvent
 
 from .._worker import JobWorker, start_job
@@ -56,10 +56,12 @@ def changed_slices(slices: np.ndarray) -> str:
     return "slices " + ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
 
 
-def model_line(tuned: FineTuneResult | None) -> str:
+def model_line(result: RefineResult) -> str:
     """What became of the model in a round, in a sentence for the status line."""
+    tuned = result.fine_tune
     if tuned is None:
-        return "The model did not learn (no fine-tuning)."
+        reason = result.note or "the model did not learn (no fine-tuning)"
+        return reason[0].upper() + reason[1:] + "."
     steps = f"{tuned.steps} steps in {tuned.elapsed_s:.0f} s"
     if tuned.stopped_by_time:
         steps += f" (the time limit stopped it before {tuned.planned_steps})"
@@ -97,6 +99,7 @@ class RefineRoundPanel(QWidget):
             "on a laptop CPU, one undo step; corrected slices are never changed"
         )
         self.button.clicked.connect(self._on_clicked)
+        review.session_changed.connect(self._on_session_changed)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout.addWidget(self.button)
@@ -200,8 +203,12 @@ class RefineRoundPanel(QWidget):
             differs &= session.roi.mask(current.shape)
         changed = np.nonzero(differs)
         values = result.canonical_labels[changed]
-        if result.fine_tune is not None and result.fine_tune.checkpoint is not None:
-            layer.metadata[LATEST_MODEL] = str(result.fine_tune.checkpoint)
+        tuned = result.fine_tune
+        if tuned is not None and tuned.checkpoint is not None:
+            if tuned.kept_previous:  # the previous weights again: no new version to keep
+                tuned.checkpoint.unlink(missing_ok=True)
+            else:
+                layer.metadata[LATEST_MODEL] = str(tuned.checkpoint)
         slices = np.unique(changed[0])
         if changed[0].size:
             # The round's labels are a tool's guess, not corrections: fine-tuning never learns
@@ -211,10 +218,16 @@ class RefineRoundPanel(QWidget):
         where = changed_slices(slices) if len(slices) else "no other slice"
         self.status.setText(
             f"{len(started['known'])} corrected slices kept; {where} changed "
-            f"({changed[0].size} voxels; Ctrl+Z reverts them). {model_line(result.fine_tune)}"
+            f"({changed[0].size} voxels; Ctrl+Z reverts them). {model_line(result)}"
         )
         show_info(f"Refine round changed {len(slices)} slices; Ctrl+Z reverts it")
         self.review.refresh_status()
+
+    def _on_session_changed(self) -> None:
+        """Stop a round whose labels layer went away or is no longer the one reviewed."""
+        layer = self._started.get("layer")
+        if self._worker is not None and layer is not None and layer is not self.review.labels_layer:
+            self._worker.quit()
 
     def _on_cancelled(self) -> None:
         self._started = {}
