@@ -336,7 +336,9 @@ class ReviewSession:
         """Fold tool changes the user undid out of the baseline, and those redone back in.
 
         Without the second half, Ctrl+Shift+Z after Ctrl+Z turned a fill between or a refine
-        round into corrections: fine-tuning then learnt the tool's guesses as the user's.
+        round into corrections: fine-tuning then learnt the tool's guesses as the user's. The
+        session sees labels, not napari's history: a user who puts back by hand exactly what
+        an undone tool wrote is taken for a redo too (rarer, and only costs that correction).
         """
         labels = np.asarray(self.labels)
         while self._tool_changes:

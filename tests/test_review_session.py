@@ -127,7 +127,11 @@ def test_tool_changes_are_not_edits_until_undone() -> None:
     assert 10 not in inputs_slices
     session.labels[10, 0:2, 0:2] = 1  # undone (napari's Ctrl+Z)
     assert session.refresh() == [4]
-    session.labels[10, 0:2, 0:2] = 0  # now erased by the user: a correction
+    session.labels[10, 0:2, 0:2] = 0  # redone (Ctrl+Shift+Z): the tool's change again
+    assert session.refresh() == [4]
+    session.labels[10, 0:2, 0:2] = 1  # undone once more
+    assert session.refresh() == [4]
+    session.labels[10, 0, 0] = 0  # now part of it erased by the user: a correction
     assert session.refresh() == [4, 10]
 
 
