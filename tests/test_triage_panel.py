@@ -124,6 +124,8 @@ def test_refine_round_fills_and_resegments_in_one_undo_step(dock, qtbot, tmp_pat
     widget.refresh_status()
     assert set(widget.session.edited) == set(corrected) | {touched}  # the round's labels are
     labels.undo()  # not corrections, and one Ctrl+Z takes them back
+    widget.refresh_status()
+    assert "undone" in panel.status.text()  # the round's report no longer stands
     undone = np.array(labels.data)
     np.testing.assert_array_equal(np.delete(undone, touched, 0), np.delete(before, touched, 0))
 

@@ -90,6 +90,8 @@ class RefineRoundPanel(QWidget):
         self.review = review
         self._worker: JobWorker | None = None
         self._started: dict[str, Any] = {}
+        # Where the last round wrote (layer, voxels, values before it), to notice an undo.
+        self._written: tuple[Any, tuple[np.ndarray, ...], np.ndarray] | None = None
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         self.button = QPushButton(BUTTON_TEXT)
@@ -100,6 +102,7 @@ class RefineRoundPanel(QWidget):
         )
         self.button.clicked.connect(self._on_clicked)
         review.session_changed.connect(self._on_session_changed)
+        review.refreshed.connect(self._on_labels_refreshed)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout.addWidget(self.button)
@@ -213,6 +216,7 @@ class RefineRoundPanel(QWidget):
         if changed[0].size:
             # The round's labels are a tool's guess, not corrections: fine-tuning never learns
             # from them until the user edits them or marks them reviewed.
+            self._written = (layer, changed, current[changed].copy())
             session.add_tool_changes(changed, values)
             layer.data_setitem(changed, values)
         where = changed_slices(slices) if len(slices) else "no other slice"
@@ -222,6 +226,17 @@ class RefineRoundPanel(QWidget):
         )
         show_info(f"Refine round changed {len(slices)} slices; Ctrl+Z reverts it")
         self.review.refresh_status()
+
+    def _on_labels_refreshed(self) -> None:
+        """Say so when the last round was undone (Ctrl+Z), instead of its stale report."""
+        if self._written is None:
+            return
+        layer, voxels, before = self._written
+        if layer is not self.review.labels_layer:
+            self._written = None
+        elif np.array_equal(np.asarray(layer.data)[voxels], before):
+            self._written = None
+            self.status.setText("the last round was undone: the labels are as before it")
 
     def _on_session_changed(self) -> None:
         """Stop a round whose labels layer went away or is no longer the one reviewed."""
