@@ -160,3 +160,6 @@ def test_info_prints_a_models_card(tmp_path, capsys):
     junk.write_bytes(b"not a checkpoint")
     assert main(["info", str(junk)]) == 2
     assert capsys.readouterr().err.startswith(f"error: {junk}")
+    assert main(["info", "dsmsc_unte"]) == 2  # a typo: the names to choose from are listed
+    err = capsys.readouterr().err
+    assert err.startswith("error: dsmsc_unte: no such file or folder") and "dsmsc_unet" in err

@@ -117,7 +117,8 @@ def test_refine_round_fills_and_resegments_in_one_undo_step(dock, qtbot, tmp_pat
     np.testing.assert_array_equal(after[touched, 2:], before[touched, 2:])
     between = [k for k in range(corrected[0] + 1, corrected[-1]) if k not in corrected]
     assert (after[between] != before[between]).any()  # filled between the shifted slices
-    assert "corrected slices kept" in panel.status.text() and "changed" in panel.status.text()
+    assert "and 1 painted meanwhile kept" in panel.status.text()
+    assert "changed" in panel.status.text()
     latest = Path(labels.metadata[LATEST_MODEL])
     assert latest.is_file() and latest.parent == tmp_path / "models"
     assert panel.latest_checkpoint() == str(latest)  # the next round starts from it

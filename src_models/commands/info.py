@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..io import describe, read_volume_reporting
+from ..io import VolumeError, describe, read_volume_reporting
 from ..models.checkpoints import CheckpointError, model_card, read_metadata
 from ..models.store import resolve_checkpoint
 
@@ -33,6 +33,13 @@ def _model(text: str) -> Path | None:
 
 def run(args: argparse.Namespace) -> int:
     checkpoint = _model(args.path)
+    bare_name = not Path(args.path).suffix and "/" not in args.path
+    if checkpoint is None and bare_name and not Path(args.path).expanduser().exists():
+        try:
+            resolve_checkpoint(args.path)
+        except CheckpointError as error:  # neither a volume nor a model: say both
+            names = str(error).split(": ", 1)[-1]
+            raise VolumeError(f"{args.path}: no such file or folder; as a model, {names}") from None
     if checkpoint is not None:
         meta = read_metadata(checkpoint)
         print(f"{checkpoint}: {meta['arch']} checkpoint\n{model_card(meta)}")

@@ -198,7 +198,8 @@ class RefineRoundPanel(QWidget):
         # Slices the user edited, reviewed or touched while the round ran stay as they are.
         keep = set(session.edited) | session.reviewed | set(started["known"])
         touched = (current != started["labels"]).reshape(len(current), -1).any(axis=1)
-        keep |= {int(k) for k in np.flatnonzero(touched)}
+        meanwhile = {int(k) for k in np.flatnonzero(touched)} - set(started["known"])
+        keep |= meanwhile
         writable = np.ones(len(current), dtype=bool)
         writable[sorted(keep)] = False
         differs = (result.canonical_labels != current) & writable[:, None, None]
@@ -220,11 +221,12 @@ class RefineRoundPanel(QWidget):
             session.add_tool_changes(changed, values)
             layer.data_setitem(changed, values)
         where = changed_slices(slices) if len(slices) else "no other slice"
+        painted = f" and {len(meanwhile)} painted meanwhile" if meanwhile else ""
         self.status.setText(
-            f"{len(started['known'])} corrected slices kept; {where} changed "
+            f"{len(started['known'])} corrected slices{painted} kept; {where} changed "
             f"({changed[0].size} voxels; Ctrl+Z reverts them). {model_line(result)}"
         )
-        show_info(f"Refine round changed {len(slices)} slices; Ctrl+Z reverts it")
+        show_info(f"Refine round: {len(slices)} slices changed (Ctrl+Z)")
         self.review.refresh_status()
 
     def _on_labels_refreshed(self) -> None:
