@@ -83,13 +83,13 @@ MAX_GAP_MM = 30.0
 END_FRACTION = 0.5
 
 #: The round's fine-tuning: half the steps of the Review dock's Fine-tune button on 128-pixel
-#: patches instead of 160 at twice the learning rate, within 45 s, so that a whole round stays
+#: patches instead of 160 at twice the learning rate, within 40 s, so that a whole round stays
 #: under a minute on a 2-core CPU. Measured on the NIH volume 0001 with a model that never saw
 #: it (10 corrected slices, pancreas Dice on the 61 other slices, one thread): 0.700 -> 0.802 in
 #: 83 CPU s against 0.700 -> 0.833 in 237 CPU s for the button's 400 x 160-pixel recipe
 #: (docs/benchmarks.md); what the user ends with after the round hardly depends on it, as the
 #: slices between corrections are filled from the corrections themselves.
-ROUND_TRAINING = replace(FINE_TUNE_DEFAULTS, steps=200, patch_size=128, lr=2e-3, time_budget_s=45.0)
+ROUND_TRAINING = replace(FINE_TUNE_DEFAULTS, steps=200, patch_size=128, lr=2e-3, time_budget_s=40.0)
 
 #: What :func:`refine` yields: training events while fine-tuning, then ``(done, total)``.
 RefineProgress = TrainEvent | tuple[int, int]
@@ -310,7 +310,7 @@ def refine(
         The latest model (:func:`~src_models.models.store.load_checkpoint`); fine-tuned in
         place, or handed back unchanged when the round made it worse.
     steps, seconds
-        Fine-tuning length (by default :data:`ROUND_TRAINING`'s 200 steps or 45 s, whichever
+        Fine-tuning length (by default :data:`ROUND_TRAINING`'s 200 steps or 40 s, whichever
         ends first); ``steps=0`` skips it.
     device, seed
         As for fine-tuning and segmentation.

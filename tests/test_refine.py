@@ -156,7 +156,7 @@ def test_refine_command_writes_labels_and_the_model(tmp_path, case, tiny, capsys
 
 def test_refine_command_runs_the_quick_round_by_default(tmp_path, case, tiny, capsys):
     # Without --steps or --seconds a round fine-tunes 200 steps of 128-pixel patches within
-    # 45 s (ROUND_TRAINING), so that the whole round stays under a minute on a 2-core CPU.
+    # 40 s (ROUND_TRAINING), so that the whole round stays under a minute on a 2-core CPU.
     ct, labels = _files(tmp_path, case, flip=False)
     corrected = [int(k) for k in _with_pancreas(read_labels(labels).array)[::4]]
     out, saved = tmp_path / "out.nii.gz", tmp_path / "round1.pt"
@@ -165,7 +165,7 @@ def test_refine_command_runs_the_quick_round_by_default(tmp_path, case, tiny, ca
             "--device", "cpu", "--save-model", str(saved)]  # fmt: skip
     assert main(args) == 0
     recorded = load_checkpoint(saved)[1]["provenance"]["fine_tune"]
-    assert recorded["config"]["steps"] == 200 and recorded["config"]["time_budget_s"] == 45.0
+    assert recorded["config"]["steps"] == 200 and recorded["config"]["time_budget_s"] == 40.0
     assert 0 < recorded["steps"] <= 200
     assert "200" in capsys.readouterr().err  # the progress bar counts to 200 steps
 

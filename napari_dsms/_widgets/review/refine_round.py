@@ -1,7 +1,7 @@
 """Refine round: the whole correction loop in one button, as ``dsms refine`` runs it.
 
 :func:`src_models.refine.refine` in a worker, on the slices the user edited or marked reviewed:
-guarded fine-tuning of the latest model (the quick round: 200 steps or 45 s), fill between the
+guarded fine-tuning of the latest model (the quick round: 200 steps or 40 s), fill between the
 corrected slices, the model beyond them, then the result written into the labels layer as one
 napari undo step. It never writes into a corrected slice, nor into a slice the user touched
 while the round ran; outside the region of interest nothing changes. The round's model is saved
