@@ -94,7 +94,9 @@ def _interpolate_mask(stack: np.ndarray, k0: int, k1: int) -> None:
         stack[k][crop] = (1.0 - t) * d0 + t * d1 < grown
 
 
-def fill_between_slices(labels: np.ndarray, known: Iterable[int], axis: int = -1) -> np.ndarray:
+def fill_between_slices(
+    labels: np.ndarray, known: Iterable[int], axis: int = -1, max_gap: int | None = None
+) -> np.ndarray:
     """Interpolate every structure into the slices between consecutive known slices.
 
     Parameters
@@ -107,6 +109,10 @@ def fill_between_slices(labels: np.ndarray, known: Iterable[int], axis: int = -1
         negative indices count from the end).
     axis
         The slice axis of ``labels``.
+    max_gap
+        Leave the slices between two known slices more than this many slices apart unchanged
+        (``None``: fill every gap). :func:`src_models.refine.max_gap_slices` gives the gap
+        beyond which the correction loop trusts the model more than interpolation.
 
     Returns
     -------
@@ -137,7 +143,7 @@ def fill_between_slices(labels: np.ndarray, known: Iterable[int], axis: int = -1
     pancreas, tumour = moved >= 1, moved == 2
     filled = np.moveaxis(out, axis, 0)  # a view: writing it writes ``out``
     for k0, k1 in pairwise(indices):
-        if k1 - k0 < 2:
+        if k1 - k0 < 2 or (max_gap is not None and k1 - k0 > max_gap):
             continue
         _interpolate_mask(pancreas, k0, k1)
         _interpolate_mask(tumour, k0, k1)

@@ -189,11 +189,11 @@ def combine(
     unchanged.
     """
     first, last = min(corrected), max(corrected)
-    out = fill_between_slices(labels, corrected, axis=0).astype(np.uint8)
+    max_gap = max_gap_slices(spacing[0])
+    out = fill_between_slices(labels, corrected, axis=0, max_gap=max_gap).astype(np.uint8)
     pixel = min(spacing[1], spacing[2])
-    ordered = sorted(set(corrected))
-    for k0, k1 in pairwise(ordered):
-        if (k1 - k0) * spacing[0] > MAX_GAP_MM:
+    for k0, k1 in pairwise(sorted(set(corrected))):
+        if k1 - k0 > max_gap:
             out[k0 + 1 : k1] = model_labels[k0 + 1 : k1]
             continue
         for k in range(k0 + 1, k1):
@@ -214,6 +214,11 @@ def combine(
         out[outside] = beyond[outside]
     out[list(corrected)] = labels[list(corrected)]
     return out
+
+
+def max_gap_slices(slice_mm: float) -> int:
+    """The most slices two corrections may lie apart to be filled between (:data:`MAX_GAP_MM`)."""
+    return int(MAX_GAP_MM // slice_mm)
 
 
 def ends_there(area: int, largest: int) -> bool:

@@ -20,26 +20,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model(text: str) -> Path | None:
-    """The checkpoint ``text`` names, or ``None`` when it names a volume."""
+    """The checkpoint ``text`` names, or ``None`` when it names a volume.
+
+    Raises
+    ------
+    VolumeError
+        A bare name (no suffix, no folder) that is neither a file nor a model: the message lists
+        the model names, as a typo in one is the likely cause.
+    """
     if Path(text).suffix == ".pt":
         return Path(text)
     if Path(text).expanduser().exists():
         return None
     try:
         return resolve_checkpoint(text)
-    except CheckpointError:
-        return None
+    except CheckpointError as error:
+        if Path(text).suffix or "/" in text:
+            return None  # a missing volume: the reader says so
+        names = str(error).split(": ", 1)[-1]
+        raise VolumeError(f"{text}: no such file or folder; as a model, {names}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     checkpoint = _model(args.path)
-    bare_name = not Path(args.path).suffix and "/" not in args.path
-    if checkpoint is None and bare_name and not Path(args.path).expanduser().exists():
-        try:
-            resolve_checkpoint(args.path)
-        except CheckpointError as error:  # neither a volume nor a model: say both
-            names = str(error).split(": ", 1)[-1]
-            raise VolumeError(f"{args.path}: no such file or folder; as a model, {names}") from None
     if checkpoint is not None:
         meta = read_metadata(checkpoint)
         print(f"{checkpoint}: {meta['arch']} checkpoint\n{model_card(meta)}")

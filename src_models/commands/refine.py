@@ -69,19 +69,16 @@ def read_corrections(path: Path, volume: Volume, corrected: list[int]) -> np.nda
         The file is not on ``volume``'s grid, or a corrected slice holds something other than
         labels (the message names the slice).
     """
-    try:
+    raw = read_volume(path)
+    if raw.info.get("format") == "DICOM-SEG":  # labels only, placed on the series' slices
         return read_labels(path, reference=volume).array
-    except VolumeError:
-        raw = read_volume(path)
-        if raw.info.get("format") == "DICOM-SEG":
-            raise  # a SEG holds labels only: its error is the real one
-        check_same_grid(raw, volume, what="label file")
-        axis, _ = head_feet_axis(volume.affine)
-        array = np.asarray(raw.array)
-        for k in corrected:
-            if 0 <= k < array.shape[axis]:
-                label_array(np.take(array, k, axis=axis), f"{path} (corrected slice {k})")
-        return np.clip(np.nan_to_num(array), 0, 2).astype(np.uint8)
+    check_same_grid(raw, volume, what="label file")
+    axis, _ = head_feet_axis(volume.affine)
+    array = np.asarray(raw.array)
+    for k in corrected:
+        if 0 <= k < array.shape[axis]:
+            label_array(np.take(array, k, axis=axis), f"{path} (corrected slice {k})")
+    return np.clip(np.nan_to_num(array), 0, 2).astype(np.uint8)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,11 +138,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps must be 0 or more, got {args.steps}")
     if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
         raise ValueError(f"--seconds must be a number of seconds above 0, got {args.seconds}")
-    if args.steps == 0 and args.save_model:
-        raise ValueError(
-            "--save-model with --steps 0: the round does not fine-tune, so there is no new model "
-            "to save; use --model's checkpoint as it is"
-        )
     check_output(output, format=args.format)
     check_outputs(input_path, [output])
     if output.resolve() == labels_path.resolve():
@@ -161,9 +153,9 @@ def run(args: argparse.Namespace) -> int:
     learn = learns(args.steps, args.corrected)
     if save_model is not None and not learn:
         raise ValueError(
-            f"--save-model: with fewer than {MIN_SLICES_FOR_HOLDOUT} corrected slices the round "
-            "does not fine-tune (none could be held out to check it), so there is no new model "
-            "to save"
+            f"--save-model: the round does not fine-tune (--steps 0, or fewer than "
+            f"{MIN_SLICES_FOR_HOLDOUT} corrected slices: none could be held out to check it), so "
+            "there is no new model to save; use --model's checkpoint as it is"
         )
     if save_model is not None:
         check_writable_folder(save_model)  # before minutes of fine-tuning, not after

@@ -30,9 +30,8 @@ from qtpy.QtWidgets import (
 )
 
 from src_models import corrections
-from src_models.io.atomic import check_writable_folder
 from src_models.models.checkpoints import CheckpointError, read_metadata
-from src_models.models.store import MODEL_DIR_ENV, list_checkpoints, user_model_dir
+from src_models.models.store import list_checkpoints
 from src_models.training import fine_tune as tuning
 from src_models.training.loop import TrainEvent
 
@@ -40,7 +39,7 @@ from ..._layers import CONTOUR_WIDTH, MODEL, PREDICTION, ROI
 from ..._session import FineTuneInputs, RegionOfInterest
 from .._worker import JobWorker, SegmentationRun, start_job
 from ..loss_plot import LossPlot
-from ._common import refuse
+from ._common import new_model_path, refuse
 
 if TYPE_CHECKING:
     from . import ReviewWidget
@@ -215,16 +214,10 @@ class FineTunePanel(QGroupBox):
         if not checkpoint:
             refuse(self.fine_tune_label, "no base model: no checkpoint is installed or chosen")
             return None
-        output = tuning.fine_tuned_path(user_model_dir(), checkpoint, inputs.source)
-        try:  # before training, so an unwritable model folder costs a second, not the run
-            output.parent.mkdir(parents=True, exist_ok=True)
-            check_writable_folder(output)
-        except OSError as error:
-            refuse(
-                self.fine_tune_label,
-                f"cannot save the fine-tuned model in {output.parent}: {error}; "
-                f"set {MODEL_DIR_ENV} to a folder you can write to",
-            )
+        output = new_model_path(
+            self.fine_tune_label, checkpoint, inputs.source, "the fine-tuned model"
+        )
+        if output is None:
             return None
         self._inputs = inputs
         steps = int(self.steps_spin.value())

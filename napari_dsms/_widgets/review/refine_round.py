@@ -18,14 +18,12 @@ import numpy as np
 from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QLabel, QPushButton, QVBoxLayout, QWidget
 
-from src_models.io.atomic import check_writable_folder
-from src_models.models.store import MODEL_DIR_ENV, load_checkpoint, user_model_dir
+from src_models.models.store import load_checkpoint
 from src_models.refine import RefineResult, check_corrections, refine
-from src_models.training.fine_tune import fine_tuned_path
 from src_models.training.loop import TrainEvent
 
 from .._worker import JobWorker, start_job
-from ._common import canonical_volume, refuse
+from ._common import canonical_volume, new_model_path, refuse
 
 if TYPE_CHECKING:
     from . import ReviewWidget
@@ -152,16 +150,9 @@ class RefineRoundPanel(QWidget):
         if not checkpoint:
             refuse(self.status, "the labels keep no model to learn from: segment the CT first")
             return None
-        output = fine_tuned_path(user_model_dir(), checkpoint, session.source or session.name)
-        try:  # before the round, so an unwritable model folder costs a second, not the round
-            output.parent.mkdir(parents=True, exist_ok=True)
-            check_writable_folder(output)
-        except OSError as error:
-            refuse(
-                self.status,
-                f"cannot save the round's model in {output.parent}: {error}; set "
-                f"{MODEL_DIR_ENV} to a folder you can write to",
-            )
+        image = session.source or session.name
+        output = new_model_path(self.status, checkpoint, image, "the round's model")
+        if output is None:
             return None
         model, meta = load_checkpoint(checkpoint)
         self._started = {"labels": labels, "known": known, "layer": layer, "session": session}

@@ -32,7 +32,7 @@ from qtpy.QtWidgets import (
 from src_models import fill_between_slices
 from src_models.inference.triage import Triage, triage
 from src_models.models.store import load_checkpoint
-from src_models.refine import MAX_GAP_MM
+from src_models.refine import MAX_GAP_MM, max_gap_slices
 
 from .._worker import start_job
 from ._common import canonical_volume, refuse
@@ -59,12 +59,9 @@ def fill_changes(
     across them interpolation loses to the model, and between two small end slices it empties
     the organ.
     """
-    ordered = sorted(set(known))
-    skipped = [(a, b) for a, b in pairwise(ordered) if (b - a) * slice_mm > MAX_GAP_MM]
-    filled = np.array(labels, copy=True)
-    for a, b in pairwise(ordered):
-        if (a, b) not in skipped and b - a > 1:
-            filled[a : b + 1] = fill_between_slices(labels[a : b + 1], [0, b - a], axis=0)
+    max_gap = max_gap_slices(slice_mm)
+    skipped = [(a, b) for a, b in pairwise(sorted(set(known))) if b - a > max_gap]
+    filled = fill_between_slices(labels, known, axis=0, max_gap=max_gap)
     changed = np.nonzero(filled != labels)
     return changed, filled[changed], skipped
 
