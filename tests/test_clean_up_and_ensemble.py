@@ -62,6 +62,19 @@ def test_clean_up_keeps_the_largest_tumour_inside_the_kept_pancreas() -> None:
     assert np.count_nonzero(cleaned == 2) == 32
 
 
+def test_clean_up_keeps_an_organ_on_the_volume_edges_and_empties_nothing_else() -> None:
+    # The clean-up labels only the foreground's box: an organ touching the first and last slice
+    # and the slice borders must come back whole, with the same result as labelling everything.
+    labels = np.zeros((8, 30, 30), dtype=np.uint8)
+    labels[:, 0:6, 24:30] = 1
+    labels[7, 0:2, 28:30] = 2
+    labels[3, 20, 2] = 1  # an island in the box's far corner: removed
+    cleaned = keep_largest_components(labels)
+    assert np.array_equal(cleaned[:, 0:6, 24:30], labels[:, 0:6, 24:30])
+    assert np.count_nonzero(cleaned) == 8 * 36 and cleaned[3, 20, 2] == 0
+    assert not keep_largest_components(np.zeros((3, 4, 4), dtype=np.uint8)).any()
+
+
 def test_predict_without_clean_up_keeps_the_island(tmp_path) -> None:
     volume = _organ_and_island()
     ct = tmp_path / "ct.nii.gz"

@@ -48,8 +48,29 @@ def keep_largest_components(labels: np.ndarray) -> np.ndarray:
         A new uint8 array of the same shape.
     """
     labels = np.asarray(labels)
-    pancreas = largest_component(labels > 0)
-    tumour = largest_component((labels == 2) & pancreas)
-    out = pancreas.astype(np.uint8)
-    out[tumour] = 2
+    out = np.zeros(labels.shape, dtype=np.uint8)
+    box = foreground_box(labels)
+    if box is None:
+        return out
+    # Components are labelled inside the foreground's box only: the organ fills a few percent
+    # of a CT, and labelling all of it took 2 s of CPU for 240 slices, more than a GPU needs to
+    # segment them (docs/benchmarks.md).
+    part = labels[box]
+    pancreas = largest_component(part > 0)
+    tumour = largest_component((part == 2) & pancreas)
+    block = pancreas.astype(np.uint8)
+    block[tumour] = 2
+    out[box] = block
     return out
+
+
+def foreground_box(labels: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box (one slice per axis) that holds every non-zero voxel, or ``None``."""
+    box = []
+    for axis in range(labels.ndim):
+        others = tuple(a for a in range(labels.ndim) if a != axis)
+        present = np.flatnonzero(np.any(labels, axis=others))
+        if present.size == 0:
+            return None
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(box)
