@@ -10,6 +10,10 @@ Markdown section to paste into docs/benchmarks.md:
 2. ``python -m src_models predict`` on a 240-slice NIfTI in a fresh process: wall time.
 3. Fine-tuning (:func:`src_models.training.fine_tune.fine_tune`, the Review widget's recipe) on
    10 slices: optimiser steps/s and peak GPU memory.
+4. Where the time goes: the model alone (one forward pass per batch on the model grid, no
+   engine) against the engine, the host's per-slice work that the GPU waits for (the body's
+   boxes and the 3D clean-up, both scipy on the CPU), and the top operations by device time
+   (``torch.profiler``) in one batch of the model.
 
 ``--device cpu --quick`` runs every part on a few slices and steps on the CPU, so the script is
 known to work before a GPU is lent (``tests/test_benchmarks.py`` runs it that way).
@@ -34,9 +38,12 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from src_models.inference.body import body_boxes
 from src_models.inference.devices import resolve_device
 from src_models.inference.engine import default_batch_size, segment
+from src_models.inference.postprocess import keep_largest_components
 from src_models.inference.precision import autocast_dtype, precision_name
+from src_models.inference.preprocessing import model_size
 from src_models.io import Volume, read_volume
 from src_models.io.orientation import canonical_spacing, to_canonical
 from src_models.jobs import run_to_end
@@ -184,6 +191,64 @@ def fine_tune_speed(device: torch.device, plan: dict, ct: Volume) -> list[str]:
     ]
 
 
+def where_the_time_goes(device: torch.device, plan: dict, ct: Volume) -> list[str]:
+    """The model alone against the engine, the host's share, and the device's top operations.
+
+    When the engine falls short of the model alone, the host work it waits for (measured here
+    one function at a time on this machine's CPU) says where; when the model alone is slow, the
+    profiler's table says which operations.
+    """
+    model, meta = load_checkpoint(DEFAULT_MODEL)
+    volume = stacked(ct, plan["slices"])
+    canonical, _ = to_canonical(np.asarray(volume.array), volume.affine)
+    spacing = canonical_spacing(volume.affine)
+    batch = min(default_batch_size(device), len(canonical))
+    dtype = autocast_dtype(device, "auto")
+    grid = model_size(canonical.shape[1:], spacing[1:], meta["preprocessing"])
+    model.eval().to(device, memory_format=torch.channels_last)
+    x = torch.rand(batch, 1, *grid, device=device).contiguous(memory_format=torch.channels_last)
+
+    def forward() -> None:
+        with torch.inference_mode(), torch.autocast(device.type, dtype, enabled=dtype is not None):
+            model(x, reconstruct=False)
+
+    forward()
+    synchronise(device)
+    started = time.perf_counter()
+    for _ in range(plan["repeats"]):
+        forward()
+    synchronise(device)
+    model_rate = plan["repeats"] * batch / (time.perf_counter() - started)
+    started = time.perf_counter()
+    body_boxes(canonical, spacing[1:])
+    boxes_s = time.perf_counter() - started
+    labels = run_to_end(segment(volume, model, meta, device=device, reconstruct=False)).labels
+    labels, _ = to_canonical(labels, volume.affine)
+    started = time.perf_counter()
+    keep_largest_components(labels)
+    clean_up_s = time.perf_counter() - started
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        forward()
+        synchronise(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = profiler.key_averages().table(sort_by=sort_by, row_limit=12)
+    slices = len(canonical)
+    return [
+        f"Where the time goes ({DEFAULT_MODEL}, {precision_name(dtype)}, batch {batch}, model "
+        f"grid {grid[0]} x {grid[1]}): the model alone {model_rate:.0f} slices/s (forward "
+        f"passes only). Host work per slice on this machine's CPU: body boxes "
+        f"{1000 * boxes_s / slices:.2f} ms, 3D clean-up {1000 * clean_up_s / slices:.2f} ms "
+        f"(on the engine's labels of {slices} slices). Top operations of one forward pass:",
+        "",
+        "```",
+        table,
+        "```",
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N, cpu or auto")
@@ -203,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     print(report[-2], flush=True)  # each part as it ends: a check stopped at its limit keeps it
     report += fine_tune_speed(device, plan, ct) + [""]
     print(report[-2], flush=True)
+    report += where_the_time_goes(device, plan, ct) + [""]
     report.append(f"Whole check: {time.perf_counter() - started:.0f} s.")
     text = "\n".join(report)
     print(text)
