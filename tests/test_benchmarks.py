@@ -21,8 +21,10 @@ def test_gpu_check_runs_quick_on_the_cpu_and_writes_its_table(nih_ct, tmp_path):
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     text = report.read_text(encoding="utf-8")
-    assert "| Precision | Batch | Crop to body | Slices/s | Peak GPU memory |" in text
-    assert "| float32 | 2 | yes |" in text  # the quick plan's one cell with the crop
-    assert "| 4 | no |" in text  # the default batch on whole slices
+    assert "| Precision | Batch | Crop to body | 3D clean-up | Slices/s | Peak GPU memory |" in text
+    assert "| float32 | 2 | yes | yes |" in text  # the quick plan's one cell with the crop
+    assert "| 4 | no | yes |" in text  # the default batch on whole slices
+    assert "| 4 | yes | no |" in text  # and without the clean-up
     assert "`dsms predict` on 512 x 512 x 4" in text and "pancreas" in text
     assert "Fine-tuning (dsmsc_unet, 10 slices, default recipe): 2 steps in" in text
+    assert "the model alone" in text and "convolution" in text  # the profiler's table
