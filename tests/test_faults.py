@@ -7,6 +7,7 @@ untouched, no half-written file is left, and a message says what happened.
 from __future__ import annotations
 
 import errno
+import threading
 from pathlib import Path
 
 import nibabel as nib
@@ -14,10 +15,13 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels
 from napari.utils.notifications import notification_manager
+from qtpy import sip
+from qtpy.QtWidgets import QWidget
 from test_review_widget import CORRECTED, _correct, _open, case  # noqa: F401 (its fixture)
 from test_segment_widget import _phantom_layer, _run, _widget, model_dir  # noqa: F401 (fixture)
 
 from napari_dsms._layers import AUTOSAVE_KEY
+from napari_dsms._widgets._worker import start_job
 from napari_dsms._widgets.review import ReviewWidget
 from napari_dsms._writer import write_labels_layer
 from src_models import autosave
@@ -114,6 +118,43 @@ def test_closing_the_dock_while_segmenting_leaves_a_working_viewer(
     again = _widget(viewer, models)
     labels = _run(qtbot, again)
     assert labels.data.shape == image.data.shape
+
+
+def test_closing_the_viewer_mid_job_reaches_no_widget_after_it_is_gone(make_napari_viewer, qtbot):
+    # The job's last progress, its cancellation and its end arrive after the window's widgets
+    # were deleted: a progress update then crashed napari with a segmentation fault.
+    viewer = make_napari_viewer()
+    dock = QWidget()
+    viewer.window.add_dock_widget(dock, name="job owner")
+    release, ended, calls = threading.Event(), threading.Event(), []
+
+    def job():
+        try:
+            yield (0, 2)
+            release.wait(30)  # the window goes while the job computes its next step
+            yield (1, 2)
+            return "result"
+        finally:
+            ended.set()
+
+    worker = start_job(
+        job,
+        description="a job",
+        on_result=lambda value: calls.append("result"),
+        on_yield=lambda value: calls.append("yield"),
+        on_finished=lambda: calls.append("finished"),
+        on_aborted=lambda: calls.append("aborted"),
+        on_error=lambda error: calls.append("error"),
+    )
+    qtbot.waitUntil(lambda: calls == ["yield"], timeout=TIMEOUT_MS)
+    viewer.close()
+    qtbot.waitUntil(lambda: sip.isdeleted(dock), timeout=TIMEOUT_MS)
+    assert worker.abort_requested  # napari cancels the workers of the window it closes
+    release.set()
+    assert ended.wait(30)
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=TIMEOUT_MS)
+    qtbot.wait(200)  # deliver everything the worker queued
+    assert calls == ["yield"]
 
 
 def test_start_and_cancel_fifty_times_then_a_full_run(make_napari_viewer, qtbot, models):

@@ -83,6 +83,8 @@ def start_job(
     on_result: Callable[[Any], None],
     on_yield: Callable[[Any], None] | None = None,
     on_finished: Callable[[], None] | None = None,
+    on_aborted: Callable[[], None] | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
     progress_of: Callable[[Any], tuple[int, int] | None] = _as_progress,
     error_context: str = "",
     **kwargs: Any,
@@ -102,6 +104,10 @@ def start_job(
     on_finished
         Called in the GUI thread at the very end, whether the job returned, failed or was
         cancelled: where a widget re-enables its buttons.
+    on_aborted
+        Called in the GUI thread when the job stopped on ``worker.quit()`` (Cancel).
+    on_error
+        Called in the GUI thread with the job's exception, after its notification.
     progress_of
         Turns a yielded value into ``(done, total)`` for the progress bar, or ``None``.
     error_context
@@ -112,10 +118,24 @@ def start_job(
     JobWorker
         The started worker; ``worker.quit()`` cancels between two yields. Warnings the job
         issues (e.g. which DICOM series of several was read) become notifications.
+
+    Notes
+    -----
+    Closing the viewer's window cancels the job (napari cancels the workers it registered),
+    but the worker finishes its current step and its last signals arrive after the window's
+    widgets are gone. None of them may reach those widgets: a progress update then crashed
+    napari (a segmentation fault). napari's activity dialog closes the progress bars it shows
+    when it is destroyed with the window, so a closed bar means that the callbacks are skipped.
     """
     bar = napari_progress(total=0, desc=description)
+    worker: JobWorker | None = None
+
+    def window_gone() -> bool:
+        return bool(bar.disable)  # closed by napari's activity dialog as the window went
 
     def yielded(value: Any) -> None:
+        if window_gone() or (worker is not None and worker.abort_requested):
+            return
         step = progress_of(value)
         if step is not None:
             done, total = step
@@ -125,19 +145,32 @@ def start_job(
         if on_yield is not None:
             on_yield(value)
 
+    def unless_window_gone(callback: Callable[..., None] | None) -> Callable[..., None]:
+        def call(*values: Any) -> None:
+            if callback is not None and not window_gone():
+                callback(*values)
+
+        return call
+
+    def errored(error: BaseException) -> None:
+        report_error(error, error_context)
+        unless_window_gone(on_error)(error)
+
     def finished() -> None:
+        gone = window_gone()
         bar.close()
-        if on_finished is not None:
+        if on_finished is not None and not gone:
             on_finished()
 
-    return create_worker(
+    worker = create_worker(
         job,
         *args,
         _worker_class=JobWorker,
         _connect={
             "yielded": yielded,
-            "returned": on_result,
-            "errored": lambda error: report_error(error, error_context),
+            "returned": unless_window_gone(on_result),
+            "errored": errored,
+            "aborted": unless_window_gone(on_aborted),
             "warned": lambda warning: show_warning(str(warning[0])),
             "finished": finished,
         },
@@ -145,6 +178,7 @@ def start_job(
         _start_thread=True,
         **kwargs,
     )
+    return worker
 
 
 def run_responsive(function: Callable[..., Any], *args: Any, description: str) -> Any:
@@ -245,9 +279,9 @@ class SegmentationRun(QObject):
             on_yield=self.progressed.emit,
             on_result=self._on_result,
             on_finished=self._on_worker_finished,
+            on_aborted=self._on_aborted,
             error_context=context,
         )
-        self.worker.aborted.connect(self._on_aborted)
         return True
 
     def cancel(self) -> None:

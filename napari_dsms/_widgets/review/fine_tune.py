@@ -248,11 +248,11 @@ class FineTunePanel(QGroupBox):
             on_result=self._on_fine_tune_done,
             on_yield=self._on_fine_tune_event,
             on_finished=self._on_worker_finished,
+            on_aborted=self._on_fine_tune_cancelled,
+            on_error=self._on_fine_tune_error,
             progress_of=_step_progress,
             error_context="Fine-tune",
         )
-        worker.errored.connect(self._on_fine_tune_error)
-        worker.aborted.connect(self._on_fine_tune_cancelled)
         self._worker = worker
         return worker
 

@@ -172,10 +172,10 @@ class RefineRoundPanel(QWidget):
             description="Refine round",
             on_result=self._on_done,
             on_finished=self._on_finished,
+            on_aborted=self._on_cancelled,
             progress_of=_round_progress,
             error_context="Refine round",
         )
-        self._worker.aborted.connect(self._on_cancelled)
         return self._worker
 
     def _on_done(self, result: RefineResult) -> None:
