@@ -59,8 +59,10 @@ DEFAULT_MODEL = "dsmsc_unet"
 PLANS = {
     "full": {
         "slices": 512,
-        "batches": (32, 64, 128, 256),
-        "precisions": ("float32", "bfloat16", "float16"),
+        # The first H200 run gave float16 the figures of bfloat16 and batch 64 those of 32 and
+        # 128 (docs/benchmarks.md), so they are left out to keep the check inside two minutes.
+        "batches": (32, 128, 256),
+        "precisions": ("float32", "bfloat16"),
         "repeats": 3,
         "predict_slices": 240,
         "fine_tune_steps": 60,
