@@ -432,10 +432,17 @@ class ReviewSession:
     def cleanup_changes(self) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
         """Voxels the clean-up (largest component per structure) changes, and their new values.
 
-        Returned rather than applied, so the viewer writes them as one undoable step.
+        The user's edited and reviewed slices stay as they are, and every piece that reaches
+        into them is kept: a missed tail painted apart from the model's pancreas is the user's
+        correction, not an island. Returned rather than applied, so the viewer writes them as
+        one undoable step.
         """
         data = np.asarray(self.labels)
-        cleaned = keep_largest_components(data)
+        confirmed = sorted(set(self.refresh()) | self.reviewed)
+        keep = np.zeros(data.shape, dtype=bool)
+        keep[confirmed] = data[confirmed] > 0
+        cleaned = keep_largest_components(data, keep=keep)
+        cleaned[confirmed] = data[confirmed]
         changed = np.nonzero(cleaned != data)
         return changed, cleaned[changed]
 

@@ -105,12 +105,32 @@ def test_volumes_and_comparison() -> None:
 
 def test_clean_up_changes_are_computed_not_applied() -> None:
     session = _session()
-    session.labels[10, 0:2, 0:2] = 1  # an island
+    session.labels[10, 0:2, 0:2] = 1  # an island the model made
+    session.prediction[10, 0:2, 0:2] = 1
     before = session.labels.copy()
     changed, values = session.cleanup_changes()
     np.testing.assert_array_equal(session.labels, before)
     assert len(changed[0]) == 4 and set(changed[0].tolist()) == {10}
     assert not values.any()
+
+
+def test_clean_up_keeps_what_the_user_painted_and_the_pieces_reaching_into_it() -> None:
+    session = _session()
+    session.prediction[1, 12:14, 12:14] = 1  # the model's island: removed
+    session.prediction[9:11, 0:2, 0:2] = 1  # the model's piece of a missed tail...
+    session.labels[...] = session.prediction
+    session.labels[8, 0:2, 0:2] = 1  # ...which the user painted on slice 8, apart from the organ
+    session.labels[5, 13:15, 13:15] = 2  # and a tumour island the user drew on slice 5
+    session.toggle_reviewed(1)
+    session.toggle_reviewed(1)  # reviewed, then unmarked: slice 1 is the model's again
+    painted = session.labels.copy()
+    changed, values = session.cleanup_changes()
+    session.add_tool_changes(changed, values)
+    session.labels[changed] = values
+    assert set(changed[0].tolist()) == {1} and not values.any()  # only the model's island
+    np.testing.assert_array_equal(session.labels[5], painted[5])  # the user's slices untouched
+    np.testing.assert_array_equal(session.labels[8:11], painted[8:11])  # the tail kept whole
+    assert session.refresh() == [5, 8]
 
 
 def test_tool_changes_are_not_edits_until_undone() -> None:

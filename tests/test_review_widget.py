@@ -201,11 +201,14 @@ def test_reviewed_slices_visibility_and_brush(widget_and_layers):
 
 def test_clean_up_keeps_largest_component_and_is_one_undo_step(widget_and_layers):
     widget, viewer, image, labels, reference = widget_and_layers
-    labels.data[:] = 0
-    labels.data[5:9, 200:230, 200:240] = 1
-    labels.data[6:8, 210:215, 210:215] = 2
-    labels.data[15, 10:14, 10:14] = 1  # island
-    labels.data[6, 205, 205] = 2  # tumour island inside the pancreas
+    model_output = np.zeros_like(labels.data)
+    model_output[5:9, 200:230, 200:240] = 1
+    model_output[6:8, 210:215, 210:215] = 2
+    model_output[15, 10:14, 10:14] = 1  # island
+    model_output[6, 205, 205] = 2  # tumour island inside the pancreas
+    labels.metadata["prediction"] = model_output.copy()
+    labels.data = model_output.copy()  # as the model made it: no slice edited yet
+    widget.refresh_status()
     before = np.array(labels.data)
     changed = widget.correct.clean_up()
     assert changed == 16 + 1

@@ -17,17 +17,25 @@ from scipy import ndimage
 CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of a boolean (S, P, L) mask, as a new array."""
+def largest_component(mask: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """The largest 26-connected component of a boolean (S, P, L) mask, as a new array.
+
+    Components that hold a voxel of the boolean ``keep`` mask (same shape) are kept as well.
+    """
     components, count = ndimage.label(mask, structure=CONNECTIVITY)
     if count <= 1:
         return mask.astype(bool, copy=True)
     sizes = np.bincount(components.ravel())
     sizes[0] = 0
-    return components == int(np.argmax(sizes))
+    kept = np.zeros(count + 1, dtype=bool)
+    kept[int(np.argmax(sizes))] = True
+    if keep is not None:
+        kept[components[keep]] = True
+        kept[0] = False
+    return kept[components]
 
 
-def keep_largest_components(labels: np.ndarray) -> np.ndarray:
+def keep_largest_components(labels: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
     """Keep the largest connected component of the pancreas and of the tumour inside it.
 
     The pancreas including tumour is one structure (the paper's target), so its largest 3D
@@ -41,6 +49,10 @@ def keep_largest_components(labels: np.ndarray) -> np.ndarray:
     labels : numpy.ndarray
         Label volume (S, P, L) with values 0, 1, 2, whose slices are neighbours in space (not a
         set of unrelated 2D slices); not modified.
+    keep : numpy.ndarray, optional
+        Boolean (S, P, L) mask of voxels a user confirmed (their corrected slices): every
+        component of pancreas or tumour that reaches into it is kept too, so a missed tail
+        painted apart from the model's pancreas is not erased as an island.
 
     Returns
     -------
@@ -56,8 +68,9 @@ def keep_largest_components(labels: np.ndarray) -> np.ndarray:
     # of a CT, and labelling all of it took 2 s of CPU for 240 slices, more than a GPU needs to
     # segment them (docs/benchmarks.md).
     part = labels[box]
-    pancreas = largest_component(part > 0)
-    tumour = largest_component((part == 2) & pancreas)
+    confirmed = None if keep is None else np.asarray(keep, dtype=bool)[box]
+    pancreas = largest_component(part > 0, confirmed)
+    tumour = largest_component((part == 2) & pancreas, confirmed)
     block = pancreas.astype(np.uint8)
     block[tumour] = 2
     out[box] = block

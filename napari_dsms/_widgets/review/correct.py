@@ -61,8 +61,9 @@ class CorrectPanel(QGroupBox):
         self.cleanup_button = QPushButton("Keep largest component")
         self.cleanup_button.setToolTip(
             "Remove islands: keep the largest 3D connected pancreas (tumour included) and the "
-            "largest tumour inside it. One undo step (Ctrl+Z or the button beside). Not a "
-            "correction: slices it changes are not marked edited and are not learnt from."
+            "largest tumour inside it. Slices you edited or reviewed, and pieces reaching into "
+            "them, are kept. One undo step (Ctrl+Z or the button beside). Not a correction: "
+            "slices it changes are not marked edited and are not learnt from."
         )
         self.cleanup_button.clicked.connect(self.clean_up)
         self.undo_cleanup_button = QPushButton("Undo clean-up")
