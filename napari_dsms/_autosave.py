@@ -24,6 +24,7 @@ napari-dsms writer) removes the session's journal: the export now holds the work
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import time
 import weakref
@@ -36,7 +37,7 @@ import numpy as np
 from napari.layers import Image, Labels, Layer
 from napari.qt.threading import create_worker
 from napari.utils.notifications import Notification, notification_manager, show_info, show_warning
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QThreadPool, QTimer
 
 from src_models import autosave as journal
 
@@ -63,6 +64,22 @@ DELAY_MS = 2000
 #: Interval of the safety sweep that also catches edits made without a layer event (a script or
 #: another plugin writing into ``layer.data``): unchanged labels cost a copy and a hash, no write.
 SWEEP_MS = 15_000
+
+#: How long an exiting Python waits for journal writes still running (milliseconds).
+EXIT_WAIT_MS = 30_000
+
+
+@atexit.register
+def _finish_writes_at_exit() -> None:
+    """Let journal writes still running end before Python tears Qt down.
+
+    A script that closed the viewer within the autosave delay of a stroke and then exited
+    (without napari's event loop, whose end waits for workers) left the write running during
+    interpreter shutdown: its Qt signals object was deleted under it and the process aborted
+    with exit status 134.
+    """
+    QThreadPool.globalInstance().waitForDone(EXIT_WAIT_MS)
+
 
 #: Edits closer together than this count as one stretch of work in the effort record (seconds).
 _WORK_GAP_S = 60.0
