@@ -489,6 +489,8 @@ def test_fine_tune_on_corrections_saves_a_new_listed_checkpoint(make_napari_view
     assert _same(widget.compare.reference_combo.value, labels)
     assert _same(widget.labels_layer, labels)
     np.testing.assert_array_equal(labels.data, before)
+    # the next stroke goes into the corrections, not into the comparison layer
+    assert viewer.layers.selection.active is labels and new_layer.mode == "pan_zoom"
 
 
 def test_cancel_keeps_the_base_model_and_the_labels(widget_and_layers, qtbot, case):

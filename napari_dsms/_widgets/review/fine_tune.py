@@ -330,8 +330,13 @@ class FineTunePanel(QGroupBox):
 
     def _on_resegmented(self, labels: Labels, corrected: Labels | None) -> None:
         labels.contour = CONTOUR_WIDTH  # a comparison: outlines over the corrected labels
+        # Not for painting: napari made the new layer the active one, in paint mode, and the
+        # next stroke went into it instead of into the corrections the next round learns from.
+        labels.mode = "pan_zoom"
         if corrected is not None:
             self.review.select_labels(corrected)
+            if corrected in self.review.viewer.layers:
+                self.review.viewer.layers.selection.active = corrected
         session = self.review.session
         if session is not None and session.roi is not None:
             _keep_inside(labels, session.roi)
