@@ -61,6 +61,20 @@ def test_scored_slices_form_a_queue_that_edits_and_reviews_leave(dock, qtbot):
     assert panel.next_suspect() == queue[2]
 
 
+def test_scores_of_a_layer_left_while_scoring_rank_nothing(dock, qtbot):
+    widget, labels, prediction = dock
+    panel = widget.triage
+    data, kwargs, _ = labels_layer_data(prediction.copy(), widget.image_layer, name="other")
+    kwargs["metadata"].update(prediction=prediction.copy(), model=labels.metadata["model"])
+    other = widget.viewer.add_labels(data, **kwargs)
+    widget.select_labels(labels)
+    assert panel.score() is not None
+    widget.select_labels(other)  # the user reviews another layer while the slices are scored
+    qtbot.waitUntil(lambda: panel._worker is None, timeout=60_000)
+    assert panel.result is None and "changed while scoring" in panel.status.text()
+    assert panel.next_suspect() is None
+
+
 def test_fill_between_is_one_undo_step(dock):
     widget, labels, prediction = dock
     with_pancreas = np.flatnonzero(prediction.reshape(len(prediction), -1).any(axis=1))

@@ -39,6 +39,7 @@ from ._common import canonical_volume, refuse
 from .refine_round import RefineRoundPanel
 
 if TYPE_CHECKING:
+    from ..._session import ReviewSession
     from . import ReviewWidget
 
 #: Viewer key that jumps to the next suspect slice.
@@ -191,13 +192,18 @@ class TriagePanel(QGroupBox):
             model,
             meta,
             description="Scoring slices",
-            on_result=self._on_scored,
+            on_result=lambda result: self._on_scored(result, session),
             on_finished=self._on_finished,
             error_context="Triage",
         )
         return self._worker
 
-    def _on_scored(self, result: Triage) -> None:
+    def _on_scored(self, result: Triage, scored: ReviewSession) -> None:
+        if scored is not self.review.session:
+            # Another labels layer (or none) was chosen while the slices were scored: these
+            # scores are another layer's and must not rank this one's slices.
+            self.status.setText("the labels layer changed while scoring: score again")
+            return
         self.result = result
         self.chart.set_scores(result.scores)
         self._fill_list()
