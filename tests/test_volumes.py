@@ -212,6 +212,16 @@ def test_2d_image_without_slice_thickness_gets_1_mm(tmp_path):
     assert volume.voxel_volume_mm3 == pytest.approx(0.49)
 
 
+def test_zero_voxel_size_without_an_sform_is_refused_not_taken_as_1_mm(tmp_path):
+    img = nib.Nifti1Image(np.zeros((8, 6, 4), np.int16), None)
+    img.header.set_qform(np.diag([0.7, 0.7, 2.0, 1.0]), code=1)
+    img.header.set_sform(None, code=0)
+    img.header["pixdim"][1:3] = 0.0  # a damaged header: nibabel would measure 1 mm
+    nib.save(img, str(tmp_path / "zero.nii"))
+    message = refuse("voxel size of 0 along axis 0", read_volume, tmp_path / "zero.nii")
+    assert "zero.nii" in message and "pixdim[1]" in message
+
+
 def test_a_line_is_refused(tmp_path):
     refuse("not even a 2D slice", read_volume, save(tmp_path / "l.nii", np.zeros((8, 1, 1))))
 
