@@ -24,6 +24,7 @@ No Qt here: napari's layer and viewer models only.
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from functools import partial
@@ -35,7 +36,7 @@ from napari.layers import Image, Labels, Layer
 
 from src_models.inference.engine import reconstruction_error, segment
 from src_models.inference.results import SegmentationResult
-from src_models.io import Volume, VolumeError
+from src_models.io import Volume, VolumeError, check_ct
 from src_models.io.orientation import to_canonical
 from src_models.models.checkpoints import tumour_warning, validated_structures
 from src_models.models.store import load_checkpoint
@@ -199,6 +200,8 @@ def segmentation_job(
 
     Yields ``(slices done, total)``; returns a :class:`SegmentationOutput`.
     """
+    for text in check_ct(volume):  # the worker shows them as notifications
+        warnings.warn(text, UserWarning, stacklevel=2)
     model, meta = load_checkpoint(checkpoint)
     result = yield from segment(
         volume, model, meta, device=device, batch_size=batch_size, probabilities=probabilities

@@ -15,6 +15,7 @@ import torch
 from src_models import build_model
 from src_models.cli import main
 from src_models.inference import devices as devices_module
+from src_models.io import Volume, VolumeError, check_ct
 from src_models.models.checkpoints import save_checkpoint
 from src_models.phantom import make_phantom
 
@@ -163,3 +164,26 @@ def test_info_prints_a_models_card(tmp_path, capsys):
     assert main(["info", "dsmsc_unte"]) == 2  # a typo: the names to choose from are listed
     err = capsys.readouterr().err
     assert err.startswith("error: dsmsc_unte: no such file or folder") and "dsmsc_unet" in err
+
+
+def test_a_label_file_is_refused_and_values_without_air_are_doubted(
+    ct_file, drs_checkpoint, tmp_path, capsys
+):
+    # Both gave labels and volumes in mL with exit 0: segmenting the reference label file
+    # itself, and a CT exported as 8-bit windowed grey values (read as if they were HU).
+    labels = tmp_path / "label.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((40, 36, 5), np.uint8), nib.load(ct_file).affine), labels)
+    argv = ["-o", str(tmp_path / "out.nii.gz"), "--model", str(drs_checkpoint), "--device", "cpu"]
+    assert main(["predict", str(labels), *argv]) == 2
+    assert "label.nii.gz: this is a label file" in _error_line(capsys)
+    assert not (tmp_path / "out.nii.gz").exists()
+    assert main(["predict", str(ct_file), *argv]) == 0  # the phantom holds no air: doubted
+    err = capsys.readouterr().err
+    assert "ct.nii.gz: no voxel below -500 HU" in err and "labels and volumes will be wrong" in err
+
+
+def test_another_modality_than_ct_is_refused() -> None:
+    hu = np.full((8, 8, 3), -1000, np.int16)
+    assert check_ct(Volume(hu, np.eye(4), "ct", "ct", {"modality": "CT"})) == []
+    with pytest.raises(VolumeError, match="mr: modality MR, not CT"):
+        check_ct(Volume(hu, np.eye(4), "mr", "mr", {"modality": "MR"}))

@@ -21,6 +21,7 @@ from ..io import (
     FORMATS,
     Algorithm,
     VolumeError,
+    check_ct,
     check_output,
     read_volume_reporting,
     write_image,
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     volume, warnings = read_volume_reporting(input_path)
     for text in warnings:
         print(f"warning: {text}", file=sys.stderr)
+    doubts = check_ct(volume)
     check_output(output, volume, args.format)  # DICOM-SEG needs a DICOM series
     model, meta = load_checkpoint(args.model)
     if reconstruction_path is not None and not getattr(model, "has_restoration", True):
@@ -95,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
             f"{meta['path']}: architecture {meta['arch']!r} has no restoration decoder, so "
             "there is no reconstruction to write; drop --reconstruction or use a DRS model"
         )
+    for text in doubts:  # once the run will go ahead: a refused run gets one error line
+        print(f"warning: {text}", file=sys.stderr)
     generator = segment(
         volume,
         model,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ..io import (
     Algorithm,
     Volume,
     VolumeError,
+    check_ct,
     check_output,
     check_same_grid,
     label_array,
@@ -161,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         check_writable_folder(save_model)  # before minutes of fine-tuning, not after
     device = resolve_device(args.device)
     volume = read_volume(input_path)
+    doubts = check_ct(volume)
     check_output(output, volume, args.format)
     labels = read_corrections(labels_path, volume, args.corrected)
     try:
@@ -168,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise ValueError(f"{labels_path}: {error}") from None
     model, meta = load_checkpoint(args.model)
+    for text in doubts:  # once the run will go ahead: a refused run gets one error line
+        print(f"warning: {text}", file=sys.stderr)
     bar, show_slices = (
         progress_bar("fine-tuning", unit="step") if learn else progress_bar("segmenting")
     )

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from ..inference.devices import resolve_device
 from ..inference.triage import triage
-from ..io import VolumeError, read_volume
+from ..io import VolumeError, check_ct, read_volume
 from ..io.orientation import head_feet_axis
 from ..jobs import run_to_end
 from ..models.store import load_checkpoint
@@ -39,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--top must be at least 1, got {args.top}")
     device = resolve_device(args.device)
     volume = read_volume(input_path)
+    doubts = check_ct(volume)
     model, meta = load_checkpoint(args.model)
+    for text in doubts:  # once the run will go ahead: a refused run gets one error line
+        print(f"warning: {text}", file=sys.stderr)
     bar, show = progress_bar("triage")
     with bar:
         result = run_to_end(triage(volume, model, meta, device=device), show)

@@ -198,6 +198,48 @@ def looks_like_labels(volume: Volume) -> bool:
     return int(volume.array.min()) >= 0 and int(volume.array.max()) <= 2
 
 
+#: An abdominal CT in Hounsfield units holds air (about -1000 HU) around the body and in the
+#: bowel; a volume whose lowest value is above this was probably not stored in HU.
+AIR_HU = -500.0
+
+
+def check_ct(volume: Volume) -> list[str]:
+    """Refuse what is plainly not a CT in Hounsfield units; return doubts as warning texts.
+
+    The models read Hounsfield units through a fixed window (the paper's preprocessing), so
+    another image gives labels and volumes in mL that mean nothing, with nothing to show it.
+
+    Returns
+    -------
+    list of str
+        Warnings: values that do not look like HU (no air, or an 8-bit image).
+
+    Raises
+    ------
+    VolumeError
+        A label file (:func:`looks_like_labels`) or a DICOM series of another modality than CT
+        (DICOM PS3.3 C.7.3.1, Modality).
+    """
+    name = volume.source or volume.description or "the volume"
+    if looks_like_labels(volume):
+        raise VolumeError(f"{name}: this is a label file (values 0 to 2), not a CT to segment")
+    modality = volume.info.get("modality", "CT")
+    if modality != "CT":
+        raise VolumeError(
+            f"{name}: modality {modality}, not CT; the models read Hounsfield units and "
+            "segment CT only"
+        )
+    doubts = []
+    if volume.array.size and float(volume.array.min()) > AIR_HU:
+        doubts.append(
+            f"{name}: no voxel below {AIR_HU:g} HU (lowest {float(volume.array.min()):g}; "
+            f"{volume.array.dtype}): an abdominal CT in Hounsfield units shows air at about "
+            "-1000 HU. If the values were windowed or rescaled on export, labels and volumes "
+            "will be wrong"
+        )
+    return doubts
+
+
 def describe(volume: Volume) -> str:
     """Several lines about a volume for ``dsms info`` and the Load CT panel.
 
