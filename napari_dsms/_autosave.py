@@ -44,6 +44,7 @@ from src_models import autosave as journal
 from ._layers import (
     AFFINE,
     AUTOSAVE_KEY,
+    BASELINE,
     DESCRIPTION,
     METADATA_KEYS,
     MODEL,
@@ -155,6 +156,8 @@ def _journal_job(
     removed instead, so nobody is offered to "restore" an unedited prediction.
     """
     labels = np.array(live, dtype=np.uint8, copy=True)
+    if kwargs.get("baseline") is not None:  # copied here too, off the GUI thread
+        kwargs = {**kwargs, "baseline": np.array(kwargs["baseline"], dtype=np.uint8, copy=True)}
     state = hashlib.blake2b(labels.data, digest_size=16)
     state.update(repr(kwargs["reviewed"]).encode())
     digest = state.hexdigest()
@@ -357,6 +360,7 @@ class Autosave:
             "description": str(layer.metadata.get(DESCRIPTION, "")),
             "layer": layer.name,
             "reviewed": sorted(int(s) for s in layer.metadata.get(REVIEWED, ())),
+            "baseline": layer.metadata.get(BASELINE),
             "model": layer.metadata.get(MODEL),
             "effort": tracked.effort(),
         }
@@ -426,7 +430,7 @@ class Autosave:
         if entry is None or entry.session in self._live_sessions():
             return
         self.offers[digest] = entry
-        edited = len(entry.edited)
+        edited = len(entry.corrected)
         when = entry.saved.astimezone().strftime("%Y-%m-%d %H:%M")
         message = (
             f"Autosaved corrections of this CT from {when}: {edited} edited "
@@ -467,8 +471,11 @@ class Autosave:
         kwargs["metadata"][REVIEWED] = entry.reviewed
         if prediction is not None:
             kwargs["metadata"][PREDICTION] = prediction
+            # What tools wrote stays theirs: without it a restored fill between counted as
+            # dozens of corrections, and fine-tuning learnt the interpolation as the user's.
+            kwargs["metadata"][BASELINE] = entry.baseline()
         if entry.record.get("model"):
             kwargs["metadata"][MODEL] = entry.record["model"]
         layer = viewer.add_labels(data, **kwargs)
-        show_info(f"Restored {layer.name}: {len(entry.edited)} edited slices")
+        show_info(f"Restored {layer.name}: {len(entry.corrected)} edited slices")
         return layer

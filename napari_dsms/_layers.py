@@ -71,6 +71,11 @@ PREDICTION = "prediction"
 #: On a labels layer: the model that made it, ``{"arch", "checkpoint", "name", "device",
 #: "precision"}``.
 MODEL = "model"
+#: On a labels layer under review: the model output with the changes of tools (fill between,
+#: clean-up, refine round) folded in, against which the user's corrections are measured
+#: (:class:`napari_dsms._session.ReviewSession`); journaled, so a restored session still tells
+#: the user's corrections from what tools wrote.
+BASELINE = "baseline"
 #: On a labels layer: sorted canonical slices the user marked as reviewed.
 REVIEWED = "reviewed"
 #: On a journaled labels layer: :func:`src_models.autosave.stamp` of its autosave journal (CT

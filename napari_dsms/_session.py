@@ -281,6 +281,8 @@ class ReviewSession:
         self.reviewed = {int(s) for s in self.reviewed}
         if self.prediction is not None and np.shape(self.prediction) != self.labels.shape:
             self.prediction = None  # a stored prediction of another grid says nothing here
+        if self.prediction is None or np.shape(self.baseline) != self.labels.shape:
+            self.baseline = None  # tools' changes are only kept on top of a fitting prediction
         self.refresh()
 
     # ------------------------------------------------------------------ state

@@ -154,6 +154,21 @@ class JournalEntry:
         return [int(s) for s in self.record.get("reviewed_slices", [])]
 
     @property
+    def corrected(self) -> list[int]:
+        """The user's corrections: edited slices less those only tools changed."""
+        return [int(s) for s in self.record.get("corrected_slices", self.edited)]
+
+    def baseline(self) -> np.ndarray | None:
+        """The prediction with the tools' changes (fill between, clean-up, refine round) folded
+        in, as the session measured corrections against; ``None`` without tool changes."""
+        tool_slices = [int(s) for s in self.record.get("tool_slices", [])]
+        prediction = self.prediction()
+        if not tool_slices or prediction is None:
+            return None
+        prediction[tool_slices] = _load(self.path, "tool")
+        return prediction
+
+    @property
     def affine(self) -> np.ndarray:
         return np.asarray(self.record["affine"], dtype=np.float64)
 
@@ -189,7 +204,7 @@ class JournalEntry:
     def summary(self) -> str:
         """One line for ``dsms recover --list`` and the restore offer."""
         when = self.saved.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-        edited = len(self.edited)
+        edited = len(self.corrected)
         where = self.record.get("source") or self.record.get("description") or "(unnamed CT)"
         layer = self.record.get("layer", "")
         return (
@@ -225,6 +240,7 @@ def save(
     description: str = "",
     layer: str = "",
     prediction: np.ndarray | None = None,
+    baseline: np.ndarray | None = None,
     reviewed: Iterable[int] = (),
     model: Mapping[str, Any] | None = None,
     effort: Mapping[str, Any] | None = None,
@@ -249,6 +265,10 @@ def save(
         The model's unedited labels (canonical): the session's base, written once; only the
         slices that differ from it (the edited slices) are written at each save. Without a
         prediction the base is background and the slices holding labels are written.
+    baseline : numpy.ndarray, optional
+        The prediction with the tools' changes folded in (canonical), against which the user's
+        corrections are measured; its slices that differ from the prediction are written
+        (``tool_slices``), and ``corrected_slices`` lists the slices that differ from it.
     reviewed
         Canonical axial slice indices the user marked as reviewed.
     model, effort
@@ -287,6 +307,13 @@ def save(
     else:
         differs = labels
     edited = np.flatnonzero(differs.reshape(labels.shape[0], -1).any(axis=1))
+    corrected, tool_slices = edited, np.zeros(0, dtype=np.intp)
+    arrays: dict[str, np.ndarray] = {}
+    if prediction is not None and baseline is not None and np.shape(baseline) == labels.shape:
+        baseline = np.asarray(baseline).astype(np.uint8, copy=False)
+        tool_slices = _differing_slices(baseline, prediction)
+        corrected = _differing_slices(labels, baseline)
+        arrays["tool"] = baseline[tool_slices]
     record = {
         "format": JOURNAL_FORMAT,
         "digest": digest,
@@ -300,17 +327,25 @@ def save(
         "layout": "canonical (S, P, L): axis 0 axial slices towards Superior",
         "labels_shape": [int(n) for n in labels.shape],
         "edited_slices": [int(k) for k in edited],
+        "corrected_slices": [int(k) for k in corrected],
+        "tool_slices": [int(k) for k in tool_slices],
         "reviewed_slices": sorted(int(k) for k in reviewed),
         "base": base,
         "model": dict(model) if model else None,
         "effort": dict(effort) if effort else {},
         "plugin_version": __version__,
     }
-    _write_atomic(path, {"slices": labels[edited], "record": np.array(json.dumps(record))})
+    arrays.update(slices=labels[edited], record=np.array(json.dumps(record)))
+    _write_atomic(path, arrays)
     for old in path.parent.glob(f"{session}.*.base{_SUFFIX}"):  # bases of earlier predictions
         if old.name != base.get("file"):
             old.unlink(missing_ok=True)
     return JournalEntry(path, record)
+
+
+def _differing_slices(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Indices along axis 0 of the slices where ``a`` and ``b`` differ."""
+    return np.flatnonzero(np.not_equal(a, b).reshape(a.shape[0], -1).any(axis=1))
 
 
 def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

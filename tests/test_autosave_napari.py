@@ -17,6 +17,7 @@ import pytest
 from napari_dsms import _autosave
 from napari_dsms._layers import AUTOSAVE_KEY, image_layer_data, new_labels_like
 from napari_dsms._widgets.load_ct import LoadCTWidget
+from napari_dsms._widgets.review import ReviewWidget
 from napari_dsms._writer import write_labels_layer
 from src_models import autosave as journal
 from src_models.io import read_volume
@@ -240,6 +241,41 @@ def test_closing_the_labels_layer_keeps_its_work_and_reopening_offers_it(
     np.testing.assert_array_equal(restored.data, painted)
     assert restored.metadata["model"] == {"arch": "unet"}
     assert restored.metadata[AUTOSAVE_KEY]["session"] == offer.session  # the journal goes on
+
+
+def test_a_restored_session_still_tells_corrections_from_what_tools_wrote(
+    ct_file, make_napari_viewer, qtbot
+):
+    # After a crash, a restored fill between counted as corrections: fine-tuning would have
+    # learnt the interpolated slices as the user's.
+    viewer = make_napari_viewer()
+    image, manager = _open(viewer, qtbot, ct_file)
+    manager.delay_ms = 60_000  # the close, not the timer, must save
+    labels = _labels_with_prediction(viewer, image)
+    review = ReviewWidget(viewer)
+    qtbot.addWidget(review)
+    review.select_labels(labels)
+    labels.data[1, 10:20, 20:24] = 1  # the user corrects slices 1 and 3...
+    labels.data[3, 10:20, 20:24] = 1
+    labels.events.data(value=labels.data)
+    review.refresh_status()
+    assert review.triage.fill_between() > 0  # ...and fills slice 2 between them
+    review.refresh_status()
+    assert review.edited_slices() == [1, 3]
+    filled = labels.data.copy()
+    viewer.layers.remove(labels)
+    qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
+    [entry] = journal.list_entries()
+    assert entry.edited == [1, 2, 3] and entry.corrected == [1, 3]
+    viewer.layers.remove(image)
+    image, _ = _open(viewer, qtbot, ct_file)
+    [offer] = manager.offers.values()
+    restored = manager.restore(offer.digest)
+    np.testing.assert_array_equal(restored.data, filled)
+    review.select_labels(restored)
+    review.refresh_status()
+    assert review.edited_slices() == [1, 3]
+    assert review.session.fine_tune_inputs().train == [1, 3]
 
 
 def test_labels_made_with_napari_s_own_button_are_journaled_on_the_ct_grid(

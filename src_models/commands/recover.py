@@ -67,7 +67,7 @@ def _recover(volume: Volume, entry: JournalEntry, output: Path) -> None:
             labels=labels,
             spacing=volume.voxel_volume_mm3,  # |det|: exact on tilted gantries
             model=entry.record.get("model"),
-            edited=entry.edited,
+            edited=entry.corrected,
             reviewed=entry.reviewed,
             plugin_version=str(entry.record.get("plugin_version", "")),
         )
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             f"(dsms recover --list shows what there is)"
         )
     _recover(volume, entry, output)
-    edited = len(entry.edited)
+    edited = len(entry.corrected)
     print(
         f"{output}: labels autosaved {entry.saved.astimezone():%Y-%m-%d %H:%M:%S} "
         f"({edited} edited slice{'s' * (edited != 1)}, layer {entry.record.get('layer', '')!r})"

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 from ..._autosave import attach as attach_autosave
 from ..._layers import (
     AFFINE,
+    BASELINE,
     MODEL,
     PREDICTION,
     REFERENCE,
@@ -110,6 +111,7 @@ def session_for(image: Image, labels: Labels) -> ReviewSession:
         labels=np.asarray(labels.data),
         spacing=tuple(float(s) for s in labels.scale[-3:]),
         prediction=labels.metadata.get(PREDICTION),
+        baseline=labels.metadata.get(BASELINE),
         reviewed=set(labels.metadata.get(REVIEWED, ())),
         model=dict(model) if isinstance(model, dict) else None,
         source=str(image.metadata.get(SOURCE, "")),
@@ -318,6 +320,8 @@ class ReviewWidget(ScrollingDock):
             self.volumes_label.setText("choose a CT and its labels layer")
         else:
             session.refresh()
+            if self.labels_layer is not None:  # the autosave journals it with the labels
+                self.labels_layer.metadata[BASELINE] = session.baseline
             volumes = session.volumes()
             self.volumes_label.setText(
                 f"pancreas (incl. tumour) {volumes['pancreas']:.1f} mL, "
