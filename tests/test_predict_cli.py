@@ -187,3 +187,16 @@ def test_another_modality_than_ct_is_refused() -> None:
     assert check_ct(Volume(hu, np.eye(4), "ct", "ct", {"modality": "CT"})) == []
     with pytest.raises(VolumeError, match="mr: modality MR, not CT"):
         check_ct(Volume(hu, np.eye(4), "mr", "mr", {"modality": "MR"}))
+
+
+def test_slices_tilted_far_from_axial_are_doubted() -> None:
+    # A 50-degree oblique volume was segmented along another axis with exit 0 and no warning.
+    hu = np.full((8, 8, 6), -1000, np.int16)
+    angle = np.radians(50.0)
+    affine = np.eye(4)
+    affine[1:3, 1:3] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    [doubt] = check_ct(Volume(hu, affine, "oblique", "oblique", {}))
+    assert "tilted 40 degrees from axial" in doubt
+    gantry = np.eye(4)
+    gantry[1, 2] = np.tan(np.radians(20.0))  # a 20-degree gantry tilt: usual, no doubt
+    assert check_ct(Volume(hu, gantry, "tilt", "tilt", {})) == []

@@ -198,6 +198,10 @@ def looks_like_labels(volume: Volume) -> bool:
     return int(volume.array.min()) >= 0 and int(volume.array.max()) <= 2
 
 
+#: Slices tilted further than this from axial (degrees) earn a warning: the models learnt from
+#: axial slices, and a volume near 45 degrees may even be cut along another of its axes.
+MAX_OBLIQUE_DEG = 30.0
+
 #: An abdominal CT in Hounsfield units holds air (about -1000 HU) around the body and in the
 #: bowel; a volume whose lowest value is above this was probably not stored in HU.
 AIR_HU = -500.0
@@ -212,7 +216,8 @@ def check_ct(volume: Volume) -> list[str]:
     Returns
     -------
     list of str
-        Warnings: values that do not look like HU (no air, or an 8-bit image).
+        Warnings: values that do not look like HU (no air, or an 8-bit image), and slices
+        tilted more than :data:`MAX_OBLIQUE_DEG` from axial.
 
     Raises
     ------
@@ -237,7 +242,30 @@ def check_ct(volume: Volume) -> list[str]:
             "-1000 HU. If the values were windowed or rescaled on export, labels and volumes "
             "will be wrong"
         )
+    tilt = slice_tilt_deg(volume.affine)
+    if tilt > MAX_OBLIQUE_DEG:
+        doubts.append(
+            f"{name}: the slices the models read are tilted {tilt:.0f} degrees from axial "
+            "(an oblique acquisition or reformat); the models learnt from axial slices, so "
+            "labels and volumes may be wrong. Resample the CT to axial slices first"
+        )
     return doubts
+
+
+def slice_tilt_deg(affine: np.ndarray) -> float:
+    """Angle in degrees between the plane of the slices the models read and the axial plane.
+
+    Those slices span the two array axes other than the one closest to head-feet (the one
+    with the largest S component); their normal is compared with the S axis. 0 for an axial
+    CT, the gantry angle for a tilted gantry.
+    """
+    columns = np.asarray(affine, dtype=np.float64)[:3, :3]
+    directions = columns / np.linalg.norm(columns, axis=0)
+    slice_axis = int(np.argmax(np.abs(directions[2])))
+    in_plane = [axis for axis in range(3) if axis != slice_axis]
+    normal = np.cross(directions[:, in_plane[0]], directions[:, in_plane[1]])
+    cosine = abs(normal[2]) / np.linalg.norm(normal)
+    return float(np.degrees(np.arccos(np.clip(cosine, 0.0, 1.0))))
 
 
 def describe(volume: Volume) -> str:
