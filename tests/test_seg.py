@@ -48,9 +48,18 @@ def _oblique() -> tuple[float, ...]:
 
 
 def write_ct_series(
-    folder: Path, orientation=AXIAL, n: int = 7, step: float = 2.5, reverse: bool = False
+    folder: Path,
+    orientation=AXIAL,
+    n: int = 7,
+    step: float = 2.5,
+    reverse: bool = False,
+    tilt_deg: float = 0.0,
 ) -> list[str]:
-    """A CT series with the study identifiers a scanner writes; returns SOP UIDs by position."""
+    """A CT series with the study identifiers a scanner writes; returns SOP UIDs by position.
+
+    ``tilt_deg`` shifts each slice along its columns by ``step * tan(tilt)``, as a tilted
+    gantry does: the slices are then not stacked along their normal.
+    """
     folder.mkdir()
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     normal = np.cross(orientation[:3], orientation[3:])
@@ -74,7 +83,9 @@ def write_ct_series(
         ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = "Test", 4, rank + 1
         ds.SeriesDescription = "Abdomen portal"
         ds.ImagePositionPatient = [
-            float(v) for v in np.array([-60.0, -40.0, -20.0]) + k * step * normal
+            float(v)
+            for v in np.array([-60.0, -40.0, -20.0])
+            + k * step * (normal + np.tan(np.radians(tilt_deg)) * np.asarray(orientation[3:]))
         ]
         ds.ImageOrientationPatient = [float(v) for v in orientation]
         ds.PixelSpacing = [0.8, 0.6]
@@ -143,6 +154,23 @@ def test_round_trip_same_voxels_at_same_world_positions(tmp_path, kind):
         expected = world_of(ct.affine, labels == value)
         np.testing.assert_allclose(world_of(own.affine, own.array == value), expected, atol=1e-4)
         np.testing.assert_allclose(highdicom_world(out, value), expected, atol=1e-4)
+
+
+def test_a_tilted_gantry_series_seg_reads_back_on_its_sheared_grid(tmp_path):
+    # It was written with exit 0 but read back nowhere: highdicom stacks frames along their
+    # normal only, and a tilted gantry's slices step sideways too.
+    write_ct_series(tmp_path / "ct", tilt_deg=20.0)
+    ct = read_volume(tmp_path / "ct")
+    assert not np.allclose(np.cross(ct.affine[:3, 0], ct.affine[:3, 1]) @ ct.affine[:3, 2], 0)
+    labels = make_labels(ct.shape)
+    labels[:, :, 3] = 0  # a slice without labels between labelled ones: a gap in the frames
+    out = write_seg(tmp_path / "labels.dcm", labels, ct, ALGORITHM)
+    on_ct = read_labels(out, reference=ct)
+    np.testing.assert_array_equal(on_ct.array, labels)
+    own = read_volume(out)
+    for value in (1, 2):
+        expected = world_of(ct.affine, labels == value)
+        np.testing.assert_allclose(world_of(own.affine, own.array == value), expected, atol=1e-4)
 
 
 def test_enhanced_ct_source_frames(tmp_path):

@@ -397,6 +397,73 @@ def _segment_name(item: pydicom.Dataset) -> str:
     return f"#{item.SegmentNumber} '{item.get('SegmentLabel', '')}' ({code.CodeMeaning})"
 
 
+def _sheared_frames(
+    path: Path, seg: hd.seg.Segmentation, numbers: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The SEG's frames as highdicom's (slice, row, column, segment) array and LPS affine, for
+    frames stacked by one constant step that need not be along their normal (a tilted gantry,
+    whose CT :func:`~src_models.io.dicom.read_dicom_series` reads with a sheared affine).
+
+    The frame positions come from the per-frame functional groups (DICOM PS3.3 C.7.6.16.2.3,
+    Plane Position); a SEG may skip slices without labels, so every position must lie a whole
+    number of steps from the first.
+
+    Raises
+    ------
+    VolumeError
+        The positions do not lie on one line at whole multiples of one step.
+    """
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    frames = seg.PerFrameFunctionalGroupsSequence
+    orientation = np.asarray(
+        _macro(frames[0], shared, "PlaneOrientationSequence").ImageOrientationPatient, float
+    )
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    measures = _macro(frames[0], shared, "PixelMeasuresSequence")
+    pixel_spacing = np.array([float(v) for v in measures.PixelSpacing])
+    positions = np.array(
+        [[float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient] for f in frames]
+    )
+    segment_of = [  # per frame, or once for all frames when the SEG has one segment
+        int(_macro(f, shared, "SegmentIdentificationSequence").ReferencedSegmentNumber)
+        for f in frames
+    ]
+    normal = np.cross(row_dir, col_dir)
+    places = np.unique(np.round(positions, 4), axis=0)
+    places = places[np.argsort(places @ normal)]
+    origin = places[0]
+    steps = np.diff(places, axis=0)
+    step = steps[np.argmin(np.linalg.norm(steps, axis=1))] if len(steps) else normal
+    index = np.rint((positions - origin) @ step / (step @ step)).astype(int)
+    if len(steps):  # least squares over every frame: positions are rounded decimal strings
+        design = np.c_[np.ones(len(index)), index]
+        (origin, step), *_ = np.linalg.lstsq(design, positions, rcond=None)
+    if len(steps) and not np.allclose(origin + np.outer(index, step), positions, atol=0.01):
+        raise VolumeError(
+            f"{path}: the frames do not form a regularly spaced volume (their positions do not "
+            "lie whole steps apart on one line)"
+        )
+    pixels = np.asarray(seg.pixel_array).reshape(len(frames), int(seg.Rows), int(seg.Columns))
+    if str(seg.SegmentationType) == "FRACTIONAL":
+        pixels = pixels / float(seg.MaximumFractionalValue)
+    stacked = np.zeros((int(index.max()) + 1, *pixels.shape[1:], len(numbers)), pixels.dtype)
+    for frame, (slot, number) in enumerate(zip(index, segment_of, strict=True)):
+        if number in numbers:
+            stacked[slot, :, :, numbers.index(number)] = pixels[frame]
+    affine = np.eye(4)
+    affine[:3, 0] = step
+    affine[:3, 1] = col_dir * pixel_spacing[0]  # rows are PixelSpacing[0] apart
+    affine[:3, 2] = row_dir * pixel_spacing[1]
+    affine[:3, 3] = origin
+    return stacked, affine
+
+
+def _macro(frame: pydicom.Dataset, shared: pydicom.Dataset, sequence: str) -> pydicom.Dataset:
+    """A functional group macro of one frame, or the shared one (DICOM PS3.3 C.7.6.16)."""
+    group = frame if sequence in frame else shared
+    return group[sequence][0]
+
+
 def _to_our_axes(array: np.ndarray, affine_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """highdicom's (slice, row, column) and LPS affine -> (column, row, slice) and RAS affine.
 
@@ -500,11 +567,10 @@ def read_seg(path: str | os.PathLike[str]) -> Volume:
     numbers = sorted(wanted)
     try:
         volume = seg.get_volume(segment_numbers=numbers, combine_segments=False)
-    except (ValueError, RuntimeError) as exc:
-        raise VolumeError(
-            f"{path}: the frames do not form a regularly spaced volume ({exc})"
-        ) from exc
-    stacked = np.asarray(volume.array)
+        stacked, affine_lps = np.asarray(volume.array), np.asarray(volume.affine, dtype=float)
+    except (ValueError, RuntimeError):
+        # highdicom stacks frames along their normal only; a tilted gantry's are sheared.
+        stacked, affine_lps = _sheared_frames(path, seg, numbers)
     if np.issubdtype(stacked.dtype, np.floating):
         stacked = stacked >= 0.5
     masks = stacked.reshape(*stacked.shape[:3], len(numbers)).astype(bool)
@@ -513,7 +579,7 @@ def read_seg(path: str | os.PathLike[str]) -> Volume:
         channels = [i for i, number in enumerate(numbers) if wanted[number] == value]
         if channels:
             labels[masks[..., channels].any(axis=-1)] = value
-    array, affine = _to_our_axes(labels, np.asarray(volume.affine, dtype=np.float64))
+    array, affine = _to_our_axes(labels, affine_lps)
     references = [str(item.SeriesInstanceUID) for item in seg.get("ReferencedSeriesSequence", [])]
     info = {
         "format": "DICOM-SEG",
