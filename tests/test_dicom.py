@@ -350,6 +350,13 @@ def test_folder_without_images(tmp_path):
         read_volume(tmp_path)
 
 
+def test_a_pacs_export_folder_names_the_series_folders_below_it(tmp_path):
+    (tmp_path / "export" / "ST0").mkdir(parents=True)
+    write_series(tmp_path / "export" / "ST0" / "SE0", n=3)
+    with pytest.raises(VolumeError, match="subfolders hold DICOM files.*ST0/SE0"):
+        read_volume(tmp_path / "export")
+
+
 def test_missing_slice(tmp_path):
     folder = tmp_path / "s"
     write_series(folder, n=6)

@@ -125,9 +125,9 @@ def test_finds_exactly_the_corrected_slices_and_navigates(widget_and_layers):
     assert widget.edited_slices() == CORRECTED
     widget.go_to_slice(0)
     assert widget.current_slice() == 0
-    # the slider's number (mm along the body) is explained next to the slice number
+    # the position in mm along the body (napari's status bar) is given beside the slice number
     position = float(image.data_to_world((0, 0, 0))[0])
-    assert f"slice 0 of 20; slider {position:g} mm" in widget.navigate.slice_label.text()
+    assert f"slice 0 of 20; {position:g} mm along the body" in widget.navigate.slice_label.text()
     assert widget.navigate.next_edited() == 2 and widget.current_slice() == 2
     assert widget.navigate.next_edited() == 4
     assert widget.navigate.previous_edited() == 2

@@ -81,6 +81,26 @@ def _read(path: Path, pixels: bool) -> pydicom.Dataset:
     return ds
 
 
+def _series_below(folder: Path, shown: int = 3, depth: int = 3) -> str:
+    """A hint naming subfolders that hold DICOM files (PACS exports nest STUDY/SERIES), or "".
+
+    Subfolders up to ``depth`` levels down are looked at, and only their first file, so the
+    hint stays quick on large exports.
+    """
+    found = []
+    for level in range(1, depth + 1):
+        for path in sorted(folder.glob("/".join(["*"] * level))):
+            if not path.is_dir():
+                continue
+            files = sorted(child for child in path.iterdir() if child.is_file())[:1]
+            if files and is_dicom_file(files[0]):
+                found.append(path)
+    if not found:
+        return ""
+    names = ", ".join(str(path) for path in found[:shown]) + (", …" if len(found) > shown else "")
+    return f"; its subfolders hold DICOM files: choose one series folder, e.g. {names}"
+
+
 def _headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
     """Header of every image file in ``folder``; DICOMDIR, reports and other files are skipped."""
     found = []
@@ -401,7 +421,7 @@ def read_dicom_series(folder: Path, series_of: Path | None = None) -> Volume:
     folder = Path(folder)
     headers = _headers(folder)
     if not headers:
-        raise VolumeError(f"{folder}: no DICOM images in this folder")
+        raise VolumeError(f"{folder}: no DICOM images in this folder{_series_below(folder)}")
     group, others = _choose_series(folder, headers, series_of)
     frames, step = _geometry(folder, read_frames(group))
     datasets = dict(group)

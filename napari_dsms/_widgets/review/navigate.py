@@ -106,10 +106,10 @@ class NavigatePanel(QGroupBox):
         reviewed = current in session.reviewed
         if reviewed:
             notes.append("reviewed")
-        # napari's slider shows the position in mm along the body, which can be negative: say
-        # how the two numbers relate.
+        # napari's status bar gives the position in mm along the body, which can be negative:
+        # say how it relates to the slice number.
         position = self.review.viewer.dims.point[self.review.viewer.dims.ndim - 3]
-        where = f"slice {current} of {session.n_slices}; slider {position:g} mm"
+        where = f"slice {current} of {session.n_slices}; {position:g} mm along the body"
         self.slice_label.setText(where + (f" ({', '.join(notes)})" if notes else ""))
         self.review_button.setText("Unmark reviewed" if reviewed else "Mark slice reviewed")
 
