@@ -37,7 +37,7 @@ import numpy as np
 from napari.layers import Image, Labels, Layer
 from napari.qt.threading import create_worker
 from napari.utils.notifications import Notification, notification_manager, show_info, show_warning
-from qtpy.QtCore import QThreadPool, QTimer
+from qtpy.QtCore import QEvent, QObject, QThreadPool, QTimer
 
 from src_models import autosave as journal
 
@@ -86,6 +86,24 @@ def _finish_writes_at_exit() -> None:
 _WORK_GAP_S = 60.0
 
 _MANAGERS: weakref.WeakKeyDictionary[Any, Autosave] = weakref.WeakKeyDictionary()
+
+
+class _FlushOnClose(QObject):
+    """Saves the strokes still waiting for their quiet time when the viewer's window closes.
+
+    Closing the window (its close button) within the 2 s after a stroke lost that stroke from
+    the journal: the window went without removing its layers, so no save was ever started.
+    """
+
+    def __init__(self, manager: Autosave, window: QObject) -> None:
+        super().__init__(window)  # goes with the window
+        self._manager = manager
+        window.installEventFilter(self)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.Close:
+            self._manager.flush()
+        return False
 
 
 def attach(viewer: napari.viewer.Viewer) -> Autosave:
@@ -213,6 +231,11 @@ class Autosave:
         self._sweep.start(SWEEP_MS)
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_removed)
+        # napari's main window (a QWidget), from the viewer itself: docks are handed napari's
+        # public-only proxy of it.
+        window = getattr(getattr(viewer, "__wrapped__", viewer).window, "_qt_window", None)
+        if isinstance(window, QObject):
+            self._close_watcher = _FlushOnClose(self, window)
         for layer in list(viewer.layers):
             self._adopt(layer)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from qtpy.QtWidgets import QMainWindow
 
 from napari_dsms import _autosave
 from napari_dsms._layers import AUTOSAVE_KEY, image_layer_data, new_labels_like
@@ -241,6 +242,24 @@ def test_closing_the_labels_layer_keeps_its_work_and_reopening_offers_it(
     np.testing.assert_array_equal(restored.data, painted)
     assert restored.metadata["model"] == {"arch": "unet"}
     assert restored.metadata[AUTOSAVE_KEY]["session"] == offer.session  # the journal goes on
+
+
+def test_closing_the_window_right_after_a_stroke_journals_it(ct_file, make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    image, manager = _open(viewer, qtbot, ct_file)
+    manager.delay_ms = 60_000  # the close, not the timer, must save
+    labels = _labels_with_prediction(viewer, image)
+    labels.paint((4, 5, 5), 2)
+    painted = labels.data.copy()
+    # The manager watches napari's main window; a stand-in window is closed here, because
+    # closing napari's own inside the test fixture leaves it unable to clean up.
+    assert manager._close_watcher.parent() is viewer.window._qt_window
+    window = QMainWindow()
+    _autosave._FlushOnClose(manager, window)
+    window.close()  # the window's close button
+    qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
+    [entry] = journal.list_entries()
+    np.testing.assert_array_equal(entry.labels(), painted)
 
 
 def test_a_restored_session_still_tells_corrections_from_what_tools_wrote(

@@ -77,8 +77,10 @@ def test_clean_up_keeps_an_organ_on_the_volume_edges_and_empties_nothing_else() 
 
 def test_predict_without_clean_up_keeps_the_island(tmp_path) -> None:
     volume = _organ_and_island()
+    noise = np.random.default_rng(0).integers(-20, 20, volume.array.shape)  # a CT's grain:
+    hu = (volume.array + noise).astype(np.int16)  # two grey values alone are refused as a mask
     ct = tmp_path / "ct.nii.gz"
-    nib.save(nib.Nifti1Image(volume.array, volume.affine), ct)
+    nib.save(nib.Nifti1Image(hu, volume.affine), ct)
     out = tmp_path / "labels.nii.gz"
     assert main(["predict", str(ct), "-o", str(out), "--model", "fcn", "--device", "cpu",
                  "--no-clean-up"]) == 0  # fmt: skip

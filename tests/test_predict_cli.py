@@ -177,13 +177,17 @@ def test_a_label_file_is_refused_and_values_without_air_are_doubted(
     assert main(["predict", str(labels), *argv]) == 2
     assert "label.nii.gz: this is a label file" in _error_line(capsys)
     assert not (tmp_path / "out.nii.gz").exists()
+    mask = tmp_path / "case0001.nii.gz"  # a mask named like a CT (Decathlon labelsTr), 0/255
+    nib.save(nib.Nifti1Image(np.full((40, 36, 5), 255, np.uint8), nib.load(ct_file).affine), mask)
+    assert main(["predict", str(mask), *argv]) == 2
+    assert "case0001.nii.gz: holds only the values 255: a mask or label file" in _error_line(capsys)
     assert main(["predict", str(ct_file), *argv]) == 0  # the phantom holds no air: doubted
     err = capsys.readouterr().err
     assert "ct.nii.gz: no voxel below -500 HU" in err and "labels and volumes will be wrong" in err
 
 
 def test_another_modality_than_ct_is_refused() -> None:
-    hu = np.full((8, 8, 3), -1000, np.int16)
+    hu = np.random.default_rng(0).integers(-1000, 400, (8, 8, 3)).astype(np.int16)
     assert check_ct(Volume(hu, np.eye(4), "ct", "ct", {"modality": "CT"})) == []
     with pytest.raises(VolumeError, match="mr: modality MR, not CT"):
         check_ct(Volume(hu, np.eye(4), "mr", "mr", {"modality": "MR"}))
@@ -191,7 +195,7 @@ def test_another_modality_than_ct_is_refused() -> None:
 
 def test_slices_tilted_far_from_axial_are_doubted() -> None:
     # A 50-degree oblique volume was segmented along another axis with exit 0 and no warning.
-    hu = np.full((8, 8, 6), -1000, np.int16)
+    hu = np.random.default_rng(0).integers(-1000, 400, (8, 8, 6)).astype(np.int16)
     angle = np.radians(50.0)
     affine = np.eye(4)
     affine[1:3, 1:3] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]

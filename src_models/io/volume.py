@@ -202,6 +202,9 @@ def looks_like_labels(volume: Volume) -> bool:
 #: axial slices, and a volume near 45 degrees may even be cut along another of its axes.
 MAX_OBLIQUE_DEG = 30.0
 
+#: A volume with at most this many distinct values is a mask or a label map, not a CT.
+MASK_VALUES = 3
+
 #: An abdominal CT in Hounsfield units holds air (about -1000 HU) around the body and in the
 #: bowel; a volume whose lowest value is above this was probably not stored in HU.
 AIR_HU = -500.0
@@ -222,12 +225,21 @@ def check_ct(volume: Volume) -> list[str]:
     Raises
     ------
     VolumeError
-        A label file (:func:`looks_like_labels`) or a DICOM series of another modality than CT
-        (DICOM PS3.3 C.7.3.1, Modality).
+        A label file (:func:`looks_like_labels`, or at most :data:`MASK_VALUES` distinct
+        values) or a DICOM series of another modality than CT (DICOM PS3.3 C.7.3.1, Modality).
     """
     name = volume.source or volume.description or "the volume"
     if looks_like_labels(volume):
         raise VolumeError(f"{name}: this is a label file (values 0 to 2), not a CT to segment")
+    # Every 4th voxel along each axis: a CT shows hundreds of grey values even there, a mask
+    # or label map (whatever its name or dtype, e.g. a Decathlon labelsTr file) a handful.
+    sample = np.asarray(volume.array)[tuple(slice(None, None, 4) for _ in volume.array.shape)]
+    values = np.unique(sample)
+    if values.size <= MASK_VALUES:
+        shown = ", ".join(f"{v:g}" for v in values)
+        raise VolumeError(
+            f"{name}: holds only the values {shown}: a mask or label file, not a CT to segment"
+        )
     modality = volume.info.get("modality", "CT")
     if modality != "CT":
         raise VolumeError(
