@@ -204,3 +204,6 @@ def test_slices_tilted_far_from_axial_are_doubted() -> None:
     gantry = np.eye(4)
     gantry[1, 2] = np.tan(np.radians(20.0))  # a 20-degree gantry tilt: usual, no doubt
     assert check_ct(Volume(hu, gantry, "tilt", "tilt", {})) == []
+    tiny = np.diag([0.7, 0.7, 1e-7, 1.0])  # a damaged header's slice spacing
+    [doubt] = check_ct(Volume(hu, tiny, "tiny", "tiny", {}))
+    assert "voxel sizes 0.7 x 0.7 x 1e-07 mm" in doubt

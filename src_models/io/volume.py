@@ -202,6 +202,9 @@ def looks_like_labels(volume: Volume) -> bool:
 #: axial slices, and a volume near 45 degrees may even be cut along another of its axes.
 MAX_OBLIQUE_DEG = 30.0
 
+#: Voxel sizes (mm) outside this range are not a CT scanner's: a damaged header.
+VOXEL_MM = (0.05, 20.0)
+
 #: A volume with at most this many distinct values is a mask or a label map, not a CT.
 MASK_VALUES = 3
 
@@ -219,8 +222,9 @@ def check_ct(volume: Volume) -> list[str]:
     Returns
     -------
     list of str
-        Warnings: values that do not look like HU (no air, or an 8-bit image), and slices
-        tilted more than :data:`MAX_OBLIQUE_DEG` from axial.
+        Warnings: values that do not look like HU (no air, or an 8-bit image), voxel sizes
+        outside :data:`VOXEL_MM`, and slices tilted more than :data:`MAX_OBLIQUE_DEG` from
+        axial.
 
     Raises
     ------
@@ -253,6 +257,13 @@ def check_ct(volume: Volume) -> list[str]:
             f"{volume.array.dtype}): an abdominal CT in Hounsfield units shows air at about "
             "-1000 HU. If the values were windowed or rescaled on export, labels and volumes "
             "will be wrong"
+        )
+    sizes = np.linalg.norm(np.asarray(volume.affine, dtype=np.float64)[:3, :3], axis=0)
+    if not all(VOXEL_MM[0] <= size <= VOXEL_MM[1] for size in sizes):
+        doubts.append(
+            f"{name}: voxel sizes {' x '.join(f'{v:.3g}' for v in sizes)} mm, outside the "
+            f"{VOXEL_MM[0]:g} to {VOXEL_MM[1]:g} mm of CT scanners: the header's geometry is "
+            "probably wrong, and so would be the volumes in mL"
         )
     tilt = slice_tilt_deg(volume.affine)
     if tilt > MAX_OBLIQUE_DEG:
