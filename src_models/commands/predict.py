@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
     volume, warnings = read_volume_reporting(input_path)
     for text in warnings:
         print(f"warning: {text}", file=sys.stderr)
-    doubts = check_ct(volume)
     check_output(output, volume, args.format)  # DICOM-SEG needs a DICOM series
+    doubts = check_ct(volume)
     model, meta = load_checkpoint(args.model)
     if reconstruction_path is not None and not getattr(model, "has_restoration", True):
         raise ValueError(

@@ -163,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
         check_writable_folder(save_model)  # before minutes of fine-tuning, not after
     device = resolve_device(args.device)
     volume = read_volume(input_path)
-    doubts = check_ct(volume)
     check_output(output, volume, args.format)
+    doubts = check_ct(volume)
     labels = read_corrections(labels_path, volume, args.corrected)
     try:
         check_corrections(volume, labels, args.corrected, learn=learn)
