@@ -224,8 +224,8 @@ def where_the_time_goes(device: torch.device, plan: dict, ct: Volume) -> list[st
     started = time.perf_counter()
     body_boxes(canonical, spacing[1:])
     boxes_s = time.perf_counter() - started
-    labels = run_to_end(segment(volume, model, meta, device=device, reconstruct=False)).labels
-    labels, _ = to_canonical(labels, volume.affine)
+    result = run_to_end(segment(volume, model, meta, device=device, reconstruct=False))
+    labels = result.canonical_labels
     started = time.perf_counter()
     keep_largest_components(labels)
     clean_up_s = time.perf_counter() - started

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import platformdirs
 
+from .corrections import edited_slices
 from .io.atomic import atomic_path
 from .io.orientation import from_canonical, to_canonical
 from .io.volume import Volume
@@ -307,12 +308,12 @@ def save(
     else:
         differs = labels
     edited = np.flatnonzero(differs.reshape(labels.shape[0], -1).any(axis=1))
-    corrected, tool_slices = edited, np.zeros(0, dtype=np.intp)
+    corrected, tool_slices = edited, []
     arrays: dict[str, np.ndarray] = {}
     if prediction is not None and baseline is not None and np.shape(baseline) == labels.shape:
         baseline = np.asarray(baseline).astype(np.uint8, copy=False)
-        tool_slices = _differing_slices(baseline, prediction)
-        corrected = _differing_slices(labels, baseline)
+        tool_slices = edited_slices(baseline, prediction)
+        corrected = edited_slices(labels, baseline)
         arrays["tool"] = baseline[tool_slices]
     record = {
         "format": JOURNAL_FORMAT,
@@ -341,11 +342,6 @@ def save(
         if old.name != base.get("file"):
             old.unlink(missing_ok=True)
     return JournalEntry(path, record)
-
-
-def _differing_slices(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Indices along axis 0 of the slices where ``a`` and ``b`` differ."""
-    return np.flatnonzero(np.not_equal(a, b).reshape(a.shape[0], -1).any(axis=1))
 
 
 def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:

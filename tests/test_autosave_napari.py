@@ -159,6 +159,25 @@ def _labels_with_prediction(viewer, image):
     return viewer.add_labels(data, **kwargs)
 
 
+def _labels_saved_on_close(viewer, qtbot, ct: Path):
+    """The CT opened and labels with a prediction, journaled by a close, not by the timer."""
+    image, manager = _open(viewer, qtbot, ct)
+    manager.delay_ms = 60_000  # the close, not the timer, must save
+    return image, manager, _labels_with_prediction(viewer, image)
+
+
+def _wait_for_journal(qtbot, manager) -> None:
+    qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
+
+
+def _reopen_and_restore(viewer, qtbot, ct: Path, image, manager):
+    """Close the CT, open it again and restore what its journal offers: (offer, labels)."""
+    viewer.layers.remove(image)
+    _open(viewer, qtbot, ct)
+    [offer] = manager.offers.values()
+    return offer, manager.restore(offer.digest)
+
+
 def test_edits_are_journaled_after_a_pause_and_an_undone_edit_is_no_work(
     ct_file, make_napari_viewer, qtbot
 ):
@@ -169,7 +188,7 @@ def test_edits_are_journaled_after_a_pause_and_an_undone_edit_is_no_work(
     labels.selected_label = 2
     labels.brush_size = 3
     labels.paint((4, 5, 5), 2)
-    qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
+    _wait_for_journal(qtbot, manager)
     [entry] = journal.list_entries()
     assert entry.edited == [4] and entry.record["model"] == {"arch": "unet"}
     assert entry.record["effort"]["strokes"] == 1
@@ -215,7 +234,7 @@ def test_exporting_the_labels_removes_their_journal(ct_file, tmp_path, make_napa
     manager.delay_ms = 100
     labels = _labels_with_prediction(viewer, image)
     labels.paint((4, 5, 5), 2)
-    qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
+    _wait_for_journal(qtbot, manager)
     out = tmp_path / "export.nii.gz"
     write_labels_layer(str(out), labels.data, {"metadata": labels.metadata, "name": labels.name})
     assert journal.list_entries() == []
@@ -228,17 +247,12 @@ def test_closing_the_labels_layer_keeps_its_work_and_reopening_offers_it(
     ct_file, make_napari_viewer, qtbot
 ):
     viewer = make_napari_viewer()
-    image, manager = _open(viewer, qtbot, ct_file)
-    manager.delay_ms = 60_000  # the close, not the timer, must save
-    labels = _labels_with_prediction(viewer, image)
+    image, manager, labels = _labels_saved_on_close(viewer, qtbot, ct_file)
     labels.paint((4, 5, 5), 2)
     painted = labels.data.copy()
     viewer.layers.remove(labels)
-    qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
-    viewer.layers.remove(image)
-    image, _ = _open(viewer, qtbot, ct_file)
-    [offer] = manager.offers.values()
-    restored = manager.restore(offer.digest)
+    _wait_for_journal(qtbot, manager)
+    offer, restored = _reopen_and_restore(viewer, qtbot, ct_file, image, manager)
     np.testing.assert_array_equal(restored.data, painted)
     assert restored.metadata["model"] == {"arch": "unet"}
     assert restored.metadata[AUTOSAVE_KEY]["session"] == offer.session  # the journal goes on
@@ -246,9 +260,7 @@ def test_closing_the_labels_layer_keeps_its_work_and_reopening_offers_it(
 
 def test_closing_the_window_right_after_a_stroke_journals_it(ct_file, make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
-    image, manager = _open(viewer, qtbot, ct_file)
-    manager.delay_ms = 60_000  # the close, not the timer, must save
-    labels = _labels_with_prediction(viewer, image)
+    image, manager, labels = _labels_saved_on_close(viewer, qtbot, ct_file)
     labels.paint((4, 5, 5), 2)
     painted = labels.data.copy()
     # The manager watches napari's main window; a stand-in window is closed here, because
@@ -257,7 +269,7 @@ def test_closing_the_window_right_after_a_stroke_journals_it(ct_file, make_napar
     window = QMainWindow()
     _autosave._FlushOnClose(manager, window)
     window.close()  # the window's close button
-    qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
+    _wait_for_journal(qtbot, manager)
     [entry] = journal.list_entries()
     np.testing.assert_array_equal(entry.labels(), painted)
 
@@ -268,9 +280,7 @@ def test_a_restored_session_still_tells_corrections_from_what_tools_wrote(
     # After a crash, a restored fill between counted as corrections: fine-tuning would have
     # learnt the interpolated slices as the user's.
     viewer = make_napari_viewer()
-    image, manager = _open(viewer, qtbot, ct_file)
-    manager.delay_ms = 60_000  # the close, not the timer, must save
-    labels = _labels_with_prediction(viewer, image)
+    image, manager, labels = _labels_saved_on_close(viewer, qtbot, ct_file)
     review = ReviewWidget(viewer)
     qtbot.addWidget(review)
     review.select_labels(labels)
@@ -283,13 +293,10 @@ def test_a_restored_session_still_tells_corrections_from_what_tools_wrote(
     assert review.edited_slices() == [1, 3]
     filled = labels.data.copy()
     viewer.layers.remove(labels)
-    qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
+    _wait_for_journal(qtbot, manager)
     [entry] = journal.list_entries()
     assert entry.edited == [1, 2, 3] and entry.corrected == [1, 3]
-    viewer.layers.remove(image)
-    image, _ = _open(viewer, qtbot, ct_file)
-    [offer] = manager.offers.values()
-    restored = manager.restore(offer.digest)
+    offer, restored = _reopen_and_restore(viewer, qtbot, ct_file, image, manager)
     np.testing.assert_array_equal(restored.data, filled)
     review.select_labels(restored)
     review.refresh_status()
@@ -309,7 +316,7 @@ def test_labels_made_with_napari_s_own_button_are_journaled_on_the_ct_grid(
     )
     labels.brush_size = 3
     labels.paint((2, 10, 10), 1)
-    qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
+    _wait_for_journal(qtbot, manager)
     [entry] = journal.list_entries()
     assert entry.edited == [2]  # no prediction: the slices holding labels
     out = tmp_path / "labels.nii.gz"
@@ -340,7 +347,7 @@ def test_labels_only_opened_are_not_journaled(ct_file, make_napari_viewer, qtbot
     qtbot.waitUntil(lambda: not manager.busy, timeout=TIMEOUT_MS)
     assert journal.list_entries() == []  # re-opening the CT will offer nothing
     labels.paint((3, 5, 5), 2)
-    qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
+    _wait_for_journal(qtbot, manager)
     assert journal.list_entries()[0].edited == [2, 3]
 
 

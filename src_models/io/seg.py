@@ -438,11 +438,11 @@ def _sheared_frames(
     if len(steps):  # least squares over every frame: positions are rounded decimal strings
         design = np.c_[np.ones(len(index)), index]
         (origin, step), *_ = np.linalg.lstsq(design, positions, rcond=None)
-    if len(steps) and not np.allclose(origin + np.outer(index, step), positions, atol=0.01):
-        raise VolumeError(
-            f"{path}: the frames do not form a regularly spaced volume (their positions do not "
-            "lie whole steps apart on one line)"
-        )
+        if not np.allclose(origin + np.outer(index, step), positions, atol=0.01):
+            raise VolumeError(
+                f"{path}: the frames do not form a regularly spaced volume (their positions do "
+                "not lie whole steps apart on one line)"
+            )
     pixels = np.asarray(seg.pixel_array).reshape(len(frames), int(seg.Rows), int(seg.Columns))
     if str(seg.SegmentationType) == "FRACTIONAL":
         pixels = pixels / float(seg.MaximumFractionalValue)

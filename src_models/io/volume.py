@@ -20,6 +20,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from .orientation import head_feet_axis
+
 #: Label values of the Medical Segmentation Decathlon Task07 convention used everywhere.
 LABEL_NAMES: dict[int, str] = {0: "background", 1: "pancreas", 2: "tumour"}
 
@@ -278,15 +280,14 @@ def check_ct(volume: Volume) -> list[str]:
 def slice_tilt_deg(affine: np.ndarray) -> float:
     """Angle in degrees between the plane of the slices the models read and the axial plane.
 
-    Those slices span the two array axes other than the one closest to head-feet (the one
-    with the largest S component); their normal is compared with the S axis. 0 for an axial
-    CT, the gantry angle for a tilted gantry.
+    Those slices span the two array axes other than the one closest to head-feet
+    (:func:`~src_models.io.orientation.head_feet_axis`, the engine's slice axis); their normal
+    is compared with the S axis. 0 for an axial CT, the gantry angle for a tilted gantry.
     """
     columns = np.asarray(affine, dtype=np.float64)[:3, :3]
-    directions = columns / np.linalg.norm(columns, axis=0)
-    slice_axis = int(np.argmax(np.abs(directions[2])))
+    slice_axis, _ = head_feet_axis(affine)
     in_plane = [axis for axis in range(3) if axis != slice_axis]
-    normal = np.cross(directions[:, in_plane[0]], directions[:, in_plane[1]])
+    normal = np.cross(columns[:, in_plane[0]], columns[:, in_plane[1]])
     cosine = abs(normal[2]) / np.linalg.norm(normal)
     return float(np.degrees(np.arccos(np.clip(cosine, 0.0, 1.0))))
 
