@@ -11,7 +11,9 @@ import argparse
 import importlib
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 #: Sub-command name -> (module in src_models.commands, one-line help).
@@ -66,12 +68,28 @@ def attach_negative_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a batch system's time limit), raised like Ctrl-C so that output
+    files being written are removed (:func:`~src_models.io.atomic.atomic_path`); left alone,
+    SIGTERM ended the process at once and left a hidden half-written temporary file."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dsms`` console script and of ``python -m src_models``."""
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(attach_negative_values(argv))
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.run(args) or 0)
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -82,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # One line, always: messages that show a matrix (two affines) are folded onto it.
         print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from src_models import build_model
+from src_models import build_model, read_volume
 from src_models.cli import main
 from src_models.inference import devices as devices_module
 from src_models.io import Volume, VolumeError, check_ct
@@ -207,3 +208,50 @@ def test_slices_tilted_far_from_axial_are_doubted() -> None:
     tiny = np.diag([0.7, 0.7, 1e-7, 1.0])  # a damaged header's slice spacing
     [doubt] = check_ct(Volume(hu, tiny, "tiny", "tiny", {}))
     assert "voxel sizes 0.7 x 0.7 x 1e-07 mm" in doubt
+
+
+@pytest.mark.parametrize(("scale", "doubted"), [(1.0, False), (10.0, True), (0.2, True)])
+def test_a_body_of_impossible_width_is_doubted(scale, doubted, nih_ct) -> None:
+    # Voxel sizes 10 times too large, each within a scanner's range, gave 481 mL of pancreas
+    # with exit 0 and no warning; 0.2 times gave 0 mL (found by a tester).
+    real = read_volume(nih_ct)
+    affine = real.affine.copy()
+    affine[:3, :3] *= scale
+    doubts = check_ct(Volume(real.array, affine, "scaled", "scaled", {}))
+    assert any("the body measures" in d for d in doubts) == doubted
+    if doubted:
+        assert f"{309.375 * scale:.0f} mm across" in " ".join(doubts)
+
+
+def test_a_body_cut_by_the_field_of_view_is_not_measured() -> None:
+    hu = np.random.default_rng(0).integers(0, 80, (40, 40, 4)).astype(np.int16)
+    # a crop inside the body: the body touches every edge, so its width says nothing
+    hu[10:20, 10:20] = -1000
+    assert check_ct(Volume(hu, np.diag([0.1, 0.1, 1.0, 1.0]), "crop", "crop", {})) == []
+
+
+def test_values_beyond_any_ct_scale_name_the_slice() -> None:
+    # One slice read as unsigned though it held signed values: 65535 HU, 19 mL, exit 0.
+    hu = np.random.default_rng(0).integers(-1000, 400, (8, 8, 5)).astype(np.int32)
+    hu[:, :, 3] += 64536
+    with pytest.raises(VolumeError, match=r"values up to \d+ HU in slice 3 .*PixelRepresentation"):
+        check_ct(Volume(hu, np.eye(4), "odd", "odd", {}))
+
+
+def test_sigterm_while_writing_leaves_no_file_behind(
+    ct_file, drs_checkpoint, tmp_path, monkeypatch, capsys
+):
+    # `kill` (a batch system's time limit) left a hidden half-written temporary file.
+    from src_models.io import nifti
+
+    def killed_while_saving(img, path):
+        os.kill(os.getpid(), signal.SIGTERM)
+        Path(path).write_bytes(b"half")
+
+    monkeypatch.setattr(nifti.nib, "save", killed_while_saving)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    argv = ["predict", str(ct_file), "-o", str(out_dir / "labels.nii.gz")]
+    assert main([*argv, "--model", str(drs_checkpoint), "--device", "cpu"]) == 143
+    assert list(out_dir.iterdir()) == []
+    assert "error: terminated (SIGTERM)" in capsys.readouterr().err

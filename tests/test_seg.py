@@ -156,6 +156,21 @@ def test_round_trip_same_voxels_at_same_world_positions(tmp_path, kind):
         np.testing.assert_allclose(highdicom_world(out, value), expected, atol=1e-4)
 
 
+def test_slices_whose_orientations_differ_by_rounding_export_a_seg(tmp_path):
+    # The reader took such a series as one volume, then the SEG failed after the whole
+    # segmentation (highdicom wants one shared orientation; found by a tester).
+    write_ct_series(tmp_path / "ct")
+    for path in sorted((tmp_path / "ct").iterdir())[1::2]:
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = ["0.999999", "0", "0", "0", "1", "0"]
+        ds.save_as(path)
+    ct = read_volume(tmp_path / "ct")
+    labels = make_labels(ct.shape)
+    out = write_seg(tmp_path / "labels.dcm", labels, ct, ALGORITHM)
+    np.testing.assert_array_equal(read_labels(out, reference=ct).array, labels)
+    assert pydicom.dcmread(tmp_path / "ct" / "IM001.dcm").ImageOrientationPatient[0] == 0.999999
+
+
 def test_a_tilted_gantry_series_seg_reads_back_on_its_sheared_grid(tmp_path):
     # It was written with exit 0 but read back nowhere: highdicom stacks frames along their
     # normal only, and a tilted gantry's slices step sideways too.

@@ -373,6 +373,38 @@ def test_file_with_disagreeing_qform_and_sform_warns(tmp_path):
     np.testing.assert_allclose(volume.affine, sheared(), atol=1e-5)
 
 
+def test_labels_keep_the_ct_own_qform_when_it_differs_from_the_sform(tmp_path):
+    # Written labels got the sform in both forms: a viewer that reads qforms showed them 30 mm
+    # away from the CT (found by a tester).
+    moved = AFFINE.copy()
+    moved[0, 3] += 30.0
+    hu = np.random.default_rng(0).integers(-1000, 400, (12, 10, 6), np.int16)
+    img = nib.Nifti1Image(hu, AFFINE)
+    img.set_sform(AFFINE, code=1)
+    img.set_qform(moved, code=2)
+    nib.save(img, str(tmp_path / "ct.nii.gz"))
+    with pytest.warns(UserWarning, match="30.0 mm apart"):
+        ct = read_volume(tmp_path / "ct.nii.gz")
+    out = write_labels(tmp_path / "labels.nii.gz", np.zeros(ct.shape, np.uint8), ct)
+    header, source = nib.load(out).header, img.header
+    for form in ("qform", "sform"):
+        got, code = getattr(header, f"get_{form}")(coded=True)
+        want, want_code = getattr(source, f"get_{form}")(coded=True)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        assert int(code) == int(want_code)
+
+
+def test_a_qform_that_is_not_a_rotation_is_named_and_ignored(tmp_path):
+    path = save(tmp_path / "ct.nii", np.zeros((12, 10, 6), np.int16))
+    img = nib.load(path)
+    header = img.header
+    header["quatern_b"] = header["quatern_c"] = header["quatern_d"] = 0.9
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), None, header), str(tmp_path / "bad.nii"))
+    with pytest.warns(UserWarning, match="bad.nii: the qform .code 1. is not a valid rotation"):
+        volume = read_volume(tmp_path / "bad.nii")
+    np.testing.assert_allclose(volume.affine, AFFINE, atol=1e-5)
+
+
 def test_volume_properties():
     volume = Volume(np.zeros((2, 3, 4), np.int16), AFFINE, "x.nii", "x")
     assert volume.spacing == pytest.approx((0.8, 0.8, 2.5))

@@ -227,7 +227,7 @@ def _size(where: str, ds: pydicom.Dataset, keyword: str) -> int:
 def count_frames(ds: pydicom.Dataset) -> int:
     try:
         return max(int(ds.get("NumberOfFrames", 1) or 1), 1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 1
 
 
@@ -235,21 +235,32 @@ def read_frames(group: list[tuple[Path, pydicom.Dataset]]) -> list[Frame]:
     """Every frame of the chosen series' files, classic or enhanced, as :class:`Frame` records."""
     frames = []
     for path, ds in group:
-        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-            raise VolumeError(f"{path}: a colour image, not a CT slice")
-        if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
-            per_frame = len(ds.get("PerFrameFunctionalGroupsSequence") or [])
-            if per_frame not in (0, count_frames(ds)):
-                raise VolumeError(
-                    f"{path}: {count_frames(ds)} frames (NumberOfFrames) but {per_frame} items in "
-                    "PerFrameFunctionalGroupsSequence; the frames cannot be placed"
-                )
-            frames += [_frame(path, ds, k) for k in range(count_frames(ds))]
-        elif count_frames(ds) > 1:
-            raise VolumeError(
-                f"{path}: {count_frames(ds)} frames without per-frame functional groups, so the "
-                "frames cannot be placed in the patient"
-            )
-        else:
-            frames.append(_frame(path, ds, None))
+        try:
+            frames += _file_frames(path, ds)
+        except VolumeError:
+            raise
+        except (TypeError, ValueError, OverflowError, AttributeError) as exc:
+            # A value of the wrong kind or multiplicity (two Rows, NumberOfFrames "inf"): one
+            # line naming the file instead of a traceback.
+            raise VolumeError(f"{path}: a header value cannot be read ({exc})") from exc
     return frames
+
+
+def _file_frames(path: Path, ds: pydicom.Dataset) -> list[Frame]:
+    """The frames of one file (:func:`read_frames`)."""
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise VolumeError(f"{path}: a colour image, not a CT slice")
+    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+        per_frame = len(ds.get("PerFrameFunctionalGroupsSequence") or [])
+        if per_frame not in (0, count_frames(ds)):
+            raise VolumeError(
+                f"{path}: {count_frames(ds)} frames (NumberOfFrames) but {per_frame} items in "
+                "PerFrameFunctionalGroupsSequence; the frames cannot be placed"
+            )
+        return [_frame(path, ds, k) for k in range(count_frames(ds))]
+    if count_frames(ds) > 1:
+        raise VolumeError(
+            f"{path}: {count_frames(ds)} frames without per-frame functional groups, so the "
+            "frames cannot be placed in the patient"
+        )
+    return [_frame(path, ds, None)]

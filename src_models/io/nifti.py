@@ -88,15 +88,29 @@ def _form_warnings(path: Path, header: nib.Nifti1Header, shape: tuple[int, ...])
         ]
     if qcode == 0 or scode == 0:
         return []
+    qform = _qform(header)
+    if qform is None:
+        return [
+            f"{path}: the qform (code {qcode}) is not a valid rotation (its quaternion "
+            f"parameters are out of range); using the sform (code {scode}), as nibabel does"
+        ]
     corners = np.array(np.meshgrid(*[(0, n - 1) for n in shape[:3]], indexing="ij"))
     corners = np.vstack([corners.reshape(3, -1), np.ones((1, 8))])
-    gap = np.linalg.norm((header.get_qform() - header.get_sform()) @ corners, axis=0).max()
+    gap = np.linalg.norm((qform - header.get_sform()) @ corners, axis=0).max()
     if gap <= FORMS_DISAGREE_MM:
         return []
     return [
         f"{path}: the qform (code {qcode}) and the sform (code {scode}) place voxels up to "
         f"{gap:.1f} mm apart; using the sform, as nibabel does (other viewers may use the qform)"
     ]
+
+
+def _qform(header: nib.Nifti1Header) -> np.ndarray | None:
+    """The header's qform matrix, or ``None`` when its quaternion is not a rotation."""
+    try:
+        return np.asarray(header.get_qform(), dtype=np.float64)
+    except (nib.spatialimages.HeaderDataError, ValueError):
+        return None
 
 
 def read_nifti(path: Path) -> Volume:
@@ -151,6 +165,12 @@ def read_nifti(path: Path) -> Volume:
     warning_texts = _form_warnings(path, header, spatial)
     for text in warning_texts:
         warnings.warn(text, UserWarning, stacklevel=3)
+    # A qform that differs from the sform is kept to be written back unchanged (_write_nifti):
+    # viewers that read the qform then place our labels where they place this CT.
+    qform = _qform(header) if int(header["qform_code"]) and int(header["sform_code"]) else None
+    if qform is not None:
+        qform[:3] *= to_mm
+        qform = None if np.allclose(qform, affine) else qform
     info = {
         "format": "NIfTI-2" if isinstance(img, nib.Nifti2Image) else "NIfTI-1",
         "dtype": str(stored),
@@ -163,6 +183,7 @@ def read_nifti(path: Path) -> Volume:
         "rescale_intercept": inter,
         "warnings": warning_texts,
         "intent": header.get_intent()[0],  # "label" (NIFTI_INTENT_LABEL) for label maps
+        **({"qform": qform.tolist()} if qform is not None else {}),
     }
     return Volume(array, affine, str(path), path.name, info)
 
@@ -252,7 +273,11 @@ def _write_nifti(path: Path, array: np.ndarray, reference: Volume, intent: str) 
         )
     img = nib.Nifti1Image(array, reference.affine)
     qcode, scode = _form_codes(reference)
-    img.set_qform(reference.affine, code=qcode)  # also sets pixdim, which codes 0 / 0 rely on
+    # The source's own qform where it differs from its sform (read_nifti), so a viewer that
+    # reads qforms pairs the two files as it pairs their qforms; else the affine. Setting it
+    # also sets pixdim, which codes 0 / 0 rely on.
+    qform = reference.info.get("qform") if qcode else None
+    img.set_qform(reference.affine if qform is None else np.asarray(qform), code=qcode)
     img.set_sform(reference.affine, code=scode)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_data_dtype(array.dtype)

@@ -57,7 +57,13 @@ import pydicom
 from pydicom.sr.codedict import codes
 
 from .atomic import atomic_path
-from .dicom import LPS_TO_RAS, SEGMENTATION_SOP_CLASSES, is_dicom_file
+from .dicom import (
+    LPS_TO_RAS,
+    ORIENTATION_TOLERANCE,
+    SEGMENTATION_SOP_CLASSES,
+    SPACING_TOLERANCE_MM,
+    is_dicom_file,
+)
 from .volume import Volume, VolumeError, check_same_grid, label_array
 
 #: File endings that choose DICOM-SEG output.
@@ -239,6 +245,7 @@ def _source_images(reference: Volume) -> tuple[list[pydicom.Dataset], list[int]]
                 f"{folder / names[0]}: no {key}; a DICOM-SEG must carry the source's and none "
                 "can be made up"
             )
+    _share_plane(headers)
     frames = info.get("slice_frames") or [None] * len(names)
     if frames[0] is None:
         return headers, list(range(len(names)))
@@ -248,6 +255,30 @@ def _source_images(reference: Volume) -> tuple[list[pydicom.Dataset], list[int]]
             "can reference one multi-frame image only"
         )
     return headers, [int(frame) for frame in frames]
+
+
+def _share_plane(headers: list[pydicom.Dataset]) -> None:
+    """Give every slice header the first one's orientation and pixel spacing, in memory.
+
+    The reader takes a series whose slices' ImageOrientationPatient or PixelSpacing differ by
+    rounding (``0.999999`` against ``1``; :data:`~src_models.io.dicom.ORIENTATION_TOLERANCE`,
+    :data:`~src_models.io.dicom.SPACING_TOLERANCE_MM`) as one volume, but highdicom refuses
+    source images without one shared plane: a tester's series segmented fully and then failed
+    to export. The files on disk are not touched.
+    """
+    for key, tolerance in (
+        ("ImageOrientationPatient", ORIENTATION_TOLERANCE),
+        ("PixelSpacing", SPACING_TOLERANCE_MM),
+    ):
+        first = headers[0].get(key)
+        if first is None:
+            continue
+        for ds in headers[1:]:
+            value = ds.get(key)
+            if value is None or len(value) != len(first):
+                continue
+            if np.allclose(np.asarray(value, float), np.asarray(first, float), atol=tolerance):
+                setattr(ds, key, first)
 
 
 def _series_description(algorithm: Algorithm | None, corrected: bool) -> str:

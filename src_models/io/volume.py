@@ -19,6 +19,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from .orientation import head_feet_axis
 
@@ -214,6 +215,15 @@ MASK_VALUES = 3
 #: bowel; a volume whose lowest value is above this was probably not stored in HU.
 AIR_HU = -500.0
 
+#: No CT stores values above this (extended CT scales for metal end at 30,710 HU); above it
+#: the pixel data were misread (a slice read as unsigned that holds signed values).
+MAX_HU = 31_000.0
+
+#: Width (mm) of a body that lies wholly inside the slice, from a newborn's abdomen to the
+#: widest adult's: outside it the voxel sizes are wrong, though each looks like a scanner's
+#: (a header scaled 10 times gave 481 mL of pancreas, one scaled by 0.2 gave 0 mL).
+BODY_WIDTH_MM = (80.0, 700.0)
+
 
 def check_ct(volume: Volume) -> list[str]:
     """Refuse what is plainly not a CT in Hounsfield units; return doubts as warning texts.
@@ -252,6 +262,21 @@ def check_ct(volume: Volume) -> list[str]:
             f"{name}: modality {modality}, not CT; the models read Hounsfield units and "
             "segment CT only"
         )
+    highest = float(volume.array.max()) if volume.array.size else 0.0
+    if highest > MAX_HU:
+        axis, _ = head_feet_axis(volume.affine)
+        slices = np.flatnonzero(
+            np.moveaxis(np.asarray(volume.array) > MAX_HU, axis, 0).any(
+                axis=tuple(range(1, volume.array.ndim))
+            )
+        )
+        raise VolumeError(
+            f"{name}: values up to {highest:g} HU in slice{'s' * (len(slices) > 1)} "
+            f"{', '.join(map(str, slices[:5]))}{', …' if len(slices) > 5 else ''} (along the "
+            f"head-feet axis, 0-based), beyond any CT scale (at most about {MAX_HU:g} HU): the "
+            "pixel data were misread (PixelRepresentation or rescale slope and intercept of "
+            "those slices?)"
+        )
     doubts = []
     if volume.array.size and float(volume.array.min()) > AIR_HU:
         doubts.append(
@@ -267,6 +292,14 @@ def check_ct(volume: Volume) -> list[str]:
             f"{VOXEL_MM[0]:g} to {VOXEL_MM[1]:g} mm of CT scanners: the header's geometry is "
             "probably wrong, and so would be the volumes in mL"
         )
+    width = body_width_mm(volume)
+    if width is not None and not BODY_WIDTH_MM[0] <= width <= BODY_WIDTH_MM[1]:
+        doubts.append(
+            f"{name}: the body measures {width:.0f} mm across with these voxel sizes "
+            f"({' x '.join(f'{v:.3g}' for v in sizes)} mm), outside the {BODY_WIDTH_MM[0]:g} "
+            f"to {BODY_WIDTH_MM[1]:g} mm of a patient: the header's geometry is probably "
+            "wrong, and so would be the volumes in mL"
+        )
     tilt = slice_tilt_deg(volume.affine)
     if tilt > MAX_OBLIQUE_DEG:
         doubts.append(
@@ -275,6 +308,45 @@ def check_ct(volume: Volume) -> list[str]:
             "labels and volumes may be wrong. Resample the CT to axial slices first"
         )
     return doubts
+
+
+def body_width_mm(volume: Volume, slices: int = 9) -> float | None:
+    """Median width (mm) of the body across the slices the models read, or ``None``.
+
+    On up to ``slices`` slices spread along the head-feet axis, the body is the largest
+    component above :data:`AIR_HU` (computed on about every 2 mm); its width is the longer side
+    of its bounding box. Slices where it touches the slice's edge (a field of view cropped into
+    the body) or that hold none say nothing and are skipped.
+    """
+    array = np.asarray(volume.array)
+    if array.ndim != 3 or not array.size:
+        return None
+    axis, _ = head_feet_axis(volume.affine)
+    in_plane = [a for a in range(3) if a != axis]
+    sizes = np.linalg.norm(np.asarray(volume.affine, dtype=np.float64)[:3, :3], axis=0)
+    steps = [max(1, int(2.0 // max(sizes[a], 1e-6))) for a in in_plane]
+    widths = []
+    for k in np.unique(np.linspace(0, array.shape[axis] - 1, slices).round().astype(int)):
+        plane = np.take(array, k, axis=axis)[:: steps[0], :: steps[1]] > AIR_HU
+        components, count = ndimage.label(plane, np.ones((3, 3), dtype=bool))
+        if count == 0:
+            continue
+        largest = int(np.bincount(components.ravel())[1:].argmax()) + 1
+        rows, cols = ndimage.find_objects(components, max_label=largest)[largest - 1]
+        if (
+            rows.start == 0
+            or cols.start == 0
+            or rows.stop == plane.shape[0]
+            or (cols.stop == plane.shape[1])
+        ):
+            continue
+        widths.append(
+            max(
+                (rows.stop - rows.start) * steps[0] * sizes[in_plane[0]],
+                (cols.stop - cols.start) * steps[1] * sizes[in_plane[1]],
+            )
+        )
+    return float(np.median(widths)) if widths else None
 
 
 def slice_tilt_deg(affine: np.ndarray) -> float:
