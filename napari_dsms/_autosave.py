@@ -25,7 +25,6 @@ napari-dsms writer) removes the session's journal: the export now holds the work
 from __future__ import annotations
 
 import atexit
-import hashlib
 import time
 import weakref
 from collections.abc import Callable
@@ -176,9 +175,7 @@ def _journal_job(
     labels = np.array(live, dtype=np.uint8, copy=True)
     if kwargs.get("baseline") is not None:  # copied here too, off the GUI thread
         kwargs = {**kwargs, "baseline": np.array(kwargs["baseline"], dtype=np.uint8, copy=True)}
-    state = hashlib.blake2b(labels.data, digest_size=16)
-    state.update(repr(kwargs["reviewed"]).encode())
-    digest = state.hexdigest()
+    digest = journal.state_hash(labels, kwargs["reviewed"])
     if digest == saved_hash:
         return None, digest
     fits = prediction is not None and np.shape(prediction) == labels.shape

@@ -20,7 +20,7 @@ from src_models import autosave
 from src_models.io import NIFTI_SUFFIXES, Algorithm, write_output
 from src_models.version import __version__
 
-from ._layers import AUTOSAVE_KEY, MODEL, PREDICTION, canonical_to_volume
+from ._layers import AUTOSAVE_KEY, MODEL, PREDICTION, REVIEWED, canonical_to_volume
 
 
 def provenance(data: Any, metadata: dict[str, Any]) -> tuple[Algorithm | None, bool]:
@@ -85,7 +85,9 @@ def export_labels(
     written = write_output(
         path, volume.array, volume, format, algorithm=algorithm, corrected=corrected
     )
-    autosave.discard(metadata.get(AUTOSAVE_KEY))  # the export now holds the work
+    # The export now holds the work: its journal goes, and so does a save of this same state
+    # still due from a stroke made just before.
+    autosave.discard(metadata.get(AUTOSAVE_KEY), data, metadata.get(REVIEWED, ()))
     return written
 
 

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import uuid
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -46,6 +47,15 @@ AUTOSAVE_DIR_ENV = "DSMS_AUTOSAVE_DIR"
 
 #: Journals older than this are removed by :func:`prune` (called at every save).
 MAX_AGE_DAYS = 30
+
+#: Saves and removals of journals never interleave: an export removed a session's files while an
+#: autosave of it was writing, and the journal written after the removal named a base file that
+#: was gone, so it could never be restored and was offered again at every opening (a tester).
+_LOCK = threading.RLock()
+
+#: Session -> :func:`state_hash` of the labels last exported from it (:func:`discard`); a save
+#: of that same state is not journaled (the export holds it).
+_EXPORTED: dict[str, str] = {}
 
 #: Version of the journal file layout, stored in every record.
 JOURNAL_FORMAT = 2
@@ -247,7 +257,7 @@ def save(
     effort: Mapping[str, Any] | None = None,
     now: _dt.datetime | None = None,
     root: Path | None = None,
-) -> JournalEntry:
+) -> JournalEntry | None:
     """Journal the current labels of a correction session, replacing its previous save.
 
     Parameters
@@ -281,14 +291,45 @@ def save(
 
     Returns
     -------
-    JournalEntry
-        The written entry.
+    JournalEntry or None
+        The written entry; ``None`` when these labels and reviewed slices are what was last
+        exported from the session (:func:`discard`): its journal is removed instead.
 
     Raises
     ------
     OSError
         The folder cannot be written (full disk, no permission); the previous save is intact.
     """
+    with _LOCK:
+        if _EXPORTED.get(session) == state_hash(labels, reviewed):
+            prune(digest, session, max_age_days=None, root=root)
+            return None
+        return _save(
+            labels, digest=digest, session=session, affine=affine, shape=shape, source=source,
+            description=description, layer=layer, prediction=prediction, baseline=baseline,
+            reviewed=reviewed, model=model, effort=effort, now=now, root=root,
+        )  # fmt: skip
+
+
+def _save(
+    labels: np.ndarray,
+    *,
+    digest: str,
+    session: str,
+    affine: np.ndarray,
+    shape: Sequence[int],
+    source: str,
+    description: str,
+    layer: str,
+    prediction: np.ndarray | None,
+    baseline: np.ndarray | None,
+    reviewed: Iterable[int],
+    model: Mapping[str, Any] | None,
+    effort: Mapping[str, Any] | None,
+    now: _dt.datetime | None,
+    root: Path | None,
+) -> JournalEntry:
+    """:func:`save`'s writing, under its lock."""
     path = _journal_path(digest, session, root)
     labels = np.asarray(labels).astype(np.uint8, copy=False)
     if labels.ndim != 3:
@@ -454,6 +495,14 @@ def prune(
     if max_age_days is not None:
         cutoff = (now or _now()).timestamp() - max_age_days * 86400.0
     removed = 0
+    with _LOCK:
+        removed = _prune(root, digest, session, cutoff)
+    return removed
+
+
+def _prune(root: Path, digest: str | None, session: str | None, cutoff: float | None) -> int:
+    """:func:`prune`'s removals, under the journals' lock."""
+    removed = 0
     for folder in _folders(root):
         # Every file, so that leftovers of a save killed half-way also age out.
         for path in folder.iterdir():
@@ -476,14 +525,31 @@ def stamp(digest: str, session: str, root: Path | None = None) -> dict[str, str]
     return {"digest": digest, "session": session, "folder": str(root or autosave_dir())}
 
 
-def discard(stamp: Mapping[str, str] | None) -> int:
+def state_hash(labels: np.ndarray, reviewed: Iterable[int] = ()) -> str:
+    """A digest of a session's state: its uint8 labels and the slices marked reviewed."""
+    state = hashlib.blake2b(np.ascontiguousarray(labels, dtype=np.uint8).data, digest_size=16)
+    state.update(repr(sorted(int(k) for k in reviewed)).encode())
+    return state.hexdigest()
+
+
+def discard(
+    stamp: Mapping[str, str] | None,
+    labels: np.ndarray | None = None,
+    reviewed: Iterable[int] = (),
+) -> int:
     """Remove the journal of an exported session, named by a :func:`stamp`.
 
     napari-dsms keeps the stamp in the labels layer's metadata; once the labels are safely in an
-    exported file the journal has done its job. ``None`` (a layer never journaled) removes
-    nothing. Returns the number of files removed.
+    exported file the journal has done its job. With the exported ``labels`` (canonical) and
+    ``reviewed`` slices, a later :func:`save` of that same state (an autosave due from a stroke
+    made just before the export) is not journaled either, so exported work is not offered for
+    restoring. ``None`` (a layer never journaled) removes nothing. Returns the number of files
+    removed.
     """
     if not stamp:
         return 0
     folder = Path(stamp["folder"]) if stamp.get("folder") else None
-    return prune(stamp["digest"], stamp["session"], root=folder)
+    with _LOCK:
+        if labels is not None:
+            _EXPORTED[stamp["session"]] = state_hash(labels, reviewed)
+        return prune(stamp["digest"], stamp["session"], root=folder)

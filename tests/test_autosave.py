@@ -242,3 +242,52 @@ def test_the_journal_folder_defaults_to_the_user_data_folder(monkeypatch):
     assert folder.name == "autosave" and "napari-dsms" in str(folder)
     monkeypatch.setenv(autosave.AUTOSAVE_DIR_ENV, os.path.join("~", "j"))
     assert autosave.autosave_dir() == Path.home() / "j"
+
+
+def test_an_export_during_a_save_leaves_no_broken_journal(ct_file, journal_dir, monkeypatch):
+    # An export removed a session's files while an autosave of it was writing; the journal
+    # written after the removal named a prediction file that was gone, could never be restored,
+    # and was offered at every opening (found by a tester).
+    import threading
+    import time
+
+    labels, prediction = _painted(ct_file)
+    session = autosave.new_session()
+    digest = autosave.volume_digest(read_volume(ct_file))
+    base_written, go_on = threading.Event(), threading.Event()
+    write = autosave._write_atomic
+
+    def slow_write(path, arrays):
+        write(path, arrays)
+        if ".base" in path.name:
+            base_written.set()
+            go_on.wait(10)
+
+    monkeypatch.setattr(autosave, "_write_atomic", slow_write)
+    saving = threading.Thread(target=_save, args=(ct_file, labels, session),
+                              kwargs={"prediction": prediction})  # fmt: skip
+    saving.start()
+    assert base_written.wait(10)
+    stamp = autosave.stamp(digest, session)
+    exporting = threading.Thread(target=autosave.discard, args=(stamp,))
+    exporting.start()
+    time.sleep(0.2)
+    assert exporting.is_alive()  # the export's removal waits for the save to end
+    go_on.set()
+    saving.join(10)
+    exporting.join(10)
+    assert autosave.list_entries() == [] and not any(journal_dir.iterdir())
+
+
+def test_the_state_just_exported_is_not_journaled_again(ct_file, journal_dir):
+    # A stroke less than the autosave delay before an export left a fresh journal of exported
+    # work, offered for restoring at the next opening (found by a tester).
+    labels, prediction = _painted(ct_file)
+    session = autosave.new_session()
+    entry = _save(ct_file, labels, session, prediction=prediction, reviewed=[3])
+    autosave.discard(autosave.stamp(entry.digest, session), labels, reviewed=[3])
+    assert _save(ct_file, labels, session, prediction=prediction, reviewed=[3]) is None
+    assert autosave.list_entries() == []
+    labels[5, 0:2, 0:2] = 1  # painting on after the export is journaled again
+    assert _save(ct_file, labels, session, prediction=prediction, reviewed=[3]) is not None
+    assert [e.session for e in autosave.list_entries()] == [session]

@@ -207,7 +207,11 @@ def test_refine_command_refuses_bad_input(tmp_path, case, tiny, capsys, change, 
 
 @pytest.mark.parametrize(
     "corrected, message",
-    [("20,,35", "empty entry between commas"), ("20,x", "not a comma-separated list")],
+    [
+        ("20,,35", "empty entry between commas"),
+        ("20,x", "not a comma-separated list"),
+        ("3 5,40", "not a comma-separated list"),  # read as 35 once, with exit 0
+    ],
 )
 def test_refine_command_refuses_a_garbled_slice_list(tmp_path, capsys, corrected, message):
     # "20,,35" may have lost a slice number: refused, not read as 20,35

@@ -43,7 +43,9 @@ from .common import DEFAULT_MODEL, check_outputs, progress_bar
 
 
 def _slice_list(text: str) -> list[int]:
-    parts = text.replace(" ", "").split(",")
+    # Spaces around a number are fine ("12, 20"); inside one they are not: "3 5" read as 35
+    # once turned slices 3 and 5 into slice 35 with exit 0 (found by a tester).
+    parts = [part.strip() for part in text.split(",")]
     if "" in parts[:-1]:  # a trailing comma is harmless; "20,,35" may have lost a number
         raise argparse.ArgumentTypeError(
             f"{text!r} has an empty entry between commas: give each corrected slice once"
