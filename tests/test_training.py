@@ -292,3 +292,30 @@ def test_evaluate_prints_table_one_with_hand_computed_figures(tmp_path, capsys):
     rows = list(csv.DictReader(open(table.with_suffix(".csv"))))
     assert float(rows[0]["mean"]) == pytest.approx(dice, abs=1e-6)
     assert table.with_suffix(".json").is_file()
+    assert "not held-out figures" not in printed
+
+
+def test_evaluate_says_which_cases_a_model_trained_on(tmp_path, capsys):
+    # A training-set figure was printed beside a held-out one without a word (found by a tester).
+    data = tmp_path / "cases"
+    data.mkdir()
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    for name in ("a", "b"):
+        labels = np.zeros((10, 10, 4), dtype=np.uint8)
+        labels[2:5, 2:5] = 1
+        nib.save(
+            nib.Nifti1Image(np.zeros_like(labels, np.int16), affine), str(data / f"{name}.nii.gz")
+        )
+        nib.save(nib.Nifti1Image(labels, affine), str(data / f"{name}_label.nii.gz"))
+    everything = _constant_model(tmp_path)  # no provenance: trained on nothing we know of
+    trained = save_checkpoint(
+        tmp_path / "trained.pt", build_model("unet", width=4),
+        preprocessing={"hu_window": [0, 255], "spacing_mm": None},
+        provenance={"train_patients": ["a", "zz"]},
+    )  # fmt: skip
+    argv = ["evaluate", "--data", str(data), "--device", "cpu"]
+    assert main([*argv, "--models", str(everything), str(trained)]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: trained trained on 1 of the 2 cases (a;" in err
+    assert "everything" not in err
+    assert "*trained trained on 1 of these 2 cases (a): its figures are not held-out" in out

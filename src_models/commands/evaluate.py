@@ -132,13 +132,23 @@ def evaluate(
                for case, by_structure in scores[name].items()}
         for name in names
     }  # fmt: skip
+    trained_on = {
+        name: sorted(c.patient_id for c in cases if c.patient_id in _trained_on(meta))
+        for name, (_, meta) in zip(names, loaded, strict=True)
+    }
     return {
         "models": names,
         "checkpoints": [meta["path"] for _, meta in loaded],
         "cases": [c.case_id for c in cases],
+        "trained_on": trained_on,
         "per_case": per_case,
         "summary": summary,
     }
+
+
+def _trained_on(meta: dict[str, Any]) -> set[str]:
+    """Patients a checkpoint trained on, as its provenance records them (``train_patients``)."""
+    return {str(p) for p in (meta.get("provenance") or {}).get("train_patients") or ()}
 
 
 def _column_name(model: str) -> str:
@@ -166,6 +176,13 @@ def markdown_table(result: dict[str, Any]) -> str:
                 f"| {_ROW_NAMES[metric]} | " + " | ".join(f"{v:.4f}" for v in values) + " |"
             )
         lines.append("")
+    for name, seen in result.get("trained_on", {}).items():
+        if seen:
+            lines.append(
+                f"*{name} trained on {len(seen)} of these {len(result['cases'])} cases "
+                f"({', '.join(seen[:5])}{', …' if len(seen) > 5 else ''}): its figures are not "
+                "held-out figures.*"
+            )
     return "\n".join(lines)
 
 
@@ -196,6 +213,14 @@ def evaluate_to_files(
 ) -> dict[str, Any]:
     """Run :func:`evaluate`, print the Markdown table and write ``out`` (+ .csv, .json) if given."""
     result = evaluate(models, cases, device=device, names=names, progress=progress)
+    for name, seen in result["trained_on"].items():
+        if seen:  # a training-set figure beside a held-out one misleads (found by a tester)
+            print(
+                f"warning: {name} trained on {len(seen)} of the {len(result['cases'])} cases "
+                f"({', '.join(seen[:5])}{', …' if len(seen) > 5 else ''}; its checkpoint's "
+                "provenance): its scores on them are not held-out figures",
+                file=sys.stderr,
+            )
     table = markdown_table(result)
     print(table)
     if out is not None:
