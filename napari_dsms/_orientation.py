@@ -19,8 +19,13 @@ AXIS_DIRECTIONS = (("I", "S"), ("A", "P"), ("R", "L"))
 PREFIX = "orientation: "
 
 
-def markers(displayed: tuple[int, ...], ndim: int) -> str:
-    """``"orientation: top A, bottom P, left R, right L"`` for the displayed axes, or ``""``.
+def markers(
+    displayed: tuple[int, ...], ndim: int, orientation2d: tuple[Any, Any] = ("down", "right")
+) -> str:
+    """``"orientation: left R, right L\ntop A, bottom P"`` for the displayed axes, or ``""``.
+
+    Left and right come first: napari's canvas cuts the overlay's line at its width, and at the
+    default window size with the docks open only about 35 characters showed, the R/L part lost.
 
     Parameters
     ----------
@@ -28,11 +33,17 @@ def markers(displayed: tuple[int, ...], ndim: int) -> str:
         napari's ``viewer.dims.displayed`` (two axes on the 2D canvas).
     ndim
         Number of dimensions of the viewer; markers need exactly the three canonical ones.
+    orientation2d
+        napari's ``viewer.camera.orientation2d``: whether the vertical axis points down or up
+        the screen, the horizontal one right or left.
     """
     if ndim != 3 or len(displayed) != 2:
         return ""
-    (top, bottom), (left, right) = (AXIS_DIRECTIONS[axis] for axis in displayed)
-    return f"{PREFIX}top {top}, bottom {bottom}, left {left}, right {right}"
+    (first_v, last_v), (first_h, last_h) = (AXIS_DIRECTIONS[axis] for axis in displayed)
+    vertical, horizontal = (str(getattr(o, "value", o)) for o in orientation2d)
+    top, bottom = (first_v, last_v) if vertical == "down" else (last_v, first_v)
+    left, right = (first_h, last_h) if horizontal == "right" else (last_h, first_h)
+    return f"{PREFIX}left {left}, right {right}\ntop {top}, bottom {bottom}"
 
 
 def _text_overlay(viewer: Any) -> Any:
@@ -42,16 +53,32 @@ def _text_overlay(viewer: Any) -> Any:
 
 
 def attach(viewer: Any) -> None:
-    """Show the markers in ``viewer``'s text overlay and keep them right as the view changes."""
+    """Show the markers in ``viewer``'s text overlay and keep them right as the view changes.
+
+    When the head-feet axis runs down the screen (a coronal or sagittal view), the camera's
+    vertical axis is turned up (napari's ``camera.orientation2d``), so the head is at the top
+    as radiologists read those views; in the axial view it points down again (anterior at the
+    top). A user's own later change of the camera is followed by the markers.
+    """
 
     def update(*_: Any) -> None:
         overlay = _text_overlay(viewer)
-        text = markers(tuple(viewer.dims.displayed), viewer.dims.ndim)
+        text = markers(
+            tuple(viewer.dims.displayed), viewer.dims.ndim, tuple(viewer.camera.orientation2d)
+        )
         if text:
             overlay.text, overlay.position, overlay.visible = text, "top_left", True
         elif overlay.text.startswith(PREFIX):
             overlay.text, overlay.visible = "", False
 
+    def orient(*_: Any) -> None:
+        displayed = tuple(viewer.dims.displayed)
+        if viewer.dims.ndim == 3 and len(displayed) == 2:
+            horizontal = viewer.camera.orientation2d[1]
+            viewer.camera.orientation2d = ("up" if displayed[0] == 0 else "down", horizontal)
+        update()
+
     for event in ("order", "ndisplay", "ndim"):
-        getattr(viewer.dims.events, event).connect(update)
-    update()
+        getattr(viewer.dims.events, event).connect(orient)
+    viewer.camera.events.orientation2d.connect(update)
+    orient()
