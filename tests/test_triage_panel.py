@@ -93,9 +93,11 @@ def test_fill_between_is_one_undo_step(dock):
     # interpolated slices are not corrections: fine-tuning learns only from low and high
     assert widget.session.edited == [low, high]
     filled = np.array(labels.data)
+    assert "filled between slices" in widget.triage.status.text()
     labels.undo()
     np.testing.assert_array_equal(labels.data, before)
     widget.refresh_status()
+    assert "the last fill was undone" in widget.triage.status.text()  # not its stale report
     labels.redo()  # Ctrl+Shift+Z: the fill is back, and still not a correction
     np.testing.assert_array_equal(labels.data, filled)
     widget.refresh_status()

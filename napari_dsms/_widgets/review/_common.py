@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from napari.utils.notifications import show_warning
@@ -43,3 +44,39 @@ def new_model_path(label: QLabel, checkpoint: str, image: str, what: str) -> Pat
         )
         return None
     return output
+
+
+class UndoWatch:
+    """Notices when a tool's last write into a labels layer was undone (Ctrl+Z).
+
+    A panel's status line otherwise kept reporting the change ("filled between slices 7 and
+    100: 54934 voxels") after the user had reverted it (found by a tester). Call
+    :meth:`wrote` after writing and :meth:`check` whenever the labels change.
+
+    Parameters
+    ----------
+    status
+        The panel's status line.
+    message
+        What it says once the write was undone.
+    """
+
+    def __init__(self, status: QLabel, message: str) -> None:
+        self.status, self.message = status, message
+        self._written: tuple[Any, tuple[np.ndarray, ...], np.ndarray] | None = None
+
+    def wrote(self, layer: Any, voxels: tuple[np.ndarray, ...], before: np.ndarray) -> None:
+        """Remember where ``layer`` was written and what those voxels held before."""
+        self._written = (layer, voxels, np.array(before, copy=True))
+
+    def check(self, current: Any) -> None:
+        """Say :attr:`message` when the write was undone; forget it once another layer is the
+        one reviewed (``current``)."""
+        if self._written is None:
+            return
+        layer, voxels, before = self._written
+        if layer is not current:
+            self._written = None
+        elif np.array_equal(np.asarray(layer.data)[voxels], before):
+            self._written = None
+            self.status.setText(self.message)

@@ -23,7 +23,7 @@ from src_models.refine import RefineResult, check_corrections, refine
 from src_models.training.loop import TrainEvent
 
 from .._worker import JobWorker, start_job
-from ._common import canonical_volume, new_model_path, refuse
+from ._common import UndoWatch, canonical_volume, new_model_path, refuse
 
 if TYPE_CHECKING:
     from . import ReviewWidget
@@ -88,8 +88,6 @@ class RefineRoundPanel(QWidget):
         self.review = review
         self._worker: JobWorker | None = None
         self._started: dict[str, Any] = {}
-        # Where the last round wrote (layer, voxels, values before it), to notice an undo.
-        self._written: tuple[Any, tuple[np.ndarray, ...], np.ndarray] | None = None
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         self.button = QPushButton(BUTTON_TEXT)
@@ -100,9 +98,12 @@ class RefineRoundPanel(QWidget):
         )
         self.button.clicked.connect(self._on_clicked)
         review.session_changed.connect(self._on_session_changed)
-        review.refreshed.connect(self._on_labels_refreshed)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self._undo = UndoWatch(
+            self.status, "the last round was undone: the labels are as before it"
+        )
+        review.refreshed.connect(lambda: self._undo.check(self.review.labels_layer))
         layout.addWidget(self.button)
         layout.addWidget(self.status)
 
@@ -208,7 +209,7 @@ class RefineRoundPanel(QWidget):
         if changed[0].size:
             # The round's labels are a tool's guess, not corrections: fine-tuning never learns
             # from them until the user edits them or marks them reviewed.
-            self._written = (layer, changed, current[changed].copy())
+            self._undo.wrote(layer, changed, current[changed])
             session.add_tool_changes(changed, values)
             layer.data_setitem(changed, values)
         where = changed_slices(slices) if len(slices) else "no other slice"
@@ -219,17 +220,6 @@ class RefineRoundPanel(QWidget):
         )
         show_info(f"Refine round: {len(slices)} slices changed (Ctrl+Z)")
         self.review.refresh_status()
-
-    def _on_labels_refreshed(self) -> None:
-        """Say so when the last round was undone (Ctrl+Z), instead of its stale report."""
-        if self._written is None:
-            return
-        layer, voxels, before = self._written
-        if layer is not self.review.labels_layer:
-            self._written = None
-        elif np.array_equal(np.asarray(layer.data)[voxels], before):
-            self._written = None
-            self.status.setText("the last round was undone: the labels are as before it")
 
     def _on_session_changed(self) -> None:
         """Stop a round whose labels layer went away or is no longer the one reviewed."""

@@ -35,7 +35,7 @@ from src_models.models.store import load_checkpoint
 from src_models.refine import MAX_GAP_MM, max_gap_slices
 
 from .._worker import start_job
-from ._common import canonical_volume, refuse
+from ._common import UndoWatch, canonical_volume, refuse
 from .refine_round import RefineRoundPanel
 
 if TYPE_CHECKING:
@@ -161,6 +161,8 @@ class TriagePanel(QGroupBox):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         grid.addWidget(self.status, 4, 0, 1, 2)
+        self._undo = UndoWatch(self.status, "the last fill was undone: the labels are as before it")
+        review.refreshed.connect(lambda: self._undo.check(self.review.labels_layer))
         self.refine_round = RefineRoundPanel(review)
         grid.addWidget(self.refine_round, 5, 0, 1, 2)
         review.session_changed.connect(self._forget)
@@ -283,8 +285,10 @@ class TriagePanel(QGroupBox):
             return 0
         # Filled slices are the interpolation's guess, not the user's: they are not corrections
         # (fine-tuning never learns from them) until the user edits them or marks them reviewed.
+        before = np.asarray(layer.data)[changed]
         session.add_tool_changes(changed, values)
         layer.data_setitem(changed, values)
+        self._undo.wrote(layer, changed, before)
         count = int(changed[0].size)
         self.status.setText(
             f"filled between slices {known[0]} and {known[-1]}: {count} voxels{left}"
