@@ -16,6 +16,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from .version import __version__
+
 #: Sub-command name -> (module in src_models.commands, one-line help).
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": (
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pancreas and pancreatic-tumour segmentation of abdominal CT "
         "(deeply supervised multi-scale U-Net family).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(f"src_models.commands.{module_name}")

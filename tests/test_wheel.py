@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from src_models.version import __version__
+
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_SPEC = "torch==2.13.0"
 
@@ -80,6 +82,7 @@ def test_installed_dsms_runs_help_info_and_predict(installed) -> None:
     location = _run([python, "-c", "import src_models; print(src_models.__file__)"], work)
     assert str(ROOT) not in location  # the installed copy, not the source tree
     assert "predict" in _run([bin_dir / "dsms", "--help"], work)
+    assert _run([bin_dir / "dsms", "--version"], work).strip() == f"dsms {__version__}"
     _run(
         [
             python,
