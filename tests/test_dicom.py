@@ -451,14 +451,23 @@ def test_orientations_equal_up_to_rounding_are_the_same(tmp_path):
     assert read_volume(folder).shape == (COLS, ROWS, 4)
 
 
+DAMAGE = {
+    "cut in the header": lambda data: data[:400],
+    "cut before the DICM marker": lambda data: data[:100],
+    "empty": lambda data: b"",
+    "junk after the DICM marker": lambda data: data[:132] + bytes(range(256)) * 20,
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
 @pytest.mark.parametrize("which", [0, 2, -1])
-def test_a_damaged_file_is_named_not_skipped(tmp_path, which):
+def test_a_damaged_file_is_named_not_skipped(tmp_path, which, damage):
     # Cut short at either end of the series, a slice was dropped without a word (27.4 mL
-    # instead of 28.5 on the shared series, exit 0; found by a tester).
+    # instead of 28.5 on the shared series, exit 0; found by two testers).
     folder = tmp_path / "s"
     write_series(folder, n=5)
     victim = sorted(folder.iterdir(), key=lambda p: dcmread(p).ImagePositionPatient[2])[which]
-    victim.write_bytes(victim.read_bytes()[:400])
+    victim.write_bytes(DAMAGE[damage](victim.read_bytes()))
     with pytest.raises(VolumeError, match=f"1 damaged DICOM file .{victim.name}"):
         read_volume(folder)
 

@@ -394,6 +394,36 @@ def test_labels_keep_the_ct_own_qform_when_it_differs_from_the_sform(tmp_path):
         assert int(code) == int(want_code)
 
 
+def test_labels_of_a_sheared_ct_keep_its_own_qform(tmp_path):
+    # The sheared sform cannot be a qform, but the CT's own qform (a rotation) is kept with its
+    # code rather than dropped to code 0 (found by a tester).
+    img = nib.Nifti1Image(
+        np.random.default_rng(0).integers(-1000, 400, (12, 10, 6), np.int16), None
+    )
+    img.set_sform(sheared(), code=1)
+    img.set_qform(AFFINE, code=4)
+    nib.save(img, str(tmp_path / "tilt.nii"))
+    with pytest.warns(UserWarning, match="place voxels"):
+        ct = read_volume(tmp_path / "tilt.nii")
+    header = nib.load(write_labels(tmp_path / "l.nii.gz", np.zeros(ct.shape, np.uint8), ct)).header
+    qform, qcode = header.get_qform(coded=True)
+    sform, scode = header.get_sform(coded=True)
+    assert (int(qcode), int(scode)) == (4, 1)
+    np.testing.assert_allclose(qform, AFFINE, atol=1e-4)
+    np.testing.assert_allclose(sform, sheared(), atol=1e-4)
+
+
+def test_an_invalid_quaternion_without_an_sform_is_refused_in_words(tmp_path):
+    path = save(tmp_path / "ct.nii", np.zeros((12, 10, 6), np.int16), sform=0)
+    header = nib.load(path).header
+    header["quatern_b"] = header["quatern_c"] = header["quatern_d"] = 0.9
+    data = np.random.default_rng(0).integers(-1000, 400, (12, 10, 6), np.int16)
+    nib.save(nib.Nifti1Image(data, None, header), str(tmp_path / "bad.nii"))
+    refuse(
+        "bad.nii: the qform's quaternion .* there is no sform", read_volume, tmp_path / "bad.nii"
+    )
+
+
 def test_a_qform_that_is_not_a_rotation_is_named_and_ignored(tmp_path):
     path = save(tmp_path / "ct.nii", np.zeros((12, 10, 6), np.int16))
     img = nib.load(path)

@@ -48,6 +48,10 @@ ORIENTATION_TOLERANCE = 1e-3
 SPACING_TOLERANCE_MM = 1e-3
 
 
+#: File name endings that claim DICOM: such a file that is not readable DICOM is damaged.
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
 def is_dicom_file(path: Path) -> bool:
     """True when ``path`` looks like DICOM: the Part 10 preamble ('DICM' at byte 128), or,
     as older exporters write it, a bare little-endian data set starting with group 0002 or 0008.
@@ -113,7 +117,11 @@ def _headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
     """
     found, damaged = [], []
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith(".") or not is_dicom_file(path):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        if not is_dicom_file(path):
+            if path.suffix.lower() in DICOM_SUFFIXES:  # named DICOM, but empty or cut short
+                damaged.append(f"{path.name} (not DICOM: {path.stat().st_size} bytes)")
             continue
         try:
             ds = _read(path, pixels=False)
@@ -121,7 +129,9 @@ def _headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
             damaged.append(f"{path.name} ({exc})")
             continue
         if "Rows" not in ds or "Columns" not in ds:
-            if "Image Storage" in _sop_class(ds).name:  # an image cut short in its header
+            if not _sop_class(ds):  # a Part 10 file always names its SOP class: garbage
+                damaged.append(f"{path.name} (no SOP class: overwritten or garbled)")
+            elif "Image Storage" in _sop_class(ds).name:  # an image cut short in its header
                 damaged.append(f"{path.name} (an image without Rows or Columns: cut short?)")
             continue  # DICOMDIR, structured report, presentation state, ...
         if "LOCALIZER" in _image_type(ds):

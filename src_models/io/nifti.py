@@ -26,6 +26,12 @@ def _load_nifti_image(path: Path) -> nib.Nifti1Image:
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for foreign or damaged files
+        if "w2 should be positive" in str(exc):  # nibabel's words for a non-unit quaternion
+            raise VolumeError(
+                f"{path}: the qform's quaternion (quatern_b, c, d) is not a rotation and there "
+                "is no sform (sform_code 0), so the voxels cannot be placed in the patient; "
+                "export the CT again"
+            ) from exc
         raise VolumeError(f"{path}: not a readable NIfTI file ({exc})") from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise VolumeError(f"{path}: not a NIfTI file (nibabel read it as {type(img).__name__})")
@@ -259,7 +265,9 @@ def _form_codes(reference: Volume) -> tuple[int, int]:
     qcode = int(reference.info.get("qform_code", 1))
     scode = int(reference.info.get("sform_code", 1))
     if not is_rectangular(reference.affine):
-        scode, qcode = scode or qcode or 1, 0
+        # The CT's own qform (a rotation, kept in info by read_nifti) is written back with its
+        # code; only a qform made from the sheared affine would be a second geometry.
+        scode, qcode = scode or qcode or 1, (qcode if reference.info.get("qform") else 0)
     return qcode, scode
 
 
