@@ -22,6 +22,7 @@ unless ``$DSMS_AUTOSAVE_DIR`` is set.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ import re
 import threading
 import uuid
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,18 @@ _LOCK = threading.RLock()
 #: Session -> :func:`state_hash` of the labels last exported from it (:func:`discard`); a save
 #: of that same state is not journaled (the export holds it).
 _EXPORTED: dict[str, str] = {}
+
+
+def _locked(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``function`` run under :data:`_LOCK`."""
+
+    @functools.wraps(function)
+    def under_lock(*args: Any, **kwargs: Any) -> Any:
+        with _LOCK:
+            return function(*args, **kwargs)
+
+    return under_lock
+
 
 #: Version of the journal file layout, stored in every record.
 JOURNAL_FORMAT = 2
@@ -240,6 +253,7 @@ def _journal_path(digest: str, session: str, root: Path | None) -> Path:
     return (root or autosave_dir()) / digest / f"{session}{_SUFFIX}"
 
 
+@_locked
 def save(
     labels: np.ndarray,
     *,
@@ -300,36 +314,10 @@ def save(
     OSError
         The folder cannot be written (full disk, no permission); the previous save is intact.
     """
-    with _LOCK:
-        if _EXPORTED.get(session) == state_hash(labels, reviewed):
-            prune(digest, session, max_age_days=None, root=root)
-            return None
-        return _save(
-            labels, digest=digest, session=session, affine=affine, shape=shape, source=source,
-            description=description, layer=layer, prediction=prediction, baseline=baseline,
-            reviewed=reviewed, model=model, effort=effort, now=now, root=root,
-        )  # fmt: skip
-
-
-def _save(
-    labels: np.ndarray,
-    *,
-    digest: str,
-    session: str,
-    affine: np.ndarray,
-    shape: Sequence[int],
-    source: str,
-    description: str,
-    layer: str,
-    prediction: np.ndarray | None,
-    baseline: np.ndarray | None,
-    reviewed: Iterable[int],
-    model: Mapping[str, Any] | None,
-    effort: Mapping[str, Any] | None,
-    now: _dt.datetime | None,
-    root: Path | None,
-) -> JournalEntry:
-    """:func:`save`'s writing, under its lock."""
+    exported = _EXPORTED.get(session)  # hashed only for a session that was exported
+    if exported is not None and exported == state_hash(labels, reviewed):
+        prune(digest, session, max_age_days=None, root=root)
+        return None
     path = _journal_path(digest, session, root)
     labels = np.asarray(labels).astype(np.uint8, copy=False)
     if labels.ndim != 3:
@@ -464,6 +452,7 @@ def latest(digest: str, root: Path | None = None) -> JournalEntry | None:
     return entries[0] if entries else None
 
 
+@_locked
 def prune(
     digest: str | None = None,
     session: str | None = None,
@@ -494,14 +483,6 @@ def prune(
     cutoff = None
     if max_age_days is not None:
         cutoff = (now or _now()).timestamp() - max_age_days * 86400.0
-    removed = 0
-    with _LOCK:
-        removed = _prune(root, digest, session, cutoff)
-    return removed
-
-
-def _prune(root: Path, digest: str | None, session: str | None, cutoff: float | None) -> int:
-    """:func:`prune`'s removals, under the journals' lock."""
     removed = 0
     for folder in _folders(root):
         # Every file, so that leftovers of a save killed half-way also age out.

@@ -151,6 +151,11 @@ def _trained_on(meta: dict[str, Any]) -> set[str]:
     return {str(p) for p in (meta.get("provenance") or {}).get("train_patients") or ()}
 
 
+def _first_few(names: list[str], shown: int = 5) -> str:
+    """``names`` joined by commas, the first ``shown`` of them and an ellipsis for the rest."""
+    return ", ".join(names[:shown]) + (", …" if len(names) > shown else "")
+
+
 def _column_name(model: str) -> str:
     stem = Path(model).name.removesuffix(".pt")
     return PAPER_NAMES.get(stem, stem)
@@ -180,8 +185,7 @@ def markdown_table(result: dict[str, Any]) -> str:
         if seen:
             lines.append(
                 f"*{name} trained on {len(seen)} of these {len(result['cases'])} cases "
-                f"({', '.join(seen[:5])}{', …' if len(seen) > 5 else ''}): its figures are not "
-                "held-out figures.*"
+                f"({_first_few(seen)}): its figures are not held-out figures.*"
             )
     return "\n".join(lines)
 
@@ -217,8 +221,8 @@ def evaluate_to_files(
         if seen:  # a training-set figure beside a held-out one misleads (found by a tester)
             print(
                 f"warning: {name} trained on {len(seen)} of the {len(result['cases'])} cases "
-                f"({', '.join(seen[:5])}{', …' if len(seen) > 5 else ''}; its checkpoint's "
-                "provenance): its scores on them are not held-out figures",
+                f"({_first_few(seen)}; its checkpoint's provenance): its scores on them are "
+                "not held-out figures",
                 file=sys.stderr,
             )
     table = markdown_table(result)

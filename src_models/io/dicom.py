@@ -129,9 +129,10 @@ def _headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
             damaged.append(f"{path.name} ({exc})")
             continue
         if "Rows" not in ds or "Columns" not in ds:
-            if not _sop_class(ds):  # a Part 10 file always names its SOP class: garbage
+            sop_class = _sop_class(ds)
+            if not sop_class:  # a Part 10 file always names its SOP class: garbage
                 damaged.append(f"{path.name} (no SOP class: overwritten or garbled)")
-            elif "Image Storage" in _sop_class(ds).name:  # an image cut short in its header
+            elif "Image Storage" in sop_class.name:  # an image cut short in its header
                 damaged.append(f"{path.name} (an image without Rows or Columns: cut short?)")
             continue  # DICOMDIR, structured report, presentation state, ...
         if "LOCALIZER" in _image_type(ds):

@@ -235,14 +235,16 @@ def check_ct(volume: Volume) -> list[str]:
     -------
     list of str
         Warnings: values that do not look like HU (no air, or an 8-bit image), voxel sizes
-        outside :data:`VOXEL_MM`, and slices tilted more than :data:`MAX_OBLIQUE_DEG` from
+        outside :data:`VOXEL_MM`, a body wider or narrower than :data:`BODY_WIDTH_MM`
+        (:func:`body_width_mm`), and slices tilted more than :data:`MAX_OBLIQUE_DEG` from
         axial.
 
     Raises
     ------
     VolumeError
         A label file (:func:`looks_like_labels`, or at most :data:`MASK_VALUES` distinct
-        values) or a DICOM series of another modality than CT (DICOM PS3.3 C.7.3.1, Modality).
+        values), a DICOM series of another modality than CT (DICOM PS3.3 C.7.3.1, Modality),
+        or values above :data:`MAX_HU`.
     """
     name = volume.source or volume.description or "the volume"
     if looks_like_labels(volume):
