@@ -421,3 +421,14 @@ def test_labels_on_one_slice_and_a_seg_of_another_series(tmp_path):
     write_ct_series(tmp_path / "other", orientation=AXIAL, step=2.0)
     with pytest.raises(VolumeError, match="do not lie on the voxel grid"):
         read_labels(out, reference=read_volume(tmp_path / "other"))
+
+
+def test_info_reads_a_seg_as_labels_whatever_its_name(tmp_path, capsys):
+    # `dsms info` judged label files by their name: a SEG called "export.dcm" was described in
+    # "values" with no volumes in mL (found by a tester).
+    write_ct_series(tmp_path / "ct")
+    ct = read_volume(tmp_path / "ct")
+    out = write_seg(tmp_path / "export.dcm", make_labels(ct.shape), ct, ALGORITHM)
+    assert main(["info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "labels" in printed and "pancreas" in printed and "mL" in printed

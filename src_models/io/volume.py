@@ -192,10 +192,15 @@ LABEL_FILE_NAME = re.compile(r"label|seg|mask", re.IGNORECASE)
 
 
 def looks_like_labels(volume: Volume) -> bool:
-    """A label file: integer voxels, values within {0, 1, 2}, and a name that says so or the
-    NIfTI intent NIFTI_INTENT_LABEL (which napari-dsms writes into its labels)."""
+    """A label file: integer voxels, values within {0, 1, 2}, and a name that says so, the
+    NIfTI intent NIFTI_INTENT_LABEL (which napari-dsms writes into its labels) or a DICOM
+    Segmentation (Modality SEG, DICOM PS3.3 C.8.20), whatever its file name."""
     name = Path(volume.source).name
-    marked = volume.info.get("intent") == "label" or LABEL_FILE_NAME.search(name)
+    marked = (
+        volume.info.get("intent") == "label"
+        or volume.info.get("modality") == "SEG"
+        or LABEL_FILE_NAME.search(name)
+    )
     if not marked or not np.issubdtype(volume.array.dtype, np.integer):
         return False
     return int(volume.array.min()) >= 0 and int(volume.array.max()) <= 2
