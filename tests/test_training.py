@@ -319,3 +319,18 @@ def test_evaluate_says_which_cases_a_model_trained_on(tmp_path, capsys):
     assert "warning: trained trained on 1 of the 2 cases (a;" in err
     assert "everything" not in err
     assert "*trained trained on 1 of these 2 cases (a): its figures are not held-out" in out
+
+
+@pytest.mark.parametrize(
+    ("name", "trained"),
+    [("PANCREAS_0001", True), ("Pancreas-CT-0001", True), ("pancreas_0001", True),
+     ("PANCREAS_0002", False), ("pancreas_001", False), ("pancreas_00012", False)],
+)  # fmt: skip
+def test_evaluate_knows_an_nih_patient_under_its_tcia_name(name, trained):
+    # The bundled models record the shared volume as nih-pancreas-0001; a user who downloaded
+    # NIH Pancreas-CT from TCIA has it as PANCREAS_0001 and got a training-set Dice with no
+    # warning. MSD Task07's pancreas_001 is another patient of another collection.
+    from src_models.commands.evaluate import _trained_on, patient_key
+
+    meta = {"provenance": {"train_patients": ["nih-pancreas-0001", "PANCREAS_0008"]}}
+    assert (patient_key(name) in _trained_on(meta)) is trained

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -133,7 +134,7 @@ def evaluate(
         for name in names
     }  # fmt: skip
     trained_on = {
-        name: sorted(c.patient_id for c in cases if c.patient_id in _trained_on(meta))
+        name: sorted(c.patient_id for c in cases if patient_key(c.patient_id) in _trained_on(meta))
         for name, (_, meta) in zip(names, loaded, strict=True)
     }
     return {
@@ -146,9 +147,28 @@ def evaluate(
     }
 
 
+#: An NIH Pancreas-CT patient under any of its usual names: ``PANCREAS_0001`` (TCIA's patient
+#: id), ``nih-pancreas-0001`` (this project's data folder), ``Pancreas-0001``. Four digits, so
+#: MSD Task07's ``pancreas_001`` (another collection) does not match.
+_NIH_PANCREAS = re.compile(r"pancreas[-_ ]?(?:ct[-_ ]?)?(\d{4})(?!\d)", re.IGNORECASE)
+
+
+def patient_key(patient_id: str) -> str:
+    """What two names of one patient share: the NIH Pancreas-CT number, else the name itself.
+
+    The bundled models' provenance names the shared volume ``nih-pancreas-0001``; a user who
+    downloaded the collection from TCIA has it as ``PANCREAS_0001``, and its scores there are
+    training-set figures all the same.
+    """
+    found = _NIH_PANCREAS.search(patient_id)
+    return f"nih-pancreas-{found.group(1)}" if found else patient_id
+
+
 def _trained_on(meta: dict[str, Any]) -> set[str]:
-    """Patients a checkpoint trained on, as its provenance records them (``train_patients``)."""
-    return {str(p) for p in (meta.get("provenance") or {}).get("train_patients") or ()}
+    """Keys (:func:`patient_key`) of the patients a checkpoint trained on, as its provenance
+    records them (``train_patients``)."""
+    recorded = (meta.get("provenance") or {}).get("train_patients") or ()
+    return {patient_key(str(p)) for p in recorded}
 
 
 def _first_few(names: list[str], shown: int = 5) -> str:
