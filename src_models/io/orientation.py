@@ -75,6 +75,20 @@ def head_feet_axis(affine: np.ndarray) -> tuple[int, bool]:
     return axis, bool(ornt[axis, 1] < 0)
 
 
+def canonical_affine(spacing: tuple[float, float, float]) -> np.ndarray:
+    """The affine (RAS mm) of an array already in the canonical layout, origin at 0.
+
+    ``spacing`` is the voxel size in mm along (slice, row, column); :func:`to_canonical` of an
+    array with this affine returns the array unchanged. Lets a stack of canonical slices (held-out
+    corrected slices, for instance) go through code that takes a volume.
+    """
+    slice_mm, row_mm, column_mm = (float(s) for s in spacing)
+    affine = np.eye(4)
+    # S along axis 0 (+z), P along axis 1 (-y), L along axis 2 (-x): CANONICAL_AXCODES.
+    affine[:3, :3] = [[0.0, 0.0, -column_mm], [0.0, -row_mm, 0.0], [slice_mm, 0.0, 0.0]]
+    return affine
+
+
 def canonical_spacing(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel spacing in mm along the canonical axes (slice, row, column)."""
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))

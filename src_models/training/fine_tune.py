@@ -20,6 +20,7 @@ import re
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -28,10 +29,15 @@ from torch import nn
 
 from ..corrections import image_stem, slug
 from ..inference.devices import release_memory, resolve_device
+from ..inference.engine import segment
+from ..inference.preprocessing import FALLBACK_SPACING_MM
+from ..io.orientation import canonical_affine
+from ..jobs import run_to_end
+from ..metrics import METRICS, STRUCTURES, case_metrics, summarise
 from ..models.checkpoints import save_checkpoint
 from ..models.store import load_checkpoint
 from .data import SliceSampler, cache_arrays
-from .loop import TrainConfig, TrainEvent, _Loop, validate
+from .loop import TrainConfig, TrainEvent, _Loop
 
 #: Fine-tuning defaults, measured on 2 shared CPU cores (docs/training.md): the bundled
 #: dsmsc_unet fine-tuned on 10 slices of the unseen NIH volume 0001 went from Dice 0.53 to 0.82 on
@@ -199,6 +205,49 @@ def _is_worse(before: Mapping[str, float], after: Mapping[str, float]) -> bool:
     return after["dice_pancreas"] < before["dice_pancreas"]
 
 
+def held_out_metrics(
+    model: nn.Module,
+    meta: Mapping[str, Any],
+    images_hu: np.ndarray,
+    labels: np.ndarray,
+    spacing_yx: Sequence[float] | None,
+    device: torch.device,
+) -> dict[str, float]:
+    """Dice, PPV and sensitivity of held-out corrected slices as the user will get them.
+
+    The slices go through the inference engine (:func:`~src_models.inference.engine.segment`:
+    cropped to the body, at the model's resolution and back) and are scored on their own grid;
+    only the 3D clean-up is left out, as the slices are not neighbours. The training loop's
+    :func:`~src_models.training.loop.validate` runs whole slices instead, and after a quick
+    fine-tuning on 128-pixel patches the two parted: on the NIH volume 0001 it measured the
+    held-out Dice falling from 0.84 to 0.66 while the engine's rose from 0.78 to 0.86 (whole
+    slices, air and table around the body, are not what the round learnt from), and the guard threw away a model whose Dice on the 61 untouched pancreas slices had risen from 0.70
+    to 0.83.
+
+    Parameters
+    ----------
+    images_hu, labels
+        (N, H, W) canonical axial slices in HU and their labels 0/1/2.
+    spacing_yx
+        In-plane spacing in mm (``None``: :data:`~src_models.inference.preprocessing.
+        FALLBACK_SPACING_MM`).
+
+    Returns
+    -------
+    dict
+        ``{"dice_pancreas": ..., "ppv_pancreas": ..., ..., "sensitivity_tumour": ...}``: the
+        keys of :func:`~src_models.training.loop.validate`, all slices pooled as one case.
+    """
+    row_mm, column_mm = spacing_yx if spacing_yx is not None else (FALLBACK_SPACING_MM,) * 2
+    slices = SimpleNamespace(
+        array=np.asarray(images_hu), affine=canonical_affine((1.0, row_mm, column_mm))
+    )
+    result = run_to_end(segment(slices, model, meta, device=device, reconstruct=False,
+                                clean_up=False))  # fmt: skip
+    summary = summarise([case_metrics(result.canonical_labels, np.asarray(labels))])
+    return {f"{m}_{s}": summary[s][m].mean for s in STRUCTURES for m in METRICS}
+
+
 def fine_tune(
     model: nn.Module,
     meta: Mapping[str, Any],
@@ -289,11 +338,7 @@ def fine_tune(
     cached = cache_arrays(
         patient, np.asarray(images_hu), np.asarray(labels), spacing_yx, preprocessing
     )
-    held_out = None
-    if val_images_hu is not None and val_labels is not None and len(val_images_hu):
-        held_out = cache_arrays(
-            patient, np.asarray(val_images_hu), np.asarray(val_labels), spacing_yx, preprocessing
-        )
+    held_out = val_images_hu is not None and val_labels is not None and len(val_images_hu) > 0
     previous = copy.deepcopy(model.state_dict()) if guard else None
     torch.manual_seed(seed)
     window = preprocessing["hu_window"]
@@ -308,16 +353,17 @@ def fine_tune(
     dev = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
-    loop = _Loop(model, sampler, config, dev)
     before: dict[str, float] = {}
     after: dict[str, float] = {}
+    if held_out:  # before the loop is built: it puts the model in training mode
+        before = held_out_metrics(model, meta, val_images_hu, val_labels, spacing_yx, dev)
+    loop = _Loop(model, sampler, config, dev)
     try:
-        if held_out is not None:
-            before = validate(loop.model, [held_out], dev, loop.amp_dtype)
+        if held_out:
             yield TrainEvent("validation", 0, config.steps, 0.0, metrics=before)
         yield from loop.run(lambda: ({}, None))
-        if held_out is not None:
-            after = validate(loop.model, [held_out], dev, loop.amp_dtype)
+        if held_out:
+            after = held_out_metrics(model, meta, val_images_hu, val_labels, spacing_yx, dev)
             yield TrainEvent(
                 "validation", loop.state.step, config.steps, loop.state.elapsed_s, metrics=after
             )
