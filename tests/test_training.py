@@ -260,6 +260,35 @@ def test_train_command_refuses_bad_input(tmp_path, capsys):
     assert not (tmp_path / "m.pt").exists()
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--device", "cuda:7"], "cuda:7"),
+        (["--resume"], "no training state to resume from"),
+        (["--init", "unet", "--arch", "fcn"], "holds a 'unet' model, but --arch is 'fcn'"),
+        (["--out-exists"], "already exists; --resume continues its run"),
+    ],
+)
+def test_train_command_refuses_before_reading_any_data(tmp_path, capsys, extra, message):
+    # A typo was refused only after every case had been read and cached (minutes on Task07),
+    # leaving a split file behind; an existing --out was replaced without a word (a tester).
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "broken.npz").write_bytes(b"reading this would fail")
+    out = tmp_path / "m.pt"
+    if extra == ["--out-exists"]:
+        out.write_bytes(b"a trained model")
+        extra = []
+    argv = ["train", "--data", str(data), "--arch", "unet", "--out", str(out), "--device", "cpu"]
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "broken" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["data", *(["m.pt"] if out.exists() else [])]
+    )
+    assert not out.exists() or out.read_bytes() == b"a trained model"
+
+
 def _constant_model(tmp_path: Path, pancreas_logit: float = 5.0) -> Path:
     """A checkpoint that calls every pixel pancreas and none tumour: its figures are known."""
     model = build_model("unet", width=4)

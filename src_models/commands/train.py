@@ -11,7 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from ..inference.devices import resolve_device
 from ..inference.precision import AMP_ALIASES, PRECISIONS, precision_from_amp
+from ..models.checkpoints import CheckpointError, read_metadata
+from ..models.store import resolve_checkpoint
 from ..nets.registry import ARCHITECTURES
 from ..training.data import (
     SPLIT_FRACTIONS,
@@ -22,7 +25,7 @@ from ..training.data import (
     training_sets,
     write_split,
 )
-from ..training.loop import TrainConfig, default_threads, train, warn_if_tiny
+from ..training.loop import TrainConfig, default_threads, state_path, train, warn_if_tiny
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +93,36 @@ def _split(args: argparse.Namespace, patient_ids: list[str], rank: int) -> tuple
     return split, path
 
 
+def _check_before_data(args: argparse.Namespace) -> None:
+    """Refuse what would fail or do harm later, before minutes of reading and caching data.
+
+    Raises
+    ------
+    ValueError
+        The device is not available here, or ``--init`` holds another architecture.
+    FileNotFoundError
+        ``--resume`` without a training state beside ``--out``.
+    FileExistsError
+        ``--out`` exists and ``--resume`` was not given: the run would replace a trained model
+        (fine-tuned models never replace a file either).
+    """
+    resolve_device(args.device)
+    out = Path(args.out)
+    if args.resume and not state_path(out).is_file():
+        raise FileNotFoundError(f"{state_path(out)}: no training state to resume from")
+    if not args.resume and out.exists():
+        raise FileExistsError(
+            f"{out}: already exists; --resume continues its run, or choose another --out "
+            "(a new run never replaces a trained model)"
+        )
+    if args.init:
+        meta = read_metadata(resolve_checkpoint(args.init))
+        if meta["arch"] != args.arch:
+            raise CheckpointError(
+                f"{args.init}: holds a {meta['arch']!r} model, but --arch is {args.arch!r}"
+            )
+
+
 def run(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     if args.steps < 1 or args.batch_size < 1 or args.accumulate < 1:
@@ -117,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         log_csv=args.log,
         threads=args.threads or default_threads(),
     )
+    _check_before_data(args)
     cases = gather_cases(args.data, args.phantoms, phantom_seed=args.seed)
     split, split_file = _split(args, [c.patient_id for c in cases], rank)
     train_list, val_list = training_sets(cases, split)
