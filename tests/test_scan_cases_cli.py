@@ -126,6 +126,19 @@ def test_output_beside_one_file_of_a_series_is_refused_before_segmenting(
     assert not out.exists()
 
 
+def test_output_inside_the_series_folder_given_as_input_names_the_folder(
+    tmp_path, tiny_model, capsys, no_segmentation
+):
+    # It said "refusing to overwrite the input series", though the file was not the input.
+    write_series(tmp_path / "series", n=4)
+    out = tmp_path / "series" / "labels.dcm"
+    code, _, err = predict(capsys, str(tmp_path / "series"), "-o", str(out), "--model",
+                           str(tiny_model))  # fmt: skip
+    assert code == 2 and len(err) == 1
+    assert f"into the input folder {tmp_path / 'series'}" in err[0] and "overwrite" not in err[0]
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "kind", ["nifti-2d", "nifti-1-slice", "dicom-file-alone", "dicom-series-1"]
 )

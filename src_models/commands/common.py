@@ -52,9 +52,14 @@ def check_outputs(input_path: Path, outputs: list[Path]) -> None:
         if output.is_dir():
             raise VolumeError(f"{output}: is a folder, not a file name")
         target = output.resolve()
-        if target == source or source in target.parents:
+        if target == source:
             raise VolumeError(
                 f"{output}: refusing to overwrite the input {input_path}; choose another name"
+            )
+        if source in target.parents:  # the input is a series folder
+            raise VolumeError(
+                f"{output}: refusing to write into the input folder {input_path} (the file "
+                "would join the series); choose another folder"
             )
         if series_folder is not None and target.parent == series_folder:
             raise VolumeError(
