@@ -1,4 +1,4 @@
-"""Train the five bundled checkpoints (``src_models/weights/<arch>.pt``) and evaluate them.
+"""Train the five bundled checkpoints (``src_models/models/weights/<arch>.pt``) and evaluate them.
 
 The bundled models are trained on the little real CT this project may redistribute: the 2D
 slice sets of NIH Pancreas-CT patients (``nih-pancreas-slices``) plus seeded phantoms (the only
@@ -11,7 +11,7 @@ clock), so the whole run ends on time however busy the machine is. Example::
 
     python scripts/train_bundled.py \\
         --slices ../shared/data/nih-pancreas-slices --volume ../shared/data/nih-pancreas-0001 \\
-        --work-dir /tmp/dsms-bundled --out-dir src_models/weights
+        --work-dir /tmp/dsms-bundled --out-dir src_models/models/weights
 
 Weights are stored as float16 (about 4 MB for width 12) and load into float32 models.
 """

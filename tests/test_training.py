@@ -372,14 +372,15 @@ def test_evaluate_says_which_cases_a_model_trained_on(tmp_path, capsys):
     argv = ["evaluate", "--data", str(data), "--device", "cpu"]
     assert main([*argv, "--models", str(everything), str(trained)]) == 0
     out, err = capsys.readouterr()
-    assert "warning: trained trained on 1 of the 2 cases (a;" in err
+    assert "warning: trained trained or was selected on 1 of the 2 cases (a;" in err
     assert "everything" not in err
-    assert "*trained trained on 1 of these 2 cases (a): its figures are not held-out" in out
+    assert "*trained trained or was selected on 1 of these 2 cases (a): its figures are not" in out
 
 
 @pytest.mark.parametrize(
     ("name", "trained"),
     [("PANCREAS_0001", True), ("Pancreas-CT-0001", True), ("pancreas_0001", True),
+     ("PANCREAS_0008", True),
      ("PANCREAS_0002", False), ("pancreas_001", False), ("pancreas_00012", False)],
 )  # fmt: skip
 def test_evaluate_knows_an_nih_patient_under_its_tcia_name(name, trained):
@@ -388,5 +389,10 @@ def test_evaluate_knows_an_nih_patient_under_its_tcia_name(name, trained):
     # warning. MSD Task07's pancreas_001 is another patient of another collection.
     from src_models.commands.evaluate import _trained_on, patient_key
 
-    meta = {"provenance": {"train_patients": ["nih-pancreas-0001", "PANCREAS_0008"]}}
+    meta = {
+        "provenance": {"train_patients": ["nih-pancreas-0001"], "val_patients": ["PANCREAS_0008"]}
+    }
     assert (patient_key(name) in _trained_on(meta)) is trained
+    # validation patients of a run kept at its last step were only watched, not chosen on
+    meta["provenance"]["selected"] = "last step"
+    assert (patient_key(name) in _trained_on(meta)) is (trained and name != "PANCREAS_0008")

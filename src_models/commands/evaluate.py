@@ -165,9 +165,14 @@ def patient_key(patient_id: str) -> str:
 
 
 def _trained_on(meta: dict[str, Any]) -> set[str]:
-    """Keys (:func:`patient_key`) of the patients a checkpoint trained on, as its provenance
-    records them (``train_patients``)."""
-    recorded = (meta.get("provenance") or {}).get("train_patients") or ()
+    """Keys (:func:`patient_key`) of the patients a checkpoint learnt from, as its provenance
+    records them: those it trained on (``train_patients``) and, unless it is the run's last step
+    (``selected: "last step"``: validation was only watched), those its checkpoint was chosen
+    on (``val_patients``); scores on either are not held-out figures."""
+    provenance = meta.get("provenance") or {}
+    recorded = list(provenance.get("train_patients") or ())
+    if provenance.get("selected") != "last step":
+        recorded += provenance.get("val_patients") or ()
     return {patient_key(str(p)) for p in recorded}
 
 
@@ -204,8 +209,9 @@ def markdown_table(result: dict[str, Any]) -> str:
     for name, seen in result.get("trained_on", {}).items():
         if seen:
             lines.append(
-                f"*{name} trained on {len(seen)} of these {len(result['cases'])} cases "
-                f"({_first_few(seen)}): its figures are not held-out figures.*"
+                f"*{name} trained or was selected on {len(seen)} of these "
+                f"{len(result['cases'])} cases ({_first_few(seen)}): its figures are not "
+                "held-out figures.*"
             )
     return "\n".join(lines)
 
@@ -240,8 +246,9 @@ def evaluate_to_files(
     for name, seen in result["trained_on"].items():
         if seen:  # a training-set figure beside a held-out one misleads (found by a tester)
             print(
-                f"warning: {name} trained on {len(seen)} of the {len(result['cases'])} cases "
-                f"({_first_few(seen)}; its checkpoint's provenance): its scores on them are "
+                f"warning: {name} trained or was selected on {len(seen)} of the "
+                f"{len(result['cases'])} cases ({_first_few(seen)}; its checkpoint's "
+                "provenance): its scores on them are "
                 "not held-out figures",
                 file=sys.stderr,
             )
