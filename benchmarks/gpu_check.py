@@ -251,14 +251,18 @@ def where_the_time_goes(device: torch.device, plan: dict, ct: Volume) -> list[st
     ]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N, cpu or auto")
     parser.add_argument("--quick", action="store_true", help="a few slices and steps only")
     parser.add_argument("--ct", type=Path, default=SHARED / "ct.nii.gz")
     parser.add_argument("--markdown", type=Path, help="also write the report to this file")
     args = parser.parse_args(argv)
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:  # no GPU here: one line, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     plan = PLANS["quick" if args.quick else "full"]
     ct = read_volume(args.ct)
     started = time.perf_counter()
@@ -276,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n", encoding="utf-8")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -99,6 +99,12 @@ def run(args: argparse.Namespace) -> int:
         )
     for text in doubts:  # once the run will go ahead: a refused run gets one error line
         print(f"warning: {text}", file=sys.stderr)
+    if args.precision == "float16" and device.type == "cpu":
+        print(
+            "warning: float16 on the CPU is emulated and several times slower than float32 "
+            "(7x on the benchmark machine); --precision auto picks the fastest",
+            file=sys.stderr,
+        )
     generator = segment(
         volume,
         model,
