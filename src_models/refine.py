@@ -78,6 +78,18 @@ BAND_MM = 1.0
 #: the organ's ends, whose small shapes interpolate to almost nothing in between).
 MAX_GAP_MM = 30.0
 
+#: Between corrected slices, a model the round's guard kept (it learnt: its Dice on held-out
+#: corrected slices rose) moves the interpolated boundary by this many mm per unit of log-odds
+#: (:func:`moved_boundary`). On the NIH volume 0001, 10 evenly spaced corrections in 5
+#: placements, one default round with a cross-validation model that never saw it: whole-volume
+#: Dice 0.871 with the 1 mm band, 0.877 / 0.875 / 0.873 with 0.5 / 1 / 2 mm per unit (the
+#: learnt model alone, corrections pasted in: 0.838). With a model that did not learn, the
+#: band stays: there the same mix lost 0.03 to 0.12 in an earlier test.
+FUSION_MM_PER_LOGIT = 0.5
+
+#: Signed distances to the interpolated shape are clipped here (mm) before the model moves them.
+FUSION_CLIP_MM = 20.0
+
 #: An outermost corrected slice with less pancreas than this share of the largest corrected
 #: slice's is taken for an end of the organ (:func:`ends_there`).
 END_FRACTION = 0.5
@@ -178,15 +190,18 @@ def combine(
     corrected: Sequence[int],
     model_labels: np.ndarray,
     spacing: tuple[float, float, float],
+    learnt_probability: np.ndarray | None = None,
 ) -> np.ndarray:
     """The loop's labels from the corrected slices and the model's labels (canonical).
 
     Between the corrected slices: the interpolated shape, widened by the model's pancreas
-    where it lies within :data:`BAND_MM` of that shape; between two corrections more than
-    :data:`MAX_GAP_MM` apart, the model's labels. Beyond them: where the outermost
-    corrected slice looks like an end of the organ (:func:`ends_there`), the model tapering
-    from it (module doc), else the model's labels as they are. The corrected slices themselves:
-    unchanged.
+    where it lies within :data:`BAND_MM` of that shape, or, given ``learnt_probability`` (the
+    pancreas probability, (S, P, L), of a model the round's guard kept because it learnt),
+    the interpolated shape's boundary moved by the model's confidence (:func:`moved_boundary`);
+    between two corrections more than :data:`MAX_GAP_MM` apart, the model's labels. Beyond
+    them: where the outermost corrected slice looks like an end of the organ
+    (:func:`ends_there`), the model tapering from it (module doc), else the model's labels as
+    they are. The corrected slices themselves: unchanged.
     """
     first, last = min(corrected), max(corrected)
     max_gap = max_gap_slices(spacing[0])
@@ -198,6 +213,10 @@ def combine(
             continue
         for k in range(k0 + 1, k1):
             if not out[k].any():
+                continue
+            if learnt_probability is not None:
+                pancreas = moved_boundary(out[k] > 0, learnt_probability[k], pixel)
+                out[k] = np.where(pancreas, np.where(out[k] == 2, 2, 1), 0)
                 continue
             near = ndimage.distance_transform_edt(out[k] == 0) * pixel <= BAND_MM
             out[k][near & (model_labels[k] > 0) & (out[k] == 0)] = 1
@@ -214,6 +233,22 @@ def combine(
         out[outside] = beyond[outside]
     out[list(corrected)] = labels[list(corrected)]
     return out
+
+
+def moved_boundary(shape: np.ndarray, probability: np.ndarray, pixel_mm: float) -> np.ndarray:
+    """The interpolated ``shape`` (2D bool) with its boundary moved by a learnt model.
+
+    A pixel is pancreas where its signed distance to ``shape`` (mm, negative inside, clipped at
+    :data:`FUSION_CLIP_MM`) is below :data:`FUSION_MM_PER_LOGIT` times the model's log-odds
+    (clipped at +-8): a confident model moves the boundary by up to 4 mm either way, an unsure
+    one leaves it where interpolation put it.
+    """
+    inside = ndimage.distance_transform_edt(shape)
+    outside = ndimage.distance_transform_edt(~shape)
+    distance = np.clip((outside - inside) * pixel_mm, -FUSION_CLIP_MM, FUSION_CLIP_MM)
+    p = np.clip(probability.astype(np.float32), 1e-4, 1 - 1e-4)
+    log_odds = np.clip(np.log(p / (1 - p)), -8.0, 8.0)
+    return distance < FUSION_MM_PER_LOGIT * log_odds
 
 
 def max_gap_slices(slice_mm: float) -> int:
@@ -358,11 +393,15 @@ def refine(
                         "slice_index_convention": "canonical axial index (axis 0, to superior)"},
         )  # fmt: skip
         model, meta = tuned.model, tuned.meta
+    learnt = tuned is not None and not tuned.kept_previous
     segmentation = yield from relay(
-        segment(volume, model, meta, device=device, reconstruct=False), 0, len(canonical)
+        segment(volume, model, meta, device=device, reconstruct=False, probabilities=learnt),
+        0,
+        len(canonical),
     )
     model_labels = segmentation.canonical_labels
-    result = combine(canonical_labels, slices, model_labels, spacing)
+    probability = segmentation.canonical_probabilities[..., 0] if learnt else None
+    result = combine(canonical_labels, slices, model_labels, spacing, probability)
     differs = (result != canonical_labels).reshape(len(result), -1).any(axis=1)
     changed = [int(k) for k in np.flatnonzero(differs) if int(k) not in set(slices)]
     affine = np.asarray(volume.affine, dtype=np.float64)

@@ -119,6 +119,25 @@ def test_corrections_far_apart_keep_the_model_between_them():
     np.testing.assert_array_equal(mixed[41:75], model[41:75])  # 40 to 75: the model's
 
 
+def test_a_model_that_learnt_moves_the_filled_boundary_by_its_confidence():
+    """Between corrections a learnt model moves the interpolated edge, 4 mm at most."""
+    spacing = (1.0, 1.0, 1.0)
+    user = np.zeros((3, 40, 40), dtype=np.uint8)
+    user[[0, 2], 10:20, 10:20] = 1  # the same square corrected on both sides
+    model = np.zeros_like(user)
+    unsure = np.full(user.shape, 0.5, dtype=np.float32)
+    filled = combine(user, [0, 2], model, spacing)
+    np.testing.assert_array_equal(combine(user, [0, 2], model, spacing, unsure), filled)
+    sure = unsure.copy()
+    sure[1, 10:20, 20:30] = 0.9999  # the organ goes on to the right, beyond the square
+    sure[1, 10:20, 10:12] = 0.0001  # and the model is sure its left edge is not pancreas
+    out = combine(user, [0, 2], model, spacing, sure)
+    moved = out[1]
+    assert moved[10:20, 20:23].all() and not moved[:, 24:].any()  # grown by 4 mm at most
+    assert not moved[10:20, 10:12].any() and moved[10:20, 12:20].all()
+    np.testing.assert_array_equal(out[[0, 2]], user[[0, 2]])  # corrections untouched
+
+
 def _files(tmp_path, case, flip: bool):
     image, reference = case
     array, labels, affine = image.array, reference.array, image.affine.copy()
