@@ -9,6 +9,8 @@ A user corrects a few slices (or accepts them as they are); :func:`refine` then
 3. fills the slices between corrected slices by shape-based interpolation
    (:func:`~src_models.fill.fill_between_slices`) and adds the model's pancreas within
    :data:`BAND_MM` of the interpolated shape (interpolation cuts corners where the organ bends);
+   when the guard kept the fine-tuned model because it learnt, that model instead moves the
+   interpolated boundary by its confidence (:func:`moved_boundary`, up to 4 mm either way);
    between corrections more than :data:`MAX_GAP_MM` apart the model's labels stay (two
    corrections at the organ's two ends must not erase the organ between them);
 4. beyond the first and last corrected slice, when that slice looks like an end of the organ
