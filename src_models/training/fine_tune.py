@@ -221,8 +221,9 @@ def held_out_metrics(
     :func:`~src_models.training.loop.validate` runs whole slices instead, and after a quick
     fine-tuning on 128-pixel patches the two parted: on the NIH volume 0001 it measured the
     held-out Dice falling from 0.84 to 0.66 while the engine's rose from 0.78 to 0.86 (whole
-    slices, air and table around the body, are not what the round learnt from), and the guard threw away a model whose Dice on the 61 untouched pancreas slices had risen from 0.70
-    to 0.83.
+    slices, air and table around the body, are not what the round learnt from), and the guard
+    threw away a model whose Dice on the 61 untouched pancreas slices had risen from 0.70 to
+    0.83.
 
     Parameters
     ----------
