@@ -100,10 +100,11 @@ END_FRACTION = 0.5
 #: The round's fine-tuning: half the steps of the Review dock's Fine-tune button on 128-pixel
 #: patches instead of 160 at twice the learning rate, within 40 s, so that a whole round stays
 #: under a minute on a 2-core CPU. Measured on the NIH volume 0001 with a model that never saw
-#: it (10 corrected slices, pancreas Dice on the 61 other slices, one thread): 0.700 -> 0.802 in
-#: 83 CPU s against 0.700 -> 0.833 in 237 CPU s for the button's 400 x 160-pixel recipe
-#: (docs/benchmarks.md); what the user ends with after the round hardly depends on it, as the
-#: slices between corrections are filled from the corrections themselves.
+#: it (10 corrected slices, pancreas Dice on the 61 other slices as segmenting labels them, one
+#: thread, seeds 0 to 2): 0.692 -> 0.832 to 0.851 in about 75 CPU s against 0.692 -> 0.855 and
+#: 0.862 in about 220 CPU s for the button's 400 x 160-pixel recipe (docs/benchmarks.md); what
+#: the user ends with after the round depends on it less, as the slices between corrections are
+#: filled from the corrections themselves.
 ROUND_TRAINING = replace(FINE_TUNE_DEFAULTS, steps=200, patch_size=128, lr=2e-3, time_budget_s=40.0)
 
 #: What :func:`refine` yields: training events while fine-tuning, then ``(done, total)``.
