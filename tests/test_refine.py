@@ -56,6 +56,28 @@ def test_corrections_stay_bit_identical_and_the_slices_between_are_filled(case, 
     assert set(result.changed).isdisjoint(result.corrected)
 
 
+def test_a_round_whose_model_learnt_fills_with_it(case, tiny, monkeypatch):
+    """The path where the guard keeps the model: its probabilities move the filled boundary."""
+    from src_models.training import fine_tune as tuning
+
+    monkeypatch.setattr(tuning, "MIN_GUARDED_STEPS", 1)
+    monkeypatch.setattr(tuning, "_is_worse", lambda before, after: False)
+    image, reference = case
+    pancreas = _with_pancreas(reference.array)
+    corrected = [int(k) for k in pancreas[::3]]
+    user = np.zeros_like(reference.array)
+    user[..., corrected] = reference.array[..., corrected]
+    model, meta = load_checkpoint(tiny)
+    result = run_to_end(refine(image, user, corrected, model, meta, steps=2, device="cpu"))
+    assert result.fine_tune is not None and not result.fine_tune.kept_previous
+    out = result.labels
+    np.testing.assert_array_equal(out[..., corrected], user[..., corrected])
+    between = np.setdiff1d(np.arange(corrected[0], corrected[-1] + 1), corrected)
+    # an untrained tiny model is unsure everywhere: the boundary barely moves from the
+    # interpolated one (0.86 here)
+    assert structure_dice(out[..., between], reference.array[..., between]) > 0.75
+
+
 def test_two_corrected_slices_do_not_fine_tune(case, tiny):
     """Nothing could be held out to check the model: a round on two slices does not learn."""
     image, reference = case

@@ -306,7 +306,9 @@ def _fine_tune_line(record: dict[str, Any]) -> str:
         f"on {held_out} held-out corrected slice{'s' if held_out > 1 else ''} of that image, "
         "not on other patients"
     )
-    if record.get("kept_previous"):
+    if record.get("too_few_steps"):
+        text += "; the round was too short to trust, the previous weights were kept"
+    elif record.get("kept_previous"):
         text += "; the round was worse, the previous weights were kept"
     return text + "."
 

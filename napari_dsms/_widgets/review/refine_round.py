@@ -69,6 +69,11 @@ def model_line(result: RefineResult) -> str:
             f", held-out corrected slices Dice {tuned.metrics_before['dice_pancreas']:.3f} -> "
             f"{tuned.metrics_after['dice_pancreas']:.3f}"
         )
+    if tuned.too_few_steps:
+        return (
+            f"Too few steps to trust what the model learnt: {steps}{measured}; the previous "
+            "one stays. Free the CPU or allow more time."
+        )
     if tuned.kept_previous:
         return f"The model learnt nothing useful: {steps}{measured}; the previous one stays."
     return f"The model learnt from them: {steps}{measured}; the next round starts from it."
