@@ -102,6 +102,7 @@ def test_fill_between_is_one_undo_step(dock):
     np.testing.assert_array_equal(labels.data, filled)
     widget.refresh_status()
     assert widget.session.edited == [low, high]
+    assert "filled between slices" in widget.triage.status.text()  # not "undone" any more
 
 
 def _correct(labels, prediction, slices):

@@ -47,36 +47,46 @@ def new_model_path(label: QLabel, checkpoint: str, image: str, what: str) -> Pat
 
 
 class UndoWatch:
-    """Notices when a tool's last write into a labels layer was undone (Ctrl+Z).
+    """Notices when a tool's last write into a labels layer was undone (Ctrl+Z), or redone.
 
     A panel's status line otherwise kept reporting the change ("filled between slices 7 and
-    100: 54934 voxels") after the user had reverted it (found by a tester). Call
-    :meth:`wrote` after writing and :meth:`check` whenever the labels change.
+    100: 54934 voxels") after the user had reverted it, and then said "undone" after a redo
+    had brought it back (both found by testers). Call :meth:`wrote` when writing and
+    :meth:`check` whenever the labels change.
 
     Parameters
     ----------
     status
         The panel's status line.
     message
-        What it says once the write was undone.
+        What it says while the write is undone.
     """
 
     def __init__(self, status: QLabel, message: str) -> None:
         self.status, self.message = status, message
-        self._written: tuple[Any, tuple[np.ndarray, ...], np.ndarray] | None = None
+        self._written: tuple[Any, tuple[np.ndarray, ...], np.ndarray, np.ndarray] | None = None
+        self._report: str | None = None  # the status the undo replaced, shown again on redo
 
-    def wrote(self, layer: Any, voxels: tuple[np.ndarray, ...], before: np.ndarray) -> None:
-        """Remember where ``layer`` was written and what those voxels held before."""
-        self._written = (layer, voxels, np.array(before, copy=True))
+    def wrote(
+        self, layer: Any, voxels: tuple[np.ndarray, ...], before: np.ndarray, after: np.ndarray
+    ) -> None:
+        """Remember where ``layer`` was written, what those voxels held before and after."""
+        self._written = (layer, voxels, np.array(before, copy=True), np.array(after, copy=True))
+        self._report = None
 
     def check(self, current: Any) -> None:
-        """Say :attr:`message` when the write was undone; forget it once another layer is the
-        one reviewed (``current``)."""
+        """Say :attr:`message` while the write is undone and the report again once it is
+        redone; forget it once another layer is the one reviewed (``current``)."""
         if self._written is None:
             return
-        layer, voxels, before = self._written
+        layer, voxels, before, after = self._written
         if layer is not current:
             self._written = None
-        elif np.array_equal(np.asarray(layer.data)[voxels], before):
-            self._written = None
+            return
+        now = np.asarray(layer.data)[voxels]
+        if self._report is None and np.array_equal(now, before):
+            self._report = self.status.text()
             self.status.setText(self.message)
+        elif self._report is not None and np.array_equal(now, after):
+            self.status.setText(self._report)
+            self._report = None

@@ -214,7 +214,7 @@ class RefineRoundPanel(QWidget):
         if changed[0].size:
             # The round's labels are a tool's guess, not corrections: fine-tuning never learns
             # from them until the user edits them or marks them reviewed.
-            self._undo.wrote(layer, changed, current[changed])
+            self._undo.wrote(layer, changed, current[changed], values)
             session.add_tool_changes(changed, values)
             layer.data_setitem(changed, values)
         where = changed_slices(slices) if len(slices) else "no other slice"

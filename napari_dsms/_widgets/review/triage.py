@@ -288,7 +288,7 @@ class TriagePanel(QGroupBox):
         before = np.asarray(layer.data)[changed]
         session.add_tool_changes(changed, values)
         layer.data_setitem(changed, values)
-        self._undo.wrote(layer, changed, before)
+        self._undo.wrote(layer, changed, before, values)
         count = int(changed[0].size)
         self.status.setText(
             f"filled between slices {known[0]} and {known[-1]}: {count} voxels{left}"
