@@ -86,6 +86,14 @@ def test_finds_every_layout(tmp_path, pairs_dir, npz_dir):
     assert [c.case_id for c in find_cases(pairs_dir)] == ["case0", "case1"]
     assert [(c.case_id, c.kind) for c in find_cases(npz_dir)] == [("P_01", "npz"), ("P_02", "npz")]
     assert [c.patient_id for c in find_cases(single)] == ["patient-0001"]
+    # a folder of patient folders beside slice sets: every patient counts (a tester's volume
+    # in a subfolder was left out of evaluate's mean without a word)
+    (npz_dir / "PANCREAS_0001").mkdir()
+    for name in ("ct.nii.gz", "label.nii.gz"):
+        (npz_dir / "PANCREAS_0001" / name).write_bytes((single / name).read_bytes())
+    (npz_dir / "notes").mkdir()  # a folder without a case is no case
+    assert [c.case_id for c in find_cases(npz_dir)] == ["P_01", "P_02", "PANCREAS_0001"]
+    (npz_dir / "PANCREAS_0001" / "label.nii.gz").unlink()
     mixed = gather_cases([pairs_dir, npz_dir], phantoms=2)
     assert len(mixed) == 6
     assert {c.patient_id for c in mixed} >= {"phantom-0000", "phantom-0001"}

@@ -162,28 +162,50 @@ def find_cases(root: str | os.PathLike[str]) -> list[Case]:
         for path in sorted(root.glob("*.npz"))
         if not path.name.startswith(".")
     ]
-    names = {
-        stem: path
-        for path in sorted(root.iterdir())
-        if not path.name.startswith(".") and (stem := _strip_nifti(path.name)) is not None
-    }
+    names = _nifti_names(root)
     for stem, path in names.items():
         if stem.endswith("_label") and stem[: -len("_label")] in names:
             case_id = stem[: -len("_label")]
             cases.append(Case(case_id, case_id, "nifti", names[case_id], path))
-    images = [names[n] for n in _SINGLE_IMAGE_NAMES if n in names]
-    labels = [names[n] for n in _SINGLE_LABEL_NAMES if n in names]
-    if images and labels:
-        cases.append(Case(root.name, root.name, "nifti", images[0], labels[0]))
+    own = _single_case(root, names)
+    # A folder of patient folders, each with ct.nii.gz + label.nii.gz: one case per folder (a
+    # tester's volume in such a subfolder was left out of the mean without a word).
+    inside = (_single_case(sub) for sub in sorted(root.iterdir()) if _visible_folder(sub))
+    cases += [case for case in (own, *inside) if case is not None]
     if not cases:
         raise DatasetError(
             f"{root}: no cases found; expected an MSD folder (dataset.json, imagesTr/, labelsTr/), "
-            "NAME.nii.gz + NAME_label.nii.gz pairs, ct.nii.gz + label.nii.gz, or *.npz slice sets"
+            "NAME.nii.gz + NAME_label.nii.gz pairs, ct.nii.gz + label.nii.gz (here or in "
+            "one folder per patient), or *.npz slice sets"
         )
     ids = [case.case_id for case in cases]
     if len(set(ids)) != len(ids):
         raise DatasetError(f"{root}: case names are not unique: {sorted(ids)}")
     return cases
+
+
+def _visible_folder(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith(".")
+
+
+def _nifti_names(folder: Path) -> dict[str, Path]:
+    """The NIfTI files of ``folder`` by their names without the ending."""
+    return {
+        stem: path
+        for path in sorted(folder.iterdir())
+        if not path.name.startswith(".") and (stem := _strip_nifti(path.name)) is not None
+    }
+
+
+def _single_case(folder: Path, names: Mapping[str, Path] | None = None) -> Case | None:
+    """The case of a one-patient folder (ct.nii.gz + label.nii.gz or their synonyms), named
+    after the folder; ``names`` maps the folder's NIfTI stems to paths when already listed."""
+    names = _nifti_names(folder) if names is None else names
+    images = [names[n] for n in _SINGLE_IMAGE_NAMES if n in names]
+    labels = [names[n] for n in _SINGLE_LABEL_NAMES if n in names]
+    if not (images and labels):
+        return None
+    return Case(folder.name, folder.name, "nifti", images[0], labels[0])
 
 
 def phantom_cases(
