@@ -122,15 +122,13 @@ class FineTuneResult:
 
     def summary(self) -> str:
         """A line or two for the widget, the log and ``dsms refine``."""
-        if self.kept_previous and self.too_few_steps:
+        if self.kept_previous:
             text = (
                 f"only {self.steps} steps in {self.elapsed_s:.0f} s, fewer than the "
                 f"{MIN_GUARDED_STEPS} a kept model needs"
+                if self.too_few_steps
+                else f"{self.steps} steps in {self.elapsed_s:.0f} s made the model worse"
             )
-            if self.checkpoint is not None:
-                text += f" (saved the previous one as {self.checkpoint.name})"
-        elif self.kept_previous:
-            text = f"{self.steps} steps in {self.elapsed_s:.0f} s made the model worse"
             if self.checkpoint is not None:
                 text += f" (saved the previous one as {self.checkpoint.name})"
         elif self.checkpoint is not None:
