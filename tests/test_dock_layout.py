@@ -95,3 +95,28 @@ def test_the_fine_tune_report_is_not_cut_off_on_a_laptop(make_napari_viewer, qtb
     )
     _settle(qtbot)
     assert not _clipped(label), (label.height(), label.heightForWidth(label.width()))
+
+
+def test_a_finished_round_scrolls_its_report_into_view(make_napari_viewer, qtbot):
+    """At 1366 x 768 the Review dock scrolls, and a round's report ended below the fold."""
+    from napari_dsms.demo import open_demo_viewer
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(*LAPTOP)
+    open_demo_viewer(viewer=viewer, tabify=False)  # three docks share the column: it scrolls
+    review = next(w for name, w in viewer.window.dock_widgets.items() if "Review" in name)
+    _settle(qtbot)
+    status = review.triage.refine_round.status
+    viewport = review._scroll.viewport()
+
+    def in_view() -> bool:
+        top = status.mapTo(viewport, status.rect().topLeft()).y()
+        return 0 <= top and top + status.height() <= viewport.height()
+
+    review._scroll.verticalScrollBar().setValue(0)
+    _settle(qtbot)
+    assert not in_view()  # the premise: the status line starts below the fold
+    status.setText("10 corrected slices kept; 12-30 changed")
+    review.reveal(status)
+    _settle(qtbot)
+    assert in_view()

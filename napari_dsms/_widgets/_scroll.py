@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import QEvent, QObject, QSize
+from qtpy.QtCore import QEvent, QObject, QSize, QTimer
 from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 #: Height in pixels a dock shows at least before it scrolls: a few rows of controls.
@@ -41,6 +41,14 @@ class ScrollingDock(QWidget):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(self._scroll)
+
+    def reveal(self, widget: QWidget) -> None:
+        """Scroll so that ``widget`` (a status line a long job just filled) is in view.
+
+        At 1366 x 768 the Review dock scrolls, and a round's or fine-tuning's report could end
+        below the fold, unseen (found by a tester). Done once the new text is laid out.
+        """
+        QTimer.singleShot(0, lambda: self._scroll.ensureWidgetVisible(widget))
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
         """As tall as the controls at the dock's width: what the dock asks for when there is room.

@@ -281,6 +281,7 @@ class FineTunePanel(QGroupBox):
         if inputs is not None:
             lines += inputs.report(report.metrics_before, report.metrics_after)
         self.fine_tune_label.setText("\n".join(lines))
+        self.review.reveal(self.fine_tune_label)
         if report.checkpoint is None:
             return
         self._last_checkpoint = report.checkpoint

@@ -225,6 +225,7 @@ class RefineRoundPanel(QWidget):
         )
         show_info(f"Refine round: {len(slices)} slices changed (Ctrl+Z)")
         self.review.refresh_status()
+        self.review.reveal(self.status)
 
     def _on_session_changed(self) -> None:
         """Stop a round whose labels layer went away or is no longer the one reviewed."""
