@@ -79,9 +79,10 @@ def read_corrections(path: Path, volume: Volume, corrected: list[int]) -> np.nda
     check_same_grid(raw, volume, what="label file")
     axis, _ = head_feet_axis(volume.affine)
     array = np.asarray(raw.array)
+    along = np.moveaxis(array, axis, 0)  # views: np.take copies a Fortran-ordered array whole
     for k in corrected:
         if 0 <= k < array.shape[axis]:
-            label_array(np.take(array, k, axis=axis), f"{path} (corrected slice {k})")
+            label_array(along[k], f"{path} (corrected slice {k})")
     return np.clip(np.nan_to_num(array), 0, 2).astype(np.uint8)
 
 
