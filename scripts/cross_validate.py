@@ -79,6 +79,21 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def data_sources(cases: list) -> list[str]:
+    """The model card's data line: which of the shared folders a run trained on.
+
+    A fold that holds the volume ``nih-pancreas-0001`` out must not list it (its card said it
+    did).
+    """
+    folders = ["nih-pancreas-slices"] if any(c.kind == "npz" for c in cases) else []
+    folders += sorted({c.patient_id for c in cases if c.kind == "nifti"})
+    phantoms = sum(c.kind == "phantom" for c in cases)
+    return [
+        f"{' and '.join(folders)} (NIH Pancreas-CT, TCIA, CC BY 3.0)",
+        *([f"{phantoms} seeded phantoms"] if phantoms else []),
+    ]
+
+
 def run(args, cases: list, val: list, out: Path, steps: int, provenance: dict) -> Path:
     """Train (or resume) one run; its best checkpoint lands at ``out``; return the selected one."""
     done = out.with_suffix(".done")
@@ -175,7 +190,6 @@ def main() -> int:
     order = np.random.default_rng(args.seed).permutation(len(scored))
     folds = [[scored[i] for i in order[f :: args.folds]] for f in range(args.folds)]
     provenance = {
-        "data": ["nih-pancreas-slices and nih-pancreas-0001 (NIH Pancreas-CT, TCIA, CC BY 3.0)"],
         "recipe": "scripts/cross_validate.py",
         **({"continued_from": str(args.init)} if args.init else {}),
     }
@@ -189,7 +203,8 @@ def main() -> int:
         val = [c for c in rest if c.kind == "npz"][:3]
         train_cases = [c for c in rest if c not in val] + phantoms
         out = args.work_dir / f"fold{f}.pt"
-        fold = {**provenance, "fold": f, "test_patients": [c.patient_id for c in test]}
+        fold = {**provenance, "data": data_sources(train_cases), "fold": f,
+                "test_patients": [c.patient_id for c in test]}  # fmt: skip
         chosen = run(args, train_cases, val, out, args.steps, fold)
         report["folds"][str(f)] = score(chosen, test)
         report_path.write_text(json.dumps(report, indent=1) + "\n")
@@ -205,7 +220,8 @@ def main() -> int:
         val = [c for c in real if c.kind == "npz"][:3]
         final = args.work_dir / "final.pt"
         everyone = [c for c in real if c not in val] + phantoms
-        chosen = run(args, everyone, val, final, args.final_steps, {**provenance, "fold": "all"})
+        final_provenance = {**provenance, "data": data_sources(everyone), "fold": "all"}
+        chosen = run(args, everyone, val, final, args.final_steps, final_provenance)
         if args.export is not None:
             export(chosen, args.export, report, args)
     return 0
