@@ -321,7 +321,7 @@ def end_to_end(args: argparse.Namespace, ct: Volume, workdir: Path) -> list[str]
         )
     command = [sys.executable, "-m", "src_models", "predict", str(source)]
     command += ["-o", str(workdir / "labels.nii.gz"), "--model", checkpoint]
-    command += ["--device", args.device]
+    command += ["--device", args.device, "--overwrite"]  # the same file each repeat
     runs = []
     for _ in range(args.repeats):
         before = load()

@@ -205,7 +205,10 @@ def test_recover_errors_are_one_line_and_leave_no_file(ct_file, tmp_path, capsys
 
     labels, _ = _painted(ct_file)
     _save(ct_file, labels, autosave.new_session())
+    exported = tmp_path / "exported.nii.gz"  # an earlier export: kept unless --overwrite
+    exported.write_bytes(b"corrected labels")
     for argv in (
+        ["recover", str(ct_file), "-o", str(exported)],
         ["recover", str(tmp_path / "missing.nii.gz"), "-o", str(out)],
         ["recover", str(ct_file), "-o", str(tmp_path / "labels.txt")],
         ["recover", str(ct_file), "-o", str(tmp_path / "no" / "such" / "out.nii.gz")],
@@ -215,7 +218,8 @@ def test_recover_errors_are_one_line_and_leave_no_file(ct_file, tmp_path, capsys
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: "), (argv, err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "journal"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "exported.nii.gz", "journal"]
+    assert exported.read_bytes() == b"corrected labels"
 
 
 def test_recover_leaves_no_labels_when_the_sidecar_cannot_be_written(

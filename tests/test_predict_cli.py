@@ -121,6 +121,25 @@ def test_bad_input_is_one_error_line_and_no_file(
     assert leftovers == set()
 
 
+def test_an_existing_labels_file_is_kept_unless_overwrite_is_given(
+    ct_file, drs_checkpoint, tmp_path, capsys
+):
+    """A tester's corrected labels were replaced by model output, exit 0 (issue 11's loop)."""
+    corrections = tmp_path / "mycorrections.nii.gz"
+    corrections.write_bytes(b"a radiologist's corrected labels")
+    argv = ["predict", str(ct_file), "-o", str(corrections), "--model", str(drs_checkpoint)]
+    assert main([*argv, "--device", "cpu"]) == 2
+    error = _error_line(capsys)
+    assert str(corrections) in error and "already exists" in error and "--overwrite" in error
+    assert corrections.read_bytes() == b"a radiologist's corrected labels"
+    assert main([*argv, "--device", "cpu", "--overwrite"]) == 0
+    assert nib.load(corrections).shape == nib.load(ct_file).shape
+    empty = tmp_path / "from-mktemp.nii.gz"  # an empty placeholder holds nothing to lose
+    empty.touch()
+    argv[3] = str(empty)
+    assert main([*argv, "--device", "cpu"]) == 0
+
+
 def test_predict_as_a_module_with_a_model_name_from_the_user_folder(
     ct_file, drs_checkpoint, tmp_path
 ):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -224,6 +225,11 @@ def test_refine_command_runs_the_quick_round_by_default(tmp_path, case, tiny, ca
         (lambda a: (a.pop("--steps"), a.__setitem__("--seconds", "nan")), "--seconds"),
         (lambda a: a.__setitem__("--labels", "missing.nii.gz"), "missing.nii.gz"),
         (lambda a: a.__setitem__("-o", a["--labels"]), "refusing to overwrite the corrected"),
+        # another existing file, which may hold corrections: kept unless --overwrite
+        (
+            lambda a: a.__setitem__("-o", str(Path(a["--labels"]).with_name("other.nii.gz"))),
+            "already exists",
+        ),
         (lambda a: a.__setitem__("--save-model", "/proc/m.pt"), "/proc"),  # not writable, even
     ],  # for root: refused before fine-tuning, not after it
 )

@@ -29,7 +29,36 @@ def add_model_and_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
 
 
-def check_outputs(input_path: Path, outputs: list[Path]) -> None:
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: the one way to let a command replace an existing output file."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that already exist (default: refuse; they may hold "
+        "corrected labels)",
+    )
+
+
+def check_new_file(output: Path, overwrite: bool) -> None:
+    """Refuse to replace a non-empty file unless ``overwrite``.
+
+    A labels file named by mistake may hold a radiologist's corrections, which a command would
+    otherwise replace with model output and exit 0. An empty file (what ``mktemp`` leaves) holds
+    nothing to lose.
+
+    Raises
+    ------
+    VolumeError
+        ``output`` exists and is not empty; the message names it and the way out.
+    """
+    if not overwrite and output.is_file() and output.stat().st_size > 0:
+        raise VolumeError(
+            f"{output}: already exists; refusing to replace it (it may hold corrected labels). "
+            "Choose another name, or pass --overwrite"
+        )
+
+
+def check_outputs(input_path: Path, outputs: list[Path], overwrite: bool = False) -> None:
     """Refuse output names that cannot work before any time is spent on the volume.
 
     The first output is the labels (its format is checked by :func:`~src_models.io.check_output`);
@@ -39,7 +68,8 @@ def check_outputs(input_path: Path, outputs: list[Path]) -> None:
     ------
     VolumeError
         An output that would overwrite the input, join a DICOM series folder, lie in a missing
-        or unwritable folder, or name a folder; the message names the file and the folder.
+        or unwritable folder, name a folder, or replace an existing file without ``overwrite``
+        (:func:`check_new_file`); the message names the file and the folder.
     """
     source = input_path.resolve()
     series_folder = source.parent if is_dicom_file(source) else None
@@ -66,6 +96,7 @@ def check_outputs(input_path: Path, outputs: list[Path]) -> None:
                 f"{output}: refusing to write into the DICOM series folder {series_folder} "
                 "(the file would join the series); choose another folder"
             )
+        check_new_file(output, overwrite)
         check_writable_folder(output)
     if len(outputs) == 2 and outputs[0].resolve() == outputs[1].resolve():
         raise VolumeError(f"{outputs[0]}: labels and reconstruction need different file names")

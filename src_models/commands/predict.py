@@ -32,7 +32,7 @@ from ..jobs import run_to_end
 from ..models.checkpoints import tumour_warning
 from ..models.store import load_checkpoint
 from ..version import __version__
-from .common import add_model_and_device, check_outputs, progress_bar
+from .common import add_model_and_device, add_overwrite, check_outputs, progress_bar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="keep every island the model marks (default: only the largest 3D component of the "
         "pancreas, as a radiologist would erase the rest)",
     )
+    add_overwrite(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,7 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     check_output(output, format=args.format)
-    check_outputs(input_path, [output] + ([reconstruction_path] if reconstruction_path else []))
+    check_outputs(
+        input_path,
+        [output] + ([reconstruction_path] if reconstruction_path else []),
+        overwrite=args.overwrite,
+    )
     device = resolve_device(args.device)
     volume, warnings = read_volume_reporting(input_path)
     for text in warnings:

@@ -22,6 +22,7 @@ from ..autosave import (
 from ..corrections import sidecar, write_sidecar
 from ..io import Volume, VolumeError, read_volume, write_labels
 from ..io.orientation import from_canonical, to_canonical
+from .common import add_overwrite, check_new_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"list what can be recovered (of CT only, when given); journals are kept in "
         f"the user data folder or ${AUTOSAVE_DIR_ENV}",
     )
+    add_overwrite(parser)
 
 
 def _print_list(entries: list[JournalEntry]) -> None:
@@ -95,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     ct, output = Path(args.ct), Path(args.output)
     if not ct.exists():
         raise VolumeError(f"{ct}: no such file or folder")
+    if output.resolve() != ct.resolve():  # the CT itself: write_labels says it is the source
+        check_new_file(output, args.overwrite)
     volume = read_volume(ct)
     entry = latest(volume_digest(volume))
     if entry is None:

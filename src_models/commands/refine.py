@@ -39,7 +39,7 @@ from ..refine import ROUND_TRAINING, check_corrections, learns, refine
 from ..training.fine_tune import MIN_SLICES_FOR_HOLDOUT
 from ..training.loop import TrainEvent
 from ..version import __version__
-from .common import DEFAULT_MODEL, check_outputs, progress_bar
+from .common import DEFAULT_MODEL, add_overwrite, check_outputs, progress_bar
 
 
 def _slice_list(text: str) -> list[int]:
@@ -130,6 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--save-model", metavar="PATH", help="write the model the round ends with (a new .pt)"
     )
+    add_overwrite(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,12 +145,12 @@ def run(args: argparse.Namespace) -> int:
     if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
         raise ValueError(f"--seconds must be a number of seconds above 0, got {args.seconds}")
     check_output(output, format=args.format)
-    check_outputs(input_path, [output])
-    if output.resolve() == labels_path.resolve():
+    if output.resolve() == labels_path.resolve():  # even with --overwrite
         raise VolumeError(
             f"{output}: refusing to overwrite the corrected labels {labels_path}; choose "
             "another name"
         )
+    check_outputs(input_path, [output], overwrite=args.overwrite)
     save_model = Path(args.save_model) if args.save_model else None
     if save_model is not None and (save_model.exists() or not save_model.parent.is_dir()):
         raise ValueError(
