@@ -49,6 +49,10 @@ def test_scored_slices_form_a_queue_that_edits_and_reviews_leave(dock, qtbot):
     qtbot.waitUntil(lambda: panel.result is not None and panel._worker is None, timeout=60_000)
     assert len(panel.chart.scores) == labels.data.shape[0]
     queue = panel.queue()
+    # the chart's tallest bars are the list's first slices (a tester saw two different scores)
+    listed = [float(panel.suspects.item(i).text().split()[-1]) for i in range(3)]
+    assert [round(panel.chart.scores[k], 2) for k in queue[:3]] == listed
+    assert panel.chart.scores[queue[0]] == panel.chart.scores.max()
     assert sorted(queue) == list(range(labels.data.shape[0]))
     assert panel.suspects.count() == min(20, len(queue))
     first = panel.next_suspect()

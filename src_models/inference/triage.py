@@ -104,6 +104,17 @@ class Triage:
     ranked_scores: list[float]
     labels: np.ndarray
 
+    @property
+    def priority(self) -> np.ndarray:
+        """(S,) float: each slice's ranking value (``ranked_scores`` back in slice order).
+
+        The one number per slice that the ranked list, the chart and ``dsms triage`` show;
+        ``scores`` is only one of its two parts (the module doc).
+        """
+        values = np.zeros(len(self.scores))
+        values[np.asarray(self.order, dtype=int)] = self.ranked_scores
+        return values
+
     def ranking(self, affine: np.ndarray, shape: tuple[int, ...]) -> list[tuple[int, float]]:
         """``(K, score)`` pairs, most suspect first, ``K`` along the file's head-feet axis.
 

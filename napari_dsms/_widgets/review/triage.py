@@ -78,7 +78,10 @@ class SliceChart(QWidget):
         self.current = -1
         self.setMinimumHeight(60)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setToolTip("Suspicion per slice (inferior on the left); click to go there")
+        self.setToolTip(
+            "Triage score per slice, the same as in the list (inferior on the left); click to "
+            "go there"
+        )
 
     def set_scores(self, scores: np.ndarray) -> None:
         self.scores = np.asarray(scores, dtype=float)
@@ -207,11 +210,13 @@ class TriagePanel(QGroupBox):
             self.status.setText("the labels layer changed while scoring: score again")
             return
         self.result = result
-        self.chart.set_scores(result.scores)
+        self.chart.set_scores(result.priority)
         self._fill_list()
         queue = self.queue()
         self.status.setText(
-            f"{len(queue)} slices to check; most suspect: {queue[0]}" if queue else "all checked"
+            f"slices ranked; start with slice {', then '.join(map(str, queue[:3]))}"
+            if queue
+            else "every slice is edited or reviewed"
         )
 
     def _on_finished(self) -> None:
@@ -256,7 +261,9 @@ class TriagePanel(QGroupBox):
             self.status.setText("every scored slice is edited or reviewed")
             return None
         self.review.go_to_slice(queue[0])
-        self.status.setText(f"slice {queue[0]}: {len(queue) - 1} more to check")
+        score = self.result.priority[queue[0]]
+        after = f"next: slice {queue[1]}" if len(queue) > 1 else "the last one not checked"
+        self.status.setText(f"slice {queue[0]} (score {score:.2f}); {after}")
         return queue[0]
 
     # ------------------------------------------------------------------ fill between
