@@ -177,7 +177,8 @@ class FineTuneInputs:
         slices = ", ".join(str(k) for k in self.holdout)
         lines = [
             f"The held-out Dice compares each model with your own labels on {len(self.holdout)} "
-            f"corrected slice(s) it did not train on (slice {slices}), at the model's resolution."
+            f"corrected slice(s) it did not train on (slice {slices}), segmented as Segment "
+            "would label them (cropped to the body, on the CT's grid)."
         ]
         doubtful = self.unfinished_holdout()
         if doubtful:

@@ -90,7 +90,8 @@ def test_the_fine_tune_report_is_not_cut_off_on_a_laptop(make_napari_viewer, qtb
     label.setText(
         "saved dsmsc_unet-ft-ct-v1.pt: 400 steps in 137 s; held-out pancreas Dice 0.296 -> "
         "0.855\nThe held-out Dice compares each model with your own labels on 2 corrected "
-        "slice(s) it did not train on (slice 34, 66), at the model's resolution.\nKeep the new "
+        "slice(s) it did not train on (slice 34, 66), segmented as Segment would label them "
+        "(cropped to the body, on the CT's grid).\nKeep the new "
         "model: it agrees better with your corrections on the slices it did not see."
     )
     _settle(qtbot)

@@ -210,6 +210,8 @@ def test_clean_up_keeps_largest_component_and_is_one_undo_step(widget_and_layers
     labels.data = model_output.copy()  # as the model made it: no slice edited yet
     widget.refresh_status()
     before = np.array(labels.data)
+    assert not widget.correct.undo_clean_up()  # nothing cleaned yet, and it says so
+    assert "no clean-up" in widget.correct.status.text()
     changed = widget.correct.clean_up()
     assert changed == 16 + 1
     assert labels.data[15].sum() == 0 and labels.data[6, 205, 205] == 1
@@ -222,6 +224,7 @@ def test_clean_up_keeps_largest_component_and_is_one_undo_step(widget_and_layers
     widget.correct.clean_up()
     labels.data_setitem((np.array([0]), np.array([0]), np.array([0])), 1)
     assert not widget.correct.undo_clean_up() and not widget.correct.undo_cleanup_button.isEnabled()
+    assert "undoes those edits first" in widget.correct.status.text()  # not just "use Ctrl+Z"
     assert labels.data[15].sum() == 0 and labels.data[0, 0, 0] == 1
 
 

@@ -39,6 +39,7 @@ class CorrectPanel(QGroupBox):
         self.review = review
         # The labels layer whose newest undo step is this panel's clean-up, else None.
         self._cleanup_on_top: Labels | None = None
+        self._cleaned: Labels | None = None  # the layer of the last clean-up, even if edited since
         grid = QGridLayout(self)
         self.paint_pancreas_button = QPushButton("Paint pancreas")
         self.paint_tumour_button = QPushButton("Paint tumour")
@@ -144,7 +145,7 @@ class CorrectPanel(QGroupBox):
         session.add_tool_changes(changed, values)  # a clean-up is not a correction
         layer.data_setitem(changed, values)
         # Set after the call: the clean-up's own events must not count as a later edit.
-        self._cleanup_on_top = layer
+        self._cleanup_on_top = self._cleaned = layer
         self.undo_cleanup_button.setEnabled(True)
         count = int(changed[0].size)
         self.status.setText(f"clean-up changed {count} voxels")
@@ -161,9 +162,14 @@ class CorrectPanel(QGroupBox):
         """
         layer = self._cleanup_on_top
         if layer is None or not same_layer(layer, self.review.labels_layer):
-            refuse(
-                self.status, "the clean-up is no longer the last edit; use napari's undo (Ctrl+Z)"
-            )
+            if self._cleaned is None or not same_layer(self._cleaned, self.review.labels_layer):
+                refuse(self.status, "no clean-up of these labels to undo")
+            else:  # Ctrl+Z would first undo the corrections made after it
+                refuse(
+                    self.status,
+                    "you edited the labels after the clean-up: Ctrl+Z undoes those edits first, "
+                    "one step at a time, before it reaches the clean-up",
+                )
             self.undo_cleanup_button.setEnabled(False)
             return False
         layer.undo()
