@@ -358,11 +358,19 @@ def test_export_is_bit_exact_on_the_source_grid_with_sidecar(widget_and_layers, 
     labels.data[0, 0, 0] = 0 if labels.data[0, 0, 0] else 1
     assert widget.export.export_labels(target) is None and asked == [target]
     np.testing.assert_array_equal(np.asarray(nib.load(target).dataobj), first)
+    assert "not exported" in widget.export.export_label.text()  # not the last export's report
     # the source CT is never overwritten, and the user is not even asked
     asked.clear()
     assert widget.export.export_labels(case["ct"]) is None and asked == []
     assert "source CT" in widget.export.export_label.text()
     assert nib.load(case["ct"]).get_data_dtype() == np.int16
+    # nor written into a DICOM series folder, where it would join the series
+    series = tmp_path / "series"
+    series.mkdir()
+    image.metadata["source"] = str(series)
+    assert widget.export.export_labels(series / "corr.nii.gz") is None and asked == []
+    assert "DICOM series folder" in widget.export.export_label.text()
+    assert list(series.iterdir()) == []
 
 
 def test_export_keeps_the_viewer_responsive(widget_and_layers, tmp_path, monkeypatch):

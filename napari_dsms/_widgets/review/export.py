@@ -136,13 +136,18 @@ class ExportPanel(QGroupBox):
         endings = (".nii", ".nii.gz", ".dcm") if seg else (".nii", ".nii.gz")
         if not target.name.lower().endswith(endings):
             target = target.with_name(target.name + ".nii.gz")
-        if source and (
-            target.resolve() == Path(source).resolve()
-            or Path(source).resolve() in target.resolve().parents
-        ):
+        if source and target.resolve() == Path(source).resolve():
             refuse(self.export_label, f"{target} is the source CT; choose another file name")
             return None
+        if source and Path(source).resolve() in target.resolve().parents:
+            refuse(
+                self.export_label,
+                f"{target} lies in the source CT's DICOM series folder {source} (the file would "
+                "join the series); choose another folder",
+            )
+            return None
         if target.exists() and not self._confirm_replace(target):
+            self.export_label.setText(f"not exported: {target.name} kept as it was")
             return None
         self.last_folder = target.parent
         return target
