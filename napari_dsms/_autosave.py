@@ -87,6 +87,18 @@ _WORK_GAP_S = 60.0
 _MANAGERS: weakref.WeakKeyDictionary[Any, Autosave] = weakref.WeakKeyDictionary()
 
 
+
+class _Offer(Notification):
+    """A notification whose toast names its source in words.
+
+    napari's toast prints ``Source: <event source>``, which for a dispatched notification is
+    the notification manager's repr; users saw that instead of where the offer came from.
+    """
+
+    @property
+    def source(self) -> str:
+        return "napari-dsms autosave"
+
 class _FlushOnClose(QObject):
     """Saves the strokes still waiting for their quiet time when the viewer's window closes.
 
@@ -452,12 +464,13 @@ class Autosave:
         self.offers[digest] = entry
         edited = len(entry.corrected)
         when = entry.saved.astimezone().strftime("%Y-%m-%d %H:%M")
+        # What to decide on first: a toast shows about one line before it is expanded.
         message = (
-            f"Autosaved corrections of this CT from {when}: {edited} edited "
-            f"slice{'s' * (edited != 1)} in {entry.record.get('layer') or 'labels'}. Restore them?"
+            f"Restore {edited} edited slice{'s' * (edited != 1)} of this CT, autosaved {when}? "
+            f"(layer {entry.record.get('layer') or 'labels'})"
         )
         notification_manager.dispatch(
-            Notification(message, "info", actions=[("Restore", lambda *_: self.restore(digest))])
+            _Offer(message, "info", actions=[("Restore", lambda *_: self.restore(digest))])
         )
 
     def _ct_layer(self, digest: str) -> Image | None:

@@ -145,7 +145,11 @@ def test_painted_labels_survive_sigkill_and_reopening_offers_them(
     image, manager = _open(viewer, qtbot, ct_file)
     [offer] = manager.offers.values()
     assert offer.edited == [2, 3]
-    assert any("2 edited slices" in n.message and n.actions for n in messages)
+    [toast] = [n for n in messages if n.actions]
+    # the decision first (a toast shows about a line), and a source in words, not a repr
+    assert toast.message.startswith("Restore 2 edited slices") and toast.source == (
+        "napari-dsms autosave"
+    )
     restored = manager.restore(offer.digest)
     assert restored.name == "corrections"
     np.testing.assert_array_equal(restored.data, painted)
