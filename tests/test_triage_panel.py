@@ -187,3 +187,29 @@ def test_a_round_on_two_slices_does_not_learn_and_says_so(dock, qtbot, tmp_path,
     qtbot.waitUntil(lambda: not panel.is_running, timeout=120_000)
     assert "did not learn" in panel.status.text() and LATEST_MODEL not in labels.metadata
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+
+
+def test_a_later_tool_write_ends_the_fill_reports_undo_watch(qtbot):
+    """A refine round that rewrote filled slices with what they held before the fill made the
+    fill's status say "undone" (a tester): the round's write supersedes the fill's."""
+    from types import SimpleNamespace
+
+    from qtpy.QtWidgets import QLabel
+
+    from napari_dsms._widgets.review._common import UndoWatch
+
+    layer = SimpleNamespace(data=np.zeros((3, 4, 4), dtype=np.uint8))
+    fill_status, round_status = QLabel("filled between slices 0 and 2"), QLabel("round: done")
+    fill = UndoWatch(fill_status, "the last fill was undone")
+    round_ = UndoWatch(round_status, "the round was undone")
+    voxels = (np.array([1, 1]), np.array([0, 1]), np.array([0, 0]))
+    fill.wrote(layer, voxels, np.array([0, 0]), np.array([1, 1]))
+    layer.data[voxels] = 1
+    round_.wrote(layer, voxels, np.array([1, 1]), np.array([0, 0]))  # back to the fill's before
+    layer.data[voxels] = 0
+    fill.check(layer)
+    round_.check(layer)
+    assert fill_status.text() == "filled between slices 0 and 2"
+    layer.data[voxels] = 1  # Ctrl+Z of the round
+    round_.check(layer)
+    assert round_status.text() == "the round was undone"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +63,26 @@ class UndoWatch:
         What it says while the write is undone.
     """
 
+    #: Every watch alive: another tool's write into the same layer ends a watch's say.
+    _all: weakref.WeakSet[UndoWatch] = weakref.WeakSet()
+
     def __init__(self, status: QLabel, message: str) -> None:
         self.status, self.message = status, message
         self._written: tuple[Any, tuple[np.ndarray, ...], np.ndarray, np.ndarray] | None = None
         self._report: str | None = None  # the status the undo replaced, shown again on redo
+        UndoWatch._all.add(self)
 
     def wrote(
         self, layer: Any, voxels: tuple[np.ndarray, ...], before: np.ndarray, after: np.ndarray
     ) -> None:
-        """Remember where ``layer`` was written, what those voxels held before and after."""
+        """Remember where ``layer`` was written, what those voxels held before and after.
+
+        Other watches on ``layer`` forget theirs: a refine round that rewrote filled slices
+        with what they held before the fill made the fill's status say "undone" (a tester).
+        """
+        for other in list(UndoWatch._all):
+            if other is not self and other._written is not None and other._written[0] is layer:
+                other._written, other._report = None, None
         self._written = (layer, voxels, np.array(before, copy=True), np.array(after, copy=True))
         self._report = None
 
