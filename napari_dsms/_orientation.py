@@ -18,6 +18,16 @@ AXIS_DIRECTIONS = (("I", "S"), ("A", "P"), ("R", "L"))
 #: Marker text is recognised by this prefix, so a user's own overlay text is left alone.
 PREFIX = "orientation: "
 
+#: Slider labels of the canonical axes: the slices each slider steps through.
+AXIS_LABELS = ("axial", "coronal", "sagittal")
+
+
+def named_axes(labels: tuple[str, ...]) -> tuple[str, ...]:
+    """:data:`AXIS_LABELS` in place of napari's numbered defaults (``-3``, ``0`` ...) of three
+    axes; a user's own names are kept. A tester read the axial slider's ``-3`` as a value."""
+    numbered = all(label.lstrip("-").isdigit() for label in labels)
+    return AXIS_LABELS if len(labels) == 3 and numbered else tuple(labels)
+
 
 def markers(
     displayed: tuple[int, ...], ndim: int, orientation2d: tuple[Any, Any] = ("down", "right")
@@ -72,6 +82,9 @@ def attach(viewer: Any) -> None:
             overlay.text, overlay.visible = "", False
 
     def orient(*_: Any) -> None:
+        labels = named_axes(tuple(viewer.dims.axis_labels))
+        if labels != tuple(viewer.dims.axis_labels):
+            viewer.dims.axis_labels = labels
         displayed = tuple(viewer.dims.displayed)
         if viewer.dims.ndim == 3 and len(displayed) == 2:
             horizontal = viewer.camera.orientation2d[1]

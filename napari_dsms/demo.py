@@ -12,12 +12,10 @@ from collections.abc import Sequence
 import napari
 from qtpy.QtGui import QGuiApplication
 
+from ._widgets._scroll import STACK_PROPERTY, TABIFY_BELOW_PX
+
 PLUGIN = "napari-dsms"
 WIDGETS = ("Load CT", "Segment", "Review and fine-tune")
-
-#: Screens less tall than this get the docks as tabs: stacked on a 1366 x 768 laptop, the
-#: Review dock, where the work happens, would be a strip of about 200 pixels.
-TABIFY_BELOW_PX = 900
 
 
 def open_demo_viewer(
@@ -39,6 +37,8 @@ def open_demo_viewer(
     for widget_name in WIDGETS:
         dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, widget_name, tabify=tabify)
     dock.raise_()  # the last, the Review dock, in front when tabbed
+    # before the docks' first show event: stacked asked for stays stacked on a short window
+    dock.window().setProperty(STACK_PROPERTY, not tabify)
     return viewer
 
 

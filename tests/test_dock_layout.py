@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from qtpy.QtWidgets import QApplication, QLabel
 
-from napari_dsms._widgets._scroll import MIN_VISIBLE_HEIGHT
+from napari_dsms._widgets._scroll import MIN_VISIBLE_HEIGHT, STACK_PROPERTY
 
 PLUGIN = "napari-dsms"
 LAPTOP = (1366, 768)
@@ -25,8 +25,10 @@ def _clipped(label: QLabel) -> bool:
 
 @pytest.mark.parametrize("with_ct", [False, True])
 def test_all_docks_fit_a_laptop_screen(make_napari_viewer, qtbot, nih_ct, with_ct):
+    """Stacked (as asked for with ``make demo``'s tabify=False), each dock is still usable."""
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(*LAPTOP)
+    viewer.window._qt_window.setProperty(STACK_PROPERTY, True)
     docks = {
         name: viewer.window.add_plugin_dock_widget(PLUGIN, name)
         for name in ("Load CT", "Segment", "Review and fine-tune")
@@ -43,6 +45,20 @@ def test_all_docks_fit_a_laptop_screen(make_napari_viewer, qtbot, nih_ct, with_c
     assert not _clipped(docks["Segment"][1].arch_label), "the architecture text is cut off"
     for name, (_, widget) in docks.items():
         assert widget.width() >= widget.content.minimumSizeHint().width(), name  # no h-scroll
+
+
+def test_docks_opened_one_by_one_on_a_laptop_become_tabs(make_napari_viewer, qtbot):
+    """From the Plugins menu, one after another, the docks stacked and the Review dock showed
+    only its first box at 1366 x 768 (a tester); now each joins the others as a tab, in front."""
+    viewer = make_napari_viewer(show=True)
+    main = viewer.window._qt_window
+    main.resize(*LAPTOP)
+    for name in ("Load CT", "Segment", "Review and fine-tune"):
+        dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+        _settle(qtbot)
+    assert len(main.tabifiedDockWidgets(dock)) == 2
+    assert dock.isVisible() and dock.height() >= 500, dock.height()
+    assert not dock.visibleRegion().isEmpty()  # the one just opened is the tab in front
 
 
 def test_the_demo_tabs_the_docks_on_a_laptop_so_the_review_dock_gets_the_height(

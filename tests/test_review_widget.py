@@ -598,6 +598,8 @@ def test_orientation_markers_follow_the_displayed_axes(make_napari_viewer, case)
     assert widget.session is not None
     overlay = viewer.canvas.overlays.text
     assert overlay.visible and overlay.text.endswith("left R, right L\ntop A, bottom P")
+    # the slider names the slices it steps through, not napari's "-3"
+    assert tuple(viewer.dims.axis_labels) == ("axial", "coronal", "sagittal")
     viewer.dims.order = (1, 0, 2)  # a coronal view: the head at the top, as radiologists read it
     assert tuple(viewer.camera.orientation2d) == ("up", "right")
     assert overlay.text.endswith("left R, right L\ntop S, bottom I")

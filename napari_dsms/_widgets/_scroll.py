@@ -11,10 +11,26 @@ from __future__ import annotations
 from typing import Any
 
 from qtpy.QtCore import QEvent, QObject, QSize, QTimer
-from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QDockWidget,
+    QFrame,
+    QMainWindow,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 
 #: Height in pixels a dock shows at least before it scrolls: a few rows of controls.
 MIN_VISIBLE_HEIGHT = 120
+
+#: Windows less tall than this get the napari-dsms docks as tabs: stacked on a 1366 x 768
+#: laptop, the Review dock, where the work happens, would be a strip of about 200 pixels.
+TABIFY_BELOW_PX = 900
+
+#: Set this property on napari's main window (True) to keep the docks stacked whatever its
+#: height (``make demo`` with ``tabify=False``).
+STACK_PROPERTY = "napari_dsms_stack_docks"
 
 
 class ScrollingDock(QWidget):
@@ -41,6 +57,7 @@ class ScrollingDock(QWidget):
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(self._scroll)
+        self._placed = False
 
     def reveal(self, widget: QWidget) -> None:
         """Scroll so that ``widget`` (a status line a long job just filled) is in view.
@@ -93,3 +110,42 @@ class ScrollingDock(QWidget):
         margins = scroll.verticalScrollBar().sizeHint().width() + 2 * scroll.frameWidth() + 4
         scroll.setMinimumWidth(self.content.minimumSizeHint().width() + margins)
         super().showEvent(event)
+        if not self._placed:  # once napari has docked it
+            self._placed = True
+            QTimer.singleShot(0, self.join_sibling_docks)
+
+    def join_sibling_docks(self) -> bool:
+        """On a window less than :data:`TABIFY_BELOW_PX` tall, become a tab beside an open
+        napari-dsms dock, in front; returns whether it did.
+
+        A user who opens the docks one by one from the Plugins menu got them stacked, and at
+        1366 x 768 the Review dock showed only its first box (a tester); ``make demo`` tabs them
+        the same way.
+        """
+        dock = self.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        main = dock.parentWidget() if dock is not None else None
+        if (
+            not isinstance(main, QMainWindow)
+            or main.property(STACK_PROPERTY)
+            or main.height() >= TABIFY_BELOW_PX
+            or dock.isFloating()
+            or main.tabifiedDockWidgets(dock)
+        ):
+            return False
+        area = main.dockWidgetArea(dock)
+        for other in main.findChildren(QDockWidget):
+            if (
+                other is dock
+                or not other.isVisible()
+                or other.isFloating()
+                or main.dockWidgetArea(other) != area
+                or other.findChild(ScrollingDock) is None
+            ):
+                continue
+            main.tabifyDockWidget(other, dock)
+            dock.show()
+            dock.raise_()
+            return True
+        return False
