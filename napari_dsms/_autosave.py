@@ -87,7 +87,6 @@ _WORK_GAP_S = 60.0
 _MANAGERS: weakref.WeakKeyDictionary[Any, Autosave] = weakref.WeakKeyDictionary()
 
 
-
 class _Offer(Notification):
     """A notification whose toast names its source in words.
 
@@ -98,6 +97,7 @@ class _Offer(Notification):
     @property
     def source(self) -> str:
         return "napari-dsms autosave"
+
 
 class _FlushOnClose(QObject):
     """Saves the strokes still waiting for their quiet time when the viewer's window closes.

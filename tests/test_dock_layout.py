@@ -102,16 +102,24 @@ def test_the_fine_tune_report_is_not_cut_off_on_a_laptop(make_napari_viewer, qtb
     review = next(w for name, w in viewer.window.dock_widgets.items() if "Review" in name)
     for step in range(1, 400):
         review.fine_tune.loss_plot.add(step, 1.0 / step)
+    _settle(qtbot)  # laid out before the report arrives, as after a real run
     label = review.fine_tune.fine_tune_label
-    label.setText(
-        "saved dsmsc_unet-ft-ct-v1.pt: 400 steps in 137 s; held-out pancreas Dice 0.296 -> "
-        "0.855\nThe held-out Dice compares each model with your own labels on 2 corrected "
+    label.setText(  # a real run's report (scripts/screenshots.py), cut at both ends once
+        "saved dsmsc_unet-ft-ct-v2.pt: 400 steps in 56 s; held-out pancreas Dice 0.411 -> "
+        "0.883\nThe held-out Dice compares each model with your own labels on 2 corrected "
         "slice(s) it did not train on (slice 34, 66), segmented as Segment would label them "
-        "(cropped to the body, on the CT's grid).\nKeep the new "
-        "model: it agrees better with your corrections on the slices it did not see."
+        "(cropped to the body, on the CT's grid).\nKeep the new model: it agrees better with "
+        "your corrections."
     )
+    review.reveal(review.fine_tune.resegment_button)
     _settle(qtbot)
     assert not _clipped(label), (label.height(), label.heightForWidth(label.width()))
+    # scrolled so that the whole report and the button after it are in view
+    viewport = review._scroll.viewport()
+    for widget in (label, review.fine_tune.resegment_button):
+        top = widget.mapTo(viewport, widget.rect().topLeft()).y()
+        bottom = widget.mapTo(viewport, widget.rect().bottomLeft()).y()
+        assert 0 <= top and bottom <= viewport.height(), (widget, top, bottom)
 
 
 def test_a_finished_round_scrolls_its_report_into_view(make_napari_viewer, qtbot):

@@ -58,6 +58,7 @@ class ScrollingDock(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(self._scroll)
         self._placed = False
+        self._revealing: QWidget | None = None  # what reveal() keeps in view while it settles
 
     def reveal(self, widget: QWidget) -> None:
         """Scroll so that ``widget`` (a status line a long job just filled) is in view.
@@ -65,7 +66,11 @@ class ScrollingDock(QWidget):
         At 1366 x 768 the Review dock scrolls, and a round's or fine-tuning's report could end
         below the fold, unseen (found by a tester). Done once the new text is laid out.
         """
+        # The scroll area resizes the controls for the new text a few events later; scroll
+        # again then (eventFilter), or the widget ends below the old, shorter controls' end.
+        self._revealing = widget
         QTimer.singleShot(0, lambda: self._scroll.ensureWidgetVisible(widget))
+        QTimer.singleShot(500, lambda: setattr(self, "_revealing", None))
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt's name)
         """As tall as the controls at the dock's width: what the dock asks for when there is room.
@@ -99,6 +104,9 @@ class ScrollingDock(QWidget):
         """
         if watched is self.content and event.type() == QEvent.Type.LayoutRequest:
             self.updateGeometry()
+        if watched is self.content and event.type() == QEvent.Type.Resize and self._revealing:
+            revealing = self._revealing
+            QTimer.singleShot(0, lambda: self._scroll.ensureWidgetVisible(revealing))
         return super().eventFilter(watched, event)
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)

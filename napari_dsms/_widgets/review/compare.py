@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Labels, Layer
-from qtpy.QtWidgets import QFormLayout, QGroupBox, QLabel, QPushButton
+from qtpy.QtWidgets import QFormLayout, QGroupBox, QLabel, QPushButton, QVBoxLayout
 
 from ..._layers import PREDICTION
 from .._pickers import choose, layer_picker, of_kind
@@ -53,7 +53,9 @@ class ComparePanel(QGroupBox):
     def __init__(self, review: ReviewWidget) -> None:
         super().__init__("Compare two segmentations")
         self.review = review
-        form = QFormLayout(self)
+        column = QVBoxLayout(self)
+        form = QFormLayout()
+        column.addLayout(form)
         self.prediction_combo = layer_picker(
             review.viewer,
             _prediction_entries,
@@ -72,7 +74,7 @@ class ComparePanel(QGroupBox):
         form.addRow(button)
         self.metrics_label = QLabel("")
         self.metrics_label.setWordWrap(True)
-        form.addRow(self.metrics_label)
+        column.addWidget(self.metrics_label)  # in a form row wrapped text was cut (fine_tune.py)
         review.session_changed.connect(self._on_session_changed)
         review.edited.connect(self._on_edited)
 

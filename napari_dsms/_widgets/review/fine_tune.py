@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
+    QVBoxLayout,
 )
 
 from src_models import corrections
@@ -84,7 +85,9 @@ class FineTunePanel(QGroupBox):
         # Checkpoint files outside the model folders that produced a labels layer: path -> arch.
         self._other_checkpoints: dict[str, str] = {}
 
-        form = QFormLayout(self)
+        column = QVBoxLayout(self)
+        form = QFormLayout()
+        column.addLayout(form)
         self.checkpoint_combo = QComboBox()
         self.checkpoint_combo.setToolTip(
             "Model to fine-tune; it is never changed: the result is saved as a new version in "
@@ -124,13 +127,15 @@ class FineTunePanel(QGroupBox):
         form.addRow(self.progress)
         self.loss_plot = LossPlot()
         form.addRow(self.loss_plot)
+        # Below the form, not in it: a QFormLayout row gave the wrapped report the height of
+        # its width-free hint, and the real report was cut at both ends at 1366 x 768.
         self.fine_tune_label = QLabel("")
         self.fine_tune_label.setWordWrap(True)
-        form.addRow(self.fine_tune_label)
+        column.addWidget(self.fine_tune_label)
         self.resegment_button = QPushButton("Re-segment with fine-tuned model")
         self.resegment_button.setEnabled(False)
         self.resegment_button.clicked.connect(self.resegment)
-        form.addRow(self.resegment_button)
+        column.addWidget(self.resegment_button)
         self.refresh_checkpoints()
         review.session_changed.connect(self._select_base_checkpoint)
 
@@ -281,7 +286,7 @@ class FineTunePanel(QGroupBox):
         if inputs is not None:
             lines += inputs.report(report.metrics_before, report.metrics_after)
         self.fine_tune_label.setText("\n".join(lines))
-        self.review.reveal(self.fine_tune_label)
+        self.review.reveal(self.resegment_button)  # the whole report and what to do next
         if report.checkpoint is None:
             return
         self._last_checkpoint = report.checkpoint
