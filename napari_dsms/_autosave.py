@@ -391,6 +391,7 @@ class Autosave:
             "source": str(layer.metadata.get(SOURCE, "")),
             "description": str(layer.metadata.get(DESCRIPTION, "")),
             "layer": layer.name,
+            "image": getattr(self._ct_layer(digest), "name", ""),
             "reviewed": sorted(int(s) for s in layer.metadata.get(REVIEWED, ())),
             "baseline": layer.metadata.get(BASELINE),
             "model": layer.metadata.get(MODEL),
@@ -498,6 +499,11 @@ class Autosave:
         except ValueError as error:  # a damaged journal or one that does not fit
             show_warning(f"Restore: {error}")
             return None
+        saved_image = str(entry.record.get("image") or "")
+        if saved_image and saved_image != image.name and kwargs["name"].startswith(saved_image):
+            # the CT reopened under another name: the labels follow it (a tester saw them keep
+            # the old CT's name)
+            kwargs["name"] = image.name + kwargs["name"][len(saved_image) :]
         if kwargs["name"] in viewer.layers:
             kwargs["name"] = f"{kwargs['name']} (restored)"
         kwargs["metadata"][AUTOSAVE_KEY] = journal.stamp(digest, entry.session, self.root)

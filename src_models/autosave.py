@@ -264,6 +264,7 @@ def save(
     source: str = "",
     description: str = "",
     layer: str = "",
+    image: str = "",
     prediction: np.ndarray | None = None,
     baseline: np.ndarray | None = None,
     reviewed: Iterable[int] = (),
@@ -286,6 +287,9 @@ def save(
         The CT file's affine and array shape, to map the labels back onto its grid.
     source, description, layer
         CT path, its description and the labels layer name, shown by ``dsms recover --list``.
+    image
+        Name of the CT's image layer, so that a restore under another name renames the labels
+        layer with it.
     prediction : numpy.ndarray, optional
         The model's unedited labels (canonical): the session's base, written once; only the
         slices that differ from it (the edited slices) are written at each save. Without a
@@ -352,6 +356,7 @@ def save(
         "source": str(source),
         "description": str(description),
         "layer": str(layer),
+        "image": str(image),
         "shape": [int(n) for n in shape],
         "affine": np.asarray(affine, dtype=np.float64).tolist(),
         "layout": "canonical (S, P, L): axis 0 axial slices towards Superior",

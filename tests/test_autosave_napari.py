@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -373,3 +374,18 @@ def test_a_viewer_keeps_its_journal_folder(
     out = tmp_path / "export.nii.gz"
     write_labels_layer(str(out), labels.data, {"metadata": labels.metadata, "name": labels.name})
     assert journal.list_entries(root=journal_dir) == []  # the export finds it there too
+
+
+def test_labels_restored_on_a_renamed_ct_take_its_name(ct_file, make_napari_viewer, qtbot):
+    """A tester reopened the CT as moved_ct and got back 'ct pancreas/tumour', a name that
+    points at another image."""
+    viewer = make_napari_viewer()
+    image, manager, labels = _labels_saved_on_close(viewer, qtbot, ct_file)
+    assert labels.name == f"{image.name} pancreas/tumour"
+    labels.paint((4, 5, 5), 2)
+    viewer.layers.remove(labels)
+    _wait_for_journal(qtbot, manager)
+    moved = ct_file.with_name("moved_ct.nii.gz")
+    shutil.copyfile(ct_file, moved)
+    _, restored = _reopen_and_restore(viewer, qtbot, moved, image, manager)
+    assert viewer.layers[0].name == "moved_ct" and restored.name == "moved_ct pancreas/tumour"
