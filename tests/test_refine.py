@@ -258,6 +258,7 @@ def test_refine_command_refuses_bad_input(tmp_path, case, tiny, capsys, change, 
         ("20,,35", "empty entry between commas"),
         ("20,x", "not a comma-separated list"),
         ("3 5,40", "not a comma-separated list"),  # read as 35 once, with exit 0
+        ("22,22,25", "slice 22 more than once"),  # a typo for 22,23? not silently one
     ],
 )
 def test_refine_command_refuses_a_garbled_slice_list(tmp_path, capsys, corrected, message):

@@ -58,6 +58,12 @@ def _slice_list(text: str) -> list[int]:
         ) from None
     if not slices:
         raise argparse.ArgumentTypeError("give at least one corrected slice, e.g. 12,20,31")
+    repeated = sorted({k for k in slices if slices.count(k) > 1})
+    if repeated:  # "22,22,25" may be a typo for 22,23,25: the round would learn from fewer
+        raise argparse.ArgumentTypeError(
+            f"{text!r} gives slice {', '.join(map(str, repeated))} more than once: give each "
+            "corrected slice once"
+        )
     return slices
 
 
