@@ -490,7 +490,10 @@ class Autosave:
         entry = self.offers.pop(digest, None)
         image = self._ct_layer(digest)
         viewer = self._viewer()
-        if entry is None or image is None or viewer is None:
+        if entry is None:  # the toast's button pressed again
+            show_warning("Restore: these corrections were restored already")
+            return None
+        if image is None or viewer is None:
             show_warning("Restore: the CT of these corrections is no longer open")
             return None
         try:
@@ -516,5 +519,6 @@ class Autosave:
         if entry.record.get("model"):
             kwargs["metadata"][MODEL] = entry.record["model"]
         layer = viewer.add_labels(data, **kwargs)
-        show_info(f"Restored {layer.name}: {len(entry.corrected)} edited slices")
+        edited = len(entry.corrected)
+        show_info(f"Restored {layer.name}: {edited} edited slice{'s' * (edited != 1)}")
         return layer

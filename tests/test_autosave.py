@@ -196,6 +196,26 @@ def test_recover_writes_the_last_labels_on_the_ct_grid_with_a_sidecar(ct_file, t
     assert len(listing) == 2 and "2 edited slices" in listing[0]
 
 
+def test_recover_can_pick_an_older_session_and_says_it_exists(ct_file, tmp_path, capsys):
+    """A newer session without edits hid an older session's corrections (a tester)."""
+    labels, prediction = _painted(ct_file)
+    old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    corrected = autosave.new_session()
+    _save(ct_file, labels, corrected, prediction=prediction, now=old)
+    _save(ct_file, prediction, autosave.new_session(), prediction=prediction + 0)
+    newest = tmp_path / "newest.nii.gz"
+    assert main(["recover", str(ct_file), "-o", str(newest)]) == 0
+    captured = capsys.readouterr()
+    assert "0 edited slices" in captured.out
+    assert f"session {corrected}, 2 edited slices" in captured.err and "--session" in captured.err
+    older = tmp_path / "older.nii.gz"
+    assert main(["recover", str(ct_file), "-o", str(older), "--session", corrected[:6]]) == 0
+    expected = from_canonical(labels, nib.load(ct_file).affine)
+    np.testing.assert_array_equal(np.asarray(nib.load(older).dataobj), expected)
+    assert main(["recover", str(ct_file), "-o", str(tmp_path / "x.nii.gz"), "--session", "zz"]) == 2
+    assert "no autosaved session" in capsys.readouterr().err
+
+
 def test_recover_errors_are_one_line_and_leave_no_file(ct_file, tmp_path, capsys):
     out = tmp_path / "out.nii.gz"
 
@@ -207,8 +227,11 @@ def test_recover_errors_are_one_line_and_leave_no_file(ct_file, tmp_path, capsys
     _save(ct_file, labels, autosave.new_session())
     exported = tmp_path / "exported.nii.gz"  # an earlier export: kept unless --overwrite
     exported.write_bytes(b"corrected labels")
+    notes = tmp_path / "notes.json"  # the side-car recover would write for notes.nii
+    notes.write_text('{"my": "notes"}')
     for argv in (
         ["recover", str(ct_file), "-o", str(exported)],
+        ["recover", str(ct_file), "-o", str(tmp_path / "notes.nii")],
         ["recover", str(tmp_path / "missing.nii.gz"), "-o", str(out)],
         ["recover", str(ct_file), "-o", str(tmp_path / "labels.txt")],
         ["recover", str(ct_file), "-o", str(tmp_path / "no" / "such" / "out.nii.gz")],
@@ -218,7 +241,13 @@ def test_recover_errors_are_one_line_and_leave_no_file(ct_file, tmp_path, capsys
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: "), (argv, err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "exported.nii.gz", "journal"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ct.nii.gz",
+        "exported.nii.gz",
+        "journal",
+        "notes.json",
+    ]
+    assert notes.read_text() == '{"my": "notes"}'
     assert exported.read_bytes() == b"corrected labels"
 
 

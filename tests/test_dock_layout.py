@@ -59,6 +59,14 @@ def test_docks_opened_one_by_one_on_a_laptop_become_tabs(make_napari_viewer, qtb
     assert len(main.tabifiedDockWidgets(dock)) == 2
     assert dock.isVisible() and dock.height() >= 500, dock.height()
     assert not dock.visibleRegion().isEmpty()  # the one just opened is the tab in front
+    # closed with its x and shown again as napari's Plugins menu does: in front again
+    dock.close()
+    _settle(qtbot)
+    segment = viewer.window.dock_widgets["Segment (napari-dsms)"].parent()
+    segment.raise_()
+    dock.setVisible(True)
+    _settle(qtbot)
+    assert not dock.visibleRegion().isEmpty() and segment.visibleRegion().isEmpty()
 
 
 def test_the_demo_tabs_the_docks_on_a_laptop_so_the_review_dock_gets_the_height(

@@ -230,6 +230,7 @@ def test_refine_command_runs_the_quick_round_by_default(tmp_path, case, tiny, ca
             lambda a: a.__setitem__("-o", str(Path(a["--labels"]).with_name("other.nii.gz"))),
             "already exists",
         ),
+        (lambda a: a.__setitem__("--save-model", a["-o"]), "need different file names"),
         (lambda a: a.__setitem__("--save-model", "/proc/m.pt"), "/proc"),  # not writable, even
     ],  # for root: refused before fine-tuning, not after it
 )

@@ -224,7 +224,7 @@ def test_clean_up_keeps_largest_component_and_is_one_undo_step(widget_and_layers
     widget.correct.clean_up()
     labels.data_setitem((np.array([0]), np.array([0]), np.array([0])), 1)
     assert not widget.correct.undo_clean_up() and not widget.correct.undo_cleanup_button.isEnabled()
-    assert "undoes those edits first" in widget.correct.status.text()  # not just "use Ctrl+Z"
+    assert "edits made after the clean-up first" in widget.correct.status.text()  # not just Ctrl+Z
     assert labels.data[15].sum() == 0 and labels.data[0, 0, 0] == 1
 
 

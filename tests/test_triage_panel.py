@@ -57,6 +57,9 @@ def test_scored_slices_form_a_queue_that_edits_and_reviews_leave(dock, qtbot):
     assert panel.suspects.count() == min(20, len(queue))
     first = panel.next_suspect()
     assert first == queue[0] and widget.current_slice() == first
+    assert f"next: slice {queue[1]}" in panel.status.text()
+    assert panel.next_suspect() == queue[1]  # pressed again: on down the list, as it said
+    widget.go_to_slice(first)
     labels.data[first] = np.where(labels.data[first] == 0, 1, 0)  # the user corrects it
     widget.session.go_to(queue[1])
     widget.session.toggle_reviewed()  # and accepts the next one as it is

@@ -102,6 +102,10 @@ class ScrollingDock(QWidget):
         height of the controls as they were built and scrolls, or leaves blank space, after a
         label grows (the Load CT information once a CT is open).
         """
+        if isinstance(watched, QDockWidget) and event.type() == QEvent.Type.Show:
+            # napari's menu shows a closed dock again behind whichever tab was in front (a
+            # tester clicked Review and saw Segment): bring it to the front
+            QTimer.singleShot(0, watched.raise_)
         if watched is self.content and event.type() == QEvent.Type.LayoutRequest:
             self.updateGeometry()
         if watched is self.content and event.type() == QEvent.Type.Resize and self._revealing:
@@ -121,6 +125,16 @@ class ScrollingDock(QWidget):
         if not self._placed:  # once napari has docked it
             self._placed = True
             QTimer.singleShot(0, self.join_sibling_docks)
+            dock = self._dock()
+            if dock is not None:  # its later Show events: reopened from the Plugins menu
+                dock.installEventFilter(self)
+
+    def _dock(self) -> QDockWidget | None:
+        """The dock widget napari put this in, if any."""
+        dock = self.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        return dock
 
     def join_sibling_docks(self) -> bool:
         """On a window less than :data:`TABIFY_BELOW_PX` tall, become a tab beside an open
@@ -130,9 +144,7 @@ class ScrollingDock(QWidget):
         1366 x 768 the Review dock showed only its first box (a tester); ``make demo`` tabs them
         the same way.
         """
-        dock = self.parentWidget()
-        while dock is not None and not isinstance(dock, QDockWidget):
-            dock = dock.parentWidget()
+        dock = self._dock()
         main = dock.parentWidget() if dock is not None else None
         if (
             not isinstance(main, QMainWindow)

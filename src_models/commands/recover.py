@@ -9,17 +9,17 @@ content (:func:`src_models.autosave.volume_digest`), so a moved or renamed CT st
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..autosave import (
     AUTOSAVE_DIR_ENV,
     JournalEntry,
     autosave_dir,
-    latest,
     list_entries,
     volume_digest,
 )
-from ..corrections import sidecar, write_sidecar
+from ..corrections import sidecar, sidecar_path, write_sidecar
 from ..io import Volume, VolumeError, read_volume, write_labels
 from ..io.orientation import from_canonical, to_canonical
 from .common import add_overwrite, check_new_file
@@ -38,7 +38,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"list what can be recovered (of CT only, when given); journals are kept in "
         f"the user data folder or ${AUTOSAVE_DIR_ENV}",
     )
+    parser.add_argument(
+        "--session",
+        metavar="ID",
+        help="recover this session's journal (the id, or its start, as --list prints it) "
+        "instead of the CT's newest",
+    )
     add_overwrite(parser)
+
+
+def _chosen(entries: list[JournalEntry], session: str | None, ct: Path) -> JournalEntry:
+    """The journal to recover: the newest, or the one of ``session``.
+
+    Raises
+    ------
+    VolumeError
+        No journal of this CT, or none (or several) of that session.
+    """
+    if not entries:
+        raise VolumeError(
+            f"{ct}: no autosaved corrections of this CT in {autosave_dir()} "
+            f"(dsms recover --list shows what there is)"
+        )
+    if session is None:
+        return entries[0]
+    matching = [entry for entry in entries if entry.session.startswith(session)]
+    if len(matching) != 1:
+        found = ", ".join(entry.session for entry in entries)
+        raise VolumeError(
+            f"{ct}: {'no' if not matching else 'more than one'} autosaved session of this CT "
+            f"starts with {session!r} (its sessions: {found})"
+        )
+    return matching[0]
 
 
 def _print_list(entries: list[JournalEntry]) -> None:
@@ -99,17 +130,24 @@ def run(args: argparse.Namespace) -> int:
         raise VolumeError(f"{ct}: no such file or folder")
     if output.resolve() != ct.resolve():  # the CT itself: write_labels says it is the source
         check_new_file(output, args.overwrite)
+        # its side-car too: x.nii and x.nii.gz share x.json, an earlier export's record
+        check_new_file(sidecar_path(output), args.overwrite)
     volume = read_volume(ct)
-    entry = latest(volume_digest(volume))
-    if entry is None:
-        raise VolumeError(
-            f"{ct}: no autosaved corrections of this CT in {autosave_dir()} "
-            f"(dsms recover --list shows what there is)"
-        )
+    entries = list_entries(volume_digest(volume))
+    entry = _chosen(entries, args.session, ct)
     _recover(volume, entry, output)
     edited = len(entry.corrected)
     print(
         f"{output}: labels autosaved {entry.saved.astimezone():%Y-%m-%d %H:%M:%S} "
         f"({edited} edited slice{'s' * (edited != 1)}, layer {entry.record.get('layer', '')!r})"
     )
+    others = [other for other in entries if other is not entry and other.corrected]
+    if others:  # a newer session of no edits hid an older one's corrections (a tester)
+        print(
+            f"note: {len(others)} other autosaved session{'s' * (len(others) > 1)} of this CT "
+            f"(the newest: session {others[0].session}, {len(others[0].corrected)} edited slice"
+            f"{'s' * (len(others[0].corrected) != 1)}); dsms recover --list shows them, "
+            "--session ID recovers one",
+            file=sys.stderr,
+        )
     return 0

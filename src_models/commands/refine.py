@@ -158,6 +158,10 @@ def run(args: argparse.Namespace) -> int:
         )
     check_outputs(input_path, [output], overwrite=args.overwrite)
     save_model = Path(args.save_model) if args.save_model else None
+    if save_model is not None and save_model.resolve() == output.resolve():
+        raise ValueError(  # the labels would be written over the model just saved
+            f"{save_model}: -o and --save-model need different file names"
+        )
     if save_model is not None and (save_model.exists() or not save_model.parent.is_dir()):
         raise ValueError(
             f"{save_model}: exists already or its folder is missing; --save-model writes a new file"

@@ -167,8 +167,9 @@ class CorrectPanel(QGroupBox):
             else:  # Ctrl+Z would first undo the corrections made after it
                 refuse(
                     self.status,
-                    "you edited the labels after the clean-up: Ctrl+Z undoes those edits first, "
-                    "one step at a time, before it reaches the clean-up",
+                    "the labels changed after the clean-up, so this button cannot tell what "
+                    "to undo: Ctrl+Z steps back one change at a time, any edits made after "
+                    "the clean-up first",
                 )
             self.undo_cleanup_button.setEnabled(False)
             return False

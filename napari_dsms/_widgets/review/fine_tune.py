@@ -233,9 +233,11 @@ class FineTunePanel(QGroupBox):
         self.fine_tune_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.resegment_button.setEnabled(False)
+        held = inputs.holdout
         self.fine_tune_label.setText(
-            f"fine-tuning on {len(inputs.train)} slices, {len(inputs.holdout)} held out "
-            f"(slices {', '.join(str(s) for s in inputs.holdout) or 'none'})…"
+            f"fine-tuning on {len(inputs.train)} slices, {len(held)} held out "
+            f"({'slice' if len(held) == 1 else 'slices'} "
+            f"{', '.join(str(s) for s in held) or 'none'})…"
         )
         worker = start_job(
             tuning.learn_from_corrections,

@@ -132,6 +132,7 @@ class TriagePanel(QGroupBox):
         self.review = review
         self.result: Triage | None = None
         self._worker: Any = None
+        self._last_suspect: int | None = None  # where Next suspect slice went last
         grid = QGridLayout(self)
         self.score_button = QPushButton("Score slices")
         self.score_button.setToolTip(
@@ -260,11 +261,22 @@ class TriagePanel(QGroupBox):
         if not queue:
             self.status.setText("every scored slice is edited or reviewed")
             return None
-        self.review.go_to_slice(queue[0])
-        score = self.result.priority[queue[0]]
-        after = f"next: slice {queue[1]}" if len(queue) > 1 else "the last one not checked"
-        self.status.setText(f"slice {queue[0]} (score {score:.2f}); {after}")
-        return queue[0]
+        # Pressed again on the slice it went to, it moves on down the list (a tester stayed on
+        # the first suspect, told "next: slice 100"); edits and reviews take slices off it.
+        current = self.review.current_slice()
+        again = current == self._last_suspect and current in queue
+        position = (queue.index(current) + 1) % len(queue) if again else 0
+        target = queue[position]
+        self.review.go_to_slice(target)
+        self._last_suspect = target
+        score = self.result.priority[target]
+        after = (
+            f"next: slice {queue[(position + 1) % len(queue)]}"
+            if len(queue) > 1
+            else "the last one not checked"
+        )
+        self.status.setText(f"slice {target} (score {score:.2f}); {after}")
+        return target
 
     # ------------------------------------------------------------------ fill between
 
