@@ -20,7 +20,6 @@ import re
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,7 @@ from ..corrections import image_stem, slug
 from ..inference.devices import release_memory, resolve_device
 from ..inference.engine import segment
 from ..inference.preprocessing import FALLBACK_SPACING_MM
+from ..io import Volume
 from ..io.orientation import canonical_affine
 from ..jobs import run_to_end
 from ..metrics import METRICS, STRUCTURES, case_metrics, summarise
@@ -261,9 +261,7 @@ def held_out_metrics(
         keys of :func:`~src_models.training.loop.validate`, all slices pooled as one case.
     """
     row_mm, column_mm = spacing_yx if spacing_yx is not None else (FALLBACK_SPACING_MM,) * 2
-    slices = SimpleNamespace(
-        array=np.asarray(images_hu), affine=canonical_affine((1.0, row_mm, column_mm))
-    )
+    slices = Volume(np.asarray(images_hu), canonical_affine((1.0, row_mm, column_mm)))
     result = run_to_end(segment(slices, model, meta, device=device, reconstruct=False,
                                 clean_up=False))  # fmt: skip
     summary = summarise([case_metrics(result.canonical_labels, np.asarray(labels))])
