@@ -459,16 +459,29 @@ class Autosave:
         return {tracked.session for tracked in self._tracked.values()}
 
     def _offer(self, digest: str) -> None:
-        entry = journal.latest(digest, root=self.root)
-        if entry is None or entry.session in self._live_sessions():
+        """Offer the newest journal of CT ``digest`` that holds corrections (else the newest).
+
+        A later session that only ran tools (a fill between, a refine round) journals no
+        correction; offering it hid an older session's edited slices (a tester lost them to
+        the toast and found them with ``dsms recover --session``).
+        """
+        entries = journal.list_entries(digest, root=self.root)
+        if not entries or entries[0].session in self._live_sessions():
             return
+        entry = next((e for e in entries if e.corrected), entries[0])
         self.offers[digest] = entry
         edited = len(entry.corrected)
         when = entry.saved.astimezone().strftime("%Y-%m-%d %H:%M")
+        others = len(entries) - 1
         # What to decide on first: a toast shows about one line before it is expanded.
         message = (
             f"Restore {edited} edited slice{'s' * (edited != 1)} of this CT, autosaved {when}? "
-            f"(layer {entry.record.get('layer') or 'labels'})"
+            f"(layer {entry.record.get('layer') or 'labels'}"
+            + (
+                f"; {others} other autosaved session{'s' * (others != 1)}: dsms recover --list)"
+                if others
+                else ")"
+            )
         )
         notification_manager.dispatch(
             _Offer(message, "info", actions=[("Restore", lambda *_: self.restore(digest))])

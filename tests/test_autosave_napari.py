@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import errno
 import os
 import shutil
@@ -389,3 +390,29 @@ def test_labels_restored_on_a_renamed_ct_take_its_name(ct_file, make_napari_view
     shutil.copyfile(ct_file, moved)
     _, restored = _reopen_and_restore(viewer, qtbot, moved, image, manager)
     assert viewer.layers[0].name == "moved_ct" and restored.name == "moved_ct pancreas/tumour"
+
+
+def test_reopening_offers_the_session_with_corrections_not_a_newer_one_without(
+    ct_file, make_napari_viewer, qtbot
+):
+    """A later session that only ran tools journals no correction; offering it hid the older
+    session's edited slices from the Restore toast (a tester)."""
+    viewer = make_napari_viewer()
+    image, manager, labels = _labels_saved_on_close(viewer, qtbot, ct_file)
+    labels.paint((4, 5, 5), 2)
+    painted = labels.data.copy()
+    viewer.layers.remove(labels)
+    _wait_for_journal(qtbot, manager)
+    [edits] = journal.list_entries()
+    tools_only = edits.prediction().copy()  # what a fill between alone leaves: a tool's change
+    tools_only[0, 0, 0] = 1
+    journal.save(
+        tools_only, digest=edits.digest, session=journal.new_session(), affine=edits.affine,
+        shape=edits.shape, layer="ct pancreas/tumour", prediction=edits.prediction(),
+        baseline=tools_only, now=edits.saved + datetime.timedelta(minutes=5),
+    )  # fmt: skip
+    newest = journal.latest(edits.digest)
+    assert newest.session != edits.session and newest.corrected == []
+    offer, restored = _reopen_and_restore(viewer, qtbot, ct_file, image, manager)
+    assert offer.session == edits.session
+    np.testing.assert_array_equal(restored.data, painted)
