@@ -153,3 +153,28 @@ def test_a_finished_round_scrolls_its_report_into_view(make_napari_viewer, qtbot
     review.reveal(status)
     _settle(qtbot)
     assert in_view()
+
+
+@pytest.mark.parametrize("tabify", [False, True])
+def test_tabbed_docks_take_the_column_when_their_controls_grow(
+    make_napari_viewer, qtbot, nih_ct, tabify
+):
+    """Tabbed at 1366 x 768, the Load CT dock kept the 148 pixels of its first controls once a
+    CT was open (and Segment its height before the result), so the CT's information and the
+    segmentation's readout were cut off until the user switched tabs (a tester)."""
+    viewer = make_napari_viewer(show=True)
+    main = viewer.window._qt_window
+    main.resize(*LAPTOP)
+    docks = {}
+    for name in ("Load CT", "Segment", "Review and fine-tune"):
+        # one by one from the Plugins menu, or tabbed by napari (``tabify=True``)
+        docks[name] = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=tabify)
+        _settle(qtbot)
+    dock, load = docks["Load CT"]
+    dock.raise_()
+    _settle(qtbot)
+    load.load(nih_ct)
+    qtbot.waitUntil(lambda: not load.busy, timeout=60_000)
+    _settle(qtbot)
+    assert dock.height() >= 500, dock.height()
+    assert not _clipped(load.info), "the Load CT info is cut off"

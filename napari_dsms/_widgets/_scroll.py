@@ -40,13 +40,14 @@ class ScrollingDock(QWidget):
     ----------
     grows : bool
         Whether the dock takes the height the others leave (the Review dock, where the work
-        happens); the others are at most as tall as their controls.
+        happens); the others are at most as tall as their controls while stacked, and take
+        the column as tabs (:meth:`match_tabs`).
     """
 
     def __init__(self, parent: QWidget | None = None, grows: bool = False) -> None:
         super().__init__(parent)
-        vertical = QSizePolicy.Policy.Expanding if grows else QSizePolicy.Policy.Maximum
-        self.setSizePolicy(QSizePolicy.Policy.Preferred, vertical)
+        self._grows = grows
+        self._set_vertical_policy(grows)
         self.content = QWidget()
         self._scroll = QScrollArea()
         self._scroll.setWidgetResizable(True)
@@ -107,6 +108,7 @@ class ScrollingDock(QWidget):
             # tester clicked Review and saw Segment): bring it to the front
             QTimer.singleShot(0, watched.raise_)
         if watched is self.content and event.type() == QEvent.Type.LayoutRequest:
+            self.match_tabs()
             self.updateGeometry()
         if watched is self.content and event.type() == QEvent.Type.Resize and self._revealing:
             revealing = self._revealing
@@ -125,6 +127,7 @@ class ScrollingDock(QWidget):
         if not self._placed:  # once napari has docked it
             self._placed = True
             QTimer.singleShot(0, self.join_sibling_docks)
+            QTimer.singleShot(0, self.match_tabs)  # napari's own tabify=True
             dock = self._dock()
             if dock is not None:  # its later Show events: reopened from the Plugins menu
                 dock.installEventFilter(self)
@@ -165,7 +168,30 @@ class ScrollingDock(QWidget):
             ):
                 continue
             main.tabifyDockWidget(other, dock)
+            self.match_tabs()
             dock.show()
             dock.raise_()
             return True
         return False
+
+    def match_tabs(self) -> None:
+        """Take the column's height while a tab among other docks, else as built.
+
+        Tabs share one height, so "at most as tall as the controls" only left blank space
+        below, and a dock kept the height of its first controls: at 1366 x 768 the Load CT
+        information and the Segment readout were cut off until the user switched tabs (a
+        tester).
+        """
+        dock = self._dock()
+        main = dock.parentWidget() if dock is not None else None
+        tabs = main.tabifiedDockWidgets(dock) if isinstance(main, QMainWindow) else []
+        self._set_vertical_policy(self._grows or bool(tabs))
+        for other in tabs:  # the dock it joined was alone until now
+            body = other.findChild(ScrollingDock)
+            if body is not None:
+                body._set_vertical_policy(True)
+
+    def _set_vertical_policy(self, expanding: bool) -> None:
+        vertical = QSizePolicy.Policy.Expanding if expanding else QSizePolicy.Policy.Maximum
+        if self.sizePolicy().verticalPolicy() != vertical:
+            self.setSizePolicy(QSizePolicy.Policy.Preferred, vertical)
