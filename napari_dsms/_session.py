@@ -24,6 +24,7 @@ from src_models import corrections
 from src_models.inference.postprocess import keep_largest_components
 from src_models.io.volume import voxel_volume_mm3
 from src_models.metrics import StructureMetrics, case_metrics
+from src_models.models.checkpoints import HELD_OUT_TOLERANCE
 from src_models.training.fine_tune import split_holdout
 from src_models.version import __version__
 
@@ -32,7 +33,7 @@ from src_models.version import __version__
 UNFINISHED_SHARE = 0.5
 
 #: Held-out Dice changes smaller than this are "about the same" (two slices are few).
-DICE_TOLERANCE = 0.02
+DICE_TOLERANCE = HELD_OUT_TOLERANCE
 
 #: Navigation targets of :meth:`ReviewSession.neighbour`.
 SLICE_KINDS = ("edited", "foreground", "foreground changes", "reviewed")

@@ -12,12 +12,12 @@ from napari.layers import Image, Labels
 from napari_dsms._layers import image_layer_data
 from napari_dsms._widgets import _worker
 from napari_dsms._widgets import segment as segment_module
-from napari_dsms._widgets.segment import SegmentWidget
+from napari_dsms._widgets.segment import BROWSE, SegmentWidget
 from src_models import build_model
 from src_models.inference.devices import available_devices
 from src_models.io import Volume, read_volume
 from src_models.models import store
-from src_models.models.checkpoints import save_checkpoint
+from src_models.models.checkpoints import model_card, read_metadata, save_checkpoint
 from src_models.phantom import make_phantom
 
 PREPROCESSING = {"hu_window": [0.0, 255.0], "spacing_mm": 3.0}
@@ -360,3 +360,35 @@ def test_ensemble_entry_shows_its_card_and_marks_tumour_unvalidated(make_napari_
     assert "Tumour unvalidated" in widget.readout.text()
     assert list(labels.features["name"])[2] == "tumour (unvalidated model)"
     assert labels.metadata["model"]["validated_structures"] == ["pancreas"]
+
+
+def test_a_new_model_worse_on_its_held_out_slices_is_listed_not_chosen(
+    make_napari_viewer, model_dir
+):
+    """A tester's Fine-tune reported the new model worse on the held-out slices (0.677 ->
+    0.614, "keep the previous one"), yet the next Segment used it: the dock chose every new
+    model in the folder."""
+    widget = _widget(make_napari_viewer(), model_dir)
+    chosen = widget.checkpoint
+
+    def fine_tuned(name: str, after: float) -> Path:
+        record = {
+            "metrics_before": {"dice_pancreas": 0.677},
+            "metrics_after": {"dice_pancreas": after},
+            "holdout_slices": [3, 7],
+        }
+        return save_checkpoint(
+            model_dir / name, build_model("dsmsc_unet", width=4, depth=2),
+            preprocessing=PREPROCESSING, provenance={"fine_tune": record},
+        )  # fmt: skip
+
+    worse = fine_tuned("tiny_dsmsc_unet-ft-v1.pt", 0.614)
+    widget._on_model_folder_changed()
+    assert widget.checkpoint == chosen
+    listed = [widget.checkpoint_combo.itemData(i) for i in range(widget.checkpoint_combo.count())]
+    assert str(worse.resolve()) in {str(Path(p).resolve()) for p in listed if p and p != BROWSE}
+    assert "worse there than the model it came from" in model_card(read_metadata(worse))
+
+    better = fine_tuned("tiny_dsmsc_unet-ft-v2.pt", 0.70)
+    widget._on_model_folder_changed()
+    assert Path(widget.checkpoint).resolve() == better.resolve()

@@ -33,7 +33,12 @@ from qtpy.QtWidgets import (
 
 from src_models.inference.devices import available_devices
 from src_models.inference.engine import DEFAULT_BATCH_SIZES
-from src_models.models.checkpoints import CheckpointError, model_card, read_metadata
+from src_models.models.checkpoints import (
+    CheckpointError,
+    fell_on_held_out,
+    model_card,
+    read_metadata,
+)
 from src_models.models.store import ENSEMBLE, ensemble_metadata, list_checkpoints, user_model_dir
 from src_models.nets.registry import ARCHITECTURES, DESCRIPTIONS
 
@@ -220,12 +225,14 @@ class SegmentWidget(ScrollingDock):
         """List models that appeared in the user model folder, and choose the newest of them.
 
         A fine-tuning run (the Review dock's, or ``dsms train`` in a terminal) saves its model
-        there: the user wants to segment with it next.
+        there: the user wants to segment with it next, unless its own held-out check found it
+        worse than the model it came from (it is listed, not chosen: a tester's next Segment
+        used such a model without a word).
         """
         entries = {str(entry.path.resolve()): entry for entry in list_checkpoints()}
         new = [entries[path] for path in entries if path not in self._known_checkpoints]
         self._known_checkpoints = set(entries)
-        new = [entry for entry in new if entry.path.is_file()]
+        new = [entry for entry in new if entry.path.is_file() and not _advised_against(entry.path)]
         if new:
             newest = max(new, key=lambda entry: entry.path.stat().st_mtime)
             self.select_checkpoint(newest.path)
@@ -350,3 +357,11 @@ class SegmentWidget(ScrollingDock):
         self.progress_bar.setVisible(False)
         self.cancel_button.setEnabled(False)
         self._update_run_button()
+
+
+def _advised_against(path: Path) -> bool:
+    """Whether checkpoint ``path`` scored worse than its base on its own held-out slices."""
+    try:
+        return fell_on_held_out(read_metadata(path))
+    except CheckpointError:
+        return False  # listed or refused by the menu's own reading

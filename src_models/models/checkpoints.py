@@ -289,6 +289,25 @@ def tumour_warning(meta: dict[str, Any]) -> str:
     )
 
 
+#: Held-out Dice changes smaller than this are "about the same": a round holds out two or three
+#: corrected slices, too few to tell smaller changes from noise.
+HELD_OUT_TOLERANCE = 0.02
+
+
+def fell_on_held_out(meta: dict[str, Any]) -> bool:
+    """Whether a fine-tuned checkpoint scored lower than the model it came from on its held-out
+    corrected slices (by more than :data:`HELD_OUT_TOLERANCE`): a model its own check advised
+    against. The Review dock's Fine-tune button saves such a model too (a researcher may want
+    it); a guarded round (``dsms refine``) never keeps one.
+    """
+    record = (meta.get("provenance") or {}).get("fine_tune") or {}
+    before = (record.get("metrics_before") or {}).get("dice_pancreas")
+    after = (record.get("metrics_after") or {}).get("dice_pancreas")
+    if record.get("kept_previous") or before is None or after is None:
+        return False
+    return float(after) < float(before) - HELD_OUT_TOLERANCE
+
+
 def _fine_tune_line(record: dict[str, Any]) -> str:
     """What a fine-tuning round says of itself: measured on the user's own held-out slices."""
     image = Path(str(record.get("source_image") or "")).name or "an image"
@@ -310,6 +329,8 @@ def _fine_tune_line(record: dict[str, Any]) -> str:
         text += "; the round was too short to trust, the previous weights were kept"
     elif record.get("kept_previous"):
         text += "; the round was worse, the previous weights were kept"
+    elif fell_on_held_out({"provenance": {"fine_tune": record}}):
+        text += "; worse there than the model it came from"
     return text + "."
 
 

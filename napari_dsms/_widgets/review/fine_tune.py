@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from src_models import corrections
-from src_models.models.checkpoints import CheckpointError, read_metadata
+from src_models.models.checkpoints import CheckpointError, fell_on_held_out, read_metadata
 from src_models.models.store import list_checkpoints
 from src_models.training import fine_tune as tuning
 from src_models.training.loop import TrainEvent
@@ -81,6 +81,7 @@ class FineTunePanel(QGroupBox):
         self._worker: JobWorker | None = None
         self._run: SegmentationRun | None = None
         self._last_checkpoint: Path | None = None
+        self._advised_against = False  # the last fine-tuned model fell on its held-out slices
         self._inputs: FineTuneInputs | None = None  # of the run in progress or the last one
         # Checkpoint files outside the model folders that produced a labels layer: path -> arch.
         self._other_checkpoints: dict[str, str] = {}
@@ -289,6 +290,7 @@ class FineTunePanel(QGroupBox):
             lines += inputs.report(report.metrics_before, report.metrics_after)
         self.fine_tune_label.setText("\n".join(lines))
         self.review.reveal(self.resegment_button)  # the whole report and what to do next
+        self._advised_against = fell_on_held_out(report.meta)
         if report.checkpoint is None:
             return
         self._last_checkpoint = report.checkpoint
@@ -348,8 +350,14 @@ class FineTunePanel(QGroupBox):
         session = self.review.session
         if session is not None and session.roi is not None:
             _keep_inside(labels, session.roi)
+        warning = (
+            "; this model agreed less with your corrections on the held-out slices than the "
+            "one it came from, and Segment keeps the model it had"
+            if self._advised_against
+            else ""
+        )  # the report said so before re-segmenting; a tester saw the advice replaced
         self.fine_tune_label.setText(
-            f"re-segmented into {labels.name!r}; compare it with your corrections "
+            f"re-segmented into {labels.name!r}{warning}; compare it with your corrections "
             "below (slices you trained on flatter the figures)"
         )
         self.resegmented.emit(labels, corrected)
