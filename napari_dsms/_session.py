@@ -535,7 +535,8 @@ class ReviewSession:
                     "no corrected slice lies inside the region of interest "
                     f"(slices {self.roi.first} to {self.roi.last}): nothing is learnt outside it"
                 )
-        train, holdout = split_holdout(chosen)
+        edited = set(corrections.edited_slices(data, self._edit_reference()))
+        train, holdout = split_holdout(chosen, accepted=[k for k in chosen if k not in edited])
         hu = np.asarray(self.image)
         if self.roi is not None and self.roi.box is not None:  # learn inside the box only
             r0, r1, c0, c1 = self.roi.box

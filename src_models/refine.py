@@ -350,6 +350,7 @@ def refine(
     device: str = "auto",
     seed: int = 0,
     out: str | None = None,
+    reviewed: Iterable[int] = (),
 ) -> Generator[RefineProgress, None, RefineResult]:
     """One round of the correction loop (module doc); a generator for a worker or a command.
 
@@ -373,6 +374,10 @@ def refine(
         As for fine-tuning and segmentation.
     out
         Save the model the round ends with there (a new file).
+    reviewed
+        Those of ``corrected`` that the user reviewed and accepted unchanged (file indices):
+        learnt from, never held out to judge the round
+        (:func:`~src_models.training.fine_tune.split_holdout`).
 
     Yields
     ------
@@ -400,7 +405,10 @@ def refine(
             "none can be held out to check it"
         )
     if learn:
-        train, holdout = split_holdout(slices)
+        axis, flipped = head_feet_axis(volume.affine)
+        length = int(np.shape(volume.array)[axis])
+        accepted = [length - 1 - k if flipped else k for k in reviewed]
+        train, holdout = split_holdout(slices, accepted=accepted)
         tuned = yield from fine_tune(
             model, meta, canonical[train], canonical_labels[train], spacing[1:],
             steps=steps, time_budget_s=seconds, device=device, seed=seed,

@@ -95,6 +95,18 @@ def test_split_holdout_sizes_and_spread(n: int, n_holdout: int) -> None:
         assert holdout[0] != slices[0] and holdout[-1] != slices[-1]
 
 
+def test_slices_accepted_unchanged_are_never_held_out() -> None:
+    """The model drew an accepted slice, so it scored ~1 before learning there and any change
+    as a loss: a tester's round fell 0.999 -> 0.755 on one and threw the model away."""
+    slices = [10, 20, 30, 40, 50, 60, 70]
+    assert split_holdout(slices) == ([10, 20, 30, 50, 60, 70], [40])
+    train, holdout = split_holdout(slices, accepted=[40, 50])
+    assert holdout and not set(holdout) & {40, 50}
+    assert sorted(train + holdout) == slices
+    # only one drawn slice: it is trained on, none is held out
+    assert split_holdout(slices, accepted=slices[1:]) == (slices, [])
+
+
 def test_training_slices_and_refusals() -> None:
     prediction = _prediction()
     labels = prediction.copy()

@@ -79,6 +79,22 @@ def test_a_round_whose_model_learnt_fills_with_it(case, tiny, monkeypatch):
     assert structure_dice(out[..., between], reference.array[..., between]) > 0.75
 
 
+def test_a_round_judges_the_model_on_drawn_slices_not_on_accepted_ones(case, tiny):
+    """Slices accepted unchanged are learnt from but never held out (the model drew them)."""
+    image, reference = case
+    corrected = [int(k) for k in _with_pancreas(reference.array)[::3]]
+    user = np.zeros_like(reference.array)
+    user[..., corrected] = reference.array[..., corrected]
+    model, meta = load_checkpoint(tiny)
+    plain = run_to_end(refine(image, user, corrected, model, meta, steps=1, device="cpu"))
+    first = plain.fine_tune.meta["provenance"]["fine_tune"]["holdout_slices"]
+    model, meta = load_checkpoint(tiny)
+    job = refine(image, user, corrected, model, meta, steps=1, device="cpu", reviewed=first)
+    held = run_to_end(job).fine_tune.meta["provenance"]["fine_tune"]
+    assert held["holdout_slices"] and not set(held["holdout_slices"]) & set(first)
+    assert set(first) <= set(held["slices"])  # still learnt from
+
+
 def test_two_corrected_slices_do_not_fine_tune(case, tiny):
     """Nothing could be held out to check the model: a round on two slices does not learn."""
     image, reference = case

@@ -175,6 +175,7 @@ class RefineRoundPanel(QWidget):
             model,
             meta,
             out=str(output),
+            reviewed=sorted(session.reviewed - set(session.edited)),
             description="Refine round",
             on_result=self._on_done,
             on_finished=self._on_finished,
