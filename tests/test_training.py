@@ -421,3 +421,18 @@ def test_evaluate_knows_an_nih_patient_under_its_tcia_name(name, trained):
     # validation patients of a run kept at its last step were only watched, not chosen on
     meta["provenance"]["selected"] = "last step"
     assert (patient_key(name) in _trained_on(meta)) is (trained and name != "PANCREAS_0008")
+
+
+def test_evaluate_refuses_a_table_it_cannot_write_before_any_work(tmp_path, capsys, monkeypatch):
+    """A tester's --out /nonexist/t.md created /nonexist; a read-only folder failed only after
+    the whole evaluation."""
+    from src_models.commands import evaluate as command
+
+    monkeypatch.setattr(command, "find_cases", lambda folder: pytest.fail("read the data first"))
+    missing = tmp_path / "nonexist" / "t.md"
+    argv = ["evaluate", "--data", str(tmp_path), "--models", "dsmsc_unet", "--out", str(missing)]
+    assert main(argv) == 2
+    assert f"the folder {missing.parent} does not exist" in capsys.readouterr().err
+    assert not missing.parent.exists()
+    assert main([*argv[:-1], str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..inference.preprocessing import FALLBACK_SPACING_MM
-from ..io.atomic import write_text_atomic
+from ..io.atomic import check_writable_folder, write_text_atomic
 from ..metrics import METRICS, STRUCTURES, StructureMetrics, case_metrics, summarise
 from ..training.data import Case, find_cases, load_case, read_split, select
 
@@ -262,7 +262,27 @@ def evaluate_to_files(
     return result
 
 
+def check_table_path(out: Path) -> None:
+    """Refuse a table path that cannot be written before any case is segmented.
+
+    A tester's ``--out /nonexist/t.md`` created ``/nonexist``, and a read-only folder failed
+    only after the whole evaluation.
+
+    Raises
+    ------
+    ValueError
+        The folder is missing, the path is a folder, or the folder cannot be written to.
+    """
+    if not out.parent.is_dir():
+        raise ValueError(f"{out}: the folder {out.parent} does not exist")
+    if out.is_dir():
+        raise ValueError(f"{out}: is a folder, not a file name")
+    check_writable_folder(out)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_table_path(Path(args.out))
     cases = [case for folder in args.data for case in find_cases(folder)]
     if args.split:
         cases = select(cases, read_split(args.split), "test")
