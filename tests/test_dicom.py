@@ -366,6 +366,8 @@ def test_missing_slice(tmp_path):
     with pytest.raises(VolumeError, match="missing") as info:
         read_volume(folder)
     assert str(folder) in str(info.value)
+    # the positions as stored (z = -37.5 and -32.5 around the gap), as a PACS shows them
+    assert "-37.50) and (-120.00, -90.00, -32.50)" in str(info.value)
 
 
 def test_single_slice_reads_as_a_volume_of_one_slice(tmp_path):
@@ -518,7 +520,7 @@ def test_duplicate_positions(tmp_path):
     folder = tmp_path / "s"
     write_series(folder, n=4)
     write_slice(folder / "again.dcm", pattern(9), (-120.0, -90.0, -40.0))
-    with pytest.raises(VolumeError, match="same position"):
+    with pytest.raises(VolumeError, match="same ImagePositionPatient"):
         read_volume(folder)
 
 

@@ -201,6 +201,16 @@ def test_a_label_file_is_refused_and_values_without_air_are_doubted(
     nib.save(nib.Nifti1Image(np.full((40, 36, 5), 255, np.uint8), nib.load(ct_file).affine), mask)
     assert main(["predict", str(mask), *argv]) == 2
     assert "case0001.nii.gz: holds only the values 255: a mask or label file" in _error_line(capsys)
+    # the values named are the file's, not the sample's (a patch of 3 that every 4th voxel
+    # missed was left out), and a scan of air alone is called that
+    odd = np.zeros((40, 36, 5), np.int16)
+    odd[1, 1:3, 1] = 3
+    nib.save(nib.Nifti1Image(odd, nib.load(ct_file).affine), mask)
+    assert main(["predict", str(mask), *argv]) == 2
+    assert "holds only the values 0, 3: a mask or label file" in _error_line(capsys)
+    nib.save(nib.Nifti1Image(np.full((40, 36, 5), -1024, np.int16), nib.load(ct_file).affine), mask)
+    assert main(["predict", str(mask), *argv]) == 2
+    assert "holds only air (-1024 HU): no body to segment" in _error_line(capsys)
     assert main(["predict", str(ct_file), *argv]) == 0  # the phantom holds no air: doubted
     err = capsys.readouterr().err
     assert "ct.nii.gz: no voxel below -500 HU" in err and "labels and volumes will be wrong" in err

@@ -269,14 +269,23 @@ def _geometry(folder: Path, frames: list[Frame]) -> tuple[list[Frame], np.ndarra
 def _check_spacing(
     folder: Path, frames: list[Frame], positions: np.ndarray, normal: np.ndarray
 ) -> np.ndarray:
-    """Uniform slice step as a vector (LPS mm); refuse gaps, duplicates and scattered slices."""
+    """Uniform slice step as a vector (LPS mm); refuse gaps, duplicates and scattered slices.
+
+    Messages give the slices' ImagePositionPatient (DICOM PS3.3 C.7.6.2.1.1) as stored, which
+    a PACS shows; the position along the slice normal has the opposite sign for some
+    orientations (a tester read 133 mm for a slice at z = -133).
+    """
+
+    def where(i: int) -> str:
+        return "(" + ", ".join(f"{v:.2f}" for v in positions[i]) + ")"
+
     depth = positions @ normal
     steps = np.abs(np.diff(depth))
     duplicate = np.flatnonzero(steps < 1e-3)
     if duplicate.size:
         i = int(duplicate[0])
         raise VolumeError(
-            f"{folder}: two slices at the same position {depth[i]:.2f} mm "
+            f"{folder}: two slices at the same ImagePositionPatient {where(i)} mm "
             f"({frames[i].name}, {frames[i + 1].name}); several acquisitions in one series?"
         )
     typical = float(np.median(steps))
@@ -292,8 +301,8 @@ def _check_spacing(
         )
         raise VolumeError(
             f"{folder}: slices are {typical:.3g} mm apart but {steps[i]:.3g} mm between "
-            f"{frames[i].name} and {frames[i + 1].name} at {depth[i]:.2f} and "
-            f"{depth[i + 1]:.2f} mm: {cause}; the series is incomplete"
+            f"{frames[i].name} and {frames[i + 1].name} (ImagePositionPatient {where(i)} and "
+            f"{where(i + 1)} mm): {cause}; the series is incomplete"
         )
     step = (positions[-1] - positions[0]) / (len(positions) - 1)
     expected = positions[0] + np.outer(np.arange(len(positions)), step)

@@ -257,9 +257,15 @@ def check_ct(volume: Volume) -> list[str]:
     # Every 4th voxel along each axis: a CT shows hundreds of grey values even there, a mask
     # or label map (whatever its name or dtype, e.g. a Decathlon labelsTr file) a handful.
     sample = np.asarray(volume.array)[tuple(slice(None, None, 4) for _ in volume.array.shape)]
-    values = np.unique(sample)
-    if values.size <= MASK_VALUES:
-        shown = ", ".join(f"{v:g}" for v in values)
+    if np.unique(sample).size <= MASK_VALUES:
+        # The sample decides cheaply; the message names what the whole file holds (a tester's
+        # label file with a patch of 3 was said to hold "only the values 0, 1").
+        values = np.unique(np.asarray(volume.array))
+        shown = ", ".join(f"{v:g}" for v in values[:6])
+        if values.size > 6:
+            shown += f", ... ({values.size} values in all)"
+        if values.max() < AIR_HU:
+            raise VolumeError(f"{name}: holds only air ({shown} HU): no body to segment")
         raise VolumeError(
             f"{name}: holds only the values {shown}: a mask or label file, not a CT to segment"
         )
