@@ -146,6 +146,8 @@ def test_refine_round_fills_and_resegments_in_one_undo_step(dock, qtbot, tmp_pat
     latest = Path(labels.metadata[LATEST_MODEL])
     assert latest.is_file() and latest.parent == tmp_path / "models"
     assert panel.latest_checkpoint() == str(latest)  # the next round starts from it
+    sidecar = widget.session.sidecar(tmp_path / "out.nii.gz", "labels")
+    assert sidecar["model"]["refine_rounds"] == [str(latest)]  # the export names it
     widget.refresh_status()
     assert set(widget.session.edited) == set(corrected) | {touched}  # the round's labels are
     labels.undo()  # not corrections, and one Ctrl+Z takes them back

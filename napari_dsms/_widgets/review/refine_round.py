@@ -22,6 +22,7 @@ from src_models.models.store import load_checkpoint
 from src_models.refine import RefineResult, check_corrections, refine
 from src_models.training.loop import TrainEvent
 
+from ..._layers import MODEL
 from .._worker import JobWorker, start_job
 from ._common import UndoWatch, canonical_volume, new_model_path, refuse
 
@@ -211,6 +212,11 @@ class RefineRoundPanel(QWidget):
                 tuned.checkpoint.unlink(missing_ok=True)
             else:
                 layer.metadata[LATEST_MODEL] = str(tuned.checkpoint)
+                # It re-segmented the slices beyond the corrections: exports name it beside the
+                # model that made the labels (a tester's side-car named only the bundled one).
+                model = dict(layer.metadata.get(MODEL) or {})
+                model["refine_rounds"] = [*model.get("refine_rounds", []), str(tuned.checkpoint)]
+                layer.metadata[MODEL] = session.model = model
         slices = np.unique(changed[0])
         if changed[0].size:
             # The round's labels are a tool's guess, not corrections: fine-tuning never learns
