@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 
 from src_models.io.atomic import atomic_path, write_text_atomic
@@ -30,3 +33,37 @@ def test_a_folder_that_cannot_be_written_is_named_not_the_temporary_file(tmp_pat
     message = str(raised.value)
     assert message.startswith("/proc/labels.json: cannot write into the folder /proc")
     assert ".tmp" not in message
+
+
+def test_a_full_disk_names_the_file_and_the_reason_not_a_writer_s_traceback(tmp_path) -> None:
+    """Full disks said only "[Errno 28] No space left on device" (no file), or, through
+    pydicom, its whole traceback in one line (a tester)."""
+    target = write_text_atomic(tmp_path / "labels.dcm", "old")
+    with pytest.raises(OSError) as raised, atomic_path(target) as temporary:
+        temporary.write_text("half")
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as disk:  # how pydicom re-raises it (pydicom.tag.tag_in_exception)
+            raise OSError("With tag (7FE0,0010) got exception: ...\nTraceback ...") from disk
+    assert str(raised.value) == (
+        f"{target}: could not be written (No space left on device); nothing was written"
+    )
+    assert raised.value.errno == errno.ENOSPC
+    assert target.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_read_only_file_system_names_the_folder(tmp_path, monkeypatch) -> None:
+    """There even removing the (absent) temporary file fails, and that error, naming the
+    temporary file, reached a tester instead of the folder's."""
+    from pathlib import Path
+
+    def refuse(self, missing_ok=False):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    target = tmp_path / "x.nii.gz"
+    with pytest.raises(OSError) as raised, atomic_path(target) as temporary:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(temporary))
+    assert str(raised.value) == (
+        f"{target}: cannot write into the folder {tmp_path} (Read-only file system)"
+    )

@@ -7,6 +7,7 @@ is complete: a crash, a full disk or a cancelled job leaves the previous file, o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -38,19 +39,41 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
         yield temporary
         os.replace(temporary, path)
     except OSError as error:
-        temporary.unlink(missing_ok=True)
-        if temporary.name not in f"{error} {error.filename}":
-            raise
-        # Name what the user chose, not the hidden temporary file they never heard of.
-        named = OSError(
-            f"{path}: cannot write into the folder {path.parent} "
-            f"({error.strerror or type(error).__name__})"
-        )
-        named.errno = error.errno  # a full disk stays recognisable (ENOSPC)
+        _remove(temporary)
+        # Name what the user chose, not the hidden temporary file they never heard of, nor
+        # nothing at all (a full disk said only "[Errno 28] No space left on device").
+        number, reason = _reason(error)
+        if temporary.name in f"{error} {error.filename}":
+            named = OSError(f"{path}: cannot write into the folder {path.parent} ({reason})")
+        else:
+            named = OSError(f"{path}: could not be written ({reason}); nothing was written")
+        named.errno = number  # a full disk stays recognisable (ENOSPC)
         raise named from error
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        _remove(temporary)
         raise
+
+
+def _remove(temporary: Path) -> None:
+    """Remove a temporary file if it is there; a read-only file system refuses even to look
+    (EROFS), and that must not hide why the write failed (a tester read the temporary name)."""
+    with contextlib.suppress(OSError):
+        temporary.unlink(missing_ok=True)
+
+
+def _reason(error: BaseException) -> tuple[int | None, str]:
+    """The operating system's error number and words for a failed write (``No space left on
+    device``).
+
+    Writers wrap the error: pydicom re-raises it with its whole traceback in the message, which
+    a user then read as one long line; the system's reason sits at the end of the chain.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.errno, seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return None, str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
