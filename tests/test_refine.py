@@ -247,6 +247,7 @@ def test_refine_command_runs_the_quick_round_by_default(tmp_path, case, tiny, ca
             "already exists",
         ),
         (lambda a: a.__setitem__("--save-model", a["-o"]), "need different file names"),
+        (lambda a: a.__setitem__("--save-model", a["-o"][:-7] + ".txt"), "name it *.pt"),
         (lambda a: a.__setitem__("--save-model", "/proc/m.pt"), "/proc"),  # not writable, even
     ],  # for root: refused before fine-tuning, not after it
 )

@@ -162,6 +162,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(  # the labels would be written over the model just saved
             f"{save_model}: -o and --save-model need different file names"
         )
+    if save_model is not None and save_model.suffix != ".pt":
+        # the model menus and --model list checkpoints by this ending (a tester saved m.txt)
+        raise ValueError(f"{save_model}: --save-model writes a checkpoint; name it *.pt")
     if save_model is not None and (save_model.exists() or not save_model.parent.is_dir()):
         raise ValueError(
             f"{save_model}: exists already or its folder is missing; --save-model writes a new file"
