@@ -14,6 +14,7 @@ Usage::
     python benchmarks/correction_loop.py [--seconds 40] [--plot docs/images/correction-loop.png]
     python benchmarks/correction_loop.py --goal     # one dsms-refine round, 10 slices, defaults
     python benchmarks/correction_loop.py --ranking  # where to correct: triage against even spacing
+    python benchmarks/correction_loop.py --choice-round  # the same, 10 slices and one round
 
 Prints a Markdown table for docs/benchmarks.md; with matplotlib installed, ``--plot`` draws it.
 """
@@ -184,6 +185,38 @@ def ranking(volume, reference: np.ndarray, extent: np.ndarray, model: str) -> No
         print(f"| {count} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
 
 
+def choice_round(volume, reference: np.ndarray, extent: np.ndarray, model: str) -> None:
+    """Where to correct, with the round: one :func:`refine` from the model after 10 slices.
+
+    As a user of ``dsms triage`` then ``dsms refine`` would: the labels are the model's with the
+    10 slices replaced by the reference; 200 steps whatever the machine's load (the round's
+    default, which its 40 s cap fits on an idle 2-core CPU). Choices as for ``--ranking``.
+    """
+    from src_models.inference.triage import _largest_component
+
+    bundled, meta = load_checkpoint(model)
+    result = run_to_end(triage(volume, bundled, meta, device="cpu"))
+    main = _largest_component(result.labels > 0)
+    predicted = np.flatnonzero(main.reshape(len(main), -1).any(axis=1))
+    print("| slices chosen | slices | whole-volume Dice | untouched slices | round's model |")
+    print("| --- | --- | ---: | ---: | --- |")
+    choices = {
+        "by dsms triage": sorted(result.order[:10]),
+        "evenly over the true pancreas": even_slices(extent, 10),
+        "evenly over the model's pancreas": even_slices(predicted, 10),
+    }
+    for name, chosen in choices.items():
+        tuned, tuned_meta = load_checkpoint(model)
+        user = result.labels.copy()
+        user[chosen] = reference[chosen]
+        job = refine(volume, from_canonical(user, volume.affine), file_slices(chosen, volume),
+                     tuned, tuned_meta, steps=200, seconds=1e6, device="cpu")  # fmt: skip
+        round_ = run_to_end(job)
+        whole, untouched = scores(round_.canonical_labels, reference, chosen)
+        kept = "previous kept" if round_.fine_tune.kept_previous else "learnt"
+        print(f"| {name} | {chosen} | {whole:.3f} | {untouched:.3f} | {kept} |", flush=True)
+
+
 def interpolation_alone(reference: np.ndarray, extent: np.ndarray) -> dict[int, float]:
     """Whole-volume Dice of fill between evenly spaced reference slices, nothing beyond."""
     out = {}
@@ -249,6 +282,9 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="PNG of whole-volume Dice against slices")
     parser.add_argument("--goal", action="store_true", help="only the one-round goal run")
     parser.add_argument("--ranking", action="store_true", help="only the choice of slices")
+    parser.add_argument(
+        "--choice-round", action="store_true", help="10 chosen slices, then one refine round"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
@@ -262,6 +298,9 @@ def main() -> None:
         return
     if args.ranking:
         ranking(volume, reference, extent, args.model)
+        return
+    if args.choice_round:
+        choice_round(volume, reference, extent, args.model)
         return
     model, meta = load_checkpoint(args.model)
     started = time.process_time()
