@@ -190,9 +190,13 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_checkpoint(args.model)
     for text in doubts:  # once the run will go ahead: a refused run gets one error line
         print(f"warning: {text}", file=sys.stderr)
-    bar, show_slices = (
-        progress_bar("fine-tuning", unit="step") if learn else progress_bar("segmenting")
-    )
+    # As the round's fine-tuning reads them: --seconds, else the default cap unless --steps.
+    limit = args.seconds if args.seconds is not None else (
+        ROUND_TRAINING.time_budget_s if args.steps is None else None
+    )  # fmt: skip
+    # The bar's remaining time counts all steps; on a busy CPU it read 19:55 for a 40 s round.
+    tuning = "fine-tuning" + (f" (stops at {limit:.0f} s)" if limit is not None else "")
+    bar, show_slices = progress_bar(tuning, unit="step") if learn else progress_bar("segmenting")
 
     def show(progress) -> None:
         # One bar, counting steps while fine-tuning, then slices while segmenting.
