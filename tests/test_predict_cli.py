@@ -208,6 +208,10 @@ def test_a_label_file_is_refused_and_values_without_air_are_doubted(
     nib.save(nib.Nifti1Image(odd, nib.load(ct_file).affine), mask)
     assert main(["predict", str(mask), *argv]) == 2
     assert "holds only the values 0, 3: a mask or label file" in _error_line(capsys)
+    assert main(["info", str(mask)]) == 0  # described as values, not as "HU: 0 to 3"
+    described = capsys.readouterr().out
+    assert "values:      0 to 3 (int16); holds only the values 0, 3" in described
+    assert "HU:" not in described
     nib.save(nib.Nifti1Image(np.full((40, 36, 5), -1024, np.int16), nib.load(ct_file).affine), mask)
     assert main(["predict", str(mask), *argv]) == 2
     assert "holds only air (-1024 HU): no body to segment" in _error_line(capsys)

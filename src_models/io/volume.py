@@ -254,21 +254,9 @@ def check_ct(volume: Volume) -> list[str]:
     name = volume.source or volume.description or "the volume"
     if looks_like_labels(volume):
         raise VolumeError(f"{name}: this is a label file (values 0 to 2), not a CT to segment")
-    # Every 4th voxel along each axis: a CT shows hundreds of grey values even there, a mask
-    # or label map (whatever its name or dtype, e.g. a Decathlon labelsTr file) a handful.
-    sample = np.asarray(volume.array)[tuple(slice(None, None, 4) for _ in volume.array.shape)]
-    if np.unique(sample).size <= MASK_VALUES:
-        # The sample decides cheaply; the message names what the whole file holds (a tester's
-        # label file with a patch of 3 was said to hold "only the values 0, 1").
-        values = np.unique(np.asarray(volume.array))
-        shown = ", ".join(f"{v:g}" for v in values[:6])
-        if values.size > 6:
-            shown += f", ... ({values.size} values in all)"
-        if values.max() < AIR_HU:
-            raise VolumeError(f"{name}: holds only air ({shown} HU): no body to segment")
-        raise VolumeError(
-            f"{name}: holds only the values {shown}: a mask or label file, not a CT to segment"
-        )
+    few = few_values(volume)
+    if few is not None:
+        raise VolumeError(f"{name}: {few}")
     modality = volume.info.get("modality", "CT")
     if modality != "CT":
         raise VolumeError(
@@ -380,6 +368,28 @@ def slice_tilt_deg(affine: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(cosine, 0.0, 1.0))))
 
 
+def few_values(volume: Volume) -> str | None:
+    """What a volume of a handful of values holds ("only air", "only the values 0, 1, 3: a mask
+    or label file"), or ``None`` for a CT's hundreds of grey values.
+
+    Every 4th voxel along each axis decides (a CT shows hundreds of grey values even there, a
+    mask or label map, whatever its name or dtype, e.g. a Decathlon labelsTr file, a handful);
+    the words name what the whole file holds (a tester's label file with a patch of 3 was said
+    to hold "only the values 0, 1").
+    """
+    array = np.asarray(volume.array)
+    sample = array[tuple(slice(None, None, 4) for _ in array.shape)]
+    if not array.size or np.unique(sample).size > MASK_VALUES:
+        return None
+    values = np.unique(array)
+    shown = ", ".join(f"{v:g}" for v in values[:6])
+    if values.size > 6:
+        shown += f", ... ({values.size} values in all)"
+    if values.max() < AIR_HU:
+        return f"holds only air ({shown} HU): no body to segment"
+    return f"holds only the values {shown}: a mask or label file, not a CT to segment"
+
+
 def describe(volume: Volume) -> str:
     """Several lines about a volume for ``dsms info`` and the Load CT panel.
 
@@ -405,6 +415,9 @@ def describe(volume: Volume) -> str:
         f"orientation: {orientation}",
         f"{kind}:{' ' * (12 - len(kind))}{lo:g} to {hi:g} ({array.dtype})",
     ]
+    few = None if labels else few_values(volume)
+    if few is not None:  # not HU: a tester read "HU: 0 to 3" for a label file with a 3 in it
+        lines[-1] = f"values:      {lo:g} to {hi:g} ({array.dtype}); {few}"
     if labels:  # the volumes a radiologist reads off a label file, in mL (|det| voxels)
         counts = [np.count_nonzero(array >= 1), np.count_nonzero(array == 2)]
         pancreas, tumour = (n * volume.voxel_volume_mm3 / 1000 for n in counts)
