@@ -415,6 +415,7 @@ def refine(
             val_images_hu=canonical[holdout], val_labels=canonical_labels[holdout],
             out=out, guard=True, config=ROUND_TRAINING,
             provenance={"slices": train, "holdout_slices": holdout,
+                        "source_image": str(getattr(volume, "source", "") or ""),
                         "slice_index_convention": "canonical axial index (axis 0, to superior)"},
         )  # fmt: skip
         model, meta = tuned.model, tuned.meta

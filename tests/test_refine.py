@@ -15,6 +15,7 @@ from src_models.cli import main
 from src_models.io import Volume, write_image, write_labels
 from src_models.jobs import run_to_end
 from src_models.metrics import structure_dice
+from src_models.models.checkpoints import model_card
 from src_models.phantom import make_phantom
 from src_models.refine import combine, refine, taper_from
 
@@ -210,6 +211,8 @@ def test_refine_command_writes_labels_and_the_model(tmp_path, case, tiny, capsys
     assert structure_dice(written.array[..., between], truth[..., between]) > 0.75
     _, meta = load_checkpoint(saved)
     assert meta["provenance"]["fine_tune"]["steps"] == 2
+    # its card names the CT it learnt from (it said "corrections of an image"; a tester)
+    assert f"Fine-tuned on corrections of {ct.name}" in model_card(meta)
 
 
 def test_refine_command_runs_the_quick_round_by_default(tmp_path, case, tiny, capsys):

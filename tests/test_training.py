@@ -400,6 +400,18 @@ def test_evaluate_says_which_cases_a_model_trained_on(tmp_path, capsys):
     assert "warning: trained trained or was selected on 1 of the 2 cases (a;" in err
     assert "everything" not in err
     assert "*trained trained or was selected on 1 of these 2 cases (a): its figures are not" in out
+    # a model fine-tuned on corrections of case b (the Review dock, dsms refine), from a model
+    # trained on a: both are training-set figures (a tester's refined model had no warning)
+    round_ = {"source_image": str(data / "b.nii.gz"), "base_split": {"train_patients": ["a"]}}
+    refined = save_checkpoint(
+        tmp_path / "refined.pt", build_model("unet", width=4),
+        preprocessing={"hu_window": [0, 255], "spacing_mm": None},
+        provenance={"fine_tune": {"source_image": "/elsewhere/c.nii.gz", "earlier": round_}},
+    )  # fmt: skip
+    assert main([*argv, "--models", str(refined)]) == 0
+    assert "warning: refined trained or was selected on 2 of the 2 cases (a, b;" in (
+        capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(
@@ -417,10 +429,10 @@ def test_evaluate_knows_an_nih_patient_under_its_tcia_name(name, trained):
     meta = {
         "provenance": {"train_patients": ["nih-pancreas-0001"], "val_patients": ["PANCREAS_0008"]}
     }
-    assert (patient_key(name) in _trained_on(meta)) is trained
+    assert (patient_key(name) in _trained_on(meta)[0]) is trained
     # validation patients of a run kept at its last step were only watched, not chosen on
     meta["provenance"]["selected"] = "last step"
-    assert (patient_key(name) in _trained_on(meta)) is (trained and name != "PANCREAS_0008")
+    assert (patient_key(name) in _trained_on(meta)[0]) is (trained and name != "PANCREAS_0008")
 
 
 def test_evaluate_refuses_a_table_it_cannot_write_before_any_work(tmp_path, capsys, monkeypatch):

@@ -22,11 +22,14 @@ def refuse(label: QLabel, message: str) -> None:
     show_warning(message)
 
 
-def canonical_volume(image: np.ndarray, spacing: tuple[float, float, float]) -> Volume:
-    """A Volume whose affine puts ``image`` (canonical S, P, L) in the canonical layout as is."""
+def canonical_volume(
+    image: np.ndarray, spacing: tuple[float, float, float], source: str = ""
+) -> Volume:
+    """A Volume whose affine puts ``image`` (canonical S, P, L) in the canonical layout as is;
+    ``source`` names the CT's file (what a refine round's model card names)."""
     sz, sy, sx = spacing
     affine = np.array([[0, 0, -sx, 0], [0, -sy, 0, 0], [sz, 0, 0, 0], [0, 0, 0, 1]], float)
-    return Volume(image, affine)
+    return Volume(image, affine, source)
 
 
 def new_model_path(label: QLabel, checkpoint: str, image: str, what: str) -> Path | None:

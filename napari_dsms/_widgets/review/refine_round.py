@@ -146,7 +146,7 @@ class RefineRoundPanel(QWidget):
         known = sorted(set(session.edited) | session.reviewed)
         if session.roi is not None:
             known = [k for k in known if session.roi.contains_slice(k)]
-        volume = canonical_volume(session.image, session.spacing)
+        volume = canonical_volume(session.image, session.spacing, session.source or session.name)
         labels = np.array(session.labels, copy=True)  # what the round reads: a snapshot
         try:
             check_corrections(volume, labels, known)
