@@ -466,16 +466,15 @@ class Autosave:
         the toast and found them with ``dsms recover --session``).
         """
         entries = journal.list_entries(digest, root=self.root)
-        if not entries or entries[0].session in self._live_sessions():
+        entry = journal.to_restore(entries)
+        if entry is None or entries[0].session in self._live_sessions():
             return
-        entry = next((e for e in entries if e.corrected), entries[0])
         self.offers[digest] = entry
-        edited = len(entry.corrected)
         when = entry.saved.astimezone().strftime("%Y-%m-%d %H:%M")
         others = len(entries) - 1
         # What to decide on first: a toast shows about one line before it is expanded.
         message = (
-            f"Restore {edited} edited slice{'s' * (edited != 1)} of this CT, autosaved {when}? "
+            f"Restore {entry.work()} of this CT, autosaved {when}? "
             f"(layer {entry.record.get('layer') or 'labels'}"
             + (
                 f"; {others} other autosaved session{'s' * (others != 1)}: dsms recover --list)"

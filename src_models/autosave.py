@@ -225,15 +225,26 @@ class JournalEntry:
         """The labels in the CT file's own index order (for its affine)."""
         return from_canonical(self.labels(), self.affine)
 
+    @property
+    def holds_work(self) -> bool:
+        """Whether the user edited or reviewed slices (tools alone, a fill between, are not)."""
+        return bool(self.corrected or self.reviewed)
+
+    def work(self) -> str:
+        """The user's work in words: ``3 edited slices``, ``3 edited and 2 reviewed slices``."""
+        edited, reviewed = len(self.corrected), len(set(self.reviewed) - set(self.corrected))
+        if not reviewed:
+            return f"{edited} edited slice{'s' * (edited != 1)}"
+        return f"{edited} edited and {reviewed} reviewed slice{'s' * (edited + reviewed != 1)}"
+
     def summary(self) -> str:
         """One line for ``dsms recover --list`` and the restore offer."""
         when = self.saved.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-        edited = len(self.corrected)
         where = self.record.get("source") or self.record.get("description") or "(unnamed CT)"
         layer = self.record.get("layer", "")
         return (
-            f"{when}  {where}  {edited} edited slice{'s' * (edited != 1)}"
-            f"  [{layer}]  digest {self.digest[:12]} session {self.session}"
+            f"{when}  {where}  {self.work()}  [{layer}]  digest {self.digest[:12]} "
+            f"session {self.session}"
         )
 
 
@@ -455,6 +466,17 @@ def latest(digest: str, root: Path | None = None) -> JournalEntry | None:
     """The most recent journal of the CT with this :func:`ct_digest`, or ``None``."""
     entries = list_entries(digest, root)
     return entries[0] if entries else None
+
+
+def to_restore(entries: Sequence[JournalEntry]) -> JournalEntry | None:
+    """The journal a restore takes unless told otherwise: the newest that holds the user's work
+    (:attr:`JournalEntry.holds_work`), else the newest; ``entries`` newest first.
+
+    A later session in which only tools ran journals no correction, and offering it hid an
+    older session's edited slices; napari's Restore offer and ``dsms recover`` both take this
+    one (they once took different sessions; testers).
+    """
+    return next((entry for entry in entries if entry.holds_work), entries[0] if entries else None)
 
 
 @_locked

@@ -96,7 +96,7 @@ def test_save_latest_and_list(ct_file, journal_dir):
     np.testing.assert_array_equal(newest.prediction(), prediction)
     assert newest.edited == [1, 4] and newest.reviewed == [2]
     assert [e.session for e in autosave.list_entries()] == [second, first]
-    assert "2 edited slices" in newest.summary() and str(ct_file) in newest.summary()
+    assert "2 edited and 1 reviewed slices" in newest.summary() and str(ct_file) in newest.summary()
     assert autosave.latest("0" * 32) is None
 
 
@@ -196,22 +196,25 @@ def test_recover_writes_the_last_labels_on_the_ct_grid_with_a_sidecar(ct_file, t
     assert len(listing) == 2 and "2 edited slices" in listing[0]
 
 
-def test_recover_can_pick_an_older_session_and_says_it_exists(ct_file, tmp_path, capsys):
-    """A newer session without edits hid an older session's corrections (a tester)."""
+def test_recover_takes_the_session_with_work_and_can_pick_another(ct_file, tmp_path, capsys):
+    """A newer session without edits hid an older session's corrections, and napari's Restore
+    offer and dsms recover took different sessions (testers): both take the one with work."""
     labels, prediction = _painted(ct_file)
     old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
     corrected = autosave.new_session()
     _save(ct_file, labels, corrected, prediction=prediction, now=old)
-    _save(ct_file, prediction, autosave.new_session(), prediction=prediction + 0)
-    newest = tmp_path / "newest.nii.gz"
-    assert main(["recover", str(ct_file), "-o", str(newest)]) == 0
+    tools_only = autosave.new_session()
+    _save(ct_file, prediction, tools_only, prediction=prediction + 0)
+    recovered = tmp_path / "recovered.nii.gz"
+    assert main(["recover", str(ct_file), "-o", str(recovered)]) == 0
     captured = capsys.readouterr()
-    assert "0 edited slices" in captured.out
-    assert f"session {corrected}, 2 edited slices" in captured.err and "--session" in captured.err
-    older = tmp_path / "older.nii.gz"
-    assert main(["recover", str(ct_file), "-o", str(older), "--session", corrected[:6]]) == 0
+    assert "(2 edited slices" in captured.out
+    assert f"session {tools_only}, 0 edited slices" in captured.err and "--session" in captured.err
     expected = from_canonical(labels, nib.load(ct_file).affine)
-    np.testing.assert_array_equal(np.asarray(nib.load(older).dataobj), expected)
+    np.testing.assert_array_equal(np.asarray(nib.load(recovered).dataobj), expected)
+    newest = tmp_path / "newest.nii.gz"
+    assert main(["recover", str(ct_file), "-o", str(newest), "--session", tools_only[:6]]) == 0
+    assert "0 edited slices" in capsys.readouterr().out
     assert main(["recover", str(ct_file), "-o", str(tmp_path / "x.nii.gz"), "--session", "zz"]) == 2
     assert "no autosaved session" in capsys.readouterr().err
 

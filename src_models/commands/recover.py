@@ -17,6 +17,7 @@ from ..autosave import (
     JournalEntry,
     autosave_dir,
     list_entries,
+    to_restore,
     volume_digest,
 )
 from ..corrections import sidecar, sidecar_path, write_sidecar
@@ -48,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _chosen(entries: list[JournalEntry], session: str | None, ct: Path) -> JournalEntry:
-    """The journal to recover: the newest, or the one of ``session``.
+    """The journal to recover: :func:`~src_models.autosave.to_restore`, or that of ``session``.
 
     Raises
     ------
@@ -61,7 +62,7 @@ def _chosen(entries: list[JournalEntry], session: str | None, ct: Path) -> Journ
             f"(dsms recover --list shows what there is)"
         )
     if session is None:
-        return entries[0]
+        return to_restore(entries)
     matching = [entry for entry in entries if entry.session.startswith(session)]
     if len(matching) != 1:
         found = ", ".join(entry.session for entry in entries)
@@ -136,18 +137,16 @@ def run(args: argparse.Namespace) -> int:
     entries = list_entries(volume_digest(volume))
     entry = _chosen(entries, args.session, ct)
     _recover(volume, entry, output)
-    edited = len(entry.corrected)
     print(
         f"{output}: labels autosaved {entry.saved.astimezone():%Y-%m-%d %H:%M:%S} "
-        f"({edited} edited slice{'s' * (edited != 1)}, layer {entry.record.get('layer', '')!r})"
+        f"({entry.work()}, layer {entry.record.get('layer', '')!r})"
     )
-    others = [other for other in entries if other is not entry and other.corrected]
+    others = [other for other in entries if other is not entry]
     if others:  # a newer session of no edits hid an older one's corrections (a tester)
         print(
             f"note: {len(others)} other autosaved session{'s' * (len(others) > 1)} of this CT "
-            f"(the newest: session {others[0].session}, {len(others[0].corrected)} edited slice"
-            f"{'s' * (len(others[0].corrected) != 1)}); dsms recover --list shows them, "
-            "--session ID recovers one",
+            f"(the newest: session {others[0].session}, {others[0].work()}); "
+            "dsms recover --list shows them, --session ID recovers one",
             file=sys.stderr,
         )
     return 0
