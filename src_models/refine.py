@@ -144,6 +144,19 @@ class RefineResult:
         """Labels on the source grid (the file's shape and index order)."""
         return from_canonical(self.canonical_labels, self.affine)
 
+    @property
+    def holdout(self) -> list[int]:
+        """Canonical indices of the corrected slices held out to judge the round (none when
+        it did not fine-tune)."""
+        record = (self.fine_tune.meta.get("provenance") or {}) if self.fine_tune else {}
+        return [int(k) for k in (record.get("fine_tune") or {}).get("holdout_slices") or ()]
+
+    def file_slices(self, canonical: Iterable[int]) -> list[int]:
+        """Canonical slice indices as indices along the file's head-feet axis."""
+        length = len(self.canonical_labels)
+        flipped = head_feet_axis(self.affine)[1]
+        return sorted(length - 1 - int(k) if flipped else int(k) for k in canonical)
+
     def summary(self) -> str:
         """A line for the terminal and the review dock."""
         kept, changed = len(self.corrected), len(self.changed)
@@ -153,6 +166,9 @@ class RefineResult:
         )
         if self.fine_tune is not None:
             text += f"; model: {self.fine_tune.summary()}"
+            if self.holdout:  # which corrections judged it (a tester could not tell)
+                held = ", ".join(map(str, self.file_slices(self.holdout)))
+                text += f" (held out: slice{'s' * (len(self.holdout) != 1)} {held})"
         if self.note:
             text += f"; {self.note}"
         return text

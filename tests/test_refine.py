@@ -211,6 +211,17 @@ def test_refine_command_writes_labels_and_the_model(tmp_path, case, tiny, capsys
     assert structure_dice(written.array[..., between], truth[..., between]) > 0.75
     _, meta = load_checkpoint(saved)
     assert meta["provenance"]["fine_tune"]["steps"] == 2
+    held = re.search(r"held out: slices? ([\d, ]+)\)", shown.out)
+    assert held, shown.out  # which corrections judged the round, in the file's numbers
+    named = [int(k) for k in held.group(1).split(",")]
+    assert set(named) < set(corrected)
+    # slices accepted unchanged are learnt from, never held out
+    again = tmp_path / "again.nii.gz"
+    args[args.index(str(out))] = str(again)
+    args[args.index(str(saved))] = str(tmp_path / "round2.pt")
+    assert main([*args, "--reviewed", ",".join(map(str, named))]) == 0
+    held = re.search(r"held out: slices? ([\d, ]+)\)", capsys.readouterr().out)
+    assert held and not {int(k) for k in held.group(1).split(",")} & set(named)
     # its card names the CT it learnt from (it said "corrections of an image"; a tester)
     assert f"Fine-tuned on corrections of {ct.name}" in model_card(meta)
 
@@ -251,6 +262,7 @@ def test_refine_command_runs_the_quick_round_by_default(tmp_path, case, tiny, ca
         ),
         (lambda a: a.__setitem__("--save-model", a["-o"]), "need different file names"),
         (lambda a: a.__setitem__("--save-model", a["-o"][:-7] + ".txt"), "name it *.pt"),
+        (lambda a: a.__setitem__("--reviewed", "15,16"), "slice 16 not in --corrected"),
         (lambda a: a.__setitem__("--save-model", "/proc/m.pt"), "/proc"),  # not writable, even
     ],  # for root: refused before fine-tuning, not after it
 )

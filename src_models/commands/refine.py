@@ -105,6 +105,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="corrected slices along the head-feet axis of INPUT's array, 0-based",
     )
     parser.add_argument(
+        "--reviewed",
+        type=_slice_list,
+        default=[],
+        metavar="K1,K2,...",
+        help="those of --corrected you accepted unchanged (the model's own labels there): "
+        "learnt from, never held out to judge the round",
+    )
+    parser.add_argument(
         "-o", "--output", required=True, metavar="OUT", help="refined labels (.nii.gz or .dcm)"
     )
     parser.add_argument(
@@ -169,6 +177,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{save_model}: exists already or its folder is missing; --save-model writes a new file"
         )
+    stray = sorted(set(args.reviewed) - set(args.corrected))
+    if stray:
+        raise ValueError(
+            f"--reviewed slice{'s' * (len(stray) > 1)} {', '.join(map(str, stray))} "
+            "not in --corrected: a reviewed slice is one of the corrected slices"
+        )
     learn = learns(args.steps, args.corrected)
     if save_model is not None and not learn:
         raise ValueError(
@@ -214,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
         with bar:
             job = refine(
                 volume, labels, args.corrected, model, meta, steps=args.steps,
+                reviewed=args.reviewed,
                 seconds=args.seconds, device=str(device),
                 out=str(save_model) if save_model else None,
             )  # fmt: skip

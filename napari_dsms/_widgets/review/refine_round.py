@@ -66,8 +66,10 @@ def model_line(result: RefineResult) -> str:
         steps += f" (the time limit stopped it before {tuned.planned_steps})"
     measured = ""
     if tuned.metrics_before and tuned.metrics_after:
+        held = ", ".join(map(str, result.holdout))  # canonical: the slider's numbers
         measured = (
-            f", held-out corrected slices Dice {tuned.metrics_before['dice_pancreas']:.3f} -> "
+            f", held-out corrected slice{'s' * (len(result.holdout) != 1)} {held}: Dice "
+            f"{tuned.metrics_before['dice_pancreas']:.3f} -> "
             f"{tuned.metrics_after['dice_pancreas']:.3f}"
         )
     if tuned.too_few_steps:
@@ -226,8 +228,12 @@ class RefineRoundPanel(QWidget):
             layer.data_setitem(changed, values)
         where = changed_slices(slices) if len(slices) else "no other slice"
         painted = f" and {len(meanwhile)} painted meanwhile" if meanwhile else ""
+        reviewed = len(set(started["known"]) - set(session.edited))
+        kept = f"{len(started['known']) - reviewed} edited" + (
+            f" and {reviewed} reviewed" if reviewed else ""
+        )  # a tester read "8 corrected slices" for 5 edited and 3 only reviewed
         self.status.setText(
-            f"{len(started['known'])} corrected slices{painted} kept; {where} changed "
+            f"{kept} slices{painted} kept; {where} changed "
             f"({changed[0].size} voxels; Ctrl+Z reverts them). {model_line(result)}"
         )
         show_info(f"Refine round: {len(slices)} slices changed (Ctrl+Z)")
