@@ -81,7 +81,8 @@ class FineTunePanel(QGroupBox):
         self._worker: JobWorker | None = None
         self._run: SegmentationRun | None = None
         self._last_checkpoint: Path | None = None
-        self._advised_against = False  # the last fine-tuned model fell on its held-out slices
+        # The held-out figures of the last fine-tuned model when they fell, else "".
+        self._advised_against = ""
         self._inputs: FineTuneInputs | None = None  # of the run in progress or the last one
         # Checkpoint files outside the model folders that produced a labels layer: path -> arch.
         self._other_checkpoints: dict[str, str] = {}
@@ -290,7 +291,12 @@ class FineTunePanel(QGroupBox):
             lines += inputs.report(report.metrics_before, report.metrics_after)
         self.fine_tune_label.setText("\n".join(lines))
         self.review.reveal(self.resegment_button)  # the whole report and what to do next
-        self._advised_against = fell_on_held_out(report.meta)
+        self._advised_against = (
+            f" (held-out Dice {report.metrics_before['dice_pancreas']:.3f} -> "
+            f"{report.metrics_after['dice_pancreas']:.3f})"
+            if fell_on_held_out(report.meta)
+            else ""
+        )
         if report.checkpoint is None:
             return
         self._last_checkpoint = report.checkpoint
@@ -352,13 +358,13 @@ class FineTunePanel(QGroupBox):
             _keep_inside(labels, session.roi)
         warning = (
             "; this model agreed less with your corrections on the held-out slices than the "
-            "one it came from, and Segment keeps the model it had"
+            f"one it came from{self._advised_against}, and Segment keeps the model it had"
             if self._advised_against
             else ""
         )  # the report said so before re-segmenting; a tester saw the advice replaced
         self.fine_tune_label.setText(
             f"re-segmented into {labels.name!r}{warning}; compare it with your corrections "
-            "below (slices you trained on flatter the figures)"
+            "under Compare two segmentations (slices you trained on flatter the figures)"
         )
         self.resegmented.emit(labels, corrected)
 
