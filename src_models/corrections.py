@@ -317,9 +317,14 @@ def sidecar(
         "engine_version": __version__,
     }
     if labels is not None:
-        content["volumes_ml"] = {
-            name: round(value, 3) for name, value in structure_volumes(labels, spacing).items()
-        }
+        volumes = structure_volumes(labels, spacing)
+        content["volumes_ml"] = {name: round(value, 3) for name, value in volumes.items()}
+        # What a PACS measures on a DICOM-SEG's Pancreas segment (label 1 only, as in MSD
+        # Task07): the "pancreas" above includes the tumour (a tester found them apart by the
+        # tumour's volume and could not tell why).
+        content["volumes_ml"]["pancreas_without_tumour"] = round(
+            volumes["pancreas"] - volumes["tumour"], 3
+        )
     if effort is not None:
         slices = [dict(entry) for entry in effort["slices"]]
         _, source = source_slice_indices([e["slice"] for e in slices], affine, source_shape)

@@ -170,6 +170,10 @@ def test_volumes_and_sidecar_content(tmp_path) -> None:
     assert content["date"] == "2024-05-01T12:00:00+00:00"
     assert content["plugin_version"] == __version__
     assert content["volumes_ml"]["pancreas"] == pytest.approx(5 * 36 * 0.64 * 2 / 1000, abs=1e-3)
+    # a DICOM-SEG's Pancreas segment (label 1 only) measures this in a PACS
+    assert content["volumes_ml"]["pancreas_without_tumour"] == pytest.approx(
+        (5 * 36 - 8) * 0.64 * 2 / 1000, abs=1e-3
+    )
     written = write_sidecar(export, content)
     assert written == tmp_path / "case_labels.json"
     assert json.loads(written.read_text()) == content
