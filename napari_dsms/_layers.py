@@ -120,6 +120,20 @@ def is_ct_layer(layer: Any, slices: bool = False) -> bool:
     )
 
 
+def has_file_geometry(layer: Any) -> bool:
+    """Whether ``layer`` carries its file's grid (napari-dsms opened or derived it): then its
+    array is in the canonical layout for certain; a layer from another reader is only assumed
+    to be (:func:`napari_dsms._results.volume_of_layer`)."""
+    metadata = getattr(layer, "metadata", None) or {}
+    return AFFINE in metadata and SHAPE in metadata
+
+
+#: What a layer from another reader is taken as, for the docks' notes.
+ASSUMED_LAYOUT = (
+    "axial slices shown radiologically (anterior at the top, the patient's right on the left)"
+)
+
+
 def label_colours(role: str | None = SEGMENTATION) -> Colours:
     """The fixed colours of a labels layer of ``role`` (:data:`REFERENCE` or a segmentation)."""
     return dict(REFERENCE_COLOURS if role == REFERENCE else LABEL_COLOURS)

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from napari.layers import Image
+
+from ._layers import has_file_geometry
+
 #: (direction at index 0, direction at the last index) of each canonical axis.
 AXIS_DIRECTIONS = (("I", "S"), ("A", "P"), ("R", "L"))
 
@@ -56,6 +60,19 @@ def markers(
     return f"{PREFIX}left {left}, right {right}\ntop {top}, bottom {bottom}"
 
 
+def _caveat(text: str, layers: list[Any]) -> str:
+    """``text`` as it holds for ``layers`` (the visible ones): the markers describe the arrays
+    of napari-dsms, not those of another reader, whose orientation nobody knows (a tester saw
+    an upside-down slice labelled "top A, bottom P")."""
+    images = [layer for layer in layers if isinstance(layer, Image)]
+    foreign = [layer.name for layer in images if not has_file_geometry(layer)]
+    if not text or not foreign:
+        return text
+    if len(foreign) == len(images):
+        return f"{PREFIX}unknown ({foreign[0]} came from another reader)"
+    return f"{text}\n(not for {foreign[0]}: from another reader)"
+
+
 def _text_overlay(viewer: Any) -> Any:
     """The canvas text overlay: ``viewer.canvas.overlays.text`` since napari 0.9."""
     overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
@@ -76,6 +93,7 @@ def attach(viewer: Any) -> None:
         text = markers(
             tuple(viewer.dims.displayed), viewer.dims.ndim, tuple(viewer.camera.orientation2d)
         )
+        text = _caveat(text, [layer for layer in viewer.layers if layer.visible])
         if text:
             overlay.text, overlay.position, overlay.visible = text, "top_left", True
         elif overlay.text.startswith(PREFIX):
@@ -93,5 +111,12 @@ def attach(viewer: Any) -> None:
 
     for event in ("order", "ndisplay", "ndim"):
         getattr(viewer.dims.events, event).connect(orient)
+    def watch(layer: Any) -> None:  # a layer from another reader changes what holds
+        layer.events.visible.connect(update)
+
+    for layer in viewer.layers:
+        watch(layer)
+    viewer.layers.events.inserted.connect(lambda event: (watch(event.value), update()))
+    viewer.layers.events.removed.connect(update)
     viewer.camera.events.orientation2d.connect(update)
     orient()

@@ -130,3 +130,15 @@ def test_a_ct_opened_another_way_is_described_too(make_napari_viewer, nih_ct):
     viewer.open(str(nih_ct), plugin="napari-dsms")
     assert "512 x 512 x 101" in widget.info.text() and "HU" in widget.info.text()
     assert LoadCTWidget(viewer).info.text() == widget.info.text()  # docked after the CT
+
+
+def test_an_image_from_another_reader_is_described_not_refused(make_napari_viewer):
+    """With the dock open, viewer.add_image of a plain array raised VolumeError from the dock's
+    layer-inserted handler: napari's own call failed (a tester)."""
+    viewer = make_napari_viewer()
+    widget = LoadCTWidget(viewer)
+    viewer.add_image(np.zeros((4, 8, 8), np.int16), name="plain")
+    text = widget.info.text()
+    assert "plain (4 x 8 x 8, from another reader)" in text
+    assert "geometry:    unknown" in text and "axial slices" in text
+    assert LoadCTWidget(viewer).info.text() == text  # docked after it

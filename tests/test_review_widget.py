@@ -610,3 +610,11 @@ def test_orientation_markers_follow_the_displayed_axes(make_napari_viewer, case)
     assert overlay.text.endswith("top A, bottom P")
     viewer.dims.ndisplay = 3
     assert not overlay.visible
+    viewer.dims.ndisplay = 2
+    # an image from another reader: nobody knows its orientation (a tester saw an upside-down
+    # slice labelled "top A, bottom P")
+    other = viewer.add_image(np.zeros((3, 8, 8)), name="other")
+    assert overlay.text.endswith("top A, bottom P\n(not for other: from another reader)")
+    for layer in list(viewer.layers):
+        layer.visible = layer is other
+    assert overlay.text == "orientation: unknown (other came from another reader)"

@@ -263,6 +263,9 @@ def test_a_plain_image_layer_is_taken_as_radiological_slices(make_napari_viewer,
     np.testing.assert_allclose(labels.scale, image.scale)
     np.testing.assert_allclose(labels.translate, image.translate)
     np.testing.assert_array_equal(labels.metadata["prediction"], labels.data)
+    # its orientation was assumed, and the readout says so (a tester's upside-down slice got
+    # wrong labels without a word)
+    assert "Geometry assumed: plain came from another reader" in widget.readout.text()
 
 
 def test_a_2d_image_layer_is_segmented_as_one_slice(make_napari_viewer, qtbot, model_dir):

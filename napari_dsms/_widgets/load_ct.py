@@ -13,6 +13,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from napari.layers import Image, Layer
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
@@ -40,8 +41,10 @@ from src_models.io.windows import CT_WINDOWS, DEFAULT_WINDOW
 
 from .._autosave import attach as attach_autosave
 from .._layers import (
+    ASSUMED_LAYOUT,
     REFERENCE,
     LayerDataTuple,
+    has_file_geometry,
     image_layer_data,
     is_ct_layer,
     labels_layer_data,
@@ -156,7 +159,21 @@ class LoadCTWidget(ScrollingDock):
             self._describe(event.value)
 
     def _describe(self, layer: Image) -> None:
-        """The Load CT panel's description of a CT layer on its file grid."""
+        """The Load CT panel's description of a CT layer on its file grid.
+
+        A layer from another reader (napari's own, ``viewer.add_image``) has none: raising
+        here, in napari's layer-inserted event, made ``viewer.add_image`` itself fail (a
+        tester); it is described as what the docks take it for.
+        """
+        if not has_file_geometry(layer):
+            shape = " x ".join(str(n) for n in np.shape(layer.data))
+            self.info.setText(
+                f"layer:       {layer.name} ({shape}, from another reader)\n"
+                "geometry:    unknown (no file affine): the docks take it as "
+                f"{ASSUMED_LAYOUT}, with the layer's scale as voxel size in mm; open the file "
+                "here for exact geometry, volumes and exports"
+            )
+            return
         self.info.setText(describe(layer_to_volume(layer)))
 
     # --- dialogs (kept small so tests call load / load_labels directly) -----------------------

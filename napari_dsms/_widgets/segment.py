@@ -43,7 +43,7 @@ from src_models.models.store import ENSEMBLE, ensemble_metadata, list_checkpoint
 from src_models.nets.registry import ARCHITECTURES, DESCRIPTIONS
 
 from .._autosave import attach as attach_autosave
-from .._layers import is_ct_layer
+from .._layers import ASSUMED_LAYOUT, has_file_geometry, is_ct_layer
 from .._results import ERROR_EXPLANATION, import_layer_dependencies, summary
 from ._pickers import layer_picker, of_kind
 from ._scroll import ScrollingDock
@@ -336,6 +336,12 @@ class SegmentWidget(ScrollingDock):
     def _on_segmented(self, labels: Labels) -> None:
         image, output = self._run.image, self._run.output
         text = summary(image.name, output)
+        if not has_file_geometry(image):  # a tester's upside-down slice got wrong labels silently
+            text += (
+                f"\nGeometry assumed: {image.name} came from another reader, so it was taken as "
+                f"{ASSUMED_LAYOUT}; if it shows otherwise, the labels are wrong: open the file "
+                "with the Load CT dock"
+            )
         if output.error is not None:
             text += "\n" + ERROR_EXPLANATION
         self.readout.setText(text)
