@@ -179,14 +179,18 @@ def _split_patients(split: dict[str, Any]) -> list[str]:
 
 
 def _trained_on(meta: dict[str, Any]) -> tuple[set[str], set[Path]]:
-    """What a checkpoint learnt from, as its provenance records it: patient keys
-    (:func:`patient_key`) and image files.
+    """What a checkpoint (or each member of an ensemble) learnt from, as its provenance records
+    it: patient keys (:func:`patient_key`) and image files.
 
     Its training run's split (:func:`_split_patients`) and, for a model fine-tuned on
     corrections (the Review dock, ``dsms refine``), each round's image and the split of the
     model it started from: scores on any of them are not held-out figures (a tester read a
     model refined on the very CT evaluated as 0.085 Dice better on new data).
     """
+    if meta.get("members_meta"):  # an ensemble learnt what any member learnt (a tester saw
+        # its column unflagged beside a flagged member's)
+        found = [_trained_on(member) for member in meta["members_meta"]]
+        return set().union(*(p for p, _ in found)), set().union(*(i for _, i in found))
     provenance = meta.get("provenance") or {}
     patients, images = _split_patients(provenance), set()
     round_ = provenance.get("fine_tune")
