@@ -160,6 +160,11 @@ def test_model_card_says_data_recipe_validation_and_tumour_status() -> None:
     validated = {"arch": "unet", "config": {"width": 32}, "metrics": {"dice_pancreas": 0.8},
                  "provenance": {"validated_structures": ["pancreas", "tumour"]}}  # fmt: skip
     assert model_card(validated).endswith("Tumour validated.")
+    # the kept checkpoint's step is the best validation's, not the run's end (a tester read
+    # "60 steps" for a 200-step run)
+    best = {"arch": "unet", "config": {"width": 4},
+            "provenance": {"steps": 60, "elapsed_s": 30.0, "config": {"steps": 200}}}  # fmt: skip
+    assert "Training: best checkpoint at step 60 of a 200-step run, 0.5 min on" in model_card(best)
 
 
 def test_a_fine_tuned_card_says_its_figure_is_on_the_users_own_slices() -> None:

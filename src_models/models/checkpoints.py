@@ -370,8 +370,16 @@ def model_card(meta: dict[str, Any]) -> str:
         if "steps" in provenance:
             minutes = float(provenance.get("elapsed_s", 0.0)) / 60
             continued = provenance.get("continued_from")
+            planned = (provenance.get("config") or {}).get("steps")
+            # "steps" is where the kept checkpoint was saved: the best validation, not the end
+            # of the run (a tester read "60 steps" for a 200-step run)
+            steps = (
+                f"best checkpoint at step {provenance['steps']} of a {planned}-step run"
+                if isinstance(planned, int) and planned > int(provenance["steps"])
+                else f"{provenance['steps']} steps"
+            )
             lines.append(
-                f"Training: {provenance['steps']} steps, {minutes:.0f} min on "
+                f"Training: {steps}, {minutes:.1f} min on "
                 f"{provenance.get('hardware') or provenance.get('device', '?')}"
                 + (f", continuing {continued}." if continued else ".")
             )
