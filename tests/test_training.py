@@ -255,6 +255,36 @@ def test_train_command_on_phantoms(tmp_path, capsys):
     assert out.with_suffix(".split.json").is_file()
 
 
+def test_an_interrupted_train_command_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    """Ctrl-C printed only "error: interrupted"; the state was saved, but nobody said so, and
+    --resume said nothing of resuming (a tester)."""
+    from src_models.commands import train as command
+    from src_models.training import loop as training_loop
+
+    real_run = training_loop._Loop.run
+
+    def interrupted(self, on_validation):
+        for event in real_run(self, on_validation):
+            yield event
+            if event.kind == "step" and event.step == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_loop._Loop, "run", interrupted)
+    out = tmp_path / "m.pt"
+    args = ["train", "--phantoms", "2", "--arch", "unet", "--width", "4", "--steps", "4",
+            "--batch-size", "2", "--patch-size", "32", "--out", str(out), "--device", "cpu",
+            "--threads", "1"]  # fmt: skip
+    with pytest.warns(UserWarning, match="validating on the training cases"):
+        assert main(args) == 130
+    err = capsys.readouterr().err
+    assert f"training state saved at step 2 in {command.state_path(out)}" in err
+    assert "--resume continues it" in err and err.rstrip().endswith("error: interrupted")
+    monkeypatch.setattr(training_loop._Loop, "run", real_run)
+    with pytest.warns(UserWarning, match="validating on the training cases"):
+        assert main([*args, "--resume"]) == 0
+    assert f"resuming the run saved in {command.state_path(out)}" in capsys.readouterr().err
+
+
 def test_train_command_still_takes_the_old_amp_flag(tmp_path, capsys):
     out = tmp_path / "m.pt"
     args = ["train", "--phantoms", "2", "--arch", "unet", "--width", "4", "--steps", "1",

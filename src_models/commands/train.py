@@ -181,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     bar = tqdm(total=config.steps, disable=rank != 0, file=sys.stderr, unit="step")
+    if args.resume:
+        say(f"resuming the run saved in {state_path(args.out)}", file=sys.stderr)
     try:
         for event in events:
             if event.kind == "step":
@@ -197,6 +199,14 @@ def run(args: argparse.Namespace) -> int:
                     f"{event.metrics.get('dice_pancreas', float('nan')):.4f}; "
                     f"{event.step} steps in {event.elapsed_s / 60:.1f} min"
                 )
+    except BaseException:  # Ctrl-C, SIGTERM: the loop saved its state (a tester was not told)
+        if rank == 0 and state_path(args.out).is_file():
+            bar.write(
+                f"training state saved at step {bar.n} in {state_path(args.out)}: the same "
+                "command with --resume continues it",
+                file=sys.stderr,
+            )
+        raise
     finally:
         bar.close()
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
