@@ -172,6 +172,17 @@ def _labels_saved_on_close(viewer, qtbot, ct: Path):
     return image, manager, _labels_with_prediction(viewer, image)
 
 
+def _painted_and_closed(viewer, qtbot, ct: Path):
+    """A stroke of tumour on labels of the CT, journaled by closing the labels layer:
+    (image, manager, the painted labels)."""
+    image, manager, labels = _labels_saved_on_close(viewer, qtbot, ct)
+    labels.paint((4, 5, 5), 2)
+    painted = labels.data.copy()
+    viewer.layers.remove(labels)
+    _wait_for_journal(qtbot, manager)
+    return image, manager, painted
+
+
 def _wait_for_journal(qtbot, manager) -> None:
     qtbot.waitUntil(lambda: bool(journal.list_entries()) and not manager.busy, timeout=TIMEOUT_MS)
 
@@ -253,11 +264,7 @@ def test_closing_the_labels_layer_keeps_its_work_and_reopening_offers_it(
     ct_file, make_napari_viewer, qtbot
 ):
     viewer = make_napari_viewer()
-    image, manager, labels = _labels_saved_on_close(viewer, qtbot, ct_file)
-    labels.paint((4, 5, 5), 2)
-    painted = labels.data.copy()
-    viewer.layers.remove(labels)
-    _wait_for_journal(qtbot, manager)
+    image, manager, painted = _painted_and_closed(viewer, qtbot, ct_file)
     offer, restored = _reopen_and_restore(viewer, qtbot, ct_file, image, manager)
     np.testing.assert_array_equal(restored.data, painted)
     assert restored.metadata["model"] == {"arch": "unet"}
@@ -398,11 +405,7 @@ def test_reopening_offers_the_session_with_corrections_not_a_newer_one_without(
     """A later session that only ran tools journals no correction; offering it hid the older
     session's edited slices from the Restore toast (a tester)."""
     viewer = make_napari_viewer()
-    image, manager, labels = _labels_saved_on_close(viewer, qtbot, ct_file)
-    labels.paint((4, 5, 5), 2)
-    painted = labels.data.copy()
-    viewer.layers.remove(labels)
-    _wait_for_journal(qtbot, manager)
+    image, manager, painted = _painted_and_closed(viewer, qtbot, ct_file)
     [edits] = journal.list_entries()
     tools_only = edits.prediction().copy()  # what a fill between alone leaves: a tool's change
     tools_only[0, 0, 0] = 1
