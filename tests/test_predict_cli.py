@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,9 +65,13 @@ def test_predict_writes_labels_and_reconstruction_on_the_input_grid(
     # in HU (int16) within the model's window, as a radiologist reads a CT (issue 14.9)
     assert restored.dtype == np.int16 and nib.load(rec).get_data_dtype() == np.int16
     assert restored.shape == source.shape and 0 <= restored.min() and restored.max() <= 255
-    summary = capsys.readouterr().out.strip()
+    shown = capsys.readouterr()
+    summary = shown.out.strip()
     assert "pancreas" in summary and "tumour" in summary and "mL" in summary
     assert "cpu" in summary and " s " in summary
+    # the bar knows its total from the start (it read "0slice [00:00, ?slice/s]"; a tester)
+    slices = source.shape[2]
+    assert f"0/{slices}" in shown.err and not re.search(r"(?<![\d./])0slice", shown.err)
 
 
 @pytest.mark.parametrize(

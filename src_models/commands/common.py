@@ -103,14 +103,15 @@ def check_outputs(input_path: Path, outputs: list[Path], overwrite: bool = False
 
 
 def progress_bar(
-    description: str, unit: str = "slice"
+    description: str, unit: str = "slice", total: int | None = None
 ) -> tuple[tqdm, Callable[[tuple[int, int]], None]]:
     """A tqdm bar on stderr and the callback that moves it with ``(done, total)`` progress.
 
     Use the bar as a context manager and pass the callback to
-    :func:`src_models.jobs.run_to_end`.
+    :func:`src_models.jobs.run_to_end`. ``total``, when known, is drawn from the start: without
+    it the bar first read "0slice [00:00, ?slice/s]" (a tester).
     """
-    bar = tqdm(unit=unit, desc=description, file=sys.stderr, leave=False)
+    bar = tqdm(total=total, unit=unit, desc=description, file=sys.stderr, leave=False)
 
     def show(progress: tuple[int, int]) -> None:
         bar.total = progress[1]

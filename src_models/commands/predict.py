@@ -27,6 +27,7 @@ from ..io import (
     write_image,
     write_output,
 )
+from ..io.orientation import head_feet_axis
 from ..io.windows import unit_to_hu
 from ..jobs import run_to_end
 from ..models.checkpoints import tumour_warning
@@ -120,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         clean_up=args.clean_up,
     )
-    bar, show = progress_bar("segmenting")
+    slices = volume.array.shape[head_feet_axis(volume.affine)[0]]
+    bar, show = progress_bar("segmenting", total=slices)
     with bar:
         result = run_to_end(generator, show)
     algorithm = Algorithm.from_checkpoint(meta, __version__)

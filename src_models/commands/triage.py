@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_checkpoint(args.model)
     for text in doubts:  # once the run will go ahead: a refused run gets one error line
         print(f"warning: {text}", file=sys.stderr)
-    bar, show = progress_bar("triage")
+    # two passes over the slices: the model's and its test-time variant's
+    slices = volume.array.shape[head_feet_axis(volume.affine)[0]]
+    bar, show = progress_bar("triage", total=2 * slices)
     with bar:
         result = run_to_end(triage(volume, model, meta, device=device), show)
     ranking = result.ranking(volume.affine, volume.array.shape)[: args.top]
