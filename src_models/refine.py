@@ -410,16 +410,14 @@ def refine(
         As :func:`check_corrections`.
     """
     corrected = list(corrected)
-    learn = learns(steps, corrected)
+    reviewed = list(reviewed)
+    learn = learns(steps, corrected, reviewed)
     canonical_labels, slices = check_corrections(volume, labels, corrected, learn=learn)
     canonical, _ = to_canonical(np.asarray(volume.array), volume.affine)
     spacing = canonical_spacing(volume.affine)
     tuned, note = None, ""
     if steps != 0 and not learn:
-        note = (
-            f"the model did not learn: with fewer than {MIN_SLICES_FOR_HOLDOUT} corrected slices "
-            "none can be held out to check it"
-        )
+        note = not_learning_note(corrected, reviewed)
     if learn:
         axis, flipped = head_feet_axis(volume.affine)
         length = int(np.shape(volume.array)[axis])
@@ -450,12 +448,30 @@ def refine(
     return RefineResult(result, affine, slices, changed, tuned, note)
 
 
-def learns(steps: int | None, corrected: Iterable[int]) -> bool:
+def learns(steps: int | None, corrected: Iterable[int], reviewed: Iterable[int] = ()) -> bool:
     """Whether a round fine-tunes: asked to (``steps != 0``) and able to check the result.
 
     The guard needs held-out corrected slices (:func:`~src_models.training.fine_tune.
     split_holdout`): with fewer than :data:`~src_models.training.fine_tune.
     MIN_SLICES_FOR_HOLDOUT` there are none, and a model fine-tuned on the organ's two end slices
     alone lost most of the organ (whole-volume Dice 0.73 -> 0.28) with nothing to notice it.
+    Slices accepted unchanged (``reviewed``) are never held out, so at least two others are
+    needed: one to hold out, one to learn from (a tester's round on reviewed slices alone saved
+    a model nothing had checked).
     """
-    return steps != 0 and len({int(k) for k in corrected}) >= MIN_SLICES_FOR_HOLDOUT
+    slices = {int(k) for k in corrected}
+    drawn = slices - {int(k) for k in reviewed}
+    return steps != 0 and len(slices) >= MIN_SLICES_FOR_HOLDOUT and len(drawn) >= 2
+
+
+def not_learning_note(corrected: Iterable[int], reviewed: Iterable[int] = ()) -> str:
+    """Why a round asked to fine-tune did not (:func:`learns` said no), in a sentence."""
+    if len({int(k) for k in corrected}) < MIN_SLICES_FOR_HOLDOUT:
+        return (
+            f"the model did not learn: with fewer than {MIN_SLICES_FOR_HOLDOUT} corrected slices "
+            "none can be held out to check it"
+        )
+    return (
+        "the model did not learn: fewer than 2 of the corrected slices were edited (the others "
+        "were accepted unchanged), and an edited one must be held out to check it"
+    )

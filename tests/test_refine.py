@@ -96,6 +96,20 @@ def test_a_round_judges_the_model_on_drawn_slices_not_on_accepted_ones(case, tin
     assert set(first) <= set(held["slices"])  # still learnt from
 
 
+def test_a_round_on_slices_accepted_unchanged_does_not_learn_and_says_why(case, tiny):
+    """A tester's round on reviewed slices alone saved a model that nothing had checked."""
+    image, reference = case
+    corrected = [int(k) for k in _with_pancreas(reference.array)[::3]]
+    user = np.zeros_like(reference.array)
+    user[..., corrected] = reference.array[..., corrected]
+    model, meta = load_checkpoint(tiny)
+    job = refine(image, user, corrected, model, meta, steps=2, device="cpu",
+                 reviewed=corrected[1:])  # fmt: skip
+    result = run_to_end(job)
+    assert result.fine_tune is None
+    assert "fewer than 2 of the corrected slices were edited" in result.summary()
+
+
 def test_two_corrected_slices_do_not_fine_tune(case, tiny):
     """Nothing could be held out to check the model: a round on two slices does not learn."""
     image, reference = case
@@ -263,6 +277,8 @@ def test_refine_command_runs_the_quick_round_by_default(tmp_path, case, tiny, ca
         (lambda a: a.__setitem__("--save-model", a["-o"]), "need different file names"),
         (lambda a: a.__setitem__("--save-model", a["-o"][:-7] + ".txt"), "name it *.pt"),
         (lambda a: a.__setitem__("--reviewed", "15,16"), "slice 16 not in --corrected"),
+        # all accepted unchanged: none may be held out, so nothing would check the model
+        (lambda a: a.__setitem__("--reviewed", "15,18"), "fewer than 2 of them edited"),
         (lambda a: a.__setitem__("--save-model", "/proc/m.pt"), "/proc"),  # not writable, even
     ],  # for root: refused before fine-tuning, not after it
 )

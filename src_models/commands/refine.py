@@ -48,7 +48,7 @@ def _slice_list(text: str) -> list[int]:
     parts = [part.strip() for part in text.split(",")]
     if "" in parts[:-1]:  # a trailing comma is harmless; "20,,35" may have lost a number
         raise argparse.ArgumentTypeError(
-            f"{text!r} has an empty entry between commas: give each corrected slice once"
+            f"{text!r} has an empty entry between commas: give each slice once"
         )
     try:
         slices = [int(part) for part in parts if part]
@@ -57,12 +57,12 @@ def _slice_list(text: str) -> list[int]:
             f"{text!r} is not a comma-separated list of slice numbers, e.g. 12,20,31"
         ) from None
     if not slices:
-        raise argparse.ArgumentTypeError("give at least one corrected slice, e.g. 12,20,31")
+        raise argparse.ArgumentTypeError("give at least one slice, e.g. 12,20,31")
     repeated = sorted({k for k in slices if slices.count(k) > 1})
     if repeated:  # "22,22,25" may be a typo for 22,23,25: the round would learn from fewer
         raise argparse.ArgumentTypeError(
             f"{text!r} gives slice {', '.join(map(str, repeated))} more than once: give each "
-            "corrected slice once"
+            "slice once"
         )
     return slices
 
@@ -183,11 +183,12 @@ def run(args: argparse.Namespace) -> int:
             f"--reviewed slice{'s' * (len(stray) > 1)} {', '.join(map(str, stray))} "
             "not in --corrected: a reviewed slice is one of the corrected slices"
         )
-    learn = learns(args.steps, args.corrected)
+    learn = learns(args.steps, args.corrected, args.reviewed)
     if save_model is not None and not learn:
         raise ValueError(
-            f"--save-model: the round does not fine-tune (--steps 0, or fewer than "
-            f"{MIN_SLICES_FOR_HOLDOUT} corrected slices: none could be held out to check it), so "
+            f"--save-model: the round does not fine-tune (--steps 0, fewer than "
+            f"{MIN_SLICES_FOR_HOLDOUT} corrected slices, or fewer than 2 of them edited rather "
+            "than --reviewed: none could be held out to check it), so "
             "there is no new model to save; use --model's checkpoint as it is"
         )
     if save_model is not None:
