@@ -231,11 +231,18 @@ class JournalEntry:
         return bool(self.corrected or self.reviewed)
 
     def work(self) -> str:
-        """The user's work in words: ``3 edited slices``, ``3 edited and 2 reviewed slices``."""
+        """The user's work in words: ``3 edited slices``, ``3 edited and 2 reviewed slices``,
+        ``2 reviewed slices``, ``no edits (tools changed 12 slices)``."""
         edited, reviewed = len(self.corrected), len(set(self.reviewed) - set(self.corrected))
-        if not reviewed:
-            return f"{edited} edited slice{'s' * (edited != 1)}"
-        return f"{edited} edited and {reviewed} reviewed slice{'s' * (edited + reviewed != 1)}"
+        if edited and reviewed:
+            return f"{edited} edited and {reviewed} reviewed slices"
+        if edited or reviewed:
+            count = edited or reviewed
+            return f"{count} {'edited' if edited else 'reviewed'} slice{'s' * (count != 1)}"
+        tools = len(set(self.edited) - set(self.corrected))
+        return (
+            f"no edits (tools changed {tools} slice{'s' * (tools != 1)})" if tools else ("no edits")
+        )
 
     def summary(self) -> str:
         """One line for ``dsms recover --list`` and the restore offer."""
@@ -469,14 +476,17 @@ def latest(digest: str, root: Path | None = None) -> JournalEntry | None:
 
 
 def to_restore(entries: Sequence[JournalEntry]) -> JournalEntry | None:
-    """The journal a restore takes unless told otherwise: the newest that holds the user's work
-    (:attr:`JournalEntry.holds_work`), else the newest; ``entries`` newest first.
+    """The journal a restore takes unless told otherwise (``entries`` newest first): the newest
+    with edited slices, else the newest with reviewed slices, else the newest.
 
-    A later session in which only tools ran journals no correction, and offering it hid an
-    older session's edited slices; napari's Restore offer and ``dsms recover`` both take this
-    one (they once took different sessions; testers).
+    A later session in which only tools ran, or in which slices were only marked reviewed,
+    hid an older session's edited slices (testers); napari's Restore offer and ``dsms recover``
+    both take this one (they once took different sessions).
     """
-    return next((entry for entry in entries if entry.holds_work), entries[0] if entries else None)
+    return next(
+        (entry for entry in entries if entry.corrected),
+        next((entry for entry in entries if entry.holds_work), entries[0] if entries else None),
+    )
 
 
 @_locked

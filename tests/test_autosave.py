@@ -203,18 +203,26 @@ def test_recover_takes_the_session_with_work_and_can_pick_another(ct_file, tmp_p
     old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
     corrected = autosave.new_session()
     _save(ct_file, labels, corrected, prediction=prediction, now=old)
+    # later: a session where slices were only marked reviewed, then one where only a tool ran
+    reviewed_only = autosave.new_session()
+    later = old + dt.timedelta(minutes=30)
+    _save(ct_file, prediction, reviewed_only, prediction=prediction + 0, reviewed=[2], now=later)
     tools_only = autosave.new_session()
-    _save(ct_file, prediction, tools_only, prediction=prediction + 0)
+    filled = prediction.copy()
+    filled[3] = 1  # what a fill between writes: a tool's change, no correction
+    _save(ct_file, filled, tools_only, prediction=prediction + 0, baseline=filled)
     recovered = tmp_path / "recovered.nii.gz"
     assert main(["recover", str(ct_file), "-o", str(recovered)]) == 0
     captured = capsys.readouterr()
     assert "(2 edited slices" in captured.out
-    assert f"session {tools_only}, 0 edited slices" in captured.err and "--session" in captured.err
+    assert f"session {tools_only}: no edits (tools changed 1 slice)" in captured.err
+    assert f"session {reviewed_only}: 1 reviewed slice" in captured.err
+    assert "--session" in captured.err
     expected = from_canonical(labels, nib.load(ct_file).affine)
     np.testing.assert_array_equal(np.asarray(nib.load(recovered).dataobj), expected)
     newest = tmp_path / "newest.nii.gz"
     assert main(["recover", str(ct_file), "-o", str(newest), "--session", tools_only[:6]]) == 0
-    assert "0 edited slices" in capsys.readouterr().out
+    assert "no edits" in capsys.readouterr().out
     assert main(["recover", str(ct_file), "-o", str(tmp_path / "x.nii.gz"), "--session", "zz"]) == 2
     assert "no autosaved session" in capsys.readouterr().err
 

@@ -143,10 +143,11 @@ def run(args: argparse.Namespace) -> int:
     )
     others = [other for other in entries if other is not entry]
     if others:  # a newer session of no edits hid an older one's corrections (a tester)
+        named = "; ".join(f"session {other.session}: {other.work()}" for other in others[:3])
         print(
             f"note: {len(others)} other autosaved session{'s' * (len(others) > 1)} of this CT "
-            f"(the newest: session {others[0].session}, {others[0].work()}); "
-            "dsms recover --list shows them, --session ID recovers one",
+            f"({named}{'; …' if len(others) > 3 else ''}); dsms recover --list shows them, "
+            "--session ID recovers one",
             file=sys.stderr,
         )
     return 0
