@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from src_models import corrections
+from src_models import autosave, corrections
 from src_models.inference.postprocess import keep_largest_components
 from src_models.io.volume import voxel_volume_mm3
 from src_models.metrics import StructureMetrics, case_metrics
@@ -133,6 +133,9 @@ class FineTuneInputs:
         In-plane voxel size in mm.
     source
         The CT's file (or layer name when it has none), recorded in the new checkpoint.
+    source_digest
+        :func:`src_models.autosave.ct_digest` of the CT ("" without its file affine): ``dsms
+        evaluate`` knows the CT by it under any name.
     """
 
     train: list[int]
@@ -143,6 +146,7 @@ class FineTuneInputs:
     holdout_labels: np.ndarray
     spacing_yx: tuple[float, float]
     source: str
+    source_digest: str = ""
 
     def unfinished_holdout(self) -> list[int]:
         """Held-out slices that look unfinished: pancreas (incl. tumour) on less than
@@ -206,6 +210,7 @@ class FineTuneInputs:
         """Facts about the corrections, stored in the checkpoint under ``fine_tune``."""
         return {
             "source_image": self.source,
+            "source_digest": self.source_digest,
             "slices": list(self.train),
             "holdout_slices": list(self.holdout),
             "slice_index_convention": "canonical axial index (axis 0, towards superior)",
@@ -550,4 +555,11 @@ class ReviewSession:
             holdout_labels=data[holdout],
             spacing_yx=(self.spacing[1], self.spacing[2]),
             source=self.source or self.name,
+            source_digest=self.digest(),
         )
+
+    def digest(self) -> str:
+        """:func:`src_models.autosave.ct_digest` of the CT, "" without its file affine."""
+        if self.affine is None:
+            return ""
+        return autosave.ct_digest(np.asarray(self.image), self.affine)

@@ -54,6 +54,7 @@ import numpy as np
 from scipy import ndimage
 from torch import nn
 
+from .autosave import ct_digest
 from .fill import fill_between_slices
 from .inference.engine import segment
 from .inference.results import VolumeLike
@@ -367,6 +368,7 @@ def refine(
     seed: int = 0,
     out: str | None = None,
     reviewed: Iterable[int] = (),
+    source_digest: str | None = None,
 ) -> Generator[RefineProgress, None, RefineResult]:
     """One round of the correction loop (module doc); a generator for a worker or a command.
 
@@ -394,6 +396,9 @@ def refine(
         Those of ``corrected`` that the user reviewed and accepted unchanged (file indices):
         learnt from, never held out to judge the round
         (:func:`~src_models.training.fine_tune.split_holdout`).
+    source_digest
+        :func:`~src_models.autosave.ct_digest` of the CT's file, recorded with the round so
+        that ``dsms evaluate`` knows the CT under any name; by default that of ``volume``.
 
     Yields
     ------
@@ -430,6 +435,7 @@ def refine(
             out=out, guard=True, config=ROUND_TRAINING,
             provenance={"slices": train, "holdout_slices": holdout,
                         "source_image": str(getattr(volume, "source", "") or ""),
+                        "source_digest": source_digest or ct_digest(canonical, volume.affine),
                         "slice_index_convention": "canonical axial index (axis 0, to superior)"},
         )  # fmt: skip
         model, meta = tuned.model, tuned.meta

@@ -411,12 +411,11 @@ def test_evaluate_says_which_cases_a_model_trained_on(tmp_path, capsys):
     data = tmp_path / "cases"
     data.mkdir()
     affine = np.diag([1.0, 1.0, 2.0, 1.0])
-    for name in ("a", "b"):
+    for value, name in enumerate(("a", "b")):  # two different CTs
         labels = np.zeros((10, 10, 4), dtype=np.uint8)
         labels[2:5, 2:5] = 1
-        nib.save(
-            nib.Nifti1Image(np.zeros_like(labels, np.int16), affine), str(data / f"{name}.nii.gz")
-        )
+        image = np.full(labels.shape, value, np.int16)
+        nib.save(nib.Nifti1Image(image, affine), str(data / f"{name}.nii.gz"))
         nib.save(nib.Nifti1Image(labels, affine), str(data / f"{name}_label.nii.gz"))
     everything = _constant_model(tmp_path)  # no provenance: trained on nothing we know of
     trained = save_checkpoint(
@@ -440,6 +439,22 @@ def test_evaluate_says_which_cases_a_model_trained_on(tmp_path, capsys):
     )  # fmt: skip
     assert main([*argv, "--models", str(refined)]) == 0
     assert "warning: refined trained or was selected on 2 of the 2 cases (a, b;" in (
+        capsys.readouterr().err
+    )
+    # refined on a copy of b under another name: known by its content (a tester's renamed copy
+    # of 0001 was scored as held out)
+    from src_models.autosave import volume_digest
+    from src_models.io import read_volume
+
+    copy = {"source_image": "/elsewhere/patient7.nii.gz",
+            "source_digest": volume_digest(read_volume(data / "b.nii.gz"))}  # fmt: skip
+    renamed = save_checkpoint(
+        tmp_path / "renamed.pt", build_model("unet", width=4),
+        preprocessing={"hu_window": [0, 255], "spacing_mm": None},
+        provenance={"fine_tune": copy},
+    )  # fmt: skip
+    assert main([*argv, "--models", str(renamed)]) == 0
+    assert "warning: renamed trained or was selected on 1 of the 2 cases (b;" in (
         capsys.readouterr().err
     )
 

@@ -133,14 +133,18 @@ def evaluate(
                for case, by_structure in scores[name].items()}
         for name in names
     }  # fmt: skip
+    learnt = {name: _trained_on(meta) for name, (_, meta) in zip(names, loaded, strict=True)}
+    # contents are read only when a model recorded some (models fine-tuned on corrections)
+    wanted = any(digests for _, _, digests in learnt.values())
+    case_digests = {c.case_id: _case_digest(c) if wanted else None for c in cases}
     trained_on = {}
-    for name, (_, meta) in zip(names, loaded, strict=True):
-        patients, images = _trained_on(meta)
+    for name, (patients, images, digests) in learnt.items():
         trained_on[name] = sorted(
             c.patient_id
             for c in cases
             if patient_key(c.patient_id) in patients
             or (c.image is not None and c.image.resolve() in images)
+            or case_digests[c.case_id] in digests
         )
     return {
         "models": names,
@@ -178,9 +182,11 @@ def _split_patients(split: dict[str, Any]) -> list[str]:
     return [str(p) for p in recorded]
 
 
-def _trained_on(meta: dict[str, Any]) -> tuple[set[str], set[Path]]:
+def _trained_on(meta: dict[str, Any]) -> tuple[set[str], set[Path], set[str]]:
     """What a checkpoint (or each member of an ensemble) learnt from, as its provenance records
-    it: patient keys (:func:`patient_key`) and image files.
+    it: patient keys (:func:`patient_key`), image files and CT contents
+    (:func:`~src_models.autosave.ct_digest`, which knows a renamed copy; a tester's copy of
+    0001 under another name was scored as held out).
 
     Its training run's split (:func:`_split_patients`) and, for a model fine-tuned on
     corrections (the Review dock, ``dsms refine``), each round's image and the split of the
@@ -190,17 +196,29 @@ def _trained_on(meta: dict[str, Any]) -> tuple[set[str], set[Path]]:
     if meta.get("members_meta"):  # an ensemble learnt what any member learnt (a tester saw
         # its column unflagged beside a flagged member's)
         found = [_trained_on(member) for member in meta["members_meta"]]
-        return set().union(*(p for p, _ in found)), set().union(*(i for _, i in found))
+        return tuple(set().union(*parts) for parts in zip(*found, strict=True))  # type: ignore[return-value]
     provenance = meta.get("provenance") or {}
-    patients, images = _split_patients(provenance), set()
+    patients, images, digests = _split_patients(provenance), set(), set()
     round_ = provenance.get("fine_tune")
     while isinstance(round_, dict):
         patients += _split_patients(round_.get("base_split") or {})
         if round_.get("source_image"):
             patients.append(str(round_["source_image"]))  # an NIH number in the path counts
             images.add(Path(str(round_["source_image"])).resolve())
+        if round_.get("source_digest"):
+            digests.add(str(round_["source_digest"]))
         round_ = round_.get("earlier")
-    return {patient_key(p) for p in patients}, images
+    return {patient_key(p) for p in patients}, images, digests
+
+
+def _case_digest(case: Case) -> str | None:
+    """The CT content key of a case read from a NIfTI file (slice sets and phantoms: none)."""
+    if case.kind != "nifti" or case.image is None:
+        return None
+    from ..autosave import volume_digest
+    from ..io import read_volume
+
+    return volume_digest(read_volume(case.image))
 
 
 def _first_few(names: list[str], shown: int = 5) -> str:

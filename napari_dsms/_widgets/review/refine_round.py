@@ -179,6 +179,7 @@ class RefineRoundPanel(QWidget):
             meta,
             out=str(output),
             reviewed=sorted(session.reviewed - set(session.edited)),
+            source_digest=session.digest() or None,
             description="Refine round",
             on_result=self._on_done,
             on_finished=self._on_finished,
