@@ -109,11 +109,11 @@ def attach(viewer: Any) -> None:
             viewer.camera.orientation2d = ("up" if displayed[0] == 0 else "down", horizontal)
         update()
 
-    for event in ("order", "ndisplay", "ndim"):
-        getattr(viewer.dims.events, event).connect(orient)
     def watch(layer: Any) -> None:  # a layer from another reader changes what holds
         layer.events.visible.connect(update)
 
+    for event in ("order", "ndisplay", "ndim"):
+        getattr(viewer.dims.events, event).connect(orient)
     for layer in viewer.layers:
         watch(layer)
     viewer.layers.events.inserted.connect(lambda event: (watch(event.value), update()))

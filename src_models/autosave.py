@@ -240,9 +240,9 @@ class JournalEntry:
             count = edited or reviewed
             return f"{count} {'edited' if edited else 'reviewed'} slice{'s' * (count != 1)}"
         tools = len(set(self.edited) - set(self.corrected))
-        return (
-            f"no edits (tools changed {tools} slice{'s' * (tools != 1)})" if tools else ("no edits")
-        )
+        if not tools:
+            return "no edits"
+        return f"no edits (tools changed {tools} slice{'s' * (tools != 1)})"
 
     def summary(self) -> str:
         """One line for ``dsms recover --list`` and the restore offer."""

@@ -55,6 +55,7 @@ from scipy import ndimage
 from torch import nn
 
 from .autosave import ct_digest
+from .corrections import source_slice_indices
 from .fill import fill_between_slices
 from .inference.engine import segment
 from .inference.results import VolumeLike
@@ -154,9 +155,7 @@ class RefineResult:
 
     def file_slices(self, canonical: Iterable[int]) -> list[int]:
         """Canonical slice indices as indices along the file's head-feet axis."""
-        length = len(self.canonical_labels)
-        flipped = head_feet_axis(self.affine)[1]
-        return sorted(length - 1 - int(k) if flipped else int(k) for k in canonical)
+        return sorted(source_slice_indices(canonical, self.affine, self.labels.shape)[1])
 
     def summary(self) -> str:
         """A line for the terminal and the review dock."""
@@ -424,9 +423,8 @@ def refine(
     if steps != 0 and not learn:
         note = not_learning_note(corrected, reviewed)
     if learn:
-        axis, flipped = head_feet_axis(volume.affine)
-        length = int(np.shape(volume.array)[axis])
-        accepted = [length - 1 - k if flipped else k for k in reviewed]
+        # file -> canonical: the same flip as canonical -> file, which is its own inverse
+        accepted = source_slice_indices(reviewed, volume.affine, np.shape(volume.array))[1]
         train, holdout = split_holdout(slices, accepted=accepted)
         tuned = yield from fine_tune(
             model, meta, canonical[train], canonical_labels[train], spacing[1:],

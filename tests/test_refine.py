@@ -38,12 +38,18 @@ def _with_pancreas(labels: np.ndarray) -> np.ndarray:
     return np.flatnonzero(labels.any(axis=(0, 1)))  # phantom: slices along axis 2
 
 
-def test_corrections_stay_bit_identical_and_the_slices_between_are_filled(case, tiny):
+def _every_third_slice(case):
+    """(image, reference, corrected, user labels): every third pancreas slice corrected with
+    the reference, nothing elsewhere."""
     image, reference = case
-    pancreas = _with_pancreas(reference.array)
-    corrected = [int(k) for k in pancreas[::3]]
+    corrected = [int(k) for k in _with_pancreas(reference.array)[::3]]
     user = np.zeros_like(reference.array)  # "anything" elsewhere: here nothing at all
     user[..., corrected] = reference.array[..., corrected]
+    return image, reference, corrected, user
+
+
+def test_corrections_stay_bit_identical_and_the_slices_between_are_filled(case, tiny):
+    image, reference, corrected, user = _every_third_slice(case)
     user[1, 1, corrected[0]] = 2  # an odd edit the user made on purpose
     model, meta = load_checkpoint(tiny)
     result = run_to_end(refine(image, user, corrected, model, meta, steps=2, device="cpu"))
@@ -64,11 +70,7 @@ def test_a_round_whose_model_learnt_fills_with_it(case, tiny, monkeypatch):
 
     monkeypatch.setattr(tuning, "MIN_GUARDED_STEPS", 1)
     monkeypatch.setattr(tuning, "_is_worse", lambda before, after: False)
-    image, reference = case
-    pancreas = _with_pancreas(reference.array)
-    corrected = [int(k) for k in pancreas[::3]]
-    user = np.zeros_like(reference.array)
-    user[..., corrected] = reference.array[..., corrected]
+    image, reference, corrected, user = _every_third_slice(case)
     model, meta = load_checkpoint(tiny)
     result = run_to_end(refine(image, user, corrected, model, meta, steps=2, device="cpu"))
     assert result.fine_tune is not None and not result.fine_tune.kept_previous
@@ -82,10 +84,7 @@ def test_a_round_whose_model_learnt_fills_with_it(case, tiny, monkeypatch):
 
 def test_a_round_judges_the_model_on_drawn_slices_not_on_accepted_ones(case, tiny):
     """Slices accepted unchanged are learnt from but never held out (the model drew them)."""
-    image, reference = case
-    corrected = [int(k) for k in _with_pancreas(reference.array)[::3]]
-    user = np.zeros_like(reference.array)
-    user[..., corrected] = reference.array[..., corrected]
+    image, _, corrected, user = _every_third_slice(case)
     model, meta = load_checkpoint(tiny)
     plain = run_to_end(refine(image, user, corrected, model, meta, steps=1, device="cpu"))
     first = plain.fine_tune.meta["provenance"]["fine_tune"]["holdout_slices"]
@@ -98,10 +97,7 @@ def test_a_round_judges_the_model_on_drawn_slices_not_on_accepted_ones(case, tin
 
 def test_a_round_on_slices_accepted_unchanged_does_not_learn_and_says_why(case, tiny):
     """A tester's round on reviewed slices alone saved a model that nothing had checked."""
-    image, reference = case
-    corrected = [int(k) for k in _with_pancreas(reference.array)[::3]]
-    user = np.zeros_like(reference.array)
-    user[..., corrected] = reference.array[..., corrected]
+    image, _, corrected, user = _every_third_slice(case)
     model, meta = load_checkpoint(tiny)
     job = refine(image, user, corrected, model, meta, steps=2, device="cpu",
                  reviewed=corrected[1:])  # fmt: skip

@@ -480,9 +480,7 @@ def test_evaluate_knows_an_nih_patient_under_its_tcia_name(name, trained):
     assert (patient_key(name) in _trained_on(meta)[0]) is (trained and name != "PANCREAS_0008")
     # an ensemble learnt what any member learnt (its column went unflagged; a tester)
     ensemble = {"members_meta": [{"provenance": {}}, meta]}
-    assert (patient_key(name) in _trained_on(ensemble)[0]) is (
-        trained and name != "PANCREAS_0008"
-    )
+    assert (patient_key(name) in _trained_on(ensemble)[0]) is (trained and name != "PANCREAS_0008")
 
 
 def test_evaluate_refuses_a_table_it_cannot_write_before_any_work(tmp_path, capsys, monkeypatch):

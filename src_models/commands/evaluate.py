@@ -195,8 +195,13 @@ def _trained_on(meta: dict[str, Any]) -> tuple[set[str], set[Path], set[str]]:
     """
     if meta.get("members_meta"):  # an ensemble learnt what any member learnt (a tester saw
         # its column unflagged beside a flagged member's)
-        found = [_trained_on(member) for member in meta["members_meta"]]
-        return tuple(set().union(*parts) for parts in zip(*found, strict=True))  # type: ignore[return-value]
+        keys, files, contents = set(), set(), set()
+        for member in meta["members_meta"]:
+            member_keys, member_files, member_contents = _trained_on(member)
+            keys |= member_keys
+            files |= member_files
+            contents |= member_contents
+        return keys, files, contents
     provenance = meta.get("provenance") or {}
     patients, images, digests = _split_patients(provenance), set(), set()
     round_ = provenance.get("fine_tune")

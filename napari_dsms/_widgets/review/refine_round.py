@@ -164,7 +164,11 @@ class RefineRoundPanel(QWidget):
         if output is None:
             return None
         model, meta = load_checkpoint(checkpoint)
-        self._started = {"labels": labels, "known": known, "layer": layer, "session": session}
+        reviewed = sorted(set(known) - set(session.edited))  # accepted unchanged
+        self._started = {
+            "labels": labels, "known": known, "reviewed": reviewed, "layer": layer,
+            "session": session,
+        }  # fmt: skip
         self.button.setText("Cancel round")
         self.status.setText(
             f"learning from {len(known)} corrected slices with {Path(checkpoint).name}, then "
@@ -178,7 +182,7 @@ class RefineRoundPanel(QWidget):
             model,
             meta,
             out=str(output),
-            reviewed=sorted(session.reviewed - set(session.edited)),
+            reviewed=reviewed,
             source_digest=session.digest() or None,
             description="Refine round",
             on_result=self._on_done,
@@ -229,7 +233,7 @@ class RefineRoundPanel(QWidget):
             layer.data_setitem(changed, values)
         where = changed_slices(slices) if len(slices) else "no other slice"
         painted = f" and {len(meanwhile)} painted meanwhile" if meanwhile else ""
-        reviewed = len(set(started["known"]) - set(session.edited))
+        reviewed = len(started["reviewed"])
         kept = f"{len(started['known']) - reviewed} edited" + (
             f" and {reviewed} reviewed" if reviewed else ""
         )  # a tester read "8 corrected slices" for 5 edited and 3 only reviewed
