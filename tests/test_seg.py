@@ -37,6 +37,8 @@ ROWS, COLS = 10, 12
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 ROWS_TO_FEET = (1.0, 0.0, 0.0, 0.0, -1.0, 0.0)  # as the shared NIH series
 ALGORITHM = Algorithm("tiny_unet", "unet", "0.0-test", "0123456789abcdef" * 4)
+#: What a PACS shows for label 1: the organ without its tumour, so its volume is not misread.
+PANCREAS_LABEL = "Pancreas excluding tumour"
 
 
 def _oblique() -> tuple[float, ...]:
@@ -236,7 +238,7 @@ def test_frames_reference_the_series_own_instances(tmp_path):
         uid = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         number = item.SegmentIdentificationSequence[0].ReferencedSegmentNumber
         k = uids.index(uid)
-        value = 1 if seg.SegmentSequence[number - 1].SegmentLabel == "Pancreas" else 2
+        value = 1 if seg.SegmentSequence[number - 1].SegmentLabel == PANCREAS_LABEL else 2
         np.testing.assert_array_equal(frame.astype(bool), labels[:, :, k].T == value)
     assert {
         uids.index(i.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
@@ -277,11 +279,11 @@ def test_absent_structures(tmp_path):
     ct = read_volume(tmp_path / "ct")
     pancreas_only = np.where(make_labels(ct.shape) == 2, 1, make_labels(ct.shape))
     seg = hd.seg.segread(write_seg(tmp_path / "p.dcm", pancreas_only, ct, ALGORITHM))
-    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Pancreas"]  # no empty tumour
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [PANCREAS_LABEL]  # no empty tumour
     np.testing.assert_array_equal(read_labels(tmp_path / "p.dcm", ct).array, pancreas_only)
     empty = np.zeros(ct.shape, np.uint8)
     seg = hd.seg.segread(write_seg(tmp_path / "e.dcm", empty, ct, ALGORITHM))
-    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Pancreas"]
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == [PANCREAS_LABEL]
     np.testing.assert_array_equal(read_labels(tmp_path / "e.dcm", ct).array, empty)
 
 

@@ -19,6 +19,8 @@ Writing
                                                                    region 15776009 Pancreas
     ============  ===============================================  ============================
 
+    The pancreas segment is labelled "Pancreas excluding tumour": label 1 leaves the tumour out
+    (MSD Task07's convention), so a PACS measuring that segment alone gets the organ without it.
     The algorithm (model name, architecture, napari-dsms version, SHA-256 of the checkpoint file)
     goes into each segment's Segment Algorithm Identification; the segment type is AUTOMATIC for
     an unedited prediction, SEMIAUTOMATIC once a person corrected it, MANUAL without a model.
@@ -164,7 +166,9 @@ def _segment_description(
         kind = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
     if label == 1:
         coding = {
-            "segment_label": "Pancreas",
+            # Label 1 is the organ without its tumour (MSD Task07's convention): a PACS that
+            # measures this segment alone must not read it as the whole pancreas.
+            "segment_label": "Pancreas excluding tumour",
             "segmented_property_category": codes.SCT.AnatomicalStructure,
             "segmented_property_type": codes.SCT.Pancreas,
         }
