@@ -104,6 +104,12 @@ def test_segmenting_the_phantom_adds_editable_labels_and_reconstruction(
     assert [layer.name for layer in viewer.layers][-1] == labels.name
     assert len(widget.image_combo.choices) == 1  # result layers are not offered as inputs
 
+    # the readout's volumes describe the labels layer: withdrawn once it is gone, not before
+    viewer.layers.remove(error)
+    assert "mL" in widget.readout.text()
+    viewer.layers.remove(labels)
+    assert "mL" not in widget.readout.text() and "was removed" in widget.readout.text()
+
 
 def test_a_second_run_never_overwrites_edited_labels(make_napari_viewer, qtbot, model_dir):
     viewer = make_napari_viewer()

@@ -45,7 +45,7 @@ from src_models.nets.registry import ARCHITECTURES, DESCRIPTIONS
 from .._autosave import attach as attach_autosave
 from .._layers import ASSUMED_LAYOUT, has_file_geometry, is_ct_layer
 from .._results import ERROR_EXPLANATION, import_layer_dependencies, summary
-from ._pickers import layer_picker, of_kind
+from ._pickers import layer_picker, of_kind, same_layer
 from ._scroll import ScrollingDock
 from ._worker import SegmentationRun, report_error
 
@@ -82,6 +82,8 @@ class SegmentWidget(ScrollingDock):
         super().__init__(parent)
         self.viewer = napari_viewer
         self._run: SegmentationRun | None = None
+        #: The labels layer the readout's figures describe, and its CT.
+        self._described: tuple[Image, Labels] | None = None
         attach_autosave(napari_viewer)  # journals corrections, offers to restore them
         self._browsed: dict[str, str] = {}  # path -> arch, for files chosen with Browse…
         self._last_checkpoint_index = 0
@@ -153,6 +155,7 @@ class SegmentWidget(ScrollingDock):
         self._on_device_changed(self.device_combo.currentText())
         self._on_arch_changed(self.arch_combo.currentText())
         self._known_checkpoints = {str(entry.path.resolve()) for entry in list_checkpoints()}
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
 
     # ------------------------------------------------------------------ choices
 
@@ -314,7 +317,7 @@ class SegmentWidget(ScrollingDock):
         )
         if not started:
             return
-        self._run = run
+        self._run, self._described = run, None
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.progress_bar.setRange(0, 0)
@@ -346,8 +349,22 @@ class SegmentWidget(ScrollingDock):
             text += "\n" + ERROR_EXPLANATION
         self.readout.setText(text)
         self.readout.setToolTip(ERROR_EXPLANATION if output.error is not None else "")
+        self._described = (image, labels)
         show_info(f"{labels.name}: {output.result.stats.summary()}")
         self.segmented.emit(labels)
+
+    def _on_layer_removed(self, event: Any) -> None:
+        """Withdraw the readout's figures once their labels or CT left the viewer.
+
+        A tester removed both and the dock still gave their volumes, as if they were on screen.
+        """
+        if self._described is None or self._run is not None:
+            return
+        removed = event.value
+        if any(same_layer(removed, layer) for layer in self._described):
+            self._described = None
+            self.readout.setText(f"{removed.name!r} was removed; segment again to see figures.")
+            self.readout.setToolTip("")
 
     def _on_ended(self) -> None:
         run, self._run = self._run, None
