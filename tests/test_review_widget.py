@@ -590,6 +590,35 @@ def test_follows_the_newest_model_result_never_the_reference(make_napari_viewer,
     assert widget.labels_layer is manual
 
 
+def test_labels_of_another_ct_on_the_same_grid_are_not_taken_for_this_ones(
+    make_napari_viewer, qtbot, case, tmp_path
+):
+    """Two phases of one study can share a grid: a tester's labels of one CT were reviewed,
+    exported and learnt from with the other without a word."""
+    viewer = make_napari_viewer()
+    venous_path = tmp_path / "venous.nii"
+    nib.save(nib.load(case["ct"]), venous_path)
+    data, kwargs, _ = image_layer_data(read_volume(case["ct"]), name="arterial")
+    arterial = viewer.add_image(data, **kwargs)
+    result = _result(viewer, arterial, "arterial pancreas/tumour [a]", case["prediction"])
+    data, kwargs, _ = image_layer_data(read_volume(venous_path), name="venous")
+    venous = viewer.add_image(data, **kwargs)
+    widget = ReviewWidget(viewer)
+    qtbot.addWidget(widget)
+
+    widget.image_combo.value = arterial
+    assert _same(widget.labels_layer, result)
+    assert widget.editing_label.text().startswith("editing")
+    widget.image_combo.value = venous
+    assert "made on another open CT (ct.nii)" in widget.editing_label.text()
+    own = _result(viewer, venous, "venous pancreas/tumour [a]", case["prediction"])
+    assert _same(widget.labels_layer, own)  # its own result is taken as it comes
+    assert widget.editing_label.text().startswith("editing")
+    viewer.layers.remove(own)
+    assert not _same(widget.labels_layer, own)
+    assert "made on another open CT" in widget.editing_label.text()
+
+
 def test_orientation_markers_follow_the_displayed_axes(make_napari_viewer, case):
     """Axial view: anterior at the top, the patient's right on the left (issue 14.11)."""
     viewer = make_napari_viewer()

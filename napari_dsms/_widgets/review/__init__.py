@@ -19,6 +19,7 @@ these signals and reads ``review.session``.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,30 +69,51 @@ def _is_labels(layer: Layer) -> bool:
     return isinstance(layer, Labels)
 
 
-def _belongs_to(layer: Layer, image: Image) -> bool:
-    """Whether ``layer`` is a labels layer on ``image``'s grid (same shape and file affine)."""
+def other_ct_sources(image: Image | None, layers: Any) -> frozenset[str]:
+    """The files of the CT layers in ``layers`` other than ``image`` (by their source)."""
+    own = "" if image is None else str(image.metadata.get(SOURCE, ""))
+    sources = (str(layer.metadata.get(SOURCE, "")) for layer in layers if is_ct_layer(layer))
+    return frozenset(source for source in sources if source and source != own)
+
+
+def _belongs_to(layer: Layer, image: Image, elsewhere: frozenset[str] = frozenset()) -> bool:
+    """Whether ``layer`` is a labels layer on ``image``'s grid (same shape and file affine),
+    and not one made on another open CT (its source among ``elsewhere``): two phases of one
+    study can share a grid, and a tester's labels of one were taken for the other's."""
     if not isinstance(layer, Labels) or layer.data.shape != image.data.shape:
+        return False
+    if str(layer.metadata.get(SOURCE, "")) in elsewhere:
         return False
     ours, theirs = layer.metadata.get(AFFINE), image.metadata.get(AFFINE)
     return ours is None or theirs is None or np.allclose(ours, theirs, atol=1e-4)
 
 
-def preferred_labels(image: Image | None, layers: list[Layer]) -> Labels | None:
+def preferred_labels(
+    image: Image | None, layers: list[Layer], elsewhere: frozenset[str] = frozenset()
+) -> Labels | None:
     """The labels to review for ``image``: its newest model result, else its newest labels that
     are not a reference read from a file (a manual reference is never taken for the labels to
-    correct; choosing one in the menu is the user's own decision)."""
+    correct; choosing one in the menu is the user's own decision). Labels made on another open
+    CT (their source among ``elsewhere``) are never taken either."""
     if image is None:
         return None
-    fitting = [layer for layer in layers if _belongs_to(layer, image)]
+    fitting = [layer for layer in layers if _belongs_to(layer, image, elsewhere)]
     results = [layer for layer in fitting if PREDICTION in layer.metadata]
     drawn = [layer for layer in fitting if layer.metadata.get(ROLE) != REFERENCE]
     return (results or drawn or [None])[-1]
 
 
-def describe_labels(layer: Labels | None) -> str:
-    """Which layer is edited, and what it is, in a line."""
+def describe_labels(layer: Labels | None, elsewhere: frozenset[str] = frozenset()) -> str:
+    """Which layer is edited, and what it is, in a line; a warning first when it was made on
+    another open CT (its source among ``elsewhere``)."""
     if layer is None:
         return "no labels layer: segment the CT (Segment dock) or open labels"
+    source = str(layer.metadata.get(SOURCE, ""))
+    if source in elsewhere:
+        return (
+            f"Warning: {layer.name!r} was made on another open CT ({Path(source).name}); "
+            "review, export and fine-tuning pair it with the CT chosen above"
+        )
     if PREDICTION in layer.metadata:
         model = layer.metadata.get(MODEL)
         made_by = f" made by {model_name(model)}" if isinstance(model, dict) else ""
@@ -232,10 +254,13 @@ class ReviewWidget(ScrollingDock):
         """Review ``layer``; ``False`` when it is not a labels layer of this viewer."""
         return choose(self.labels_combo, layer)
 
+    def _elsewhere(self) -> frozenset[str]:
+        return other_ct_sources(self.image_layer, self.viewer.layers)
+
     def _follow_newest(self) -> bool:
         """Review the newest model result of the chosen CT; whether the choice changed."""
         layers = [layer for layer in self.labels_combo.choices if layer is not None]
-        wanted = preferred_labels(self.image_layer, layers)
+        wanted = preferred_labels(self.image_layer, layers, self._elsewhere())
         if wanted is None or same_layer(wanted, self.labels_layer):
             return False
         return choose(self.labels_combo, wanted)
@@ -248,7 +273,11 @@ class ReviewWidget(ScrollingDock):
     def _on_layer_inserted(self, event: Any) -> None:
         layer, image = event.value, self.image_layer
         style_labels(layer)  # references as contours, wherever they were opened
-        if PREDICTION in layer.metadata and image is not None and _belongs_to(layer, image):
+        if (
+            PREDICTION in layer.metadata
+            and image is not None
+            and _belongs_to(layer, image, self._elsewhere())
+        ):
             self._follow_newest()
 
     def _on_layer_removing(self, event: Any) -> None:
@@ -272,7 +301,7 @@ class ReviewWidget(ScrollingDock):
             layer.events.data.connect(self._schedule_refresh)
             layer.events.set_data.connect(self._on_set_data)
         self._watched = layer
-        self.editing_label.setText(describe_labels(layer))
+        self.editing_label.setText(describe_labels(layer, self._elsewhere()))
         image = self.image_layer
         self.session = session_for(image, layer) if image is not None and layer else None
         self.session_changed.emit()
