@@ -50,17 +50,29 @@ DOCKS = ("Load CT", "Segment", "Review and fine-tune")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ct", type=Path, default=DATA / "ct.nii.gz")
-    parser.add_argument("--label", type=Path, default=DATA / "label.nii.gz",
-                        help="manual label painted in as the corrections")
+    parser.add_argument(
+        "--label",
+        type=Path,
+        default=DATA / "label.nii.gz",
+        help="manual label painted in as the corrections",
+    )
     parser.add_argument("--model", default="dsmsc_unet", help="bundled name or checkpoint file")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images")
     parser.add_argument("--corrected", type=int, default=10, help="slices to correct")
     parser.add_argument("--steps", type=int, default=None, help="fine-tune steps (widget default)")
     parser.add_argument("--seconds", type=int, default=None, help="fine-tune time budget")
-    parser.add_argument("--size", type=screen_size, default=(1366, 768),
-                        help="window size WIDTHxHEIGHT of the main set (default 1366x768)")
-    parser.add_argument("--overview-size", type=screen_size, default=(1920, 1080),
-                        help="window size of the overview-WxH.png shot (default 1920x1080)")
+    parser.add_argument(
+        "--size",
+        type=screen_size,
+        default=(1366, 768),
+        help="window size WIDTHxHEIGHT of the main set (default 1366x768)",
+    )
+    parser.add_argument(
+        "--overview-size",
+        type=screen_size,
+        default=(1920, 1080),
+        help="window size of the overview-WxH.png shot (default 1920x1080)",
+    )
     return parser.parse_args()
 
 
@@ -107,8 +119,9 @@ def shoot(viewer: napari.Viewer, path: Path) -> None:
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 
-def shoot_at(viewer: napari.Viewer, path: Path, size: tuple[int, int],
-             back: tuple[int, int]) -> None:
+def shoot_at(
+    viewer: napari.Viewer, path: Path, size: tuple[int, int], back: tuple[int, int]
+) -> None:
     """Shoot the window resized to ``size``, then give it its ``back`` size again.
 
     The zoom follows the canvas' height, so that the CT fills the bigger window as it did the
@@ -172,8 +185,9 @@ def main() -> None:
     viewer = napari.Viewer(title="napari-dsms")
     viewer.window._qt_window.resize(*args.size)
     # Docked from the plugin's manifest, exactly as Plugins > napari-dsms does it.
-    docks = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)
-             for name in DOCKS}
+    docks = {
+        name: viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True) for name in DOCKS
+    }
     load, segment, review = (docks[name][1] for name in DOCKS)
 
     def show_dock(name: str) -> None:
@@ -224,8 +238,15 @@ def main() -> None:
     box = region.draw_box()
     top, bottom = rows.min() - 20, rows.max() + 20
     left, right = columns.min() - 20, columns.max() + 20
-    corners = np.array([[middle, top, left], [middle, top, right],
-                        [middle, bottom, right], [middle, bottom, left]], dtype=float)
+    corners = np.array(
+        [
+            [middle, top, left],
+            [middle, top, right],
+            [middle, bottom, right],
+            [middle, bottom, left],
+        ],
+        dtype=float,
+    )
     box.add_rectangles(np.array([box.world_to_data(image.data_to_world(c)) for c in corners]))
     box.mode = "pan_zoom"
     region.set_region()
@@ -328,8 +349,10 @@ def main() -> None:
     print(f"pancreas Dice on the other {len(others)} slices (the volume minus the corrected):")
     print(f"  model output      {dice_on(prediction, reference, others):.3f}")
     print(f"  after fine-tuning {dice_on(after, reference, others):.3f}")
-    print(f"  after + keep largest component "
-          f"{dice_on(keep_largest_components(after), reference, others):.3f}")
+    print(
+        f"  after + keep largest component "
+        f"{dice_on(keep_largest_components(after), reference, others):.3f}"
+    )
     viewer.close()
 
 

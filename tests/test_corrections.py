@@ -126,9 +126,7 @@ def test_training_slices_and_refusals() -> None:
 
 def test_source_slice_indices_follow_the_file_orientation() -> None:
     shape = (6, 5, 4)  # file axes: L->R x, S->I on axis 1, A->P on axis 2
-    affine = np.array(
-        [[-1.0, 0, 0, 0], [0, 0, -1.0, 0], [0, -2.0, 0, 0], [0, 0, 0, 1]]
-    )
+    affine = np.array([[-1.0, 0, 0, 0], [0, 0, -1.0, 0], [0, -2.0, 0, 0], [0, 0, 0, 1]])
     source = np.arange(np.prod(shape)).reshape(shape)
     canonical, _ = to_canonical(source, affine)
     axis, indices = source_slice_indices([0, 3], affine, shape)
@@ -198,8 +196,9 @@ def test_fine_tuned_path_versions_and_never_overwrites(tmp_path) -> None:
 
 def test_fine_tune_report_says_when_the_time_limit_cut_the_run(tmp_path) -> None:
     before, after = {"dice_pancreas": 0.638}, {"dice_pancreas": 0.748}
-    report = FineTuneResult(tmp_path / "m-ft-ct-v1.pt", tmp_path / "m.pt", 99, 180.0,
-                            before, after, planned_steps=400)
+    report = FineTuneResult(
+        tmp_path / "m-ft-ct-v1.pt", tmp_path / "m.pt", 99, 180.0, before, after, planned_steps=400
+    )
     assert report.stopped_by_time
     text = report.summary()
     assert "m-ft-ct-v1.pt" in text and "0.638 -> 0.748" in text and "99 of 400" in text

@@ -23,9 +23,7 @@ def _imported_top_level_names(path: Path) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize(
-    "path", sorted((ROOT / "src_models").rglob("*.py")), ids=lambda p: p.name
-)
+@pytest.mark.parametrize("path", sorted((ROOT / "src_models").rglob("*.py")), ids=lambda p: p.name)
 def test_engine_module_imports_no_gui_package(path: Path) -> None:
     forbidden = _imported_top_level_names(path) & GUI_PACKAGES
     assert not forbidden, f"{path.relative_to(ROOT)} imports {sorted(forbidden)}"

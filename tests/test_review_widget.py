@@ -300,9 +300,12 @@ def test_metrics_between_model_output_and_corrected_labels(widget_and_layers):
 
     expected = case_metrics(labels.metadata["prediction"], reference)
     assert result["volume"]["pancreas"].dice == pytest.approx(expected["pancreas"].dice)
-    assert result["slice"]["pancreas"] == case_metrics(
-        labels.metadata["prediction"][10], reference[10], image.scale[1:]
-    )["pancreas"]
+    assert (
+        result["slice"]["pancreas"]
+        == case_metrics(labels.metadata["prediction"][10], reference[10], image.scale[1:])[
+            "pancreas"
+        ]
+    )
     assert "Dice" in widget.compare.metrics_label.text()
     # no tumour in either layer (the manual reference against itself): said in words, not as
     # a Dice of 1.000
@@ -405,7 +408,10 @@ def test_export_reconstruction_needs_a_drs_layer(widget_and_layers, case, tmp_pa
     other = {"arch": "dsmsc_unet", "checkpoint": "/elsewhere/other.pt", "name": "other"}
     metadata = {**image.metadata, "dsms_role": "reconstruction", "model": other}
     viewer.add_image(
-        recon, name="ct reconstruction [other]", metadata=metadata, scale=image.scale,
+        recon,
+        name="ct reconstruction [other]",
+        metadata=metadata,
+        scale=image.scale,
         translate=image.translate,
     )
     # another model's reconstruction is never exported beside these labels
@@ -413,8 +419,11 @@ def test_export_reconstruction_needs_a_drs_layer(widget_and_layers, case, tmp_pa
     assert "tiny" in widget.export.export_label.text()
     mine = {**labels.metadata["model"]}
     viewer.add_image(
-        recon, name="ct reconstruction [tiny]", metadata={**metadata, "model": mine},
-        scale=image.scale, translate=image.translate,
+        recon,
+        name="ct reconstruction [tiny]",
+        metadata={**metadata, "model": mine},
+        scale=image.scale,
+        translate=image.translate,
     )
     written = widget.export.export_reconstruction(tmp_path / "r.nii.gz")
     saved = nib.load(written)
@@ -478,8 +487,9 @@ def test_fine_tune_on_corrections_saves_a_new_listed_checkpoint(make_napari_view
 
     # the Segment widget lists and selects the new model at once (it watches the model folder)
     qtbot.waitUntil(
-        lambda: segment.checkpoint is not None
-        and Path(segment.checkpoint).resolve() == path.resolve(),
+        lambda: (
+            segment.checkpoint is not None and Path(segment.checkpoint).resolve() == path.resolve()
+        ),
         timeout=10_000,
     )
     # the panel re-segments with it itself, through the same job as the Segment widget

@@ -99,8 +99,8 @@ class LossPlot(QWidget):
             painter.setPen(QPen(colour, width))
             painter.drawPath(path)
         painter.setPen(text)
-        top = 10 ** hi if log else hi
-        bottom = 10 ** lo if log else lo
+        top = 10**hi if log else hi
+        bottom = 10**lo if log else lo
         painter.drawText(QPointF(2, frame.top() + 10), f"{top:.3g}")
         painter.drawText(QPointF(2, frame.bottom()), f"{bottom:.3g}")
         painter.drawText(
