@@ -26,6 +26,19 @@ def test_the_temporary_name_keeps_the_suffix_writers_choose_formats_by(tmp_path)
     assert (tmp_path / "sub" / "labels.nii.gz").read_bytes() == b"x"
 
 
+def test_a_symbolic_link_is_written_through_and_kept(tmp_path) -> None:
+    """A tester's labels.nii.gz linked into a shared results folder became a plain file, and
+    the shared copy kept the old labels."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    target = write_text_atomic(shared / "labels.txt", "old")
+    link = tmp_path / "labels.txt"
+    link.symlink_to(target)
+    write_text_atomic(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert sorted(p.name for p in shared.iterdir()) == ["labels.txt"]
+
+
 def test_a_folder_that_cannot_be_written_is_named_not_the_temporary_file(tmp_path) -> None:
     """/proc refuses new files even to root: the message names the user's file and folder."""
     with pytest.raises(OSError) as raised:

@@ -23,7 +23,9 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     Parameters
     ----------
     path : str or path-like
-        The destination. Its folder is created when missing.
+        The destination. Its folder is created when missing. A symbolic link is written
+        through: its target is replaced and the link kept, as ``cp`` does (renaming onto the
+        link itself would have replaced it with a file, leaving the target unchanged).
     suffix : str
         Ending of the temporary name, for writers that choose a format by it (``".nii.gz"``).
 
@@ -32,7 +34,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path
     The temporary file is created by the caller's writer, not by :func:`tempfile.mkstemp`, so it
     gets the usual permissions of the user's umask rather than owner-only ones.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
     try:
