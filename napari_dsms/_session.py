@@ -470,6 +470,15 @@ class ReviewSession:
 
     # ------------------------------------------------------------------ leaving
 
+    def tool_slices(self) -> list[int]:
+        """Slices a tool wrote into (the baseline differs from the model's output there) that
+        the user did not edit afterwards: neither the model's nor the user's drawing."""
+        if self.baseline is None or self.prediction is None:
+            return []
+        differs = np.asarray(self.baseline != self.prediction)
+        changed = np.flatnonzero(differs.reshape(len(differs), -1).any(axis=1))
+        return sorted(set(changed.tolist()) - set(self.edited))
+
     def sidecar(
         self,
         export_path: str | Path,
@@ -501,6 +510,7 @@ class ReviewSession:
             edited=self.edited,
             reviewed=self.reviewed,
             plugin_version=__version__,
+            tool_slices=self.tool_slices(),
         )
         if self.roi is not None:
             content["region_of_interest"] = {

@@ -259,6 +259,7 @@ def sidecar(
     plugin_version: str,
     now: _dt.datetime | None = None,
     effort: Mapping[str, Any] | None = None,
+    tool_slices: Iterable[int] = (),
 ) -> dict[str, Any]:
     """Content of the JSON file written beside an export, so the file explains itself later.
 
@@ -287,6 +288,11 @@ def sidecar(
     effort
         :func:`effort_record` of the session, stored under ``"effort"`` with each slice's
         source index added; ``None`` leaves it out.
+    tool_slices
+        Canonical slices that neither the model nor the user drew as they are: a tool wrote
+        into them (fill between slices, a refine round, the clean-up, clearing outside the
+        region of interest) and nobody edited them after. Without them a reader took every
+        slice that was not edited for the model's own output.
 
     Returns
     -------
@@ -297,6 +303,8 @@ def sidecar(
     reviewed = sorted(int(s) for s in reviewed)
     axis, edited_source = source_slice_indices(edited, affine, source_shape)
     _, reviewed_source = source_slice_indices(reviewed, affine, source_shape)
+    tool_slices = sorted(int(s) for s in tool_slices)
+    _, tool_source = source_slice_indices(tool_slices, affine, source_shape)
     stamp = (now or _dt.datetime.now(_dt.timezone.utc)).isoformat(timespec="seconds")
     content: dict[str, Any] = {
         "file": Path(export_path).name,
@@ -311,6 +319,12 @@ def sidecar(
         },
         "edited_slices": {"canonical": edited, "source": edited_source},
         "reviewed_slices": {"canonical": reviewed, "source": reviewed_source},
+        "tool_slices": {
+            "canonical": tool_slices,
+            "source": tool_source,
+            "meaning": "not edited, but written by a tool (fill between slices, a refine "
+            "round, clean-up, region of interest) rather than by the model that made the labels",
+        },
         "label_values": {"0": "background", "1": "pancreas", "2": "tumour"},
         "date": stamp,
         "plugin_version": plugin_version,

@@ -163,6 +163,16 @@ def test_sidecar_records_model_edits_reviews_and_volumes() -> None:
     content = session.sidecar("/out/labels.nii.gz", "labels")
     assert content["edited_slices"]["canonical"] == [4]
     assert content["reviewed_slices"]["canonical"] == [6]
+    assert content["tool_slices"]["canonical"] == []
+    # a tool (fill between, a refine round) writes into slices 2 and 4: the export says which
+    # slices are neither the model's output nor the user's drawing (4 stays an edit)
+    voxels = (np.array([2, 4]), np.array([1, 1]), np.array([1, 1]))
+    session.add_tool_changes(voxels, np.array([1, 1], np.uint8))
+    session.labels[voxels] = 1
+    session.refresh()
+    content = session.sidecar("/out/labels.nii.gz", "labels")
+    assert content["tool_slices"]["canonical"] == [2]
+    assert content["edited_slices"]["canonical"] == [4]
     assert content["model"]["checkpoint"] == "/models/unet.pt"
     assert content["source_image"] == "/data/ct.nii.gz"
     assert content["volumes_ml"]["pancreas"] > 0

@@ -199,6 +199,29 @@ def test_reviewed_slices_visibility_and_brush(widget_and_layers):
     np.testing.assert_array_equal(labels.data, before)  # helpers never touch the labels
 
 
+def test_a_position_beyond_the_labels_is_no_slice_of_them(widget_and_layers):
+    """With a longer CT open, the slider can stand where the reviewed CT has no slice: a
+    tester marked slice 0 reviewed there, unseen, and fill between then used it."""
+    widget, viewer, image, labels, reference = widget_and_layers
+    longer = viewer.add_image(
+        np.zeros((60, 8, 8), np.float32), scale=image.scale, translate=image.translate
+    )
+    widget.image_combo.value = image  # the longer image does not take the review over
+    axis = viewer.dims.ndim - 3
+    beyond = float(image.data_to_world((40, 0, 0))[0])
+    viewer.dims.set_point(axis, beyond)
+    assert widget.slice_on_screen() is None
+    assert "no slice of" in widget.navigate.slice_label.text()
+    assert not widget.navigate.review_button.isEnabled()
+    widget.navigate.toggle_reviewed()
+    assert widget.reviewed_slices() == [] and "nothing marked" in widget.navigate.slice_label.text()
+    widget.go_to_slice(3)
+    assert widget.slice_on_screen() == 3 and widget.navigate.review_button.isEnabled()
+    widget.navigate.toggle_reviewed()
+    assert widget.reviewed_slices() == [3]
+    viewer.layers.remove(longer)
+
+
 def test_clean_up_keeps_largest_component_and_is_one_undo_step(widget_and_layers):
     widget, viewer, image, labels, reference = widget_and_layers
     model_output = np.zeros_like(labels.data)

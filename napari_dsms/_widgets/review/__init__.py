@@ -379,12 +379,34 @@ class ReviewWidget(ScrollingDock):
         return self.labels_layer if self.labels_layer is not None else self.image_layer
 
     def current_slice(self) -> int:
-        """Canonical axial slice shown in the viewer (of the labels layer's data)."""
+        """Canonical axial slice shown in the viewer (of the labels layer's data), or the
+        nearest one when the viewer shows a position outside it (where to start a jump)."""
         layer = self._reference_layer()
         if layer is None:
             return 0
-        position = layer.world_to_data(self.viewer.dims.point)
-        return int(np.clip(round(float(position[-3])), 0, layer.data.shape[-3] - 1))
+        return int(np.clip(self._position(layer), 0, layer.data.shape[-3] - 1))
+
+    def slice_on_screen(self) -> int | None:
+        """Canonical axial slice shown in the viewer, ``None`` when the viewer's position lies
+        outside the labels (another, longer CT is open and the slider is beyond this one).
+
+        Actions on "this slice" take it: a tester marked slice 0 reviewed, unseen, while the
+        viewer showed a position 34 mm beyond it, and fill between used it as an anchor.
+        """
+        layer = self._reference_layer()
+        if layer is None:
+            return None
+        index = self._position(layer)
+        return index if 0 <= index < layer.data.shape[-3] else None
+
+    def _position(self, layer: Layer) -> int:
+        return round(float(layer.world_to_data(self.viewer.dims.point)[-3]))
+
+    def outside_message(self) -> str:
+        """What the panels say when :meth:`slice_on_screen` is ``None``."""
+        layer = self._reference_layer()
+        name = "the labels" if layer is None else repr(layer.name)
+        return f"no slice of {name} here: the viewer shows a position beyond it"
 
     def go_to_slice(self, index: int) -> None:
         """Show canonical axial slice ``index``."""

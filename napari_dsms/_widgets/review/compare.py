@@ -128,7 +128,11 @@ class ComparePanel(QGroupBox):
         if session is None or prediction is None or reference is None:
             refuse(self.metrics_label, "choose two segmentations to compare")
             return None
-        session.go_to(self.review.current_slice())
+        current = self.review.slice_on_screen()
+        if current is None:
+            refuse(self.metrics_label, self.review.outside_message())
+            return None
+        session.go_to(current)
         try:
             result = session.compare(prediction, np.asarray(reference.data))
         except ValueError as error:

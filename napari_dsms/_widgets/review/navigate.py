@@ -100,6 +100,11 @@ class NavigatePanel(QGroupBox):
         if session is None:
             self.slice_label.setText("")
             return
+        outside = self.review.slice_on_screen() is None
+        self.review_button.setEnabled(not outside)
+        if outside:
+            self.slice_label.setText(self.review.outside_message())
+            return
         notes = []
         if current in session.edited:
             notes.append("edited")
@@ -153,7 +158,11 @@ class NavigatePanel(QGroupBox):
         if session is None:
             refuse(self.slice_label, "choose a labels layer first")
             return
-        session.go_to(self.review.current_slice())
+        current = self.review.slice_on_screen()
+        if current is None:
+            refuse(self.slice_label, f"nothing marked: {self.review.outside_message()}")
+            return
+        session.go_to(current)
         session.toggle_reviewed()
         self.review.store_reviewed()
         _fill(self.reviewed_list, sorted(session.reviewed))
