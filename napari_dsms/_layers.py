@@ -11,6 +11,7 @@ Pure numpy and napari model classes: no Qt, so readers, sample data and tests us
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from src_models.io.orientation import (
     to_canonical,
 )
 from src_models.io.windows import CT_WINDOWS, DEFAULT_WINDOW
+
+from ._session import RegionOfInterest, ReviewSession
 
 LayerDataTuple = tuple[Any, dict[str, Any], str]
 
@@ -330,3 +333,52 @@ def layer_to_volume(layer: Any) -> Volume:
     :func:`src_models.io.orientation.from_canonical`, an exact permutation and flip.
     """
     return canonical_to_volume(layer.data, layer.metadata, getattr(layer, "name", "layer"))
+
+
+def session_from_layer(
+    labels: np.ndarray,
+    metadata: Mapping[str, Any],
+    spacing: Sequence[float],
+    image: np.ndarray | None = None,
+    geometry: Mapping[str, Any] | None = None,
+    name: str = "ct",
+) -> ReviewSession:
+    """A session over a labels layer's canonical array and its ``layer.metadata``.
+
+    Parameters
+    ----------
+    labels
+        (S, P, L) canonical labels (the layer's array itself, not a copy).
+    metadata
+        The labels layer's metadata: stored model output, baseline, reviewed slices, model
+        record, region of interest (:mod:`napari_dsms._layers` keys).
+    spacing
+        Canonical voxel spacing in mm (the layer's scale).
+    image
+        (S, P, L) canonical HU of the CT; without it (napari's Save, which sees one layer) a
+        stand-in of zeros that records, exports and side-cars do not read.
+    geometry
+        The CT layer's metadata (affine, file shape, source); the labels' own by default.
+    name
+        The CT's name, for messages.
+    """
+    geometry = metadata if geometry is None else geometry
+    model = metadata.get(MODEL)
+    shape = geometry.get(SHAPE)
+    affine = geometry.get(AFFINE)
+    if image is None:
+        image = np.broadcast_to(np.zeros((), dtype=np.float32), np.shape(labels))
+    return ReviewSession(
+        image=image,
+        labels=labels,
+        spacing=tuple(float(s) for s in spacing),
+        prediction=metadata.get(PREDICTION),
+        baseline=metadata.get(BASELINE),
+        reviewed=set(metadata.get(REVIEWED, ())),
+        model=dict(model) if isinstance(model, dict) else None,
+        source=str(geometry.get(SOURCE, "")),
+        name=name,
+        affine=None if affine is None else np.asarray(affine, dtype=np.float64),
+        source_shape=None if shape is None else tuple(int(n) for n in shape),
+        roi=RegionOfInterest.from_dict(metadata.get(ROI)),
+    )

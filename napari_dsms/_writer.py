@@ -16,11 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from src_models import autosave
+from src_models import autosave, corrections
 from src_models.io import NIFTI_SUFFIXES, Algorithm, write_output
 from src_models.version import __version__
 
-from ._layers import AUTOSAVE_KEY, MODEL, PREDICTION, REVIEWED, canonical_to_volume
+from ._layers import (
+    AUTOSAVE_KEY,
+    MODEL,
+    PREDICTION,
+    REVIEWED,
+    canonical_to_volume,
+    session_from_layer,
+)
 
 
 def provenance(data: Any, metadata: dict[str, Any]) -> tuple[Algorithm | None, bool]:
@@ -94,11 +101,25 @@ def export_labels(
 def write_labels_layer(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """napari's Save for one Labels layer; ``.nii.gz`` is added when the name has no extension.
 
-    Refuses (``VolumeError``, shown by napari) what :func:`export_labels` refuses. After a
+    Writes the same side-car as the Review dock's export (:func:`src_models.corrections.
+    sidecar`: model, edited, reviewed and tool slices, volumes) from what the layer records; a
+    tester's Save had written none, and then removed the autosave journal that held the
+    reviewed slices. Refuses (``VolumeError``, shown by napari) what :func:`export_labels`
+    refuses; when the side-car cannot be written, the labels file is removed again. After a
     successful write the layer's autosave journal (:mod:`napari_dsms._autosave`) is removed.
     """
     target = Path(path)
     if not target.name.lower().endswith(NIFTI_SUFFIXES) and not target.suffix:
         target = target.with_name(target.name + ".nii.gz")
     metadata = meta.get("metadata") or {}
-    return [str(export_labels(target, data, metadata, meta.get("name", "labels")))]
+    name = meta.get("name", "labels")
+    labels = np.asarray(data)
+    scale = meta.get("scale") or (1.0,) * labels.ndim
+    session = session_from_layer(labels, metadata, scale[-3:], name=name)
+    written = export_labels(target, data, metadata, name)
+    try:
+        corrections.write_sidecar(written, session.sidecar(written, "labels"))
+    except (ValueError, OSError) as error:
+        written.unlink(missing_ok=True)
+        raise OSError(f"{error}; the labels file {written} was not kept") from error
+    return [str(written)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -147,6 +148,11 @@ def test_writer_puts_labels_on_the_ct_grid(nih_ct, nih_label, tmp_path):
     assert written == [str(tmp_path / "edited.nii.gz")]
     again = read_labels(written[0], reference=read_volume(nih_ct))
     np.testing.assert_array_equal(again.array, nib.load(str(nih_label)).get_fdata() > 0)
+    # napari's Save explains the file like the Review dock's export: a side-car beside it
+    sidecar = json.loads((tmp_path / "edited.json").read_text())
+    assert sidecar["kind"] == "labels" and sidecar["file"] == "edited.nii.gz"
+    assert sidecar["volumes_ml"]["pancreas"] == pytest.approx(58.0, abs=0.5)  # 78,329 voxels
+    assert sidecar["edited_slices"]["canonical"] == [] and sidecar["model"] is None
 
 
 def test_writer_refusals(tmp_path):

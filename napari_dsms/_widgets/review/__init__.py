@@ -35,16 +35,15 @@ from ..._layers import (
     PREDICTION,
     REFERENCE,
     REVIEWED,
-    ROI,
     ROLE,
-    SHAPE,
     SOURCE,
     is_ct_layer,
+    session_from_layer,
     style_labels,
 )
 from ..._orientation import attach as attach_orientation
 from ..._results import model_name
-from ..._session import RegionOfInterest, ReviewSession
+from ..._session import ReviewSession
 from .._pickers import choose, layer_picker, of_kind, same_layer
 from .._scroll import ScrollingDock
 from .compare import ComparePanel
@@ -125,22 +124,13 @@ def describe_labels(layer: Labels | None, elsewhere: frozenset[str] = frozenset(
 
 def session_for(image: Image, labels: Labels) -> ReviewSession:
     """A review session over an image layer and a labels layer (their arrays, not copies)."""
-    model = labels.metadata.get(MODEL)
-    shape = image.metadata.get(SHAPE)
-    affine = image.metadata.get(AFFINE)
-    return ReviewSession(
+    return session_from_layer(
+        np.asarray(labels.data),
+        labels.metadata,
+        labels.scale[-3:],
         image=np.asarray(image.data),
-        labels=np.asarray(labels.data),
-        spacing=tuple(float(s) for s in labels.scale[-3:]),
-        prediction=labels.metadata.get(PREDICTION),
-        baseline=labels.metadata.get(BASELINE),
-        reviewed=set(labels.metadata.get(REVIEWED, ())),
-        model=dict(model) if isinstance(model, dict) else None,
-        source=str(image.metadata.get(SOURCE, "")),
+        geometry=image.metadata,
         name=image.name,
-        affine=None if affine is None else np.asarray(affine, dtype=np.float64),
-        source_shape=None if shape is None else tuple(int(n) for n in shape),
-        roi=RegionOfInterest.from_dict(labels.metadata.get(ROI)),
     )
 
 
