@@ -194,6 +194,35 @@ def test_a_round_on_two_slices_does_not_learn_and_says_so(dock, qtbot, tmp_path,
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
 
 
+def test_a_round_whose_labels_changed_meanwhile_leaves_no_model(
+    dock, qtbot, tmp_path, monkeypatch
+):
+    """A tester switched layers during two rounds: nothing was written, but both rounds'
+    models stayed in the model folder and its menus."""
+    monkeypatch.setenv("DSMS_MODEL_DIR", str(tmp_path / "models"))
+    widget, labels, prediction = dock
+    with_pancreas = np.flatnonzero(prediction.reshape(len(prediction), -1).any(axis=1))
+    _correct(labels, prediction, [int(k) for k in with_pancreas[1::3]])
+    widget.refresh_status()
+    panel = widget.triage.refine_round
+    before = np.array(labels.data)
+    assert panel.start() is not None
+    panel._started["session"] = object()  # as after choosing another CT or labels layer
+    qtbot.waitUntil(lambda: not panel.is_running, timeout=120_000)
+    assert "nothing was written" in panel.status.text()
+    np.testing.assert_array_equal(labels.data, before)
+    assert not list((tmp_path / "models").glob("*.pt"))
+
+    # cancelled while re-segmenting, after the round saved its model: that model goes too
+    assert panel.start() is not None
+    saved = Path(panel._started["model_path"])
+    saved.write_bytes(b"the round's model")
+    panel._on_clicked()  # Cancel round
+    qtbot.waitUntil(lambda: not panel.is_running, timeout=120_000)
+    assert "cancelled" in panel.status.text() and not saved.exists()
+    np.testing.assert_array_equal(labels.data, before)
+
+
 def test_a_later_tool_write_ends_the_fill_reports_undo_watch(qtbot):
     """A refine round that rewrote filled slices with what they held before the fill made the
     fill's status say "undone" (a tester): the round's write supersedes the fill's."""

@@ -167,7 +167,7 @@ class RefineRoundPanel(QWidget):
         reviewed = sorted(set(known) - set(session.edited))  # accepted unchanged
         self._started = {
             "labels": labels, "known": known, "reviewed": reviewed, "layer": layer,
-            "session": session,
+            "session": session, "model_path": output,
         }  # fmt: skip
         self.button.setText("Cancel round")
         self.status.setText(
@@ -196,7 +196,12 @@ class RefineRoundPanel(QWidget):
     def _on_done(self, result: RefineResult) -> None:
         started, self._started = self._started, {}
         layer, session = started["layer"], started["session"]
+        tuned = result.fine_tune
         if layer is not self.review.labels_layer or session is not self.review.session:
+            # Its model goes too: a tester found such rounds' models listed in the menus, one of
+            # them the base weights again under a card that told of what it had learnt.
+            if tuned is not None and tuned.checkpoint is not None:
+                tuned.checkpoint.unlink(missing_ok=True)
             self.status.setText("the labels layer changed during the round: nothing was written")
             return
         self.review.refresh_status()
@@ -213,7 +218,6 @@ class RefineRoundPanel(QWidget):
             differs &= session.roi.mask(current.shape)
         changed = np.nonzero(differs)
         values = result.canonical_labels[changed]
-        tuned = result.fine_tune
         if tuned is not None and tuned.checkpoint is not None:
             if tuned.kept_previous:  # the previous weights again: no new version to keep
                 tuned.checkpoint.unlink(missing_ok=True)
@@ -252,7 +256,10 @@ class RefineRoundPanel(QWidget):
             self._worker.quit()
 
     def _on_cancelled(self) -> None:
-        self._started = {}
+        # Cancelled while re-segmenting, the round had already saved its model: it goes too.
+        started, self._started = self._started, {}
+        if started.get("model_path") is not None:
+            Path(started["model_path"]).unlink(missing_ok=True)
         self.status.setText("round cancelled: the labels and the model are unchanged")
 
     def _on_finished(self) -> None:
