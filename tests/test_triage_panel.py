@@ -194,9 +194,7 @@ def test_a_round_on_two_slices_does_not_learn_and_says_so(dock, qtbot, tmp_path,
     assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
 
 
-def test_a_round_whose_labels_changed_meanwhile_leaves_no_model(
-    dock, qtbot, tmp_path, monkeypatch
-):
+def test_a_round_whose_labels_changed_meanwhile_leaves_no_model(dock, qtbot, tmp_path, monkeypatch):
     """A tester switched layers during two rounds: nothing was written, but both rounds'
     models stayed in the model folder and its menus."""
     monkeypatch.setenv("DSMS_MODEL_DIR", str(tmp_path / "models"))
