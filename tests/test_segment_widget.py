@@ -401,3 +401,41 @@ def test_a_new_model_worse_on_its_held_out_slices_is_listed_not_chosen(
     better = fine_tuned("tiny_dsmsc_unet-ft-v2.pt", 0.70)
     widget._on_model_folder_changed()
     assert Path(widget.checkpoint).resolve() == better.resolve()
+
+
+def test_a_model_tuned_on_one_patient_is_chosen_for_that_patient_only(
+    make_napari_viewer, model_dir, tmp_path
+):
+    """A tester's next patient was segmented with the model fine-tuned on the previous one's
+    corrections, by default. The dock goes back to the model chosen before for another CT, and
+    chooses the tuned one again for its own; a model chosen in the menu stays."""
+    viewer = make_napari_viewer()
+    layers = {}
+    for name in ("first", "second"):
+        image, _ = make_phantom(seed=2, shape=(48, 40, 6), spacing=(3.0, 3.0, 3.0))
+        source = tmp_path / f"{name}.nii.gz"
+        volume = Volume(image.array, image.affine, str(source))
+        data, kwargs, _ = image_layer_data(volume, name=name)
+        layers[name] = viewer.add_image(data, **kwargs)
+    widget = _widget(viewer, model_dir)
+    widget.image_combo.value = layers["first"]
+    base = widget.checkpoint
+    tuned = save_checkpoint(
+        model_dir / "tiny_dsmsc_unet-ft-first-v1.pt", build_model("dsmsc_unet", width=4, depth=2),
+        preprocessing=PREPROCESSING,
+        provenance={"fine_tune": {"source_image": str(tmp_path / "first.nii.gz")}},
+    )  # fmt: skip
+    widget._on_model_folder_changed()
+    assert Path(widget.checkpoint).resolve() == tuned.resolve()
+
+    widget.image_combo.value = layers["second"]
+    assert widget.checkpoint == base
+    assert "fine-tuned on first.nii.gz, another patient" in widget.readout.text()
+    widget.image_combo.value = layers["first"]
+    assert Path(widget.checkpoint).resolve() == tuned.resolve()
+    assert "chosen again" in widget.readout.text()
+
+    index = widget.checkpoint_combo.currentIndex()
+    widget.checkpoint_combo.activated.emit(index)  # the user's own choice in the menu
+    widget.image_combo.value = layers["second"]
+    assert Path(widget.checkpoint).resolve() == tuned.resolve()

@@ -36,6 +36,7 @@ from src_models.inference.engine import DEFAULT_BATCH_SIZES
 from src_models.models.checkpoints import (
     CheckpointError,
     fell_on_held_out,
+    fine_tuned_images,
     model_card,
     read_metadata,
 )
@@ -43,7 +44,7 @@ from src_models.models.store import ENSEMBLE, ensemble_metadata, list_checkpoint
 from src_models.nets.registry import ARCHITECTURES, DESCRIPTIONS
 
 from .._autosave import attach as attach_autosave
-from .._layers import ASSUMED_LAYOUT, has_file_geometry, is_ct_layer
+from .._layers import ASSUMED_LAYOUT, SOURCE, has_file_geometry, is_ct_layer
 from .._results import ERROR_EXPLANATION, import_layer_dependencies, summary
 from ._pickers import layer_picker, of_kind, same_layer
 from ._scroll import ScrollingDock
@@ -84,6 +85,9 @@ class SegmentWidget(ScrollingDock):
         self._run: SegmentationRun | None = None
         #: The labels layer the readout's figures describe, and its CT.
         self._described: tuple[Image, Labels] | None = None
+        #: A fine-tuned model the dock chose by itself when it appeared, and the checkpoint
+        #: chosen before it: the dock goes back to that one for other CTs than it was tuned on.
+        self._auto: tuple[str, str | None] | None = None
         attach_autosave(napari_viewer)  # journals corrections, offers to restore them
         self._browsed: dict[str, str] = {}  # path -> arch, for files chosen with Browse…
         self._last_checkpoint_index = 0
@@ -140,7 +144,7 @@ class SegmentWidget(ScrollingDock):
         layout.addWidget(self.readout)
         layout.addStretch(1)
 
-        self.image_combo.changed.connect(self._update_run_button)
+        self.image_combo.changed.connect(self._on_image_changed)
         self.arch_combo.currentTextChanged.connect(self._on_arch_changed)
         self.checkpoint_combo.activated.connect(self._on_checkpoint_activated)
         self.checkpoint_combo.currentIndexChanged.connect(self._show_model_card)
@@ -238,7 +242,9 @@ class SegmentWidget(ScrollingDock):
         new = [entry for entry in new if entry.path.is_file() and not _advised_against(entry.path)]
         if new:
             newest = max(new, key=lambda entry: entry.path.stat().st_mtime)
-            self.select_checkpoint(newest.path)
+            previous = self.checkpoint
+            if self.select_checkpoint(newest.path):
+                self._auto = (str(newest.path.resolve()), previous)
         else:
             self.refresh_checkpoints()
 
@@ -269,7 +275,45 @@ class SegmentWidget(ScrollingDock):
         self._update_run_button()
         return True
 
+    def _on_image_changed(self, *_: Any) -> None:
+        """Follow the chosen CT with a model the dock chose by itself after fine-tuning.
+
+        A model fine-tuned on one patient's corrections is for that patient: a tester's next
+        patient was segmented with it by default. For another CT the dock goes back to the
+        model chosen before, and says so; back on the CT it was tuned on, it is chosen again.
+        A model the user chose in the menu stays, whatever the CT.
+        """
+        self._update_run_button()
+        image = self.image_layer
+        if self._auto is None or image is None or self.running:
+            return
+        tuned_path, previous = self._auto
+        source = str(image.metadata.get(SOURCE, ""))
+        if not previous or not source:
+            return
+        try:
+            tuned_on = fine_tuned_images(read_metadata(tuned_path))
+        except CheckpointError:
+            self._auto = None  # the file went away: nothing to follow
+            return
+        current = str(Path(self.checkpoint).resolve()) if self.checkpoint else None
+        own = str(Path(source).resolve()) in tuned_on
+        if own and current == str(Path(previous).resolve()):
+            self.select_checkpoint(tuned_path)
+            self.readout.setText(
+                f"{Path(tuned_path).stem} chosen again: it was fine-tuned on {image.name}"
+            )
+        elif not own and current == tuned_path:
+            self.select_checkpoint(previous)
+            names = ", ".join(sorted(Path(p).name for p in tuned_on)) or "another CT"
+            self.readout.setText(
+                f"{Path(previous).stem} chosen for {image.name}: {Path(tuned_path).stem} was "
+                f"fine-tuned on {names}, another patient's corrections (choose it in the menu "
+                "to use it here)"
+            )
+
     def _on_checkpoint_activated(self, index: int) -> None:
+        self._auto = None  # the user's own choice: kept whatever the CT
         if self.checkpoint_combo.itemData(index) != BROWSE:
             self._last_checkpoint_index = index
             self._update_run_button()

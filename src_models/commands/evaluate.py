@@ -203,16 +203,16 @@ def _trained_on(meta: dict[str, Any]) -> tuple[set[str], set[Path], set[str]]:
             contents |= member_contents
         return keys, files, contents
     provenance = meta.get("provenance") or {}
+    from ..models.checkpoints import fine_tune_rounds
+
     patients, images, digests = _split_patients(provenance), set(), set()
-    round_ = provenance.get("fine_tune")
-    while isinstance(round_, dict):
+    for round_ in fine_tune_rounds(meta):
         patients += _split_patients(round_.get("base_split") or {})
         if round_.get("source_image"):
             patients.append(str(round_["source_image"]))  # an NIH number in the path counts
             images.add(Path(str(round_["source_image"])).resolve())
         if round_.get("source_digest"):
             digests.add(str(round_["source_digest"]))
-        round_ = round_.get("earlier")
     return {patient_key(p) for p in patients}, images, digests
 
 

@@ -308,15 +308,33 @@ def fell_on_held_out(meta: dict[str, Any]) -> bool:
     return float(after) < float(before) - HELD_OUT_TOLERANCE
 
 
+def fine_tune_rounds(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The fine-tuning records of a checkpoint, newest first (each round keeps the one before
+    under ``"earlier"``: ``dsms refine --model round1.pt``, repeated Refine rounds); empty for
+    a model that was not fine-tuned on corrections."""
+    rounds, record = [], (meta.get("provenance") or {}).get("fine_tune")
+    while isinstance(record, dict):
+        rounds.append(record)
+        record = record.get("earlier")
+    return rounds
+
+
+def fine_tuned_images(meta: dict[str, Any]) -> set[str]:
+    """The CT files (resolved paths) a checkpoint was fine-tuned on, over all its rounds."""
+    return {
+        str(Path(str(record["source_image"])).resolve())
+        for record in fine_tune_rounds(meta)
+        if record.get("source_image")
+    }
+
+
 def _fine_tune_line(record: dict[str, Any]) -> str:
     """What a fine-tuning round says of itself: measured on the user's own held-out slices."""
     image = Path(str(record.get("source_image") or "")).name or "an image"
     before = (record.get("metrics_before") or {}).get("dice_pancreas")
     after = (record.get("metrics_after") or {}).get("dice_pancreas")
     held_out = len(record.get("holdout_slices") or [])
-    rounds, earlier = 1, record.get("earlier")
-    while earlier:  # dsms refine --model round1.pt, and so on: each round keeps the one before
-        rounds, earlier = rounds + 1, earlier.get("earlier")
+    rounds = len(fine_tune_rounds({"provenance": {"fine_tune": record}}))
     last = f" (the last of {rounds} rounds)" if rounds > 1 else ""
     if before is None or after is None or not held_out:
         return f"Fine-tuned on corrections of {image}{last}; no held-out slice measured it."
