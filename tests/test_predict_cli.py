@@ -226,7 +226,7 @@ def test_a_label_file_is_refused_and_values_without_air_are_doubted(
 
 
 def test_another_modality_than_ct_is_refused() -> None:
-    hu = np.random.default_rng(0).integers(-1000, 400, (8, 8, 3)).astype(np.int16)
+    hu = np.random.default_rng(0).integers(-1000, 400, (64, 64, 3)).astype(np.int16)
     assert check_ct(Volume(hu, np.eye(4), "ct", "ct", {"modality": "CT"})) == []
     with pytest.raises(VolumeError, match="mr: modality MR, not CT"):
         check_ct(Volume(hu, np.eye(4), "mr", "mr", {"modality": "MR"}))
@@ -234,7 +234,7 @@ def test_another_modality_than_ct_is_refused() -> None:
 
 def test_slices_tilted_far_from_axial_are_doubted() -> None:
     # A 50-degree oblique volume was segmented along another axis with exit 0 and no warning.
-    hu = np.random.default_rng(0).integers(-1000, 400, (8, 8, 6)).astype(np.int16)
+    hu = np.random.default_rng(0).integers(-1000, 400, (80, 80, 80)).astype(np.int16)
     angle = np.radians(50.0)
     affine = np.eye(4)
     affine[1:3, 1:3] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
@@ -265,12 +265,26 @@ def test_a_body_cut_by_the_field_of_view_is_not_measured() -> None:
     hu = np.random.default_rng(0).integers(0, 80, (40, 40, 4)).astype(np.int16)
     # a crop inside the body: the body touches every edge, so its width says nothing
     hu[10:20, 10:20] = -1000
-    assert check_ct(Volume(hu, np.diag([0.1, 0.1, 1.0, 1.0]), "crop", "crop", {})) == []
+    assert check_ct(Volume(hu, np.diag([1.5, 1.5, 1.0, 1.0]), "crop", "crop", {})) == []
+
+
+@pytest.mark.parametrize(
+    ("shape", "spacing", "size"),
+    [((512, 1, 101), 0.86, "512 x 1 pixels"), ((512, 8, 101), 0.86, "512 x 8 pixels"),
+     ((24, 24, 3), 0.86, "21 x 21 mm")],
+)  # fmt: skip
+def test_axial_slices_too_small_to_segment_are_refused(shape, spacing, size) -> None:
+    """A coronal slice (or slab) of the shared CT was read as 101 axial slices a pixel high
+    and gave 0 mL of pancreas with exit 0, as did a 20 mm crop inside the pancreas."""
+    hu = np.random.default_rng(0).integers(-1000, 400, shape).astype(np.int16)
+    affine = np.diag([spacing, spacing, 1.0, 1.0])  # the third axis runs head-feet
+    with pytest.raises(VolumeError, match=f"axial slices the models read are .*{size}"):
+        check_ct(Volume(hu, affine, "thin", "thin", {}))
 
 
 def test_values_beyond_any_ct_scale_name_the_slice() -> None:
     # One slice read as unsigned though it held signed values: 65535 HU, 19 mL, exit 0.
-    hu = np.random.default_rng(0).integers(-1000, 400, (8, 8, 5)).astype(np.int32)
+    hu = np.random.default_rng(0).integers(-1000, 400, (64, 64, 5)).astype(np.int32)
     hu[:, :, 3] += 64536
     with pytest.raises(VolumeError, match=r"values up to \d+ HU in slice 3 .*PixelRepresentation"):
         check_ct(Volume(hu, np.eye(4), "odd", "odd", {}))

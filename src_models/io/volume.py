@@ -230,6 +230,14 @@ MAX_HU = 31_000.0
 BODY_WIDTH_MM = (80.0, 700.0)
 
 
+#: The axial slices the models read must be at least this wide each way (mm, pixels): they
+#: segment a slice from the abdomen around the pancreas. A coronal slice of the shared CT was
+#: read as 101 axial slices of 512 x 1 pixels and gave 0 mL of pancreas (the label holds 1.4
+#: mL there), as did a 20 mm crop inside the pancreas, with exit status 0 (a tester).
+MIN_SLICE_MM = 50.0
+MIN_SLICE_PIXELS = 16
+
+
 def check_ct(volume: Volume) -> list[str]:
     """Refuse what is plainly not a CT in Hounsfield units; return doubts as warning texts.
 
@@ -249,11 +257,13 @@ def check_ct(volume: Volume) -> list[str]:
     VolumeError
         A label file (:func:`looks_like_labels`, or at most :data:`MASK_VALUES` distinct
         values), a DICOM series of another modality than CT (DICOM PS3.3 C.7.3.1, Modality),
-        or values above :data:`MAX_HU`.
+        or values above :data:`MAX_HU`, or axial slices narrower than :data:`MIN_SLICE_MM`
+        or :data:`MIN_SLICE_PIXELS` (a coronal or sagittal slice or slab, a small crop).
     """
     name = volume.source or volume.description or "the volume"
     if looks_like_labels(volume):
         raise VolumeError(f"{name}: this is a label file (values 0 to 2), not a CT to segment")
+    _check_slice_size(volume, name)
     few = few_values(volume)
     if few is not None:
         raise VolumeError(f"{name}: {few}")
@@ -309,6 +319,25 @@ def check_ct(volume: Volume) -> list[str]:
             "labels and volumes may be wrong. Resample the CT to axial slices first"
         )
     return doubts
+
+
+def _check_slice_size(volume: Volume, name: str) -> None:
+    """Refuse axial slices too small to segment (:data:`MIN_SLICE_MM`, :data:`MIN_SLICE_PIXELS`)."""
+    if volume.array.ndim != 3:
+        return
+    axis, _ = head_feet_axis(volume.affine)
+    in_plane = [a for a in range(3) if a != axis]
+    sizes = np.linalg.norm(np.asarray(volume.affine, dtype=np.float64)[:3, :3], axis=0)
+    pixels = [int(volume.array.shape[a]) for a in in_plane]
+    widths = [n * sizes[a] for n, a in zip(pixels, in_plane, strict=True)]
+    if min(pixels) < MIN_SLICE_PIXELS or min(widths) < MIN_SLICE_MM:
+        raise VolumeError(
+            f"{name}: the axial slices the models read are {pixels[0]} x {pixels[1]} pixels "
+            f"({widths[0]:.0f} x {widths[1]:.0f} mm), too small for an abdomen around the "
+            f"pancreas (at least {MIN_SLICE_PIXELS} pixels and {MIN_SLICE_MM:g} mm each way): "
+            "a coronal or sagittal slice or slab, or a small crop, cannot be segmented; the "
+            "models read whole axial slices"
+        )
 
 
 def body_width_mm(volume: Volume, slices: int = 9) -> float | None:
