@@ -173,12 +173,13 @@ def patient_key(patient_id: str) -> str:
     return f"nih-pancreas-{found.group(1)}" if found else patient_id
 
 
-def _split_patients(split: dict[str, Any]) -> list[str]:
+def _split_patients(split: dict[str, Any], kind: str = "patients") -> list[str]:
     """Those it trained on (``train_patients``) and, unless it is the run's last step
-    (``selected: "last step"``: validation was only watched), those it was chosen on."""
-    recorded = list(split.get("train_patients") or ())
+    (``selected: "last step"``: validation was only watched), those it was chosen on;
+    ``kind="digests"`` gives their CT contents instead (``train_digests``, ``val_digests``)."""
+    recorded = list(split.get(f"train_{kind}") or ())
     if split.get("selected") != "last step":
-        recorded += split.get("val_patients") or ()
+        recorded += split.get(f"val_{kind}") or ()
     return [str(p) for p in recorded]
 
 
@@ -205,9 +206,11 @@ def _trained_on(meta: dict[str, Any]) -> tuple[set[str], set[Path], set[str]]:
     provenance = meta.get("provenance") or {}
     from ..models.checkpoints import fine_tune_rounds
 
-    patients, images, digests = _split_patients(provenance), set(), set()
+    patients, images = _split_patients(provenance), set()
+    digests = set(_split_patients(provenance, "digests"))
     for round_ in fine_tune_rounds(meta):
         patients += _split_patients(round_.get("base_split") or {})
+        digests.update(_split_patients(round_.get("base_split") or {}, "digests"))
         if round_.get("source_image"):
             patients.append(str(round_["source_image"]))  # an NIH number in the path counts
             images.add(Path(str(round_["source_image"])).resolve())

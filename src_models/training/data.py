@@ -24,7 +24,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +104,16 @@ class CaseArrays:
     voxel_mm3
         One voxel's volume in mm³, ``|det|`` of the file's affine (smaller than the product of
         ``spacing`` on a sheared grid), ``None`` where unknown.
+    digest
+        :func:`~src_models.autosave.volume_digest` of a CT read from a file (NIfTI, DICOM),
+        ``None`` for slice sets and phantoms: what knows the CT under any file name.
     """
 
     image_hu: np.ndarray
     labels: np.ndarray | None
     spacing: tuple[float, float, float] | None
     voxel_mm3: float | None = None
+    digest: str | None = None
 
     @property
     def spacing_yx(self) -> tuple[float, float] | None:
@@ -274,11 +278,13 @@ def load_case(case: Case) -> CaseArrays:
             shape, spacing = case.phantom_grid
             image, labels = make_phantom(case.seed, shape=shape, spacing=spacing)
         return _canonical_arrays(image.array, labels.array, image.affine)
+    from ..autosave import volume_digest
     from ..io import read_labels, read_volume
 
     image = read_volume(case.image)
     labels = read_labels(case.label, image).array if case.label is not None else None
-    return _canonical_arrays(image.array, labels, image.affine)
+    arrays = _canonical_arrays(image.array, labels, image.affine)
+    return replace(arrays, digest=volume_digest(image))
 
 
 def _canonical_arrays(
@@ -311,11 +317,14 @@ class CachedCase:
         (N, h, w) uint8: the model input in [0, 1] scaled to 0..255.
     labels
         (N, h, w) uint8 label values.
+    digest
+        The CT's content key (:attr:`CaseArrays.digest`), ``None`` for slice sets and phantoms.
     """
 
     patient_id: str
     images: np.ndarray
     labels: np.ndarray
+    digest: str | None = None
     foreground: np.ndarray = field(init=False)
     tumour: np.ndarray = field(init=False)
 
@@ -332,8 +341,10 @@ def cache_arrays(
     labels: np.ndarray,
     spacing_yx: Sequence[float] | None,
     preprocessing: Mapping[str, Any],
+    digest: str | None = None,
 ) -> CachedCase:
-    """Window and resample HU slices (N, H, W) and their labels to model resolution, as uint8."""
+    """Window and resample HU slices (N, H, W) and their labels to model resolution, as uint8;
+    ``digest`` is the CT's content key, when it came from a file (:class:`CaseArrays`)."""
     if image_hu.shape != labels.shape or image_hu.ndim != 3:
         raise DatasetError(
             f"{patient_id}: image {image_hu.shape} and labels {labels.shape} "
@@ -344,7 +355,7 @@ def cache_arrays(
     for start in range(0, len(image_hu), _CHUNK):
         unit = to_model_input(image_hu[start : start + _CHUNK], spacing_yx, preprocessing)
         images[start : start + _CHUNK] = (unit[:, 0] * 255.0).round().to(torch.uint8).numpy()
-    return CachedCase(patient_id, images, resample_labels(labels, size))
+    return CachedCase(patient_id, images, resample_labels(labels, size), digest)
 
 
 def cache_case(case: Case, preprocessing: Mapping[str, Any]) -> CachedCase:
@@ -353,8 +364,9 @@ def cache_case(case: Case, preprocessing: Mapping[str, Any]) -> CachedCase:
     if arrays.labels is None:
         raise DatasetError(f"{case.case_id}: training needs labels")
     return cache_arrays(
-        case.patient_id, arrays.image_hu, arrays.labels, arrays.spacing_yx, preprocessing
-    )
+        case.patient_id, arrays.image_hu, arrays.labels, arrays.spacing_yx, preprocessing,
+        digest=arrays.digest,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------- split

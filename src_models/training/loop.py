@@ -545,6 +545,9 @@ def train(
         "config": config.to_dict(),
         "train_patients": sorted({c.patient_id for c in train_cases}),
         "val_patients": sorted({c.patient_id for c in val_cases}),
+        # CT contents, which know a patient's volume under any file name (dsms evaluate)
+        "train_digests": sorted({c.digest for c in train_cases if c.digest}),
+        "val_digests": sorted({c.digest for c in val_cases if c.digest}),
         "validated_structures": validated_structures_of(val_cases),
         "processes": world,
         "device": str(device),
