@@ -370,6 +370,30 @@ def test_missing_slice(tmp_path):
     assert "-37.50) and (-120.00, -90.00, -32.50)" in str(info.value)
 
 
+def test_uneven_spacing_and_a_lone_localizer_are_named_for_what_they_are(tmp_path):
+    """A tester's series with jittering positions was called incomplete, one whose gaps drift
+    evenly was said to leave a straight line, and a localizer file 'not a DICOM image'."""
+    drift = [0.0125 * k * (k - 1) for k in range(16)]  # gaps from 2.5 to 2.875 mm, evenly
+    for name, offsets in (("jitter", [0, 0.4, 0, 0.4, 0, 0.4]), ("drift", drift)):
+        folder = tmp_path / name
+        write_series(folder, n=len(offsets))
+        for path in folder.iterdir():
+            ds = dcmread(path)
+            k = round((float(ds.ImagePositionPatient[2]) + 40.0) / 2.5)
+            ds.ImagePositionPatient[2] = float(ds.ImagePositionPatient[2]) + offsets[k]
+            ds.save_as(path)
+        with pytest.raises(VolumeError, match="resample the series to even spacing") as info:
+            read_volume(folder)
+        assert "missing" not in str(info.value) and "incomplete" not in str(info.value)
+    write_series(tmp_path / "study", n=4)
+    scout = write_slice(tmp_path / "study" / "scout.dcm", pattern(0), (-120.0, -90.0, -40.0))
+    ds = dcmread(scout)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.save_as(scout)
+    with pytest.raises(VolumeError, match="scout.dcm: a localizer \\(scout\\) image"):
+        read_volume(scout)
+
+
 def test_single_slice_reads_as_a_volume_of_one_slice(tmp_path):
     path = write_slice(tmp_path / "one.dcm", pattern(0), (-120.0, -90.0, -40.0))
     ds = dcmread(path)

@@ -166,6 +166,17 @@ def _image_type(ds: pydicom.Dataset) -> list[str]:
     return [str(v).upper() for v in values]
 
 
+def _why_not_read(path: Path) -> str:
+    """Why a file given on its own is not read as part of a CT series, in a few words."""
+    try:
+        ds = _read(path, pixels=False) if is_dicom_file(path) else None
+    except (InvalidDicomError, OSError, ValueError, EOFError):
+        ds = None
+    if ds is not None and "LOCALIZER" in _image_type(ds):
+        return "a localizer (scout) image, not a slice of a CT volume; open its series' slices"
+    return "not a DICOM image file"
+
+
 def _choose_series(
     folder: Path, headers: list[tuple[Path, pydicom.Dataset]], series_of: Path | None
 ) -> tuple[list[tuple[Path, pydicom.Dataset]], list[str]]:
@@ -175,7 +186,7 @@ def _choose_series(
     if series_of is not None:
         wanted = next((uid for uid, g in groups.items() if any(p == series_of for p, _ in g)), None)
         if wanted is None:
-            raise VolumeError(f"{series_of}: not a DICOM image file")
+            raise VolumeError(f"{series_of}: {_why_not_read(series_of)}")
         return groups[wanted], []
     ranked = sorted(groups.items(), key=lambda item: (-_n_images(item[1]), item[0]))
     others = [_series_label(g) for _, g in ranked[1:]]
@@ -295,21 +306,24 @@ def _check_spacing(
         i = int(bad[0])
         ratio = steps[i] / typical
         cause = (
-            f"about {round(ratio) - 1} slice(s) missing"
+            f"about {round(ratio) - 1} slice(s) missing; the series is incomplete"
             if ratio > 1.5 and abs(ratio - round(ratio)) < 0.2
-            else "inconsistent slice spacing"
+            else "uneven slice spacing, which one voxel grid cannot hold; resample the series "
+            "to even spacing (3D Slicer, dcm2niix) first"
         )
         raise VolumeError(
             f"{folder}: slices are {typical:.3g} mm apart but {steps[i]:.3g} mm between "
             f"{frames[i].name} and {frames[i + 1].name} (ImagePositionPatient {where(i)} and "
-            f"{where(i + 1)} mm): {cause}; the series is incomplete"
+            f"{where(i + 1)} mm): {cause}"
         )
     step = (positions[-1] - positions[0]) / (len(positions) - 1)
     expected = positions[0] + np.outer(np.arange(len(positions)), step)
     drift = float(np.abs(positions - expected).max())
     if drift > tolerance:
         raise VolumeError(
-            f"{folder}: slice positions do not lie on a straight line (off by {drift:.3g} mm)"
+            f"{folder}: slice positions are not evenly spaced along one straight line (up to "
+            f"{drift:.3g} mm from where evenly spaced slices would lie), which one voxel grid "
+            "cannot hold; resample the series to even spacing (3D Slicer, dcm2niix) first"
         )
     return step
 
