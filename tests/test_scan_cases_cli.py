@@ -202,6 +202,15 @@ def test_info_describes_a_label_file_in_ml_not_hu(tmp_path, capsys):
     assert f"pancreas {32 * voxel_ml:.1f} mL (tumour included), tumour {voxel_ml:.1f} mL" in out
 
 
+def test_info_says_values_beyond_any_ct_scale_were_misread(tmp_path, capsys):
+    # One slice read as unsigned though signed: "HU: -1024 to 65535" with no word (a tester).
+    data = np.random.default_rng(0).integers(-1024, 400, (64, 64, 4)).astype(np.int32)
+    data[..., 2] += 65536 - 1024
+    path = nifti(tmp_path / "ct.nii.gz", data, AFFINE)
+    assert main(["info", str(path)]) == 0
+    assert "above any CT scale" in capsys.readouterr().out
+
+
 def test_a_volume_with_an_empty_axis_is_refused_by_name(tmp_path, capsys):
     path = nifti(tmp_path / "empty.nii.gz", np.zeros((0, 64, 5), dtype=np.int16), AFFINE)
     assert main(["info", str(path)]) == 2

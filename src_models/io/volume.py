@@ -447,6 +447,11 @@ def describe(volume: Volume) -> str:
     few = None if labels else few_values(volume)
     if few is not None:  # not HU: a tester read "HU: 0 to 3" for a label file with a 3 in it
         lines[-1] = f"values:      {lo:g} to {hi:g} ({array.dtype}); {few}"
+    elif kind == "HU" and hi > MAX_HU:  # a tester's series read "HU: -1024 to 65535" unremarked
+        lines[-1] += (
+            f"; above any CT scale (at most about {MAX_HU:g} HU): pixel data misread "
+            "(PixelRepresentation or rescale of some slices?), and segmenting it is refused"
+        )
     if labels:  # the volumes a radiologist reads off a label file, in mL (|det| voxels)
         counts = [np.count_nonzero(array >= 1), np.count_nonzero(array == 2)]
         pancreas, tumour = (n * volume.voxel_volume_mm3 / 1000 for n in counts)
