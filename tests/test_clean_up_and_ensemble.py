@@ -37,7 +37,7 @@ def _organ_and_island() -> Volume:
     hu = np.zeros((40, 40, 12), dtype=np.int16)
     hu[10:20, 10:20, 2:8] = 150  # the organ
     hu[30:33, 30:33, 10] = 150  # bowel-like island, 2 slices above the organ
-    return Volume(hu, np.diag([1.0, 1.0, 2.0, 1.0]))
+    return Volume(hu, np.diag([1.5, 1.5, 2.0, 1.0]))  # 60 x 60 mm slices
 
 
 def test_clean_up_erases_islands_away_from_the_organ_by_default() -> None:
@@ -48,7 +48,7 @@ def test_clean_up_erases_islands_away_from_the_organ_by_default() -> None:
     assert np.count_nonzero(cleaned.labels) == 600
     assert cleaned.labels[31, 31, 10] == 0 and cleaned.labels[15, 15, 5] == 1
     assert cleaned.stats.foreground_slices == 6 and raw.stats.foreground_slices == 7
-    assert cleaned.stats.pancreas_ml == pytest.approx(600 * 2.0 / 1000)
+    assert cleaned.stats.pancreas_ml == pytest.approx(600 * 1.5 * 1.5 * 2.0 / 1000)
 
 
 def test_clean_up_keeps_the_largest_tumour_inside_the_kept_pancreas() -> None:
