@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from src_models.io.atomic import atomic_path, write_text_atomic
+from src_models.io.atomic import atomic_path, output_place_problem, write_text_atomic
 
 
 def test_a_failed_write_keeps_the_previous_file_and_cleans_up(tmp_path) -> None:
@@ -80,3 +80,14 @@ def test_a_read_only_file_system_names_the_folder(tmp_path, monkeypatch) -> None
     assert str(raised.value) == (
         f"{target}: cannot write into the folder {tmp_path} (Read-only file system)"
     )
+
+
+def test_an_output_under_a_file_says_the_file_is_not_a_folder(tmp_path) -> None:
+    """A tester's afile/labels.nii.gz was said to lie in a folder that does not exist."""
+    (tmp_path / "afile").write_text("x")
+    assert output_place_problem(tmp_path / "afile" / "l.nii.gz") == (
+        f"{tmp_path / 'afile' / 'l.nii.gz'}: {tmp_path / 'afile'} is a file, not a folder"
+    )
+    assert "does not exist" in output_place_problem(tmp_path / "none" / "l.nii.gz")
+    assert "is a folder" in output_place_problem(tmp_path)
+    assert output_place_problem(tmp_path / "l.nii.gz") is None

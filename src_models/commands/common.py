@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..io import NIFTI_SUFFIXES, VolumeError
-from ..io.atomic import check_writable_folder
+from ..io.atomic import check_writable_folder, output_place_problem
 from ..io.dicom import is_dicom_file
 
 #: The model used when ``--model`` is not given: the paper's architecture, bundled.
@@ -77,10 +77,9 @@ def check_outputs(input_path: Path, outputs: list[Path], overwrite: bool = False
         # The labels' ending is checked by check_output; the reconstruction is NIfTI only.
         if index and not output.name.lower().endswith(NIFTI_SUFFIXES):
             raise VolumeError(f"{output}: output must be a NIfTI file ending in .nii or .nii.gz")
-        if not output.parent.is_dir():
-            raise VolumeError(f"{output}: the folder {output.parent} does not exist")
-        if output.is_dir():
-            raise VolumeError(f"{output}: is a folder, not a file name")
+        problem = output_place_problem(output)
+        if problem:
+            raise VolumeError(problem)
         target = output.resolve()
         if target == source:
             raise VolumeError(

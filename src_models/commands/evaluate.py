@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..inference.preprocessing import FALLBACK_SPACING_MM
-from ..io.atomic import check_writable_folder, write_text_atomic
+from ..io.atomic import check_writable_folder, output_place_problem, write_text_atomic
 from ..metrics import METRICS, STRUCTURES, StructureMetrics, case_metrics, summarise
 from ..training.data import Case, find_cases, load_case, read_split, select
 
@@ -326,10 +326,9 @@ def check_table_path(out: Path) -> None:
     ValueError
         The folder is missing, the path is a folder, or the folder cannot be written to.
     """
-    if not out.parent.is_dir():
-        raise ValueError(f"{out}: the folder {out.parent} does not exist")
-    if out.is_dir():
-        raise ValueError(f"{out}: is a folder, not a file name")
+    problem = output_place_problem(out)
+    if problem:
+        raise ValueError(problem)
     check_writable_folder(out)
 
 

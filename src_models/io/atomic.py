@@ -85,6 +85,20 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
+def output_place_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be an output file name, or ``None``: its folder is missing, or is a
+    file (a tester's ``afile/labels.nii.gz`` was said to lie in a missing folder), or ``path``
+    is itself a folder. The message starts with ``path``."""
+    path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        return f"{path}: {path.parent} is a file, not a folder"
+    if not path.parent.is_dir():
+        return f"{path}: the folder {path.parent} does not exist"
+    if path.is_dir():
+        return f"{path}: is a folder, not a file name"
+    return None
+
+
 def check_writable_folder(path: str | os.PathLike[str]) -> None:
     """Raise :class:`PermissionError` naming the folder when a file cannot be created in it.
 

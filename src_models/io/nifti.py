@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, output_place_problem
 from .volume import (
     Volume,
     VolumeError,
@@ -235,10 +235,9 @@ def _check_affine(path: Path, affine: np.ndarray, shape: tuple[int, int, int]) -
 def _check_output_path(path: Path, reference: Volume) -> None:
     if not path.name.lower().endswith(NIFTI_SUFFIXES):
         raise VolumeError(f"{path}: output must be a NIfTI file ending in .nii or .nii.gz")
-    if not path.parent.is_dir():
-        raise VolumeError(f"{path}: the folder {path.parent} does not exist")
-    if path.is_dir():
-        raise VolumeError(f"{path}: is a folder, not a file name")
+    problem = output_place_problem(path)
+    if problem:
+        raise VolumeError(problem)
     if reference.source:
         source = Path(reference.source).resolve()
         target = path.resolve()

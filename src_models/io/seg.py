@@ -58,7 +58,7 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
-from .atomic import atomic_path
+from .atomic import atomic_path, output_place_problem
 from .dicom import (
     LPS_TO_RAS,
     ORIENTATION_TOLERANCE,
@@ -196,10 +196,9 @@ def check_seg_target(path: Path, reference_path: str | os.PathLike[str] | None) 
         The folder is missing, ``path`` is a folder, or ``path`` lies in the source series
         folder (it would become part of the series' folder and be read with it).
     """
-    if not path.parent.is_dir():
-        raise VolumeError(f"{path}: the folder {path.parent} does not exist")
-    if path.is_dir():
-        raise VolumeError(f"{path}: is a folder, not a file name")
+    problem = output_place_problem(path)
+    if problem:
+        raise VolumeError(problem)
     if reference_path:
         source = Path(reference_path).resolve()
         target = path.resolve()
