@@ -130,6 +130,12 @@ def test_a_ct_opened_another_way_is_described_too(make_napari_viewer, nih_ct):
     viewer.open(str(nih_ct), plugin="napari-dsms")
     assert "512 x 512 x 101" in widget.info.text() and "HU" in widget.info.text()
     assert LoadCTWidget(viewer).info.text() == widget.info.text()  # docked after the CT
+    # it describes the CT selected in the layer list, which Open labels checks against
+    [ct] = viewer.layers
+    viewer.add_image(np.zeros((4, 8, 8), np.int16), name="plain")
+    assert "plain" in widget.info.text()
+    viewer.layers.selection.active = ct
+    assert "512 x 512 x 101" in widget.info.text()
 
 
 def test_an_image_from_another_reader_is_described_not_refused(make_napari_viewer):

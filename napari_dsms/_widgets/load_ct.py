@@ -150,12 +150,19 @@ class LoadCTWidget(ScrollingDock):
         self.window_combo.currentTextChanged.connect(self.set_window)
         # A CT opened another way (drag and drop, File > Open) is described here too.
         self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
+        # ... and the CT selected in the layer list, which Open labels checks against (a tester
+        # read the last CT opened described while another one was selected).
+        self.viewer.layers.selection.events.active.connect(self._on_active_changed)
         ct = self.current_ct_layer()
         if ct is not None:
             self._describe(ct)
 
     def _on_layer_inserted(self, event: Any) -> None:
         if is_ct_layer(event.value) and not self.busy:  # our own reads describe themselves
+            self._describe(event.value)
+
+    def _on_active_changed(self, event: Any) -> None:
+        if is_ct_layer(event.value) and not self.busy:
             self._describe(event.value)
 
     def _describe(self, layer: Image) -> None:
