@@ -215,7 +215,10 @@ def test_a_round_whose_labels_changed_meanwhile_leaves_no_model(dock, qtbot, tmp
     assert panel.start() is not None
     saved = Path(panel._started["model_path"])
     saved.write_bytes(b"the round's model")
-    panel._on_clicked()  # Cancel round
+    panel._on_clicked()  # the second click of a double click: not a cancel
+    assert panel.is_running and panel.button.isEnabled()
+    panel._started_at -= 2.0  # a deliberate click on Cancel round, later
+    panel._on_clicked()
     qtbot.waitUntil(lambda: not panel.is_running, timeout=120_000)
     assert "cancelled" in panel.status.text() and not saved.exists()
     np.testing.assert_array_equal(labels.data, before)

@@ -11,6 +11,7 @@ as a new version in the user model folder, and the next round starts from it
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 LATEST_MODEL = "latest_model"
 
 BUTTON_TEXT = "Refine round"
+
+#: Clicks this soon after starting a round do not cancel it: the button turns into Cancel
+#: round, and a double click started the round and cancelled it at once (a tester).
+DOUBLE_CLICK_S = 1.0
 
 
 def _round_progress(value: Any) -> tuple[int, int] | None:
@@ -96,6 +101,7 @@ class RefineRoundPanel(QWidget):
         self.review = review
         self._worker: JobWorker | None = None
         self._started: dict[str, Any] = {}
+        self._started_at = 0.0
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         self.button = QPushButton(BUTTON_TEXT)
@@ -121,6 +127,8 @@ class RefineRoundPanel(QWidget):
 
     def _on_clicked(self) -> None:
         if self._worker is not None:
+            if time.monotonic() - self._started_at < DOUBLE_CLICK_S:
+                return  # the second click of a double click, not a Cancel (a tester's round)
             self.button.setEnabled(False)
             self.status.setText("cancelling after the current step…")
             self._worker.quit()
@@ -170,6 +178,7 @@ class RefineRoundPanel(QWidget):
             "session": session, "model_path": output,
         }  # fmt: skip
         self.button.setText("Cancel round")
+        self._started_at = time.monotonic()
         self.status.setText(
             f"learning from {len(known)} corrected slices with {Path(checkpoint).name}, then "
             "filling and re-segmenting…"
