@@ -24,6 +24,7 @@ on tumour-free data is recognisable as a false-positive check.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
@@ -96,6 +97,13 @@ def confusion(prediction: np.ndarray, reference: np.ndarray) -> np.ndarray:
             raise ValueError(
                 f"{name} labels must be 0, 1 or 2, got range {array.min()}..{array.max()}"
             )
+        # Probabilities in [0, 1] would pass the range check and be truncated to 0: Dice 0
+        # for a tester who passed a probability map, without a word.
+        if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
+            raise ValueError(
+                f"{name} holds fractional values (a probability map?): labels must be 0, 1 or "
+                "2; threshold it first"
+            )
     codes = (
         p.astype(np.uint8, copy=False).ravel() * np.uint8(3)
         + r.astype(np.uint8, copy=False).ravel()
@@ -122,7 +130,8 @@ def structure_dice(
 
 
 def volume_ml(mask_or_count: np.ndarray | int, spacing: Sequence[float] | float) -> float:
-    """Volume in millilitres of a boolean mask (or a voxel count).
+    """Volume in millilitres of a boolean mask (any shape) or a voxel count (an integer,
+    Python's or numpy's).
 
     ``spacing`` is the voxel size in mm along each axis, or the volume of one voxel in mm³ as
     one number. Give the latter, ``|det|`` of the affine's 3 x 3 part
@@ -130,9 +139,14 @@ def volume_ml(mask_or_count: np.ndarray | int, spacing: Sequence[float] | float)
     sheared grid (gantry tilt) the product of the axis spacings overstates every volume
     (by 6 % at 20 degrees).
     """
-    count = (
-        mask_or_count if isinstance(mask_or_count, int) else int(np.count_nonzero(mask_or_count))
-    )
+    # A count as numpy gives it (mask.sum(), np.int64) is a number too: counting its nonzero
+    # "voxels" gave 1 voxel for any count (0.001 mL for 1,000 voxels of 1 mm³, a tester).
+    if isinstance(mask_or_count, numbers.Integral):
+        count = int(mask_or_count)
+    elif np.ndim(mask_or_count) == 0:
+        raise TypeError(f"a voxel count must be a whole number, got {mask_or_count!r}")
+    else:
+        count = int(np.count_nonzero(mask_or_count))
     voxel = float(np.prod(np.asarray(spacing, dtype=np.float64)))
     return count * voxel / 1000.0
 

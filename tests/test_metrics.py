@@ -95,6 +95,11 @@ def test_volume_in_millilitres():
     mask = np.ones((10, 10, 10), dtype=bool)
     assert volume_ml(mask, (0.5, 0.8, 0.8)) == pytest.approx(1000 * 0.32 / 1000)
     assert volume_ml(1000, (1.0, 1.0, 1.0)) == pytest.approx(1.0)
+    # a count as numpy gives it: it read as a mask of one voxel (0.001 mL, a tester)
+    assert volume_ml(mask.sum(), 1.0) == pytest.approx(1.0)
+    assert volume_ml(np.count_nonzero(mask), 1.0) == pytest.approx(1.0)
+    with pytest.raises(TypeError, match="whole number"):
+        volume_ml(np.float64(12.5), 1.0)
 
 
 def test_summary_averages_cases_equally():
@@ -113,6 +118,10 @@ def test_refuses_mismatched_shapes_and_values():
         confusion(np.zeros((2, 2)), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="0, 1 or 2"):
         confusion(np.full((2, 2), 3), np.zeros((2, 2)))
+    # a probability map passed the range check and scored Dice 0 (a tester)
+    with pytest.raises(ValueError, match="probability map"):
+        case_metrics(np.full((2, 2), 0.7), np.ones((2, 2)))
+    assert case_metrics(np.ones((2, 2)), np.ones((2, 2), np.uint8))["pancreas"].dice == 1.0
 
 
 def test_large_volume_is_fast():
