@@ -165,6 +165,16 @@ def test_model_card_says_data_recipe_validation_and_tumour_status() -> None:
     best = {"arch": "unet", "config": {"width": 4},
             "provenance": {"steps": 60, "elapsed_s": 30.0, "config": {"steps": 200}}}  # fmt: skip
     assert "Training: best checkpoint at step 60 of a 200-step run, 0.5 min on" in model_card(best)
+    # a run limited by time says so, and when (the bundled ones read "of a 100000-step run")
+    card = model_card(read_metadata(resolve_checkpoint("unet")))
+    assert "Training (2026-11-26): best checkpoint at step 2520 of a run limited to 11 min" in card
+    # a run continued from a model that trained on its validation patients says so
+    continued = {"arch": "unet", "config": {"width": 12}, "metrics": {"dice_pancreas": 0.74},
+                 "provenance": {"val_patients": ["a", "b"],
+                                "init_learnt": {"train_patients": ["a", "z"]}}}  # fmt: skip
+    assert "0.740 on 2 validation patients, 1 of whom the model it continued trained on." in (
+        model_card(continued)
+    )
 
 
 def test_a_fine_tuned_card_says_its_figure_is_on_the_users_own_slices() -> None:

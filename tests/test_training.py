@@ -478,6 +478,24 @@ def test_evaluate_knows_a_training_volume_under_another_name(tmp_path, capsys):
     with pytest.warns(UserWarning, match="validating on the training cases"):
         assert main(args) == 0
     assert len(load_checkpoint(out)[1]["provenance"]["train_digests"]) == 1
+    # a run continued from it (dsms train --init) on other data learnt from a too: a tester's
+    # model continued from the bundled default was scored on its base's patients unflagged
+    other = tmp_path / "other"
+    other.mkdir()
+    nib.save(nib.Nifti1Image(image + 5, np.diag([1.0, 1.0, 2.0, 1.0])), str(other / "b.nii.gz"))
+    shutil.copy(data / "a_label.nii.gz", other / "b_label.nii.gz")  # another CT, same labels
+    continued = tmp_path / "continued.pt"
+    args = ["train", "--data", str(other), "--arch", "unet", "--steps", "1", "--batch-size",
+            "2", "--patch-size", "32", "--out", str(continued), "--init", str(out), "--device",
+            "cpu", "--threads", "1"]  # fmt: skip
+    with pytest.warns(UserWarning, match="validating on the training cases"):
+        assert main(args) == 0
+    capsys.readouterr()
+    argv = ["evaluate", "--data", str(data), "--models", str(continued), "--device", "cpu"]
+    assert main(argv) == 0
+    assert "warning: continued trained or was selected on 1 of the 1 cases (a;" in (
+        capsys.readouterr().err
+    )
     renamed = tmp_path / "renamed"
     renamed.mkdir()
     shutil.copy(data / "a.nii.gz", renamed / "patient9.nii.gz")

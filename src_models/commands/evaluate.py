@@ -206,17 +206,22 @@ def _trained_on(meta: dict[str, Any]) -> tuple[set[str], set[Path], set[str]]:
     provenance = meta.get("provenance") or {}
     from ..models.checkpoints import fine_tune_rounds
 
-    patients, images = _split_patients(provenance), set()
+    keys = {patient_key(p) for p in _split_patients(provenance)}
+    images: set[Path] = set()
     digests = set(_split_patients(provenance, "digests"))
+    learnt = [round_.get("base_split") or {} for round_ in fine_tune_rounds(meta)]
+    if provenance.get("init_learnt"):  # dsms train --init: what the base learnt from, too
+        learnt.append(provenance["init_learnt"])
     for round_ in fine_tune_rounds(meta):
-        patients += _split_patients(round_.get("base_split") or {})
-        digests.update(_split_patients(round_.get("base_split") or {}, "digests"))
-        if round_.get("source_image"):
-            patients.append(str(round_["source_image"]))  # an NIH number in the path counts
+        if round_.get("source_image"):  # an NIH number in the path counts
+            keys.add(patient_key(str(round_["source_image"])))
             images.add(Path(str(round_["source_image"])).resolve())
         if round_.get("source_digest"):
             digests.add(str(round_["source_digest"]))
-    return {patient_key(p) for p in patients}, images, digests
+    for record in learnt:  # a base model's split, and what its own base learnt from
+        base_keys, base_images, base_digests = _trained_on({"provenance": record})
+        keys, images, digests = keys | base_keys, images | base_images, digests | base_digests
+    return keys, images, digests
 
 
 def _case_digest(case: Case) -> str | None:

@@ -308,6 +308,13 @@ def fell_on_held_out(meta: dict[str, Any]) -> bool:
     return float(after) < float(before) - HELD_OUT_TOLERANCE
 
 
+def _base_patients(learnt: dict[str, Any]) -> set[str]:
+    """Training and validation patients of a continued model's base and its own bases."""
+    patients = set(learnt.get("train_patients") or ()) | set(learnt.get("val_patients") or ())
+    base = learnt.get("init_learnt")
+    return patients | _base_patients(base) if base else patients
+
+
 def fine_tune_rounds(meta: dict[str, Any]) -> list[dict[str, Any]]:
     """The fine-tuning records of a checkpoint, newest first (each round keeps the one before
     under ``"earlier"``: ``dsms refine --model round1.pt``, repeated Refine rounds); empty for
@@ -389,15 +396,21 @@ def model_card(meta: dict[str, Any]) -> str:
             minutes = float(provenance.get("elapsed_s", 0.0)) / 60
             continued = provenance.get("continued_from")
             planned = (provenance.get("config") or {}).get("steps")
+            budget = (provenance.get("config") or {}).get("time_budget_s")
             # "steps" is where the kept checkpoint was saved: the best validation, not the end
-            # of the run (a tester read "60 steps" for a 200-step run)
+            # of the run (a tester read "60 steps" for a 200-step run); a run limited by time
+            # says so (the bundled ones read "of a 100000-step run" for 11 minutes).
+            run = (
+                f"a run limited to {budget / 60:.0f} min" if budget else f"a {planned}-step run"
+            )
             steps = (
-                f"best checkpoint at step {provenance['steps']} of a {planned}-step run"
+                f"best checkpoint at step {provenance['steps']} of {run}"
                 if isinstance(planned, int) and planned > int(provenance["steps"])
                 else f"{provenance['steps']} steps"
             )
+            date = str(provenance.get("date") or "")[:10]
             lines.append(
-                f"Training: {steps}, {minutes:.1f} min on "
+                f"Training{f' ({date})' if date else ''}: {steps}, {minutes:.1f} min on "
                 f"{provenance.get('hardware') or provenance.get('device', '?')}"
                 + (f", continuing {continued}." if continued else ".")
             )
@@ -410,7 +423,11 @@ def model_card(meta: dict[str, Any]) -> str:
         if cross_validation and not fine_tune:
             lines.append(_cross_validation_line(cross_validation))
         elif dice is not None and validation and not fine_tune:
-            lines.append(f"Pancreas Dice {dice:.3f} on {len(validation)} validation patients.")
+            line = f"Pancreas Dice {dice:.3f} on {len(validation)} validation patients"
+            seen = set(validation) & _base_patients(provenance.get("init_learnt") or {})
+            if seen:  # dsms train --init: the base may have trained on them (a tester)
+                line += f", {len(seen)} of whom the model it continued trained on"
+            lines.append(line + ".")
     warning = tumour_warning(meta)
     lines.append(warning[0].upper() + warning[1:] + "." if warning else "Tumour validated.")
     return "\n".join(lines)

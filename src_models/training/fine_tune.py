@@ -64,7 +64,7 @@ MIN_SLICES_FOR_HOLDOUT = 3
 #: Provenance keys of the base's patient split (moved under ``fine_tune["base_split"]``).
 _SPLIT_KEYS = (
     "train_patients", "val_patients", "test_patients", "split_file", "train_digests",
-    "val_digests", "selected",
+    "val_digests", "selected", "init_learnt",
 )  # fmt: skip
 
 #: Keys :func:`~src_models.models.checkpoints.save_checkpoint` stamps itself; a base checkpoint's

@@ -446,6 +446,15 @@ def state_path(checkpoint: str | os.PathLike[str]) -> Path:
     return checkpoint.with_name(checkpoint.name + STATE_SUFFIX)
 
 
+#: Provenance keys that say which cases a model learnt from (its split, its CT contents, its
+#: fine-tuning rounds, and those of the model it continued), kept under ``init_learnt`` by a
+#: run that continues it and read by ``dsms evaluate``.
+LEARNT_KEYS = (
+    "train_patients", "val_patients", "train_digests", "val_digests", "selected",
+    "fine_tune", "init_learnt",
+)  # fmt: skip
+
+
 def _initial_model(
     config: TrainConfig, init: str | os.PathLike[str] | None
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
@@ -462,6 +471,11 @@ def _initial_model(
         "init": str(init),
         "init_path": meta["path"],
         "init_date": meta["provenance"].get("date"),
+        # What the base learnt from stays with the run: a tester's model continued from the
+        # bundled default was scored on 7 of its base's training patients without a warning.
+        "init_learnt": {
+            key: value for key, value in meta["provenance"].items() if key in LEARNT_KEYS
+        },
     }
     return model, dict(meta["preprocessing"]), base
 
