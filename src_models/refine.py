@@ -383,7 +383,8 @@ def refine(
         (:func:`~src_models.io.orientation.head_feet_axis`), 0-based.
     model, meta
         The latest model (:func:`~src_models.models.store.load_checkpoint`); fine-tuned in
-        place, or handed back unchanged when the round made it worse.
+        place, or handed back unchanged when the round made it worse or was cancelled (the
+        generator closed).
     steps, seconds
         Fine-tuning length (by default :data:`ROUND_TRAINING`'s 200 steps or 40 s, whichever
         ends first); ``steps=0`` skips it.

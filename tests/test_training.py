@@ -159,6 +159,15 @@ def test_fine_tune_stops_when_closed():
     assert next(events).step == 1
     events.close()
     assert not model.training  # handed back in eval mode, on the CPU
+    # a guarded round (dsms refine, Refine round) closed before its check hands back the
+    # weights it was given: a tester's cancelled refine left the model 5 steps trained
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    events = fine_tune(model, meta, images, labels, None, steps=100, device="cpu", guard=True)
+    for _ in range(3):
+        next(events)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    events.close()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_guard_keeps_the_previous_model_when_a_round_makes_it_worse(tmp_path, monkeypatch):

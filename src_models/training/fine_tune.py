@@ -303,7 +303,8 @@ def fine_tune(
     """Fine-tune ``model`` in place on a few corrected slices; a generator of ``TrainEvent``.
 
     Run it in a worker, show ``event.step / event.total_steps``, and close the generator to
-    stop: the model then keeps the weights of the last finished step and nothing is saved.
+    stop: nothing is saved, and the model keeps the weights of the last finished step, or with
+    ``guard`` the weights it was handed (nothing checked the steps it made).
 
     Parameters
     ----------
@@ -393,6 +394,7 @@ def fine_tune(
     if held_out:  # before the loop is built: it puts the model in training mode
         before = held_out_metrics(model, meta, val_images_hu, val_labels, spacing_yx, dev)
     loop = _Loop(model, sampler, config, dev)
+    finished = False
     try:
         if held_out:
             yield TrainEvent("validation", 0, config.steps, 0.0, metrics=before)
@@ -402,7 +404,10 @@ def fine_tune(
             yield TrainEvent(
                 "validation", loop.state.step, config.steps, loop.state.elapsed_s, metrics=after
             )
+        finished = True
     finally:
+        if not finished and previous is not None:  # cancelled: an unchecked guarded round
+            model.load_state_dict(previous)  # (a tester's cancelled refine kept 5 steps)
         model.to("cpu", memory_format=torch.contiguous_format).eval()
         release_memory(dev)
     base_path = Path(meta["path"]) if meta.get("path") else None
