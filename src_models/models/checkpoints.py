@@ -400,9 +400,7 @@ def model_card(meta: dict[str, Any]) -> str:
             # "steps" is where the kept checkpoint was saved: the best validation, not the end
             # of the run (a tester read "60 steps" for a 200-step run); a run limited by time
             # says so (the bundled ones read "of a 100000-step run" for 11 minutes).
-            run = (
-                f"a run limited to {budget / 60:.0f} min" if budget else f"a {planned}-step run"
-            )
+            run = f"a run limited to {budget / 60:.0f} min" if budget else f"a {planned}-step run"
             steps = (
                 f"best checkpoint at step {provenance['steps']} of {run}"
                 if isinstance(planned, int) and planned > int(provenance["steps"])
