@@ -112,6 +112,32 @@ def test_stop_then_resume_continues_exactly(phantoms, tmp_path):
     assert all(torch.equal(full[k], cut[k]) for k in full)
 
 
+def test_an_interrupt_in_the_middle_of_a_step_resumes_exactly(phantoms, tmp_path, monkeypatch):
+    """Ctrl-C lands inside a step, after its batch was drawn: the resumed run diverged from its
+    first step (a tester); the state saved is the one between the last two steps."""
+    from src_models.training import loop as training_loop
+
+    config = _config(steps=4, val_every=0)
+    run_to_end(train(config, phantoms[:1], phantoms[1:2], tmp_path / "full.pt"))
+    real_step, calls = training_loop._Loop.step, []
+
+    def interrupted(self):
+        calls.append(self.state.step)
+        if len(calls) == 3:  # the third step, after it drew its batch
+            self.sampler.sample(config.batch_size)
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(training_loop._Loop, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_to_end(train(config, phantoms[:1], phantoms[1:2], tmp_path / "cut.pt"))
+    monkeypatch.setattr(training_loop._Loop, "step", real_step)
+    assert torch.load(state_path(tmp_path / "cut.pt"), weights_only=True)["loop"]["step"] == 2
+    run_to_end(train(config, phantoms[:1], phantoms[1:2], tmp_path / "cut.pt", resume=True))
+    full, cut = _weights(state_path(tmp_path / "full.pt")), _weights(state_path(tmp_path / "cut.pt"))
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
 def test_resume_without_state_is_refused(phantoms, tmp_path):
     with pytest.raises(FileNotFoundError, match="no training state"):
         next(train(_config(), phantoms[:1], phantoms[1:2], tmp_path / "x.pt", resume=True))

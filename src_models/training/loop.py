@@ -342,6 +342,16 @@ class _Loop:
             device.type, enabled=self.amp_dtype == torch.float16 and device.type == "cuda"
         )
         self.state = _LoopState()
+        self._mark_boundary()
+
+    def _mark_boundary(self) -> None:
+        """Note the random generators between two steps: what :meth:`state_dict` saves.
+
+        An interrupt (Ctrl-C, SIGTERM) lands in the middle of a step, after it drew its batch;
+        saving the generators as they were then made a resumed run differ from an uninterrupted
+        one from its first step (a tester). The weights only change at the step's end.
+        """
+        self._boundary_rngs = (torch.get_rng_state(), self.sampler.rng.bit_generator.state)
 
     def progress(self) -> float:
         """How far the run is, in [0, 1], by steps or by time, whichever is further."""
@@ -386,6 +396,7 @@ class _Loop:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.state.step += 1
+        self._mark_boundary()
         return lr, totals
 
     def state_dict(self) -> dict[str, Any]:
@@ -395,8 +406,8 @@ class _Loop:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "loop": asdict(self.state),
-            "torch_rng": torch.get_rng_state(),
-            "sampler_rng": self.sampler.rng.bit_generator.state,
+            "torch_rng": self._boundary_rngs[0],
+            "sampler_rng": self._boundary_rngs[1],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -408,6 +419,7 @@ class _Loop:
         torch.set_rng_state(state["torch_rng"])
         if self.rank == 0:
             self.sampler.rng.bit_generator.state = state["sampler_rng"]
+        self._mark_boundary()
 
     def run(
         self, on_validation: Callable[[], tuple[dict[str, float], Path | None]]
