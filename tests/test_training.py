@@ -134,7 +134,8 @@ def test_an_interrupt_in_the_middle_of_a_step_resumes_exactly(phantoms, tmp_path
     monkeypatch.setattr(training_loop._Loop, "step", real_step)
     assert torch.load(state_path(tmp_path / "cut.pt"), weights_only=True)["loop"]["step"] == 2
     run_to_end(train(config, phantoms[:1], phantoms[1:2], tmp_path / "cut.pt", resume=True))
-    full, cut = _weights(state_path(tmp_path / "full.pt")), _weights(state_path(tmp_path / "cut.pt"))
+    full = _weights(state_path(tmp_path / "full.pt"))
+    cut = _weights(state_path(tmp_path / "cut.pt"))
     assert all(torch.equal(full[k], cut[k]) for k in full)
 
 

@@ -20,7 +20,7 @@ What happens to a volume
 4. The logits are resampled back to the slice size and turned into labels 0/1/2; the
    restoration decoder's output (DRS models) is resampled the same way. Results go into arrays
    allocated once, so memory grows with the outputs only, never with the work per slice.
-5. The outputs are handed back on the file's own grid with :func:`~src_models.orientation.
+5. The outputs are handed back on the file's own grid with :func:`~src_models.io.orientation.
    from_canonical`, which is exact (views, no interpolation).
 """
 
@@ -338,7 +338,7 @@ def segment(
     meta
         Checkpoint metadata; ``meta["preprocessing"]`` (HU window, in-plane spacing) must be the
         one the model was trained with. ``None`` uses
-        :data:`~src_models.preprocessing.DEFAULT_PREPROCESSING`.
+        :data:`~src_models.inference.preprocessing.DEFAULT_PREPROCESSING`.
     device
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
     batch_size

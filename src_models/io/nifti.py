@@ -313,7 +313,7 @@ def write_labels(
         renamed, so a failure never leaves a half-written file.
     labels : numpy.ndarray or Volume
         Values 0, 1, 2 in ``reference``'s index order and shape (use
-        :func:`src_models.orientation.from_canonical` first for canonical arrays).
+        :func:`src_models.io.orientation.from_canonical` first for canonical arrays).
     reference : Volume
         The CT the labels belong to; its source file is never overwritten.
 

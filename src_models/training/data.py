@@ -7,7 +7,7 @@ Sources (mixable, each case carries a patient id so that no patient is on both s
   ``ct.nii.gz`` (or ``image.nii.gz``) with ``label.nii.gz`` (the layout of ``nih-pancreas-0001``);
 - a folder of 2D slice sets, ``*.npz`` with ``image`` uint8 (n, H, W) = HU clipped to [0, 255]
   and ``mask``, already in the canonical layout, without spacing
-  (:data:`~src_models.preprocessing.FALLBACK_SPACING_MM` is assumed);
+  (:data:`~src_models.inference.preprocessing.FALLBACK_SPACING_MM` is assumed);
 - seeded synthetic phantoms (:mod:`src_models.phantom`).
 
 Every volume goes through :func:`~src_models.io.orientation.to_canonical` and

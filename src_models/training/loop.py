@@ -70,8 +70,8 @@ class TrainConfig:
     Attributes
     ----------
     arch, width
-        Architecture (:data:`~src_models.registry.ARCHITECTURES`) and base width of a new model;
-        ignored when the model comes from a checkpoint (``init``, ``resume``).
+        Architecture (:data:`~src_models.nets.registry.ARCHITECTURES`) and base width of a new
+        model; ignored when the model comes from a checkpoint (``init``, ``resume``).
     steps
         Optimiser steps (each of ``batch_size * accumulate`` patches per process).
     batch_size, accumulate
@@ -100,7 +100,7 @@ class TrainConfig:
     channels_last
         Use the NHWC memory layout (faster convolutions on CPUs and tensor cores).
     augmentation
-        Random transforms (:class:`~src_models.data.Augmentation`).
+        Random transforms (:class:`~src_models.training.data.Augmentation`).
     foreground_fraction
         Share of patches drawn from slices that contain pancreas.
     preprocessing
