@@ -155,8 +155,10 @@ def test_names_resolve_to_the_user_model_folder(tmp_path: Path, monkeypatch, sav
     with pytest.warns(UserWarning, match=r"broken\.pt"):
         entries = [entry for entry in list_checkpoints() if not entry.bundled]
     assert [(e.name, e.arch, e.path) for e in entries] == [("mine", "drs_unet", mine)]
-    with pytest.raises(CheckpointError, match=r"nonexistent: .*available names: .*mine"):
+    with pytest.raises(CheckpointError, match=r"nonexistent: .*names: .*mine, .*ensemble"):
         load_checkpoint("nonexistent")
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
+        load_checkpoint(user_model_dir())  # not "no such checkpoint file" (a tester)
 
 
 def test_no_code_loads_pickles_unsafely() -> None:

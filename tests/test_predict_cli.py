@@ -182,6 +182,8 @@ def test_info_prints_a_models_card(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "dsmsc_unet checkpoint" in out and "Cross-validated" in out
     assert "Tumour unvalidated" in out
+    assert main(["info", "ensemble"]) == 0  # --model ensemble has a card too (a tester)
+    assert "Ensemble: mean probability of 5 models." in capsys.readouterr().out
     junk = tmp_path / "model.pt"
     junk.write_bytes(b"not a checkpoint")
     assert main(["info", str(junk)]) == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..io import VolumeError, describe, read_volume_reporting
 from ..models.checkpoints import CheckpointError, model_card, read_metadata
-from ..models.store import resolve_checkpoint
+from ..models.store import ENSEMBLE, ensemble_metadata, resolve_checkpoint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +42,9 @@ def _model(text: str) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.path == ENSEMBLE and not Path(args.path).exists():  # --model ensemble's card
+        print(f"{ENSEMBLE}: the bundled models averaged\n{model_card(ensemble_metadata())}")
+        return 0
     checkpoint = _model(args.path)
     if checkpoint is not None:
         meta = read_metadata(checkpoint)

@@ -96,7 +96,9 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
         path = folder / f"{name}{SUFFIX}"
         if path.is_file():
             return path
-    available = sorted({path.stem for path, _ in _named_files()})
+    if candidate.is_dir():  # after the names: a folder called like a model must not hide it
+        raise CheckpointError(f"{candidate}: is a folder, not a checkpoint file (.pt)")
+    available = [*sorted({path.stem for path, _ in _named_files()}), ENSEMBLE]
     raise CheckpointError(
         f"{name}: no such checkpoint file or model name; available names: "
         f"{', '.join(available) or 'none'} (searched {BUNDLED_DIR} and {user_model_dir()}, "
