@@ -523,10 +523,10 @@ def test_evaluate_knows_a_training_volume_under_another_name(tmp_path, capsys):
     continued = tmp_path / "continued.pt"
     args = ["train", "--data", str(other), "--arch", "unet", "--steps", "1", "--batch-size",
             "2", "--patch-size", "32", "--out", str(continued), "--init", str(out), "--device",
-            "cpu", "--threads", "1"]  # fmt: skip
+            "cpu", "--threads", "1", "--width", "8"]  # fmt: skip
     with pytest.warns(UserWarning, match="validating on the training cases"):
         assert main(args) == 0
-    capsys.readouterr()
+    assert "--init keeps the model's width 4; --width 8 is not used" in capsys.readouterr().err
     argv = ["evaluate", "--data", str(data), "--models", str(continued), "--device", "cpu"]
     assert main(argv) == 0
     assert "warning: continued trained or was selected on 1 of the 1 cases (a;" in (

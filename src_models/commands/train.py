@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", required=True, choices=ARCHITECTURES)
     parser.add_argument("--out", required=True, metavar="CKPT", help="best checkpoint (.pt)")
     parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--width", type=int, default=defaults.width, help="base width")
+    parser.add_argument(
+        "--width", type=int, help=f"base width of a new model (default {defaults.width})"
+    )
     parser.add_argument(
         "--init", metavar="NAME_OR_PATH", help="fine-tune from a bundled model or a checkpoint"
     )
@@ -135,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: --amp is deprecated; use --precision {precision}", file=sys.stderr)
     config = TrainConfig(
         arch=args.arch,
-        width=args.width,
+        width=args.width or TrainConfig().width,
         steps=args.steps,
         batch_size=args.batch_size,
         accumulate=args.accumulate,
@@ -158,7 +160,12 @@ def run(args: argparse.Namespace) -> int:
     if args.init:
         from ..models.store import load_checkpoint
 
-        preprocessing = dict(load_checkpoint(args.init)[1]["preprocessing"])
+        base = load_checkpoint(args.init)[1]
+        preprocessing = dict(base["preprocessing"])
+        width = base["config"].get("width")
+        if args.width not in (None, width) and rank == 0:  # a tester's --width 8, unremarked
+            print(f"note: --init keeps the model's width {width}; --width {args.width} is "
+                  "not used", file=sys.stderr)  # fmt: skip
     say = print if rank == 0 else (lambda *a, **k: None)
     say(f"caching {len(train_list)} training and {len(val_list)} validation cases ...")
     cached_train = [cache_case(c, preprocessing) for c in train_list]
