@@ -63,6 +63,7 @@ from .io.orientation import canonical_spacing, from_canonical, head_feet_axis, t
 from .jobs import relay
 from .training.fine_tune import (
     FINE_TUNE_DEFAULTS,
+    MIN_GUARDED_STEPS,
     MIN_SLICES_FOR_HOLDOUT,
     FineTuneResult,
     fine_tune,
@@ -107,7 +108,10 @@ END_FRACTION = 0.5
 #: 0.862 in about 220 CPU s for the button's 400 x 160-pixel recipe (docs/benchmarks.md); what
 #: the user ends with after the round depends on it less, as the slices between corrections are
 #: filled from the corrections themselves.
-ROUND_TRAINING = replace(FINE_TUNE_DEFAULTS, steps=200, patch_size=128, lr=2e-3, time_budget_s=40.0)
+ROUND_TRAINING = replace(
+    FINE_TUNE_DEFAULTS, steps=200, patch_size=128, lr=2e-3, time_budget_s=40.0,
+    min_steps=MIN_GUARDED_STEPS,
+)  # fmt: skip
 
 #: What :func:`refine` yields: training events while fine-tuning, then ``(done, total)``.
 RefineProgress = TrainEvent | tuple[int, int]
@@ -387,7 +391,8 @@ def refine(
         generator closed).
     steps, seconds
         Fine-tuning length (by default :data:`ROUND_TRAINING`'s 200 steps or 40 s, whichever
-        ends first); ``steps=0`` skips it.
+        ends first, but at least the 100 steps the guard needs when the CPU is slow, up to
+        120 s); ``steps=0`` skips it; ``seconds`` given is kept to.
     device, seed
         As for fine-tuning and segmentation.
     out

@@ -197,6 +197,34 @@ def test_fine_tune_stops_when_closed():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize(("floor", "ended"), [(100, 100), (200, 120)])
+def test_a_slow_round_goes_on_to_the_steps_its_guard_needs(monkeypatch, floor, ended):
+    """On a busy CPU a refine round's 40 s fitted 94 to 100 steps, so the same corrections were
+    learnt or thrown away by the machine's load (a tester). The default budget now stretches to
+    the guard's 100 steps, up to three times the budget, and the schedule still anneals."""
+    from src_models.refine import ROUND_TRAINING
+    from src_models.training import loop as training_loop
+
+    clock = iter(range(10_000))  # one second per step: 40 steps would fit in the budget
+    monkeypatch.setattr(training_loop.time, "perf_counter", lambda: float(next(clock)))
+    model = build_model("unet", width=4)
+    meta = {"preprocessing": PREP, "provenance": {}, "metrics": {}, "path": None}
+    images = np.zeros((2, 40, 40), dtype=np.float32)
+    labels = np.zeros((2, 40, 40), dtype=np.uint8)
+    labels[:, 10:20, 10:20] = 1
+    config = replace(ROUND_TRAINING, patch_size=32, batch_size=1, min_steps=floor, steps=300)
+    events = list(fine_tune(model, meta, images, labels, None, device="cpu", config=config))
+    steps = [e for e in events if e.kind == "step"]
+    assert steps[-1].step == ended
+    if ended == floor:  # paced to end there: the last steps ran at the schedule's end
+        assert steps[-1].lr < 0.05 * config.lr
+    # a budget the caller chose is kept to (dsms refine --seconds 40)
+    clock = iter(range(10_000))
+    events = fine_tune(model, meta, images, labels, None, device="cpu", config=config,
+                       time_budget_s=40.0)  # fmt: skip
+    assert [e.step for e in events if e.kind == "step"][-1] == 40
+
+
 def test_guard_keeps_the_previous_model_when_a_round_makes_it_worse(tmp_path, monkeypatch):
     """Slices that teach "no pancreas" make the held-out Dice fall: the weights come back."""
     monkeypatch.setattr(tuning, "MIN_GUARDED_STEPS", 1)  # the Dice decides, not the length

@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         ROUND_TRAINING.time_budget_s if args.steps is None else None
     )  # fmt: skip
     # The bar's remaining time counts all steps; on a busy CPU it read 19:55 for a 40 s round.
-    tuning = "fine-tuning" + (f" (stops at {limit:.0f} s)" if limit is not None else "")
+    tuning = "fine-tuning" + (f" (about {limit:.0f} s)" if limit is not None else "")
     bar, show_slices = progress_bar(tuning, unit="step") if learn else progress_bar("segmenting")
 
     def show(progress) -> None:

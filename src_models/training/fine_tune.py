@@ -365,6 +365,8 @@ def fine_tune(
         base,
         steps=steps if steps is not None else base.steps,
         time_budget_s=budget,
+        # a budget the caller chose is kept to; the default one goes on to the base's floor
+        min_steps=base.min_steps if time_budget_s is None else 0,
         device=device,
         seed=seed,
         val_every=0,

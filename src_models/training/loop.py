@@ -62,6 +62,9 @@ STATE_SUFFIX = ".train-state"
 #: Final learning rate as a fraction of the peak at the end of the cosine decay.
 FINAL_LR_FRACTION = 0.01
 
+#: A run with ``min_steps`` stops at this many times its time budget even short of them.
+MAX_OVERTIME = 3.0
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -86,6 +89,11 @@ class TrainConfig:
     time_budget_s
         Stop after this many seconds even before ``steps``; the learning-rate schedule follows
         whichever of steps and time is further along, so a budgeted run still anneals.
+    min_steps
+        With a time budget, go on past it until this many steps (the schedule then paces itself
+        to end there), but not past :data:`MAX_OVERTIME` times the budget. A guarded round
+        needs 100 steps to be trusted, and on a busy CPU whole rounds ended 6 steps short and
+        were thrown away: the same corrections learnt or not by the machine's load (a tester).
     loss
         ``"bce"`` (the paper's) or ``"dice_bce"`` (:mod:`src_models.training.losses`).
     seed
@@ -128,6 +136,7 @@ class TrainConfig:
     patch_size: int = 192
     val_every: int = 200
     time_budget_s: float | None = None
+    min_steps: int = 0
     loss: str = "bce"
     seed: int = 0
     device: str = "auto"
@@ -358,6 +367,8 @@ class _Loop:
         by_steps = self.state.step / max(self.config.steps, 1)
         budget = self.config.time_budget_s
         by_time = self.state.elapsed_s / budget if budget else 0.0
+        if self.config.min_steps and by_time < MAX_OVERTIME:  # pace the run to min_steps
+            by_time = min(by_time, self.state.step / self.config.min_steps)
         return max(by_steps, by_time)
 
     def _synchronised(self, progress: float) -> float:
@@ -428,8 +439,11 @@ class _Loop:
         config = self.config
         started = time.perf_counter() - self.state.elapsed_s
         while True:
+            budget, elapsed = config.time_budget_s, self.state.elapsed_s
             stop = self.state.step >= config.steps or (
-                config.time_budget_s is not None and self.state.elapsed_s >= config.time_budget_s
+                budget is not None
+                and elapsed >= budget
+                and (self.state.step >= config.min_steps or elapsed >= MAX_OVERTIME * budget)
             )
             if self._synchronised(1.0 if stop else 0.0) >= 1.0:
                 break
