@@ -26,6 +26,13 @@ PREFIX = "orientation: "
 AXIS_LABELS = ("axial", "coronal", "sagittal")
 
 
+def _camera(viewer: Any) -> Any:
+    """The viewer's camera: ``viewer.scene.camera`` since napari 0.9 (``viewer.camera`` is
+    deprecated there, and its warning reached users as a toast), ``viewer.camera`` before."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None else viewer.camera
+
+
 def named_axes(labels: tuple[str, ...]) -> tuple[str, ...]:
     """:data:`AXIS_LABELS` in place of napari's numbered defaults (``-3``, ``0`` ...) of three
     axes; a user's own names are kept. A tester read the axial slider's ``-3`` as a value."""
@@ -91,7 +98,7 @@ def attach(viewer: Any) -> None:
     def update(*_: Any) -> None:
         overlay = _text_overlay(viewer)
         text = markers(
-            tuple(viewer.dims.displayed), viewer.dims.ndim, tuple(viewer.camera.orientation2d)
+            tuple(viewer.dims.displayed), viewer.dims.ndim, tuple(_camera(viewer).orientation2d)
         )
         text = _caveat(text, [layer for layer in viewer.layers if layer.visible])
         if text:
@@ -105,8 +112,8 @@ def attach(viewer: Any) -> None:
             viewer.dims.axis_labels = labels
         displayed = tuple(viewer.dims.displayed)
         if viewer.dims.ndim == 3 and len(displayed) == 2:
-            horizontal = viewer.camera.orientation2d[1]
-            viewer.camera.orientation2d = ("up" if displayed[0] == 0 else "down", horizontal)
+            horizontal = _camera(viewer).orientation2d[1]
+            _camera(viewer).orientation2d = ("up" if displayed[0] == 0 else "down", horizontal)
         update()
 
     def watch(layer: Any) -> None:  # a layer from another reader changes what holds
@@ -118,5 +125,5 @@ def attach(viewer: Any) -> None:
         watch(layer)
     viewer.layers.events.inserted.connect(lambda event: (watch(event.value), update()))
     viewer.layers.events.removed.connect(update)
-    viewer.camera.events.orientation2d.connect(update)
+    _camera(viewer).events.orientation2d.connect(update)
     orient()

@@ -472,12 +472,12 @@ class ReviewSession:
 
     def tool_slices(self) -> list[int]:
         """Slices a tool wrote into (the baseline differs from the model's output there) that
-        the user did not edit afterwards: neither the model's nor the user's drawing."""
+        the user neither edited nor marked reviewed afterwards: nobody checked them."""
         if self.baseline is None or self.prediction is None:
             return []
         differs = np.asarray(self.baseline != self.prediction)
         changed = np.flatnonzero(differs.reshape(len(differs), -1).any(axis=1))
-        return sorted(set(changed.tolist()) - set(self.edited))
+        return sorted(set(changed.tolist()) - set(self.edited) - self.reviewed)
 
     def sidecar(
         self,
@@ -515,8 +515,10 @@ class ReviewSession:
         if self.roi is not None:
             content["region_of_interest"] = {
                 **self.roi.as_dict(),
-                "convention": "canonical slices (inclusive) and rows / columns of the layer "
-                "shown in napari; outside it labels were cleared and nothing was learnt",
+                "convention": "canonical slices, first and last included; box_rows_columns "
+                "[first row, row after the last, first column, column after the last] of the "
+                "layer shown in napari (the dock shows the last row and column); outside it "
+                "labels were cleared and nothing was learnt",
             }
         return content
 

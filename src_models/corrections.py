@@ -291,8 +291,8 @@ def sidecar(
     tool_slices
         Canonical slices that neither the model nor the user drew as they are: a tool wrote
         into them (fill between slices, a refine round, the clean-up, clearing outside the
-        region of interest) and nobody edited them after. Without them a reader took every
-        slice that was not edited for the model's own output.
+        region of interest) and nobody edited or reviewed them after. Without them a reader
+        took every slice that was not edited for the model's own output.
 
     Returns
     -------
@@ -322,8 +322,9 @@ def sidecar(
         "tool_slices": {
             "canonical": tool_slices,
             "source": tool_source,
-            "meaning": "not edited, but written by a tool (fill between slices, a refine "
-            "round, clean-up, region of interest) rather than by the model that made the labels",
+            "meaning": "neither edited nor reviewed, and written by a tool (fill between "
+            "slices, a refine round, clean-up, region of interest) rather than by the model "
+            "that made the labels",
         },
         "label_values": {"0": "background", "1": "pancreas", "2": "tumour"},
         "date": stamp,

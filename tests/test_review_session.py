@@ -173,6 +173,8 @@ def test_sidecar_records_model_edits_reviews_and_volumes() -> None:
     content = session.sidecar("/out/labels.nii.gz", "labels")
     assert content["tool_slices"]["canonical"] == [2]
     assert content["edited_slices"]["canonical"] == [4]
+    session.toggle_reviewed(2)  # checked by the user: reviewed, no longer a tool's alone
+    assert session.sidecar("/out/labels.nii.gz", "labels")["tool_slices"]["canonical"] == []
     assert content["model"]["checkpoint"] == "/models/unet.pt"
     assert content["source_image"] == "/data/ct.nii.gz"
     assert content["volumes_ml"]["pancreas"] > 0

@@ -663,12 +663,12 @@ def test_orientation_markers_follow_the_displayed_axes(make_napari_viewer, case)
     # the slider names the slices it steps through, not napari's "-3"
     assert tuple(viewer.dims.axis_labels) == ("axial", "coronal", "sagittal")
     viewer.dims.order = (1, 0, 2)  # a coronal view: the head at the top, as radiologists read it
-    assert tuple(viewer.camera.orientation2d) == ("up", "right")
+    assert tuple(viewer.scene.camera.orientation2d) == ("up", "right")
     assert overlay.text.endswith("left R, right L\ntop S, bottom I")
-    viewer.camera.orientation2d = ("down", "right")  # the user's own choice is followed
+    viewer.scene.camera.orientation2d = ("down", "right")  # the user's own choice is followed
     assert overlay.text.endswith("top I, bottom S")
     viewer.dims.order = (0, 1, 2)  # back to axial: anterior at the top again
-    assert tuple(viewer.camera.orientation2d) == ("down", "right")
+    assert tuple(viewer.scene.camera.orientation2d) == ("down", "right")
     assert overlay.text.endswith("top A, bottom P")
     viewer.dims.ndisplay = 3
     assert not overlay.visible

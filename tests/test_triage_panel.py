@@ -224,6 +224,29 @@ def test_a_round_whose_labels_changed_meanwhile_leaves_no_model(dock, qtbot, tmp
     np.testing.assert_array_equal(labels.data, before)
 
 
+def test_a_round_names_corrections_outside_the_region_and_ends_with_its_layer(
+    dock, qtbot, tmp_path, monkeypatch
+):
+    """A tester's slice 90, outside the region, was left out without a word; and deleting the
+    last labels layer let the round train on for 33 s under a line naming the removed layer."""
+    from napari_dsms._session import RegionOfInterest
+
+    monkeypatch.setenv("DSMS_MODEL_DIR", str(tmp_path / "models"))
+    widget, labels, prediction = dock
+    with_pancreas = np.flatnonzero(prediction.reshape(len(prediction), -1).any(axis=1))
+    corrected = [int(k) for k in with_pancreas[::2]]
+    _correct(labels, prediction, corrected)
+    widget.refresh_status()
+    widget.session.roi = RegionOfInterest(corrected[0], corrected[-2])
+    panel = widget.triage.refine_round
+    assert panel.start() is not None
+    assert f"Slice {corrected[-1]} lies outside the region of interest" in panel.status.text()
+    widget.viewer.layers.remove(labels)
+    assert widget.session is None and "no labels layer" in widget.editing_label.text()
+    qtbot.waitUntil(lambda: not panel.is_running, timeout=120_000)
+    assert "cancelled" in panel.status.text() or "nothing was written" in panel.status.text()
+
+
 def test_a_later_tool_write_ends_the_fill_reports_undo_watch(qtbot):
     """A refine round that rewrote filled slices with what they held before the fill made the
     fill's status say "undone" (a tester): the round's write supersedes the fill's."""

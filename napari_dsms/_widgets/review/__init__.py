@@ -277,7 +277,11 @@ class ReviewWidget(ScrollingDock):
     def _on_layer_removed(self, event: Any) -> None:
         if self._losing_current:
             self._losing_current = False
-            self._follow_newest()
+            # With no labels layer left the picker empties without a word: the session (and a
+            # round running on it) must end all the same, and the editing line with it (a
+            # tester's round trained on for 33 s under a line naming the removed layer).
+            if not self._follow_newest() and not same_layer(self.labels_layer, self._watched):
+                self._on_labels_changed()
 
     def _on_labels_changed(self, *_: Any) -> None:
         layer = self.labels_layer

@@ -87,6 +87,17 @@ def model_line(result: RefineResult) -> str:
     return f"The model learnt from them: {steps}{measured}; the next round starts from it."
 
 
+def _outside_note(slices: list[int]) -> str:
+    """The corrected slices a round left out because they lie outside the region of interest."""
+    if not slices:
+        return ""
+    many = len(slices) > 1
+    return (
+        f" Slice{'s' * many} {', '.join(map(str, slices))} {'lie' if many else 'lies'} outside "
+        "the region of interest: not used."
+    )
+
+
 class RefineRoundPanel(QWidget):
     """The Refine round button (Cancel while it runs) and its status line.
 
@@ -154,7 +165,9 @@ class RefineRoundPanel(QWidget):
             return None
         self.review.refresh_status()
         known = sorted(set(session.edited) | session.reviewed)
+        outside = []  # named in the report: a tester's slice 90 was dropped without a word
         if session.roi is not None:
+            outside = [k for k in known if not session.roi.contains_slice(k)]
             known = [k for k in known if session.roi.contains_slice(k)]
         volume = canonical_volume(session.image, session.spacing, session.source or session.name)
         labels = np.array(session.labels, copy=True)  # what the round reads: a snapshot
@@ -175,13 +188,13 @@ class RefineRoundPanel(QWidget):
         reviewed = sorted(set(known) - set(session.edited))  # accepted unchanged
         self._started = {
             "labels": labels, "known": known, "reviewed": reviewed, "layer": layer,
-            "session": session, "model_path": output,
+            "session": session, "model_path": output, "outside": outside,
         }  # fmt: skip
         self.button.setText("Cancel round")
         self._started_at = time.monotonic()
         self.status.setText(
             f"learning from {len(known)} corrected slices with {Path(checkpoint).name}, then "
-            "filling and re-segmenting…"
+            f"filling and re-segmenting…{_outside_note(outside)}"
         )
         self._worker = start_job(
             refine,
@@ -253,6 +266,7 @@ class RefineRoundPanel(QWidget):
         self.status.setText(
             f"{kept} slices{painted} kept; {where} changed "
             f"({changed[0].size} voxels; Ctrl+Z reverts them). {model_line(result)}"
+            f"{_outside_note(started['outside'])}"
         )
         show_info(f"Refine round: {len(slices)} slices changed (Ctrl+Z)")
         self.review.refresh_status()
