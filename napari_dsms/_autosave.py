@@ -25,6 +25,7 @@ napari-dsms writer) removes the session's journal: the export now holds the work
 from __future__ import annotations
 
 import atexit
+import json
 import time
 import weakref
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from ._layers import (
     METADATA_KEYS,
     MODEL,
     PREDICTION,
+    RESTORED_KEYS,
     REVIEWED,
     SHAPE,
     SOURCE,
@@ -396,6 +398,10 @@ class Autosave:
             "baseline": layer.metadata.get(BASELINE),
             "model": layer.metadata.get(MODEL),
             "effort": tracked.effort(),
+            # copied here, on the GUI thread: the edit log grows with every stroke
+            "layer_state": json.loads(
+                json.dumps({k: layer.metadata[k] for k in RESTORED_KEYS if k in layer.metadata})
+            ),
         }
         tracked.busy = True
 
@@ -530,6 +536,9 @@ class Autosave:
             kwargs["metadata"][BASELINE] = entry.baseline()
         if entry.record.get("model"):
             kwargs["metadata"][MODEL] = entry.record["model"]
+        # the region of interest, the last round's model, the edit log (a tester's restore
+        # lost the region, and the next round started again from the bundled model)
+        kwargs["metadata"].update(entry.record.get("layer_state") or {})
         layer = viewer.add_labels(data, **kwargs)
         edited = len(entry.corrected)
         show_info(f"Restored {layer.name}: {edited} edited slice{'s' * (edited != 1)}")

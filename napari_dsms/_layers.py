@@ -87,6 +87,16 @@ AUTOSAVE_KEY = "autosave"
 #: On a labels layer: the region of interest (``RegionOfInterest.as_dict()``, _session.py).
 ROI = "region_of_interest"
 
+#: On a labels layer: the checkpoint the last refine round ended with (the next one starts there).
+LATEST_MODEL = "latest_model"
+
+#: On a labels layer: ``[time stamp (s), canonical slice]`` of each of the user's edits (a brush
+#: stroke, a fill), for the effort record (:func:`src_models.corrections.seconds_per_slice`).
+EDIT_LOG = "edit_log"
+
+#: Layer metadata a restored autosave gives back besides labels and reviewed slices.
+RESTORED_KEYS = (ROI, LATEST_MODEL, EDIT_LOG)
+
 #: ``layer.metadata`` keys describing the file grid, written here and read by the writer.
 METADATA_KEYS = (AFFINE, SOURCE, SHAPE, DESCRIPTION, VOLUME_INFO)
 
@@ -381,4 +391,5 @@ def session_from_layer(
         affine=None if affine is None else np.asarray(affine, dtype=np.float64),
         source_shape=None if shape is None else tuple(int(n) for n in shape),
         roi=RegionOfInterest.from_dict(metadata.get(ROI)),
+        edits=[tuple(edit) for edit in metadata.get(EDIT_LOG) or ()],
     )

@@ -278,6 +278,9 @@ class ReviewSession:
     roi: RegionOfInterest | None = None
     edited: list[int] = field(default_factory=list)
     baseline: np.ndarray | None = None
+    edits: list[tuple[float, int]] = field(default_factory=list)
+    #: A tool recorded its change and is about to write it: the next paint is not the user's.
+    tool_write_pending: bool = False
     # Tool changes still in effect, newest last: (voxels, labels before, baseline before, values
     # written); and those undone (Ctrl+Z), newest undone last, which a redo brings back.
     _tool_changes: list[ToolChange] = field(default_factory=list, repr=False)
@@ -330,6 +333,7 @@ class ReviewSession:
         not make a following fine-tuning learn the model's own output there. Call it before
         writing the values; undoing them later (napari's Ctrl+Z) is noticed by :meth:`refresh`.
         """
+        self.tool_write_pending = True  # its paint event is no time spent by the user
         if self.prediction is None:
             return
         if self.baseline is None:
@@ -470,6 +474,21 @@ class ReviewSession:
 
     # ------------------------------------------------------------------ leaving
 
+    def effort(self) -> dict[str, Any] | None:
+        """The effort record of the side-car (:func:`src_models.corrections.effort_record`):
+        per edited or reviewed slice its seconds of editing (from :attr:`edits`), voxels changed
+        and Dice between the model's prediction and the labels now; ``None`` without a stored
+        prediction to measure against."""
+        if self.prediction is None or not self.fits_image:
+            return None
+        return corrections.effort_record(
+            np.asarray(self.prediction),
+            np.asarray(self.labels),
+            self.edited,
+            self.reviewed,
+            corrections.seconds_per_slice(self.edits),
+        )
+
     def tool_slices(self) -> list[int]:
         """Slices a tool wrote into (the baseline differs from the model's output there) that
         the user neither edited nor marked reviewed afterwards: nobody checked them."""
@@ -510,6 +529,7 @@ class ReviewSession:
             edited=self.edited,
             reviewed=self.reviewed,
             plugin_version=__version__,
+            effort=self.effort() if with_labels else None,
             tool_slices=self.tool_slices(),
         )
         if self.roi is not None:

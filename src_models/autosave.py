@@ -288,6 +288,7 @@ def save(
     reviewed: Iterable[int] = (),
     model: Mapping[str, Any] | None = None,
     effort: Mapping[str, Any] | None = None,
+    layer_state: Mapping[str, Any] | None = None,
     now: _dt.datetime | None = None,
     root: Path | None = None,
 ) -> JournalEntry | None:
@@ -320,6 +321,10 @@ def save(
         Canonical axial slice indices the user marked as reviewed.
     model, effort
         What produced the prediction and the correction effort record (JSON-serialisable).
+    layer_state
+        What else the session keeps with its labels and a restore must give back
+        (JSON-serialisable: the region of interest, the last refine round's model, the edit
+        log); a tester's restore lost the region and the round's model.
     now
         Time of the save (default: now, UTC).
     root
@@ -386,6 +391,7 @@ def save(
         "base": base,
         "model": dict(model) if model else None,
         "effort": dict(effort) if effort else {},
+        "layer_state": dict(layer_state) if layer_state else {},
         "plugin_version": __version__,
     }
     arrays.update(slices=labels[edited], record=np.array(json.dumps(record)))

@@ -18,7 +18,14 @@ import pytest
 from qtpy.QtWidgets import QMainWindow
 
 from napari_dsms import _autosave
-from napari_dsms._layers import AUTOSAVE_KEY, image_layer_data, new_labels_like
+from napari_dsms._layers import (
+    AUTOSAVE_KEY,
+    EDIT_LOG,
+    LATEST_MODEL,
+    ROI,
+    image_layer_data,
+    new_labels_like,
+)
 from napari_dsms._widgets.load_ct import LoadCTWidget
 from napari_dsms._widgets.review import ReviewWidget
 from napari_dsms._writer import write_labels_layer
@@ -304,6 +311,15 @@ def test_a_restored_session_still_tells_corrections_from_what_tools_wrote(
     assert review.triage.fill_between() > 0  # ...and fills slice 2 between them
     review.refresh_status()
     assert review.edited_slices() == [1, 3]
+    # what else the session keeps with its labels: a tester's restore lost the region and the
+    # last round's model, and the next round started again from the bundled one
+    roi = {"first_slice": 1, "last_slice": 4, "box_rows_columns": None}
+    state = {ROI: roi, LATEST_MODEL: "/m/v1.pt"}
+    labels.metadata.update(state)
+    review.go_to_slice(3)
+    labels.paint((3, 12, 21), 1)  # a brush stroke: logged for the effort record
+    edit_log = list(labels.metadata[EDIT_LOG])
+    assert [k for _, k in edit_log] == [3]
     filled = labels.data.copy()
     viewer.layers.remove(labels)
     _wait_for_journal(qtbot, manager)
@@ -311,10 +327,13 @@ def test_a_restored_session_still_tells_corrections_from_what_tools_wrote(
     assert entry.edited == [1, 2, 3] and entry.corrected == [1, 3]
     offer, restored = _reopen_and_restore(viewer, qtbot, ct_file, image, manager)
     np.testing.assert_array_equal(restored.data, filled)
+    assert {k: restored.metadata[k] for k in state} == state
+    assert restored.metadata[EDIT_LOG] == edit_log
     review.select_labels(restored)
     review.refresh_status()
     assert review.edited_slices() == [1, 3]
     assert review.session.fine_tune_inputs().train == [1, 3]
+    assert review.session.roi is not None and review.session.roi.first == 1
 
 
 def test_labels_made_with_napari_s_own_button_are_journaled_on_the_ct_grid(

@@ -222,6 +222,26 @@ def test_a_position_beyond_the_labels_is_no_slice_of_them(widget_and_layers):
     viewer.layers.remove(longer)
 
 
+def test_brush_strokes_are_timed_into_the_effort_record(widget_and_layers, monkeypatch):
+    """Issue 11's effort record: seconds per edited slice, in the dock and the side-car; a
+    tester found neither (the record existed, nothing fed it)."""
+    from napari_dsms._widgets import review as review_module
+
+    widget, viewer, image, labels, reference = widget_and_layers
+    clock = iter([100.0, 110.0, 130.0, 145.0, 1000.0])  # the last after a long pause
+    monkeypatch.setattr(review_module.time, "time", lambda: next(clock))
+    for k, y in ((4, 10), (4, 12), (4, 14), (6, 10), (6, 12)):
+        widget.go_to_slice(k)
+        labels.paint((k, y, 10), 1)
+    assert widget.triage.fill_between() > 0  # a tool: no time of the user's
+    widget.refresh_status()
+    assert "0.8 min editing" in widget.volumes_label.text()  # 10 + 20 + 15 s
+    effort = widget.session.sidecar("/out/labels.nii.gz", "labels")["effort"]
+    seconds = {e["slice"]: e["seconds"] for e in effort["slices"]}
+    assert seconds[4] == 30.0 and seconds[6] == 15.0
+    assert effort["totals"]["minutes"] == 0.75 and effort["totals"]["slices_edited"] == 2
+
+
 def test_clean_up_keeps_largest_component_and_is_one_undo_step(widget_and_layers):
     widget, viewer, image, labels, reference = widget_and_layers
     model_output = np.zeros_like(labels.data)

@@ -19,6 +19,7 @@ these signals and reads ``review.session``.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,10 +28,13 @@ from napari.layers import Image, Labels, Layer
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 
+from src_models import corrections
+
 from ..._autosave import attach as attach_autosave
 from ..._layers import (
     AFFINE,
     BASELINE,
+    EDIT_LOG,
     MODEL,
     PREDICTION,
     REFERENCE,
@@ -286,12 +290,12 @@ class ReviewWidget(ScrollingDock):
     def _on_labels_changed(self, *_: Any) -> None:
         layer = self.labels_layer
         if self._watched is not None and not same_layer(self._watched, layer):
-            self._watched.events.paint.disconnect(self._schedule_refresh)
+            self._watched.events.paint.disconnect(self._on_paint)
             self._watched.events.data.disconnect(self._schedule_refresh)
             self._watched.events.set_data.disconnect(self._on_set_data)
         if layer is not None and not same_layer(layer, self._watched):
             # paint: brush strokes and clean-up; data: a new array; set_data: undo / redo.
-            layer.events.paint.connect(self._schedule_refresh)
+            layer.events.paint.connect(self._on_paint)
             layer.events.data.connect(self._schedule_refresh)
             layer.events.set_data.connect(self._on_set_data)
         self._watched = layer
@@ -302,6 +306,18 @@ class ReviewWidget(ScrollingDock):
         self.refresh_status()
 
     # ------------------------------------------------------------------ keeping in step
+
+    def _on_paint(self, event: Any = None) -> None:
+        """A brush stroke or a tool's write: the user's strokes go into the edit log."""
+        session, layer = self.session, self.labels_layer
+        if session is not None and layer is not None:
+            if session.tool_write_pending:
+                session.tool_write_pending = False
+            else:  # the stroke was on the slice shown (napari paints the displayed slice)
+                edit = [round(time.time(), 2), self.current_slice()]
+                layer.metadata.setdefault(EDIT_LOG, []).append(edit)
+                session.edits.append(tuple(edit))
+        self._schedule_refresh(event)
 
     def _schedule_refresh(self, event: Any = None) -> None:
         self.correct.forget_cleanup()
@@ -333,6 +349,7 @@ class ReviewWidget(ScrollingDock):
             model = layer.metadata.get(MODEL)
             session.model = dict(model) if isinstance(model, dict) else None
             session.labels = np.asarray(layer.data)
+            session.edits = [tuple(edit) for edit in layer.metadata.get(EDIT_LOG) or ()]
         return session
 
     def refresh_status(self) -> None:
@@ -345,10 +362,14 @@ class ReviewWidget(ScrollingDock):
             session.refresh()
             if self.labels_layer is not None:  # the autosave journals it with the labels
                 self.labels_layer.metadata[BASELINE] = session.baseline
+            session.tool_write_pending = False  # a tool that wrote nothing
             volumes = session.volumes()
+            minutes = sum(corrections.seconds_per_slice(session.edits).values()) / 60.0
             self.volumes_label.setText(
                 f"pancreas (incl. tumour) {volumes['pancreas']:.1f} mL, "
-                f"tumour {volumes['tumour']:.1f} mL"
+                f"tumour {volumes['tumour']:.1f} mL\n{len(session.edited)} slices edited, "
+                f"{len(session.reviewed - set(session.edited))} reviewed; {minutes:.1f} min "
+                "editing"
             )
         self.refreshed.emit()
         self._on_point_changed()

@@ -23,15 +23,12 @@ from src_models.models.store import load_checkpoint
 from src_models.refine import RefineResult, check_corrections, refine
 from src_models.training.loop import TrainEvent
 
-from ..._layers import MODEL
+from ..._layers import LATEST_MODEL, MODEL
 from .._worker import JobWorker, start_job
 from ._common import UndoWatch, canonical_volume, new_model_path, refuse
 
 if TYPE_CHECKING:
     from . import ReviewWidget
-
-#: On a labels layer: the checkpoint the last refine round ended with (the next one starts there).
-LATEST_MODEL = "latest_model"
 
 BUTTON_TEXT = "Refine round"
 
