@@ -310,7 +310,8 @@ def test_region_of_interest_clears_outside_and_is_kept(widget_and_layers, tmp_pa
     region.last_spin.setValue(13)
     shapes = region.draw_box()
     assert viewer.layers.selection.active is shapes and shapes.mode == "add_rectangle"
-    corners = [[8, 190, 190], [8, 190, 250], [8, 240, 250], [8, 240, 190]]
+    assert shapes.ndim == 2  # shown on every slice of the region, not only where drawn
+    corners = [[190, 190], [190, 250], [240, 250], [240, 190]]
     shapes.add_rectangles(np.array(corners, dtype=float))
     roi = region.set_region()
     assert (roi.first, roi.last) == (4, 13)

@@ -118,11 +118,13 @@ class RegionPanel(QGroupBox):
             return None
         viewer = self.review.viewer
         if self._shapes is None or not any(same_layer(x, self._shapes) for x in viewer.layers):
+            # 2D: napari shows it on every slice, as the region it marks applies to all of them
+            # (a box drawn in 3D showed on its own slice only, a tester)
             self._shapes = viewer.add_shapes(
-                ndim=3,
+                ndim=2,
                 name=f"{labels.name} region",
-                scale=labels.scale,
-                translate=labels.translate,
+                scale=labels.scale[-2:],
+                translate=labels.translate[-2:],
                 edge_color=BOX_COLOUR,
                 face_color="transparent",
                 edge_width=2,
@@ -137,12 +139,11 @@ class RegionPanel(QGroupBox):
         labels, shapes = self.review.labels_layer, self._shapes
         if labels is None or shapes is None or not len(shapes.data):
             return None
-        corners = np.array(
-            [labels.world_to_data(shapes.data_to_world(v)) for v in np.asarray(shapes.data[0])]
-        )
+        world = np.array([shapes.data_to_world(v)[-2:] for v in np.asarray(shapes.data[0])])
+        corners = (world - np.asarray(labels.translate)[-2:]) / np.asarray(labels.scale)[-2:]
         rows, columns = labels.data.shape[-2:]
-        r0, c0 = np.floor(corners[:, -2:].min(axis=0)).astype(int)
-        r1, c1 = np.ceil(corners[:, -2:].max(axis=0)).astype(int) + 1
+        r0, c0 = np.floor(corners.min(axis=0)).astype(int)
+        r1, c1 = np.ceil(corners.max(axis=0)).astype(int) + 1
         box = (max(r0, 0), min(r1, rows), max(c0, 0), min(c1, columns))
         return box if box[0] < box[1] and box[2] < box[3] else None
 
