@@ -247,9 +247,7 @@ def main() -> None:
         ],
         dtype=float,
     )
-    box.add_rectangles(
-        np.array([box.world_to_data(image.data_to_world(c)[-2:]) for c in corners])
-    )
+    box.add_rectangles(np.array([box.world_to_data(image.data_to_world(c)[-2:]) for c in corners]))
     box.mode = "pan_zoom"
     region.set_region()
     cleared = region.clear_outside()
