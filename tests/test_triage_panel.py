@@ -271,3 +271,10 @@ def test_a_later_tool_write_ends_the_fill_reports_undo_watch(qtbot):
     layer.data[voxels] = 1  # Ctrl+Z of the round
     round_.check(layer)
     assert round_status.text() == "the round was undone"
+    # a fill undone, then a round: the fill's "undone" line is history, not left above the
+    # round's report (a tester)
+    fill.wrote(layer, voxels, np.array([1, 1]), np.array([2, 2]))
+    fill.check(layer)
+    assert fill_status.text() == "the last fill was undone"
+    round_.wrote(layer, voxels, np.array([1, 1]), np.array([0, 0]))
+    assert fill_status.text() == ""

@@ -15,6 +15,8 @@ from src_models.io.atomic import check_writable_folder
 from src_models.models.store import MODEL_DIR_ENV, user_model_dir
 from src_models.training.fine_tune import fine_tuned_path
 
+from .._pickers import same_layer
+
 
 def refuse(label: QLabel, message: str) -> None:
     """Say why an action did nothing: in the panel's own line and as a notification."""
@@ -84,7 +86,11 @@ class UndoWatch:
         with what they held before the fill made the fill's status say "undone" (a tester).
         """
         for other in list(UndoWatch._all):
-            if other is not self and other._written is not None and other._written[0] is layer:
+            if other is self or other._written is None:
+                continue
+            if same_layer(other._written[0], layer):
+                if other._report is not None:  # its "undone" line is history now (a tester)
+                    other.status.setText("")
                 other._written, other._report = None, None
         self._written = (layer, voxels, np.array(before, copy=True), np.array(after, copy=True))
         self._report = None
@@ -95,7 +101,7 @@ class UndoWatch:
         if self._written is None:
             return
         layer, voxels, before, after = self._written
-        if layer is not current:
+        if not same_layer(layer, current):
             self._written = None
             return
         now = np.asarray(layer.data)[voxels]
