@@ -161,19 +161,21 @@ IDLE_S = 60.0
 
 
 def seconds_per_slice(
-    edits: Iterable[tuple[float, int]], idle_s: float = IDLE_S
+    edits: Iterable[tuple[float, int | None]], idle_s: float = IDLE_S
 ) -> dict[int, float]:
     """Seconds a user spent on each slice, from the time stamps of their edits.
 
     The time between two consecutive edits counts for the slice of the later one (the user was
     working towards it), unless it exceeds ``idle_s`` (a coffee break, another task); the first
-    edit of a session counts nothing.
+    edit of a session counts nothing. An entry with slice ``None`` marks a pause: a tool ran
+    (a refine round, fine-tuning, scoring), and the time up to it is the tool's, not the
+    user's (a tester's wait for a round was charged to the next stroke).
 
     Parameters
     ----------
     edits
-        ``(time stamp in seconds, canonical slice)`` of every edit (a brush stroke, a fill), in
-        any order.
+        ``(time stamp in seconds, canonical slice or None)`` of every edit (a brush stroke) and
+        pause, in any order.
     idle_s
         Longest pause that still counts as work.
 
@@ -182,10 +184,10 @@ def seconds_per_slice(
     dict
         Canonical slice -> seconds, for every slice that was edited.
     """
-    events = sorted((float(t), int(k)) for t, k in edits)
-    seconds = {k: 0.0 for _, k in events}
+    events = sorted(((float(t), -1 if k is None else int(k)) for t, k in edits), key=lambda e: e[0])
+    seconds = {k: 0.0 for _, k in events if k >= 0}
     for (before, _), (now, k) in pairwise(events):
-        if now - before <= idle_s:
+        if k >= 0 and now - before <= idle_s:
             seconds[k] += now - before
     return seconds
 
@@ -238,7 +240,9 @@ def effort_record(
         "totals": {
             "slices_edited": sum(e["status"] == "edited" for e in entries),
             "slices_reviewed": sum(e["status"] == "reviewed" for e in entries),
-            "minutes": round(sum(float(s) for s in seconds.values()) / 60.0, 2),
+            # the slices listed: a stroke undone since left its slice, and its time with it
+            # (a tester's totals did not add up to the rows)
+            "minutes": round(sum(e["seconds"] for e in entries) / 60.0, 2),
             "voxels_changed": sum(e["voxels_changed"] for e in entries),
         },
     }

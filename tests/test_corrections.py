@@ -209,6 +209,9 @@ def test_fine_tune_report_says_when_the_time_limit_cut_the_run(tmp_path) -> None
 def test_seconds_per_slice_counts_work_and_skips_pauses() -> None:
     edits = [(100.0, 4), (103.0, 4), (110.0, 6), (500.0, 6), (501.5, 4)]
     assert seconds_per_slice(edits, idle_s=60) == {4: 3.0 + 1.5, 6: 7.0}
+    # a tool ran from t = 20 to 45 (a refine round): the wait is not the next stroke's
+    tool = [(10.0, 4), (20.0, None), (45.0, None), (47.0, 5)]
+    assert seconds_per_slice(tool) == {4: 0.0, 5: 2.0}
     assert seconds_per_slice([]) == {}
 
 

@@ -228,18 +228,28 @@ def test_brush_strokes_are_timed_into_the_effort_record(widget_and_layers, monke
     from napari_dsms._widgets import review as review_module
 
     widget, viewer, image, labels, reference = widget_and_layers
-    clock = iter([100.0, 110.0, 130.0, 145.0, 1000.0])  # the last after a long pause
-    monkeypatch.setattr(review_module.time, "time", lambda: next(clock))
-    for k, y in ((4, 10), (4, 12), (4, 14), (6, 10), (6, 12)):
-        widget.go_to_slice(k)
+    now = [0.0]
+    monkeypatch.setattr(review_module.time, "time", lambda: now[0])
+    widget.go_to_slice(4)  # the slice shown does not matter: the stroke's own slices do
+    strokes = ((100, 4, 10), (110, 4, 12), (130, 4, 14), (145, 6, 10), (1000, 6, 12))
+    for t, k, y in strokes:  # (a coronal stroke was charged to the slider's slice, a tester)
+        now[0] = t
         labels.paint((k, y, 10), 1)
-    assert widget.triage.fill_between() > 0  # a tool: no time of the user's
+    now[0] = 1030.0
+    assert widget.triage.fill_between() > 0  # a tool: a pause, not the user's time
+    now[0] = 1070.0
+    labels.paint((6, 14, 10), 1)  # 40 s after the tool: the user's again
+    now[0] = 1075.0
+    labels.paint((8, 14, 10), 1)  # then slice 8, 5 s later; undone below
+    labels.undo()
     widget.refresh_status()
-    assert "0.8 min editing" in widget.volumes_label.text()  # 10 + 20 + 15 s
+    assert 8 not in widget.edited_slices()
+    assert "1.4 min editing" in widget.volumes_label.text()  # 10 + 20 + 15 + 40 s
     effort = widget.session.sidecar("/out/labels.nii.gz", "labels")["effort"]
     seconds = {e["slice"]: e["seconds"] for e in effort["slices"]}
-    assert seconds[4] == 30.0 and seconds[6] == 15.0
-    assert effort["totals"]["minutes"] == 0.75 and effort["totals"]["slices_edited"] == 2
+    assert seconds == {4: 30.0, 6: 55.0}  # slice 8's undone stroke left with its slice
+    assert effort["totals"]["minutes"] == round(85 / 60, 2)
+    assert effort["totals"]["slices_edited"] == 2
 
 
 def test_clean_up_keeps_largest_component_and_is_one_undo_step(widget_and_layers):
@@ -330,6 +340,23 @@ def test_region_of_interest_clears_outside_and_is_kept(widget_and_layers, tmp_pa
     # the region stays with the labels: a new dock finds it again
     again = ReviewWidget(viewer)
     assert again.session.roi == roi and again.region.first_spin.value() == 4
+
+
+def test_clearing_outside_the_region_names_corrected_slices_it_erases(
+    widget_and_layers, monkeypatch
+):
+    """A tester's corrections on slices 20 and 82 went with Clear outside without a word."""
+    from napari_dsms._session import RegionOfInterest
+    from napari_dsms._widgets.review import roi as roi_module
+
+    widget, viewer, image, labels, reference = widget_and_layers
+    _correct(labels, reference)  # slices 2, 4, ..., 16
+    widget.refresh_status()
+    warned = []
+    monkeypatch.setattr(roi_module, "show_warning", warned.append)
+    widget.session.roi = RegionOfInterest(5, 19)
+    assert widget.region.clear_outside() > 0
+    assert len(warned) == 1 and "on your corrected slices 2, 4 too" in warned[0]
 
 
 def test_metrics_between_model_output_and_corrected_labels(widget_and_layers):

@@ -435,7 +435,15 @@ def test_a_model_tuned_on_one_patient_is_chosen_for_that_patient_only(
     assert Path(widget.checkpoint).resolve() == tuned.resolve()
     assert "chosen again" in widget.readout.text()
 
+    # a CT without a file (the sample, another reader's layer) is not the one tuned on
+    image, _ = make_phantom(seed=3, shape=(48, 40, 6), spacing=(3.0, 3.0, 3.0))
+    data, kwargs, _ = image_layer_data(Volume(image.array, image.affine, ""), name="sample")
+    widget.image_combo.value = viewer.add_image(data, **kwargs)
+    assert widget.checkpoint == base
+    widget.image_combo.value = layers["first"]
+
     index = widget.checkpoint_combo.currentIndex()
     widget.checkpoint_combo.activated.emit(index)  # the user's own choice in the menu
+    assert "fine-tuned on" not in widget.readout.text()  # the dock's note of its choice goes
     widget.image_combo.value = layers["second"]
     assert Path(widget.checkpoint).resolve() == tuned.resolve()

@@ -289,7 +289,7 @@ class SegmentWidget(ScrollingDock):
             return
         tuned_path, previous = self._auto
         source = str(image.metadata.get(SOURCE, ""))
-        if not previous or not source:
+        if not previous:
             return
         try:
             tuned_on = fine_tuned_images(read_metadata(tuned_path))
@@ -297,7 +297,8 @@ class SegmentWidget(ScrollingDock):
             self._auto = None  # the file went away: nothing to follow
             return
         current = str(Path(self.checkpoint).resolve()) if self.checkpoint else None
-        own = str(Path(source).resolve()) in tuned_on
+        # a CT without a file (the sample, another reader's layer) is not the one tuned on
+        own = bool(source) and str(Path(source).resolve()) in tuned_on
         if own and current == str(Path(previous).resolve()):
             self.select_checkpoint(tuned_path)
             self.readout.setText(
@@ -313,6 +314,8 @@ class SegmentWidget(ScrollingDock):
             )
 
     def _on_checkpoint_activated(self, index: int) -> None:
+        if self._auto is not None and "fine-tuned on" in self.readout.text():
+            self.readout.setText("")  # the dock's own choice, which that note told of, is over
         self._auto = None  # the user's own choice: kept whatever the CT
         if self.checkpoint_combo.itemData(index) != BROWSE:
             self._last_checkpoint_index = index

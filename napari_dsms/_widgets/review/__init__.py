@@ -72,6 +72,27 @@ def _is_labels(layer: Layer) -> bool:
     return isinstance(layer, Labels)
 
 
+def _painted_slices(atoms: Any) -> list[int]:
+    """Canonical slices (axis 0) a napari paint event's history atoms changed; empty when the
+    event does not say (the caller then takes the slice shown)."""
+    slices: set[int] = set()
+    try:
+        for atom in atoms or ():
+            key = getattr(atom, "slice_key", None)  # napari's masked atom: a bounding box
+            if key is not None:
+                start = key[0].start or 0
+                if atom.mask is None:
+                    slices.update(range(start, key[0].stop))
+                else:
+                    rows = atom.mask.reshape(atom.mask.shape[0], -1).any(axis=1)
+                    slices.update(int(k) + start for k in np.flatnonzero(rows))
+            else:  # (indices, old values, new values)
+                slices.update(int(k) for k in np.unique(np.asarray(atom[0][0])))
+    except (TypeError, IndexError, AttributeError, ValueError):
+        return []
+    return sorted(slices)
+
+
 def other_ct_sources(image: Image | None, layers: Any) -> frozenset[str]:
     """The files of the CT layers in ``layers`` other than ``image`` (by their source)."""
     own = "" if image is None else str(image.metadata.get(SOURCE, ""))
@@ -308,16 +329,29 @@ class ReviewWidget(ScrollingDock):
     # ------------------------------------------------------------------ keeping in step
 
     def _on_paint(self, event: Any = None) -> None:
-        """A brush stroke or a tool's write: the user's strokes go into the edit log."""
-        session, layer = self.session, self.labels_layer
-        if session is not None and layer is not None:
+        """A brush stroke or a tool's write: the user's strokes go into the edit log, a tool's
+        write as a pause (the wait for it is not the user's editing time)."""
+        session = self.session
+        if session is not None:
             if session.tool_write_pending:
                 session.tool_write_pending = False
-            else:  # the stroke was on the slice shown (napari paints the displayed slice)
-                edit = [round(time.time(), 2), self.current_slice()]
-                layer.metadata.setdefault(EDIT_LOG, []).append(edit)
-                session.edits.append(tuple(edit))
+                self.note_pause()
+            else:  # the slices the stroke changed: in a coronal view, many
+                slices = _painted_slices(getattr(event, "value", None))
+                now = round(time.time(), 2)
+                self._log([[now, k] for k in slices or [self.current_slice()]])
         self._schedule_refresh(event)
+
+    def note_pause(self) -> None:
+        """Mark in the edit log that a tool runs or ran: the time up to now is not editing."""
+        self._log([[round(time.time(), 2), None]])
+
+    def _log(self, entries: list[list[Any]]) -> None:
+        session, layer = self.session, self.labels_layer
+        if session is None or layer is None:
+            return
+        layer.metadata.setdefault(EDIT_LOG, []).extend(entries)
+        session.edits.extend(tuple(entry) for entry in entries)
 
     def _schedule_refresh(self, event: Any = None) -> None:
         self.correct.forget_cleanup()
@@ -364,7 +398,9 @@ class ReviewWidget(ScrollingDock):
                 self.labels_layer.metadata[BASELINE] = session.baseline
             session.tool_write_pending = False  # a tool that wrote nothing
             volumes = session.volumes()
-            minutes = sum(corrections.seconds_per_slice(session.edits).values()) / 60.0
+            seconds = corrections.seconds_per_slice(session.edits)
+            listed = set(session.edited) | session.reviewed  # as the side-car's totals
+            minutes = sum(seconds.get(k, 0.0) for k in listed) / 60.0
             self.volumes_label.setText(
                 f"pancreas (incl. tumour) {volumes['pancreas']:.1f} mL, "
                 f"tumour {volumes['tumour']:.1f} mL\n{len(session.edited)} slices edited, "

@@ -241,6 +241,7 @@ class FineTunePanel(QGroupBox):
             f"({'slice' if len(held) == 1 else 'slices'} "
             f"{', '.join(str(s) for s in held) or 'none'})…"
         )
+        self.review.note_pause()  # the wait for training is not editing time
         worker = start_job(
             tuning.learn_from_corrections,
             checkpoint,
@@ -315,6 +316,7 @@ class FineTunePanel(QGroupBox):
 
     def _on_worker_finished(self) -> None:
         self._worker = None
+        self.review.note_pause()  # the next stroke's time starts now
         self.progress.setVisible(False)
         self.fine_tune_button.setEnabled(True)
         self.cancel_button.setEnabled(False)

@@ -165,6 +165,7 @@ class NavigatePanel(QGroupBox):
         session.go_to(current)
         session.toggle_reviewed()
         self.review.store_reviewed()
+        self.review.refresh_status()  # the Volumes line counts reviewed slices (a tester)
         _fill(self.reviewed_list, sorted(session.reviewed))
         self._on_slice_changed(session.current)
 

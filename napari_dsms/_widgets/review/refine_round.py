@@ -187,6 +187,7 @@ class RefineRoundPanel(QWidget):
             "labels": labels, "known": known, "reviewed": reviewed, "layer": layer,
             "session": session, "model_path": output, "outside": outside,
         }  # fmt: skip
+        self.review.note_pause()  # the wait for the round is not editing time
         self.button.setText("Cancel round")
         self._started_at = time.monotonic()
         self.status.setText(
@@ -284,5 +285,6 @@ class RefineRoundPanel(QWidget):
 
     def _on_finished(self) -> None:
         self._worker, self._started = None, {}
+        self.review.note_pause()  # the next stroke's time starts now
         self.button.setText(BUTTON_TEXT)
         self.button.setEnabled(True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Shapes
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
     QCheckBox,
     QGridLayout,
@@ -174,11 +174,19 @@ class RegionPanel(QGroupBox):
             refuse(self.status, "set a region first")
             return 0
         voxels, values = session.outside_roi_changes()
+        corrected = sorted(
+            (set(session.edited) | session.reviewed) & {int(k) for k in np.unique(voxels[0])}
+        )
         if len(voxels[0]):
             session.add_tool_changes(voxels, values)  # the user's region, not a correction
             labels.data_setitem(voxels, values)
             self.review.refresh_status()
-        show_info(f"Cleared {len(voxels[0])} voxels outside the region of interest")
+        message = f"Cleared {len(voxels[0])} voxels outside the region of interest"
+        if corrected:  # a tester's corrections outside the region went without a word
+            listed = ", ".join(map(str, corrected))
+            show_warning(f"{message}, on your corrected slices {listed} too (Ctrl+Z reverts it)")
+        else:
+            show_info(message)
         return int(len(voxels[0]))
 
     def remove_region(self, *_: Any) -> None:

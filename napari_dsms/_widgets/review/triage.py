@@ -195,6 +195,7 @@ class TriagePanel(QGroupBox):
             refuse(self.status, "the labels keep no model to ask: segment the CT first")
             return None
         model, meta = load_checkpoint(checkpoint)
+        self.review.note_pause()  # the wait for the scores is not editing time
         self.score_button.setEnabled(False)
         self.status.setText("scoring slices…")
         self._worker = start_job(
@@ -228,6 +229,7 @@ class TriagePanel(QGroupBox):
     def _on_finished(self) -> None:
         self._worker = None
         self.score_button.setEnabled(True)
+        self.review.note_pause()  # the next stroke's time starts now
 
     def _forget(self) -> None:
         self.result = None
