@@ -15,6 +15,7 @@ Usage::
     python benchmarks/correction_loop.py --goal     # one dsms-refine round, 10 slices, defaults
     python benchmarks/correction_loop.py --ranking  # where to correct: triage against even spacing
     python benchmarks/correction_loop.py --choice-round  # the same, 10 slices and one round
+    python benchmarks/correction_loop.py --placements 200 400  # round length by placement
 
 Prints a Markdown table for docs/benchmarks.md; with matplotlib installed, ``--plot`` draws it.
 """
@@ -217,6 +218,32 @@ def choice_round(volume, reference: np.ndarray, extent: np.ndarray, model: str) 
         print(f"| {name} | {chosen} | {whole:.3f} | {untouched:.3f} | {kept} |", flush=True)
 
 
+def placements(volume, reference: np.ndarray, extent: np.ndarray, model: str, steps) -> None:
+    """One round's length against where the 10 corrections lie: whole-volume Dice after one
+    :func:`refine` round of each of ``steps`` steps (no time cap, so the machine's load does not
+    change the figures), with 10 evenly spaced corrections shifted by -2 to 2 slices."""
+    base, meta = load_checkpoint(model)
+    prediction = run_to_end(segment(volume, base, meta, device="cpu", reconstruct=False))
+    print("| shift | " + " | ".join(f"{n} steps: whole (untouched), CPU s" for n in steps) + " |")
+    print("| ---: |" + " ---: |" * len(steps))
+    means = {n: [] for n in steps}
+    for shift in (-2, -1, 0, 1, 2):
+        chosen = [int(np.clip(k + shift, extent[0], extent[-1])) for k in even_slices(extent, 10)]
+        cells = []
+        for n in steps:
+            tuned, tuned_meta = load_checkpoint(model)
+            user = prediction.canonical_labels.copy()
+            user[chosen] = reference[chosen]
+            started = time.process_time()
+            job = refine(volume, from_canonical(user, volume.affine), file_slices(chosen, volume),
+                         tuned, tuned_meta, steps=n, seconds=1e6, device="cpu")  # fmt: skip
+            whole, untouched = scores(run_to_end(job).canonical_labels, reference, chosen)
+            means[n].append(whole)
+            cells.append(f"{whole:.4f} ({untouched:.4f}), {time.process_time() - started:.0f}")
+        print(f"| {shift} | " + " | ".join(cells) + " |", flush=True)
+    print("| mean | " + " | ".join(f"{np.mean(means[n]):.4f}" for n in steps) + " |")
+
+
 def interpolation_alone(reference: np.ndarray, extent: np.ndarray) -> dict[int, float]:
     """Whole-volume Dice of fill between evenly spaced reference slices, nothing beyond."""
     out = {}
@@ -285,6 +312,10 @@ def main() -> None:
     parser.add_argument(
         "--choice-round", action="store_true", help="10 chosen slices, then one refine round"
     )
+    parser.add_argument(
+        "--placements", type=int, nargs="+", metavar="STEPS",
+        help="one round of each length over 5 placements of 10 evenly spaced slices",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
@@ -301,6 +332,9 @@ def main() -> None:
         return
     if args.choice_round:
         choice_round(volume, reference, extent, args.model)
+        return
+    if args.placements:
+        placements(volume, reference, extent, args.model, args.placements)
         return
     model, meta = load_checkpoint(args.model)
     started = time.process_time()
