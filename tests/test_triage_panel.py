@@ -211,14 +211,22 @@ def test_a_round_whose_labels_changed_meanwhile_leaves_no_model(dock, qtbot, tmp
     np.testing.assert_array_equal(labels.data, before)
     assert not list((tmp_path / "models").glob("*.pt"))
 
-    # cancelled while re-segmenting, after the round saved its model: that model goes too
+    # cancelled: whenever the Cancel lands, no model of the round stays
     assert panel.start() is not None
     saved = Path(panel._started["model_path"])
-    saved.write_bytes(b"the round's model")
     panel._on_clicked()  # the second click of a double click: not a cancel
     assert panel.is_running and panel.button.isEnabled()
     panel._started_at -= 2.0  # a deliberate click on Cancel round, later
     panel._on_clicked()
+    qtbot.waitUntil(lambda: not panel.is_running, timeout=120_000)
+    assert "cancelled" in panel.status.text() and not saved.exists()
+    # Cancel that lands as the round ends, after it saved its model: napari then reports
+    # neither its result nor an abort (superqt emits "returned" only when no abort was asked);
+    # the round ends as cancelled all the same, and its model goes (CI caught the status stuck
+    # at "cancelling")
+    monkeypatch.setattr(panel, "_on_done", lambda result: None)  # no "returned" signal
+    assert panel.start() is not None
+    saved = Path(panel._started["model_path"])
     qtbot.waitUntil(lambda: not panel.is_running, timeout=120_000)
     assert "cancelled" in panel.status.text() and not saved.exists()
     np.testing.assert_array_equal(labels.data, before)

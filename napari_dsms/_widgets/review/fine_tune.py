@@ -316,6 +316,11 @@ class FineTunePanel(QGroupBox):
 
     def _on_worker_finished(self) -> None:
         self._worker = None
+        if self.fine_tune_label.text().startswith("cancelling"):  # Cancel landed as the run
+            self.fine_tune_label.setText(  # ended: napari reports neither result nor abort
+                "fine-tuning ended as it was cancelled: its model may have been saved (see the "
+                "Segment dock's model menu); the base model is unchanged"
+            )
         self.review.note_pause()  # the next stroke's time starts now
         self.progress.setVisible(False)
         self.fine_tune_button.setEnabled(True)

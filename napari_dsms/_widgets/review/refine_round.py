@@ -284,6 +284,8 @@ class RefineRoundPanel(QWidget):
         self.status.setText("round cancelled: the labels and the model are unchanged")
 
     def _on_finished(self) -> None:
+        if self._started:  # neither result nor abort came: Cancel landed as the round ended,
+            self._on_cancelled()  # and napari then reports neither (CI caught it in a test)
         self._worker, self._started = None, {}
         self.review.note_pause()  # the next stroke's time starts now
         self.button.setText(BUTTON_TEXT)
