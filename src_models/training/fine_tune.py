@@ -37,7 +37,7 @@ from ..metrics import METRICS, STRUCTURES, case_metrics, summarise
 from ..models.checkpoints import save_checkpoint
 from ..models.store import load_checkpoint
 from .data import SliceSampler, cache_arrays
-from .loop import TrainConfig, TrainEvent, _Loop
+from .loop import LEARNT_KEYS, TrainConfig, TrainEvent, _Loop
 
 #: Fine-tuning defaults, measured on 2 shared CPU cores (docs/training.md): the bundled
 #: dsmsc_unet fine-tuned on 10 slices of the unseen NIH volume 0001 went from Dice 0.53 to 0.82 on
@@ -62,10 +62,7 @@ HOLDOUT_FRACTION = 0.2
 MIN_SLICES_FOR_HOLDOUT = 3
 
 #: Provenance keys of the base's patient split (moved under ``fine_tune["base_split"]``).
-_SPLIT_KEYS = (
-    "train_patients", "val_patients", "test_patients", "split_file", "train_digests",
-    "val_digests", "selected", "init_learnt",
-)  # fmt: skip
+_SPLIT_KEYS = (*(k for k in LEARNT_KEYS if k != "fine_tune"), "test_patients", "split_file")
 
 #: Keys :func:`~src_models.models.checkpoints.save_checkpoint` stamps itself; a base checkpoint's
 #: values must not pass for the fine-tuned model's own.

@@ -347,11 +347,9 @@ class ReviewWidget(ScrollingDock):
         self._log([[round(time.time(), 2), None]])
 
     def _log(self, entries: list[list[Any]]) -> None:
-        session, layer = self.session, self.labels_layer
-        if session is None or layer is None:
-            return
-        layer.metadata.setdefault(EDIT_LOG, []).extend(entries)
-        session.edits.extend(tuple(entry) for entry in entries)
+        """Append to the labels layer's edit log; the session reads it in :meth:`sync_session`."""
+        if self.labels_layer is not None:
+            self.labels_layer.metadata.setdefault(EDIT_LOG, []).extend(entries)
 
     def _schedule_refresh(self, event: Any = None) -> None:
         self.correct.forget_cleanup()
