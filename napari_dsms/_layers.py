@@ -19,7 +19,7 @@ import numpy as np
 from napari.layers import Image
 from napari.utils.colormaps import DirectLabelColormap
 
-from src_models.io import LABEL_NAMES, Volume, VolumeError, check_same_grid
+from src_models.io import LABEL_NAMES, Volume, VolumeError, on_grid_of
 from src_models.io.orientation import (
     canonical_origin,
     canonical_spacing,
@@ -290,7 +290,7 @@ def labels_layer_data(
     ref = reference_volume(reference)
     canonical_shape = to_canonical(np.broadcast_to(np.uint8(0), ref.shape), ref.affine)[0].shape
     if isinstance(labels, Volume):
-        check_same_grid(labels, ref, what="labels")
+        labels = on_grid_of(labels, ref, what="labels")
         data, _ = to_canonical(labels.array, labels.affine)
     else:
         data = np.asarray(labels)

@@ -340,3 +340,25 @@ def test_refine_command_reads_only_the_corrected_slices_of_the_labels(tmp_path, 
     assert main([*args, ",".join(map(str, corrected))]) == 0
     np.testing.assert_array_equal(read_labels(out).array[..., corrected], truth[..., corrected])
     assert main([*args, ",".join(map(str, [0, *corrected]))]) == 2  # slice 0 holds 7s
+
+
+def test_refine_command_takes_labels_saved_in_another_axis_order(tmp_path, case, tiny):
+    # Tools save labels in their own axis order (RAS, LPS); the voxels are the same, so the
+    # round reads them onto the CT's grid instead of refusing them (a tester).
+    ct, labels = _files(tmp_path, case, flip=True)
+    truth = read_labels(labels)
+    corrected = [int(k) for k in _with_pancreas(truth.array)[1::3]]
+    img = nib.Nifti1Image(truth.array, truth.affine)
+    ornt = nib.orientations
+    to_pil = ornt.ornt_transform(ornt.io_orientation(truth.affine), ornt.axcodes2ornt("PIL"))
+    nib.save(img.as_reoriented(to_pil), tmp_path / "pil.nii.gz")
+    out = tmp_path / "out.nii.gz"
+    args = ["refine", str(ct), "--labels", str(tmp_path / "pil.nii.gz"), "-o", str(out),
+            "--model", str(tiny), "--steps", "0", "--device", "cpu",
+            "--corrected", ",".join(map(str, corrected))]  # fmt: skip
+    assert main(args) == 0
+    written = nib.load(out)
+    np.testing.assert_allclose(written.affine, nib.load(ct).affine, atol=1e-4)
+    np.testing.assert_array_equal(
+        np.asarray(written.dataobj)[..., corrected], truth.array[..., corrected]
+    )

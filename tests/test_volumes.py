@@ -253,6 +253,43 @@ def test_label_affine_mismatch(ct, tmp_path):
     refuse("affine does not match", read_labels, bad, reference)
 
 
+def reoriented(path: Path, data: np.ndarray, affine: np.ndarray, axcodes: str) -> Path:
+    """``data`` saved in another axis order, as a tool that writes RAS or LPS would."""
+    img = nib.Nifti1Image(data, affine)
+    current = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(current, nib.orientations.axcodes2ornt(axcodes))
+    nib.save(img.as_reoriented(transform), str(path))
+    return path
+
+
+@pytest.mark.parametrize("axcodes", ["RAS", "PIL", "SLA"])
+def test_labels_in_another_axis_order_land_on_the_same_voxels(ct, tmp_path, axcodes):
+    reference = read_volume(ct)
+    labels = np.random.default_rng(1).integers(0, 3, reference.shape).astype(np.uint8)
+    path = reoriented(tmp_path / "label.nii.gz", labels, reference.affine, axcodes)
+    assert nib.aff2axcodes(nib.load(str(path)).affine) == tuple(axcodes)
+    read = read_labels(path, reference)
+    np.testing.assert_array_equal(read.array, labels)
+    np.testing.assert_allclose(read.affine, reference.affine)
+    assert read.info["reoriented_from"] == tuple(axcodes)
+    # and written back on the CT's grid, as the CT's own axis order
+    out = write_labels(tmp_path / "out.nii.gz", read_labels(path), reference)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), labels)
+
+
+def test_labels_reordered_but_also_moved_are_refused(ct, tmp_path):
+    reference = read_volume(ct)
+    moved = reference.affine.copy()
+    moved[1, 3] += 0.8  # one voxel along y
+    labels = np.zeros(reference.shape, np.uint8)
+    refuse(
+        "affine does not match",
+        read_labels,
+        reoriented(tmp_path / "l.nii.gz", labels, moved, "RAS"),
+        reference,
+    )
+
+
 def test_label_tolerates_float32_affine_rounding(ct, tmp_path):
     reference = read_volume(ct)
     nudged = reference.affine.copy()

@@ -25,8 +25,8 @@ from ..io import (
     VolumeError,
     check_ct,
     check_output,
-    check_same_grid,
     label_array,
+    on_grid_of,
     read_labels,
     read_volume,
     write_output,
@@ -82,7 +82,7 @@ def read_corrections(path: Path, volume: Volume, corrected: list[int]) -> np.nda
     raw = read_volume(path)
     if raw.info.get("format") == "DICOM-SEG":  # labels only, placed on the series' slices
         return read_labels(path, reference=volume).array
-    check_same_grid(raw, volume, what="label file")
+    raw = on_grid_of(raw, volume, what="label file")
     axis, _ = head_feet_axis(volume.affine)
     array = np.asarray(raw.array)
     along = np.moveaxis(array, axis, 0)  # views: np.take copies a Fortran-ordered array whole

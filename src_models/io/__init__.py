@@ -20,6 +20,7 @@ from .volume import (
     describe,
     label_array,
     looks_like_labels,
+    on_grid_of,
     rescale_to_hu,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "check_ct",
     "check_output",
     "check_same_grid",
+    "on_grid_of",
     "describe",
     "label_array",
     "looks_like_labels",

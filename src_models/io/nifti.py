@@ -13,9 +13,9 @@ from .atomic import atomic_path, output_place_problem
 from .volume import (
     Volume,
     VolumeError,
-    check_same_grid,
     is_rectangular,
     label_array,
+    on_grid_of,
     rescale_to_hu,
 )
 
@@ -323,9 +323,9 @@ def write_labels(
         The written file.
     """
     path = Path(path)
-    array = labels.array if isinstance(labels, Volume) else labels
     if isinstance(labels, Volume):
-        check_same_grid(labels, reference, what="labels")
+        labels = on_grid_of(labels, reference, what="labels")
+    array = labels.array if isinstance(labels, Volume) else labels
     return _write_nifti(path, label_array(array, str(path)), reference, "labels")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from .dicom import is_dicom_file, read_dicom_series
 from .nifti import NIFTI_SUFFIXES, read_nifti
 from .seg import is_seg_file, onto_grid, read_seg
-from .volume import Volume, VolumeError, check_same_grid, label_array
+from .volume import Volume, VolumeError, label_array, on_grid_of
 
 
 def _check_exists(path: Path) -> None:
@@ -98,5 +98,5 @@ def read_labels(path: str | os.PathLike[str], reference: Volume | None = None) -
         grid = onto_grid(volume, reference)
         volume = Volume(grid, reference.affine, volume.source, volume.description, volume.info)
     if reference is not None:
-        check_same_grid(volume, reference, what="label file")
+        volume = on_grid_of(volume, reference, what="label file")
     return volume

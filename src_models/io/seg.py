@@ -66,7 +66,7 @@ from .dicom import (
     SPACING_TOLERANCE_MM,
     is_dicom_file,
 )
-from .volume import Volume, VolumeError, check_same_grid, label_array
+from .volume import Volume, VolumeError, label_array, on_grid_of
 
 #: File endings that choose DICOM-SEG output.
 SEG_SUFFIXES = (".dcm",)
@@ -332,7 +332,7 @@ def write_seg(
     path = Path(path)
     check_seg_target(path, reference.source)
     if isinstance(labels, Volume):
-        check_same_grid(labels, reference, what="labels")
+        labels = on_grid_of(labels, reference, what="labels")
     array = label_array(labels.array if isinstance(labels, Volume) else labels, str(path))
     if array.shape != reference.shape:
         raise VolumeError(

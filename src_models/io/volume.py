@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .orientation import head_feet_axis
+from .orientation import from_canonical, head_feet_axis, to_canonical
 
 #: Label values of the Medical Segmentation Decathlon Task07 convention used everywhere.
 LABEL_NAMES: dict[int, str] = {0: "background", 1: "pancreas", 2: "tumour"}
@@ -185,6 +185,47 @@ def check_same_grid(volume: Volume, reference: Volume, what: str = "volume") -> 
             f"{np.array2string(volume.affine, precision=4)}\nvs\n"
             f"{np.array2string(reference.affine, precision=4)}"
         )
+
+
+def on_grid_of(volume: Volume, reference: Volume, what: str = "volume") -> Volume:
+    """``volume`` on ``reference``'s voxel grid: as it is, or with its axes reordered.
+
+    Tools save labels in their own axis order (nibabel's ``as_closest_canonical`` writes RAS,
+    ITK-based tools LPS). When both grids hold the same voxels in another order or direction,
+    the voxels are permuted and flipped (``nibabel.orientations``, no interpolation), so each one
+    keeps its place in the patient (mm) and nothing is resampled.
+
+    Returns
+    -------
+    Volume
+        ``volume`` itself when its grid is ``reference``'s; otherwise a new volume with the
+        array in ``reference``'s index order (shape ``reference.shape``) and ``reference``'s
+        affine, ``info["reoriented_from"]`` naming the file's axis codes (for example
+        ``("R", "A", "S")``).
+
+    Raises
+    ------
+    VolumeError
+        The grids differ otherwise (voxel size, origin, extent, obliquity): the message of
+        :func:`check_same_grid`.
+    """
+    try:
+        check_same_grid(volume, reference, what)
+        return volume
+    except VolumeError:
+        if volume.array.ndim != 3 or len(reference.shape) != 3:
+            raise
+        canonical, affine = to_canonical(volume.array, volume.affine)
+        template = np.broadcast_to(np.uint8(0), reference.shape)
+        ref_canonical, ref_affine = to_canonical(template, reference.affine)
+        same = canonical.shape == ref_canonical.shape and np.allclose(
+            affine, ref_affine, rtol=0, atol=AFFINE_TOLERANCE_MM
+        )
+        if not same:
+            raise
+    array = np.ascontiguousarray(from_canonical(canonical, reference.affine))
+    info = {**volume.info, "reoriented_from": nib.aff2axcodes(volume.affine)}
+    return Volume(array, reference.affine, volume.source, volume.description, info)
 
 
 #: File names that announce a segmentation rather than an image.
