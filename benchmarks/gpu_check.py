@@ -10,7 +10,14 @@ Markdown section to paste into docs/benchmarks.md:
 2. ``python -m src_models predict`` on a 240-slice NIfTI in a fresh process: wall time.
 3. Fine-tuning (:func:`src_models.training.fine_tune.fine_tune`, the Review widget's recipe) on
    10 slices: optimiser steps/s and peak GPU memory.
-4. Where the time goes: the model alone (one forward pass per batch on the model grid, no
+4. The network alone (random weights, no engine) at widths 12 (the bundled models), 16 and 24,
+   each precision, in ``channels_last`` and in contiguous layout: slices/s of forward passes.
+   It tests the hypothesis of the first H200 runs (docs/benchmarks.md, GPU): width 12 gives
+   12 and 36 channels where most pixels are, not multiples of 8, which keeps cuDNN off the
+   tensor cores. If width 16 runs faster than 12 despite 1.8 times the arithmetic, the channel
+   counts are what holds the GPU back, not the engine. It runs first: it is the part a short
+   device lease must not lose.
+5. Where the time goes: the model alone (one forward pass per batch on the model grid, no
    engine) against the engine, the host's per-slice work that the GPU waits for (the body's
    boxes and the 3D clean-up, both scipy on the CPU), and the top operations by device time
    (``torch.profiler``) in one batch of the model.
@@ -38,6 +45,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from src_models import build_model
 from src_models.inference.body import body_boxes
 from src_models.inference.devices import resolve_device
 from src_models.inference.engine import default_batch_size, segment
@@ -66,6 +74,7 @@ PLANS = {
         "repeats": 3,
         "predict_slices": 240,
         "fine_tune_steps": 60,
+        "widths": (12, 16, 24),
     },
     "quick": {
         "slices": 4,
@@ -74,6 +83,7 @@ PLANS = {
         "repeats": 1,
         "predict_slices": 4,
         "fine_tune_steps": 2,
+        "widths": (12,),
     },
 }
 
@@ -193,6 +203,58 @@ def fine_tune_speed(device: torch.device, plan: dict, ct: Volume) -> list[str]:
     ]
 
 
+def network_by_width(device: torch.device, plan: dict, ct: Volume) -> list[str]:
+    """Forward passes of the default architecture alone by width, precision and memory layout.
+
+    Random weights of the bundled model's configuration with only the width changed; the input
+    is a batch at the model grid of the shared CT's 512 x 512 slices, as the engine feeds it.
+    """
+    default, meta = load_checkpoint(DEFAULT_MODEL)
+    config = dict(default.config)
+    arch = config.pop("arch")
+    grid = model_size((512, 512), canonical_spacing(ct.affine)[1:], meta["preprocessing"])
+    batch = min(default_batch_size(device), max(plan["batches"]))
+    lines = [
+        f"The network alone ({arch}, random weights, batch {batch} at the model grid "
+        f"{grid[0]} x {grid[1]}, forward passes only; median of {plan['repeats']} after a "
+        "warm-up), slices/s:",
+        "",
+        "| Width | Precision | channels_last | contiguous |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    for width in plan["widths"]:
+        model = build_model(arch, **{**config, "width": width}).eval().to(device)
+        for precision in plan["precisions"]:
+            dtype = autocast_dtype(device, precision)
+            rates = []
+            for layout in (torch.channels_last, torch.contiguous_format):
+                model.to(memory_format=layout)
+                x = torch.rand(batch, 1, *grid, device=device).contiguous(memory_format=layout)
+                rates.append(forward_rate(model, x, dtype, plan["repeats"]))
+            lines.append(f"| {width} | {precision_name(dtype)} | {rates[0]:.0f} | {rates[1]:.0f} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
+def forward_rate(model: torch.nn.Module, x: torch.Tensor, dtype, repeats: int) -> float:
+    """Median slices/s of ``model(x)`` over ``repeats`` timed passes, after one untimed pass
+    (cuDNN's autotuner picks its kernels there, as in the engine)."""
+    device = x.device
+    autocast = torch.autocast(device.type, dtype, enabled=dtype is not None)
+    with torch.backends.cudnn.flags(enabled=True, benchmark=True), torch.inference_mode():
+        with autocast:
+            model(x, reconstruct=False)
+        rates = []
+        for _ in range(repeats):
+            synchronise(device)
+            started = time.perf_counter()
+            with autocast:
+                model(x, reconstruct=False)
+            synchronise(device)
+            rates.append(len(x) / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
 def where_the_time_goes(device: torch.device, plan: dict, ct: Volume) -> list[str]:
     """The model alone against the engine, the host's share, and the device's top operations.
 
@@ -268,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"Machine: {machine(device)}.", flush=True)
     report = [f"Machine: {machine(device)}.", ""]
+    report += network_by_width(device, plan, ct) + [""]
     report += throughput(device, plan, ct) + [""]
     with tempfile.TemporaryDirectory() as workdir:
         report += predict_end_to_end(device, plan, ct, Path(workdir)) + [""]
