@@ -134,8 +134,8 @@ class FineTuneInputs:
     source
         The CT's file (or layer name when it has none), recorded in the new checkpoint.
     source_digest
-        :func:`src_models.autosave.ct_digest` of the CT ("" without its file affine): ``dsms
-        evaluate`` knows the CT by it under any name.
+        :func:`src_models.autosave.content_key` of the CT ("" without its file affine): ``dsms
+        evaluate`` knows the CT by it under any name, axis order or dtype.
     """
 
     train: list[int]
@@ -587,8 +587,14 @@ class ReviewSession:
             holdout_labels=data[holdout],
             spacing_yx=(self.spacing[1], self.spacing[2]),
             source=self.source or self.name,
-            source_digest=self.digest(),
+            source_digest=self.content_key(),
         )
+
+    def content_key(self) -> str:
+        """:func:`src_models.autosave.content_key` of the CT, "" without its file affine."""
+        if self.affine is None:
+            return ""
+        return autosave.content_key(np.asarray(self.image), self.affine)
 
     def digest(self) -> str:
         """:func:`src_models.autosave.ct_digest` of the CT, "" without its file affine."""

@@ -40,7 +40,7 @@ import platformdirs
 
 from .corrections import edited_slices
 from .io.atomic import atomic_path
-from .io.orientation import from_canonical, to_canonical
+from .io.orientation import affine_of_canonical, from_canonical, to_canonical
 from .io.volume import Volume
 from .version import __version__
 
@@ -124,6 +124,43 @@ def ct_digest(canonical: np.ndarray, affine: np.ndarray) -> str:
 def volume_digest(volume: Volume) -> str:
     """:func:`ct_digest` of a :class:`~src_models.io.Volume` in the file's index order."""
     return ct_digest(to_canonical(volume.array, volume.affine)[0], volume.affine)
+
+
+def content_key(canonical: np.ndarray, affine: np.ndarray) -> str:
+    """Key of a CT's content however a file stores it: which patient's scan this is.
+
+    :func:`ct_digest` keys journals to one exact file (its dtype and its own affine); a copy of
+    the CT saved in another axis order (RAS instead of LAS) or another type (float32 instead
+    of int16) gets another digest, and ``dsms evaluate`` then scored a training patient's copy
+    as held out (a tester). This key hashes what the copies share: the HU values as float32
+    in the canonical (S, P, L) layout, and that layout's affine rounded to 1 micrometre.
+
+    Parameters
+    ----------
+    canonical : numpy.ndarray
+        The CT in the canonical layout (:mod:`src_models.io.orientation`), in HU.
+    affine : numpy.ndarray
+        4 x 4 affine of the file's own index order (``Volume.affine``), as for :func:`ct_digest`.
+
+    Returns
+    -------
+    str
+        32 hexadecimal digits, recorded by training (``train_digests``), fine-tuning rounds
+        (``source_digest``) and matched by ``dsms evaluate``.
+    """
+    canonical = np.asarray(canonical)
+    world = np.round(affine_of_canonical(affine, canonical.shape), 3) + 0.0
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"dsms-ct-content-v1 {canonical.shape}".encode())
+    h.update(np.ascontiguousarray(world).tobytes())
+    for plane in canonical:
+        h.update(np.ascontiguousarray(plane, dtype=np.float32).data)
+    return h.hexdigest()
+
+
+def volume_content_key(volume: Volume) -> str:
+    """:func:`content_key` of a :class:`~src_models.io.Volume` in the file's index order."""
+    return content_key(to_canonical(volume.array, volume.affine)[0], volume.affine)
 
 
 def new_session() -> str:

@@ -54,7 +54,7 @@ import numpy as np
 from scipy import ndimage
 from torch import nn
 
-from .autosave import ct_digest
+from .autosave import content_key
 from .corrections import source_slice_indices
 from .fill import fill_between_slices
 from .inference.engine import segment
@@ -402,8 +402,10 @@ def refine(
         learnt from, never held out to judge the round
         (:func:`~src_models.training.fine_tune.split_holdout`).
     source_digest
-        :func:`~src_models.autosave.ct_digest` of the CT's file, recorded with the round so
-        that ``dsms evaluate`` knows the CT under any name; by default that of ``volume``.
+        :func:`~src_models.autosave.content_key` of the CT as its file places it, recorded
+        with the round so that ``dsms evaluate`` knows the CT under any name, axis order or
+        dtype; by default that of ``volume`` (a volume built from a napari layer, at origin 0,
+        must pass its file's).
 
     Yields
     ------
@@ -439,7 +441,7 @@ def refine(
             out=out, guard=True, config=ROUND_TRAINING,
             provenance={"slices": train, "holdout_slices": holdout,
                         "source_image": str(getattr(volume, "source", "") or ""),
-                        "source_digest": source_digest or ct_digest(canonical, volume.affine),
+                        "source_digest": source_digest or content_key(canonical, volume.affine),
                         "slice_index_convention": "canonical axial index (axis 0, to superior)"},
         )  # fmt: skip
         model, meta = tuned.model, tuned.meta

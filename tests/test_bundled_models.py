@@ -72,6 +72,8 @@ def test_default_model_segments_the_shared_real_ct(nih_ct, nih_label):
     scores = case_metrics(result.labels, reference.array, volume.spacing)["pancreas"]
     assert scores.dice >= DICE_FLOOR_0001, scores
     # it trained on 0001: dsms evaluate knows the volume by its content under any file name
-    from src_models.autosave import volume_digest
+    from src_models.autosave import volume_content_key, volume_digest
 
     assert volume_digest(volume) in meta["provenance"]["train_digests"]
+    # ... and in any axis order or dtype a converter stores it (a tester's RAS copy)
+    assert volume_content_key(volume) in meta["provenance"]["train_digests"]

@@ -235,11 +235,11 @@ def test_refine_command_writes_labels_and_the_model(tmp_path, case, tiny, capsys
     # its card names the CT it learnt from (it said "corrections of an image"; a tester), and
     # dsms evaluate knows the CT by its content under any name
     assert f"Fine-tuned on corrections of {ct.name}" in model_card(meta)
-    from src_models.autosave import volume_digest
+    from src_models.autosave import volume_content_key
     from src_models.io import read_volume
 
     digest = meta["provenance"]["fine_tune"]["source_digest"]
-    assert digest == volume_digest(read_volume(ct))
+    assert digest == volume_content_key(read_volume(ct))
 
 
 def test_refine_command_runs_the_quick_round_by_default(tmp_path, case, tiny, capsys):

@@ -545,6 +545,11 @@ def test_fine_tune_on_corrections_saves_a_new_listed_checkpoint(make_napari_view
     assert record["base_checkpoint"] == str(case["checkpoint"])
     assert sorted(record["slices"] + record["holdout_slices"]) == CORRECTED
     assert len(record["holdout_slices"]) == 2 and record["steps"] == 30
+    # dsms evaluate knows the CT it learnt from in any axis order or dtype (a tester)
+    from src_models.autosave import volume_content_key
+    from src_models.io import read_volume
+
+    assert record["source_digest"] == volume_content_key(read_volume(case["ct"]))
     assert set(meta["metrics"]) >= {"dice_pancreas"}
     combo = widget.fine_tune.checkpoint_combo
     listed = [combo.itemData(i) for i in range(combo.count())]

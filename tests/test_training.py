@@ -570,6 +570,17 @@ def test_evaluate_knows_a_training_volume_under_another_name(tmp_path, capsys):
     assert "warning: m trained or was selected on 1 of the 1 cases (patient9;" in (
         capsys.readouterr().err
     )
+    # ... and a copy a converter stored in another axis order and as float32 (a tester's RAS
+    # and float32 copies of 0001 were scored as held out)
+    converted = tmp_path / "converted"
+    converted.mkdir()
+    flipped = np.diag([-1.0, 1.0, 2.0, 1.0])
+    flipped[0, 3] = 63.0  # column 63 of the copy lies where column 0 of a lay: the same grid
+    for name, array in (("p.nii.gz", image.astype(np.float32)), ("p_label.nii.gz", labels)):
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(array[::-1]), flipped), converted / name)
+    argv = ["evaluate", "--data", str(converted), "--models", str(out), "--device", "cpu"]
+    assert main(argv) == 0
+    assert "warning: m trained or was selected on 1 of the 1 cases (p;" in (capsys.readouterr().err)
 
 
 @pytest.mark.parametrize(

@@ -136,7 +136,7 @@ def evaluate(
     learnt = {name: _trained_on(meta) for name, (_, meta) in zip(names, loaded, strict=True)}
     # contents are read only when a model recorded some (models fine-tuned on corrections)
     wanted = any(digests for _, _, digests in learnt.values())
-    case_digests = {c.case_id: _case_digest(c) if wanted else None for c in cases}
+    case_digests = {c.case_id: _case_digests(c) if wanted else set() for c in cases}
     trained_on = {}
     for name, (patients, images, digests) in learnt.items():
         trained_on[name] = sorted(
@@ -144,7 +144,7 @@ def evaluate(
             for c in cases
             if patient_key(c.patient_id) in patients
             or (c.image is not None and c.image.resolve() in images)
-            or case_digests[c.case_id] in digests
+            or case_digests[c.case_id] & digests
         )
     return {
         "models": names,
@@ -186,8 +186,8 @@ def _split_patients(split: dict[str, Any], kind: str = "patients") -> list[str]:
 def _trained_on(meta: dict[str, Any]) -> tuple[set[str], set[Path], set[str]]:
     """What a checkpoint (or each member of an ensemble) learnt from, as its provenance records
     it: patient keys (:func:`patient_key`), image files and CT contents
-    (:func:`~src_models.autosave.ct_digest`, which knows a renamed copy; a tester's copy of
-    0001 under another name was scored as held out).
+    (:func:`~src_models.autosave.content_key`, which knows a renamed, reoriented or re-typed
+    copy; a tester's copy of 0001 under another name was scored as held out).
 
     Its training run's split (:func:`_split_patients`) and, for a model fine-tuned on
     corrections (the Review dock, ``dsms refine``), each round's image and the split of the
@@ -224,14 +224,20 @@ def _trained_on(meta: dict[str, Any]) -> tuple[set[str], set[Path], set[str]]:
     return keys, images, digests
 
 
-def _case_digest(case: Case) -> str | None:
-    """The CT content key of a case read from a NIfTI file (slice sets and phantoms: none)."""
+def _case_digests(case: Case) -> set[str]:
+    """The CT content keys of a case read from a NIfTI file (slice sets and phantoms: none).
+
+    Both keys: :func:`~src_models.autosave.volume_content_key`, which models record since
+    2026-12-01 and which a copy in another axis order or dtype shares, and the exact file's
+    :func:`~src_models.autosave.volume_digest`, which older models recorded.
+    """
     if case.kind != "nifti" or case.image is None:
-        return None
-    from ..autosave import volume_digest
+        return set()
+    from ..autosave import volume_content_key, volume_digest
     from ..io import read_volume
 
-    return volume_digest(read_volume(case.image))
+    volume = read_volume(case.image)
+    return {volume_digest(volume), volume_content_key(volume)}
 
 
 def _first_few(names: list[str], shown: int = 5) -> str:

@@ -63,6 +63,18 @@ def from_canonical(canonical_array: np.ndarray, affine: np.ndarray) -> np.ndarra
     return apply_orientation(canonical_array, inverse)
 
 
+def affine_of_canonical(affine: np.ndarray, canonical_shape: tuple[int, ...]) -> np.ndarray:
+    """The affine (RAS mm) of the canonical layout of an array whose file affine is ``affine``.
+
+    What :func:`to_canonical` returns beside the array, from the canonical array's shape alone:
+    for callers that hold the canonical array (a napari layer) and the file's affine but not the
+    file's array.
+    """
+    transform = _transform(affine)
+    file_shape = [int(canonical_shape[int(axis)]) for axis in transform[:, 0]]
+    return np.asarray(affine, dtype=np.float64) @ inv_ornt_aff(transform, file_shape)
+
+
 def head_feet_axis(affine: np.ndarray) -> tuple[int, bool]:
     """The array axis closest to the patient's head-feet axis, and whether it runs to the feet.
 

@@ -105,7 +105,7 @@ class CaseArrays:
         One voxel's volume in mm³, ``|det|`` of the file's affine (smaller than the product of
         ``spacing`` on a sheared grid), ``None`` where unknown.
     digest
-        :func:`~src_models.autosave.volume_digest` of a CT read from a file (NIfTI, DICOM),
+        :func:`~src_models.autosave.volume_content_key` of a CT read from a file (NIfTI, DICOM),
         ``None`` for slice sets and phantoms: what knows the CT under any file name.
     """
 
@@ -278,13 +278,13 @@ def load_case(case: Case) -> CaseArrays:
             shape, spacing = case.phantom_grid
             image, labels = make_phantom(case.seed, shape=shape, spacing=spacing)
         return _canonical_arrays(image.array, labels.array, image.affine)
-    from ..autosave import volume_digest
+    from ..autosave import volume_content_key
     from ..io import read_labels, read_volume
 
     image = read_volume(case.image)
     labels = read_labels(case.label, image).array if case.label is not None else None
     arrays = _canonical_arrays(image.array, labels, image.affine)
-    return replace(arrays, digest=volume_digest(image))
+    return replace(arrays, digest=volume_content_key(image))
 
 
 def _canonical_arrays(

@@ -203,7 +203,7 @@ class RefineRoundPanel(QWidget):
             meta,
             out=str(output),
             reviewed=reviewed,
-            source_digest=session.digest() or None,
+            source_digest=session.content_key() or None,
             description="Refine round",
             on_result=self._on_done,
             on_finished=self._on_finished,
