@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -468,6 +469,48 @@ def test_evaluate_prints_table_one_with_hand_computed_figures(tmp_path, capsys):
     assert float(rows[0]["mean"]) == pytest.approx(dice, abs=1e-6)
     assert table.with_suffix(".json").is_file()
     assert "not held-out figures" not in printed
+
+
+def test_evaluate_scores_the_other_cases_when_one_cannot_be_read(tmp_path, capsys):
+    # One case with labels on another grid ended a tester's whole run with no table; and the
+    # readers' warnings came out as Python's two-line UserWarning with a source line.
+    data = tmp_path / "cases"
+    data.mkdir()
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    labels = np.zeros((10, 10, 4), dtype=np.uint8)
+    labels[2:5, 2:5] = 1
+    image = np.zeros(labels.shape, np.int16)
+    for name in ("a", "b"):
+        nib.save(nib.Nifti1Image(image, affine), str(data / f"{name}.nii.gz"))
+    nib.save(nib.Nifti1Image(labels, affine), str(data / "a_label.nii.gz"))
+    moved = affine.copy()
+    moved[0, 3] = 3.0  # three voxels off: not the CT's grid
+    nib.save(nib.Nifti1Image(labels, moved), str(data / "b_label.nii.gz"))
+    for name, array in (("c", image), ("c_label", labels)):  # orientation unknown: a warning
+        no_codes = nib.Nifti1Image(array, affine)
+        no_codes.set_qform(None, code=0)
+        no_codes.set_sform(None, code=0)
+        nib.save(no_codes, str(data / f"{name}.nii.gz"))
+    table = tmp_path / "table.md"
+    argv = ["evaluate", "--data", str(data), "--models", str(_constant_model(tmp_path)),
+            "--device", "cpu", "--out", str(table)]  # fmt: skip
+    assert main(argv) == 1  # scores written, but not of every case asked for
+    out, err = capsys.readouterr()
+    assert "warning: b left out:" in err and "b_label.nii.gz" in err and "affine" in err
+    assert "1 of 3 cases left out" in err
+    assert "mean over 2 cases" in out and "1 case(s) could not be scored" in out
+    result = json.loads(table.with_suffix(".json").read_text())
+    assert result["cases"] == ["a", "c"] and list(result["skipped"]) == ["b"]
+    assert "warning: " in err and "orientation unknown" in err
+    assert "UserWarning" not in err and "read_volume(path)" not in err
+    # none readable: an error, no table
+    for name in ("a", "c"):
+        (data / f"{name}_label.nii.gz").unlink()
+        nib.save(nib.Nifti1Image(labels, moved), str(data / f"{name}_label.nii.gz"))
+    table.unlink()
+    assert main(argv) == 2
+    assert "error: no case could be scored" in capsys.readouterr().err
+    assert not table.exists()
 
 
 def test_evaluate_says_which_cases_a_model_trained_on(tmp_path, capsys):

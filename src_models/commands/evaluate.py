@@ -10,13 +10,15 @@ case (its slices pooled), so a patient with 11 slices weighs as much as one with
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,15 +100,31 @@ def evaluate(
     device: str = "auto",
     names: Sequence[str] | None = None,
     progress: bool = True,
+    skip_unreadable: bool = False,
 ) -> dict[str, Any]:
     """Score every model on every case.
+
+    Parameters
+    ----------
+    progress
+        Show a bar on stderr, and the readers' warnings as one ``warning: ...`` line each
+        above it (not Python's two-line warning with a source line).
+    skip_unreadable
+        A case whose files cannot be read or do not fit each other (labels on another grid, a
+        damaged header) is left out and named under ``"skipped"`` instead of ending the run:
+        one odd case in a folder gathered from many hospitals cost a tester every other score.
 
     Returns
     -------
     dict
-        ``{"models": [column names], "cases": [ids], "per_case": {model: {case: {structure:
-        {dice, ppv, ...}}}}, "summary": {model: {structure: {metric: {mean, std, cases,
-        cases_with_structure}}}}}``, JSON-able.
+        ``{"models": [column names], "cases": [ids scored], "skipped": {id: why}, "per_case":
+        {model: {case: {structure: {dice, ppv, ...}}}}, "summary": {model: {structure:
+        {metric: {mean, std, cases, cases_with_structure}}}}}``, JSON-able.
+
+    Raises
+    ------
+    ValueError, OSError
+        A case cannot be read (without ``skip_unreadable``), or none can.
     """
     from ..models.store import load_checkpoint
 
@@ -118,11 +136,24 @@ def evaluate(
     from tqdm import tqdm
 
     bar = tqdm(total=len(cases) * len(models), disable=not progress, file=sys.stderr, unit="case")
+    skipped: dict[str, str] = {}
     for case in cases:
-        for name, (model, meta) in zip(names, loaded, strict=True):
-            prediction, reference, voxel_mm3 = predict_case(case, model, meta, device)
-            scores[name][case.case_id] = case_metrics(prediction, reference, voxel_mm3)
-            bar.update()
+        try:
+            with _warnings_as_lines(bar if progress else None):
+                for name, (model, meta) in zip(names, loaded, strict=True):
+                    prediction, reference, voxel_mm3 = predict_case(case, model, meta, device)
+                    scores[name][case.case_id] = case_metrics(prediction, reference, voxel_mm3)
+                    bar.update()
+        except (ValueError, OSError) as error:
+            if not skip_unreadable:
+                raise
+            skipped[case.case_id] = " ".join(str(error).split())
+            for name in names:
+                scores[name].pop(case.case_id, None)
+            bar.write(f"warning: {case.case_id} left out: {skipped[case.case_id]}", sys.stderr)
+    cases = [c for c in cases if c.case_id not in skipped]
+    if not cases:
+        raise ValueError(f"no case could be scored: {next(iter(skipped.values()), 'no cases')}")
     bar.close()
     summary = {}
     for name in names:
@@ -150,6 +181,7 @@ def evaluate(
         "models": names,
         "checkpoints": [meta["path"] for _, meta in loaded],
         "cases": [c.case_id for c in cases],
+        "skipped": skipped,
         "trained_on": trained_on,
         "per_case": per_case,
         "summary": summary,
@@ -224,6 +256,27 @@ def _trained_on(meta: dict[str, Any]) -> tuple[set[str], set[Path], set[str]]:
     return keys, images, digests
 
 
+@contextlib.contextmanager
+def _warnings_as_lines(bar: Any) -> Iterator[None]:
+    """Show the readers' :class:`UserWarning` s as ``warning: ...`` lines above ``bar`` (each
+    message once), as ``dsms predict`` does; with ``bar`` None, leave warnings alone."""
+    if bar is None:
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            shown = set()
+            for item in caught:
+                if not issubclass(item.category, UserWarning):
+                    warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+                elif str(item.message) not in shown:
+                    shown.add(str(item.message))
+                    bar.write(f"warning: {' '.join(str(item.message).split())}", sys.stderr)
+
+
 def _case_digests(case: Case) -> set[str]:
     """The CT content keys of a case read from a NIfTI file (slice sets and phantoms: none).
 
@@ -270,6 +323,12 @@ def markdown_table(result: dict[str, Any]) -> str:
                 f"| {_ROW_NAMES[metric]} | " + " | ".join(f"{v:.4f}" for v in values) + " |"
             )
         lines.append("")
+    skipped = result.get("skipped", {})
+    if skipped:
+        lines.append(
+            f"*{len(skipped)} case(s) could not be scored and are not in these means: "
+            f"{_first_few(sorted(skipped))} (why: the JSON's `skipped`).*"
+        )
     for name, seen in result.get("trained_on", {}).items():
         if seen:
             lines.append(
@@ -306,7 +365,9 @@ def evaluate_to_files(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run :func:`evaluate`, print the Markdown table and write ``out`` (+ .csv, .json) if given."""
-    result = evaluate(models, cases, device=device, names=names, progress=progress)
+    result = evaluate(
+        models, cases, device=device, names=names, progress=progress, skip_unreadable=True
+    )
     for name, seen in result["trained_on"].items():
         if seen:  # a training-set figure beside a held-out one misleads (found by a tester)
             print(
@@ -351,5 +412,12 @@ def run(args: argparse.Namespace) -> int:
         cases = select(cases, read_split(args.split), "test")
         if not cases:
             raise ValueError(f"{args.split}: none of its test patients is in the given data")
-    evaluate_to_files(args.models, cases, args.out, device=args.device)
+    result = evaluate_to_files(args.models, cases, args.out, device=args.device)
+    if result["skipped"]:  # scores were written, but not of every case asked for
+        print(
+            f"warning: {len(result['skipped'])} of {len(cases)} cases left out (above); exit "
+            "status 1",
+            file=sys.stderr,
+        )
+        return 1
     return 0
