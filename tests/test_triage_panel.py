@@ -286,3 +286,55 @@ def test_a_later_tool_write_ends_the_fill_reports_undo_watch(qtbot):
     assert fill_status.text() == "the last fill was undone"
     round_.wrote(layer, voxels, np.array([1, 1]), np.array([0, 0]))
     assert fill_status.text() == ""
+
+
+def test_a_closed_review_dock_leaves_the_labels_to_the_one_opened_again(dock, qtbot):
+    # napari unparents a closed dock without deleting it: the old one kept a session whose
+    # baseline lacked a tool's writes and overwrote the new dock's in the layer, so the
+    # autosave counted the filled slices as the user's edits (a tester, after a round).
+    old, labels, prediction = dock
+    viewer = old.viewer
+    viewer.window.add_dock_widget(old, name="Review and fine-tune")
+    viewer.window.remove_dock_widget(old)  # the dock's close button does the same
+    assert old.session is None
+    new = ReviewWidget(viewer)
+    qtbot.addWidget(new)
+    viewer.window.add_dock_widget(new, name="Review and fine-tune")
+    with_pancreas = np.flatnonzero(prediction.reshape(len(prediction), -1).any(axis=1))
+    low, high = int(with_pancreas[2]), int(with_pancreas[2]) + 4
+    labels.data[low] = np.roll(prediction[low], 3, axis=1)
+    labels.data[high] = np.roll(prediction[high], 3, axis=1)
+    labels.events.data(value=labels.data)
+    new.refresh_status()
+    assert new.triage.fill_between() > 0
+    new.refresh_status()
+    old.refresh_status()  # its timer, or a script: it must not write its view of the labels
+    qtbot.wait(600)  # both docks' refresh timers have fired
+    from src_models.corrections import edited_slices
+
+    baseline = labels.metadata["baseline"]  # what the autosave journals the edits against
+    assert edited_slices(np.asarray(labels.data), baseline) == [low, high]
+    assert new.session.edited == [low, high] and old.session is None
+    # docked again (a script may do that), it reviews again
+    viewer.window.remove_dock_widget(new)
+    viewer.window.add_dock_widget(old, name="Review and fine-tune")
+    assert old.session is not None
+
+
+def test_closing_the_review_dock_stops_its_round(dock, qtbot, tmp_path, monkeypatch):
+    # The round went on unseen and wrote 56 slices into the labels, its report lost (a tester).
+    monkeypatch.setenv("DSMS_MODEL_DIR", str(tmp_path / "models"))
+    widget, labels, prediction = dock
+    widget.viewer.window.add_dock_widget(widget, name="Review and fine-tune")
+    with_pancreas = np.flatnonzero(prediction.reshape(len(prediction), -1).any(axis=1))
+    corrected = [int(k) for k in with_pancreas[1::3]]
+    _correct(labels, prediction, corrected)
+    widget.refresh_status()
+    before = np.array(labels.data)
+    panel = widget.triage.refine_round
+    assert panel.start() is not None
+    widget.viewer.window.remove_dock_widget(widget)
+    qtbot.waitUntil(lambda: not panel.is_running, timeout=120_000)
+    np.testing.assert_array_equal(labels.data, before)
+    assert "cancelled" in panel.status.text()
+    assert not list((tmp_path / "models").glob("*.pt"))  # no model of a round nobody saw

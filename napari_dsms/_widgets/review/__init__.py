@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.layers import Image, Labels, Layer
-from qtpy.QtCore import QTimer, Signal
+from napari.utils.notifications import show_info
+from qtpy.QtCore import QEvent, QTimer, Signal
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 
 from src_models import corrections
@@ -191,6 +192,7 @@ class ReviewWidget(ScrollingDock):
         self.autosave = attach_autosave(napari_viewer)  # journals corrections, offers restoring
         attach_orientation(napari_viewer)  # A/P, R/L on the canvas
         self.session: ReviewSession | None = None
+        self._retired = False  # napari took the dock away (see event())
         self._watched: Labels | None = None
         self._last_point = tuple(self.viewer.dims.point)
         self._refresh_timer = QTimer(self)
@@ -308,7 +310,45 @@ class ReviewWidget(ScrollingDock):
             if not self._follow_newest() and not same_layer(self.labels_layer, self._watched):
                 self._on_labels_changed()
 
+    def event(self, event: QEvent) -> bool:
+        """Retire when napari takes the dock away, and come back when docked again.
+
+        Closing the dock (or ``remove_dock_widget``) unparents this widget without deleting
+        it. Left as it was, it kept its own session on the labels beside that of a Review dock
+        opened again: its baseline, without the round's writes, overwrote the new one's in
+        the layer's metadata, and the autosave journaled a round's 56 slices as the user's
+        edits (a tester). Retired, it holds no session, writes nothing, and stops its jobs.
+        """
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is None and not self._retired:
+                self._retire()
+            elif self.parent() is not None and self._retired:
+                self._retired = False
+                self._on_labels_changed()
+        return super().event(event)
+
+    def _retire(self) -> None:
+        running = [
+            name
+            for name, job in (
+                ("the refine round", self.triage.refine_round.cancel),
+                ("fine-tuning", self.fine_tune.cancel_fine_tune),
+                ("slice scoring", self.triage.cancel),
+            )
+            if job()
+        ]
+        self._retired = True
+        self._refresh_timer.stop()
+        self.session = None
+        self.session_changed.emit()
+        if running:
+            show_info(
+                f"Review dock closed: {' and '.join(running)} stopped; the labels are as before it"
+            )
+
     def _on_labels_changed(self, *_: Any) -> None:
+        if self._retired:
+            return
         layer = self.labels_layer
         if self._watched is not None and not same_layer(self._watched, layer):
             self._watched.events.paint.disconnect(self._on_paint)
@@ -332,7 +372,7 @@ class ReviewWidget(ScrollingDock):
         """A brush stroke or a tool's write: the user's strokes go into the edit log, a tool's
         write as a pause (the wait for it is not the user's editing time)."""
         session = self.session
-        if session is not None:
+        if session is not None and not self._retired:
             if session.tool_write_pending:
                 session.tool_write_pending = False
                 self.note_pause()
@@ -348,7 +388,7 @@ class ReviewWidget(ScrollingDock):
 
     def _log(self, entries: list[list[Any]]) -> None:
         """Append to the labels layer's edit log; the session reads it in :meth:`sync_session`."""
-        if self.labels_layer is not None:
+        if self.labels_layer is not None and not self._retired:
             self.labels_layer.metadata.setdefault(EDIT_LOG, []).extend(entries)
 
     def _schedule_refresh(self, event: Any = None) -> None:
@@ -376,7 +416,7 @@ class ReviewWidget(ScrollingDock):
         script may replace the layer's data or its prediction.
         """
         session, layer = self.session, self.labels_layer
-        if session is not None and layer is not None:
+        if session is not None and layer is not None and not self._retired:
             session.set_prediction(layer.metadata.get(PREDICTION))
             model = layer.metadata.get(MODEL)
             session.model = dict(model) if isinstance(model, dict) else None
@@ -387,6 +427,8 @@ class ReviewWidget(ScrollingDock):
     def refresh_status(self) -> None:
         """Recompute volumes and edited slices from the labels as they are now."""
         self._refresh_timer.stop()
+        if self._retired:
+            return
         session = self.sync_session()
         if session is None:
             self.volumes_label.setText("choose a CT and its labels layer")

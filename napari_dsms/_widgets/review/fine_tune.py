@@ -266,12 +266,17 @@ class FineTunePanel(QGroupBox):
         self._worker = worker
         return worker
 
-    def cancel_fine_tune(self) -> None:
-        """Stop fine-tuning after the current step; nothing is saved, the base model stays."""
-        if self._worker is not None:
-            self.cancel_button.setEnabled(False)
-            self.fine_tune_label.setText("cancelling after the current step…")
-            self._worker.quit()
+    def cancel_fine_tune(self) -> bool:
+        """Stop fine-tuning after the current step; nothing is saved, the base model stays.
+
+        Returns whether a run was going on.
+        """
+        if self._worker is None:
+            return False
+        self.cancel_button.setEnabled(False)
+        self.fine_tune_label.setText("cancelling after the current step…")
+        self._worker.quit()
+        return True
 
     def _on_fine_tune_event(self, event: TrainEvent) -> None:
         if event.kind == "step":

@@ -137,11 +137,18 @@ class RefineRoundPanel(QWidget):
         if self._worker is not None:
             if time.monotonic() - self._started_at < DOUBLE_CLICK_S:
                 return  # the second click of a double click, not a Cancel (a tester's round)
-            self.button.setEnabled(False)
-            self.status.setText("cancelling after the current step…")
-            self._worker.quit()
+            self.cancel()
         else:
             self.start()
+
+    def cancel(self) -> bool:
+        """Stop the running round after its current step; whether one was running."""
+        if self._worker is None:
+            return False
+        self.button.setEnabled(False)
+        self.status.setText("cancelling after the current step…")
+        self._worker.quit()
+        return True
 
     def latest_checkpoint(self) -> str | None:
         """The model a round starts from: the last round's, else the one that made the labels."""

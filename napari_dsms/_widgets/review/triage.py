@@ -210,6 +210,13 @@ class TriagePanel(QGroupBox):
         )
         return self._worker
 
+    def cancel(self) -> bool:
+        """Stop scoring; whether it was running."""
+        if self._worker is None:
+            return False
+        self._worker.quit()
+        return True
+
     def _on_scored(self, result: Triage, scored: ReviewSession) -> None:
         if scored is not self.review.session:
             # Another labels layer (or none) was chosen while the slices were scored: these
