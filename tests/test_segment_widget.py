@@ -447,3 +447,32 @@ def test_a_model_tuned_on_one_patient_is_chosen_for_that_patient_only(
     assert "fine-tuned on" not in widget.readout.text()  # the dock's note of its choice goes
     widget.image_combo.value = layers["second"]
     assert Path(widget.checkpoint).resolve() == tuned.resolve()
+
+
+def test_a_ct_opened_later_is_the_one_segmented(make_napari_viewer, qtbot, model_dir):
+    # A tester opened a DICOM series after a NIfTI CT and pressed Segment: the NIfTI CT was
+    # segmented again. The dock follows the CT just opened; the Review dock follows its result.
+    from napari_dsms._layers import labels_layer_data
+    from napari_dsms._widgets.review import ReviewWidget
+
+    viewer = make_napari_viewer()
+    first = _phantom_layer(viewer)
+    widget = _widget(viewer, model_dir)
+    review = ReviewWidget(viewer)
+    qtbot.addWidget(widget)
+    qtbot.addWidget(review)
+    image, _ = make_phantom(seed=3, shape=(40, 40, 8), spacing=(3.0, 3.0, 3.0))
+    image.source = "/data/second.nii.gz"
+    data, kwargs, _ = image_layer_data(image, name="second")
+    second = viewer.add_image(data, **kwargs)
+    assert widget.image_layer is second
+    labels = _run(qtbot, widget)
+    assert review.image_layer is second and review.labels_layer is labels
+    # the first CT again, chosen by hand, and a result of the second: review follows the result
+    widget.image_combo.value = first
+    review.image_combo.value = first
+    data, kwargs, _ = labels_layer_data(np.zeros(second.data.shape, np.uint8), second, name="r")
+    kwargs["metadata"]["prediction"] = np.zeros(second.data.shape, np.uint8)
+    result = viewer.add_labels(data, **kwargs)
+    assert review.image_layer is second and review.labels_layer is result
+    assert widget.image_layer is first  # a labels layer is not a CT to segment

@@ -46,7 +46,7 @@ from src_models.nets.registry import ARCHITECTURES, DESCRIPTIONS
 from .._autosave import attach as attach_autosave
 from .._layers import ASSUMED_LAYOUT, SOURCE, has_file_geometry, is_ct_layer
 from .._results import ERROR_EXPLANATION, import_layer_dependencies, summary
-from ._pickers import layer_picker, of_kind, same_layer
+from ._pickers import choose, layer_picker, of_kind, same_layer
 from ._scroll import ScrollingDock
 from ._worker import SegmentationRun, report_error
 
@@ -160,6 +160,8 @@ class SegmentWidget(ScrollingDock):
         self._on_arch_changed(self.arch_combo.currentText())
         self._known_checkpoints = {str(entry.path.resolve()) for entry in list_checkpoints()}
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        # after the picker's own handler (connected when it was made): the new CT is listed
+        self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
 
     # ------------------------------------------------------------------ choices
 
@@ -399,6 +401,12 @@ class SegmentWidget(ScrollingDock):
         self._described = (image, labels)
         show_info(f"{labels.name}: {output.result.stats.summary()}")
         self.segmented.emit(labels)
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        """Segment the CT just opened: a tester opened a DICOM series after a NIfTI CT, pressed
+        Segment, and the NIfTI CT was segmented again. Not while a run goes on."""
+        if is_ct_layer(event.value) and self._run is None:
+            choose(self.image_combo, event.value)
 
     def _on_layer_removed(self, event: Any) -> None:
         """Withdraw the readout's figures once their labels or CT left the viewer.

@@ -290,12 +290,35 @@ class ReviewWidget(ScrollingDock):
     def _on_layer_inserted(self, event: Any) -> None:
         layer, image = event.value, self.image_layer
         style_labels(layer)  # references as contours, wherever they were opened
+        if self._retired:
+            return
+        ct = self._ct_of_new_result(layer)
+        if ct is not None:  # segmented another open CT: review that one (a tester's DICOM
+            choose(self.image_combo, ct)  # result was paired with the NIfTI CT and refused)
+            return
         if (
             PREDICTION in layer.metadata
             and image is not None
             and _belongs_to(layer, image, self._elsewhere())
         ):
             self._follow_newest()
+
+    def _ct_of_new_result(self, layer: Layer) -> Image | None:
+        """The open CT, other than the one reviewed, that a new model result was made on; not
+        while a job of this dock runs on the reviewed one (a round would be stopped)."""
+        source = str(layer.metadata.get(SOURCE, ""))
+        if PREDICTION not in layer.metadata or not source or self._busy():
+            return None
+        for ct in self.image_combo.choices:
+            if ct is None or same_layer(ct, self.image_layer):
+                continue
+            if str(ct.metadata.get(SOURCE, "")) == source and _belongs_to(layer, ct):
+                return ct
+        return None
+
+    def _busy(self) -> bool:
+        triage = self.triage
+        return triage.refine_round.is_running or self.fine_tune.is_busy or triage.is_scoring
 
     def _on_layer_removing(self, event: Any) -> None:
         # Noted before the pickers move on to another layer (they do so on "removed").

@@ -210,6 +210,10 @@ class TriagePanel(QGroupBox):
         )
         return self._worker
 
+    @property
+    def is_scoring(self) -> bool:
+        return self._worker is not None
+
     def cancel(self) -> bool:
         """Stop scoring; whether it was running."""
         if self._worker is None:
