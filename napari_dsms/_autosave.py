@@ -541,5 +541,14 @@ class Autosave:
         kwargs["metadata"].update(entry.record.get("layer_state") or {})
         layer = viewer.add_labels(data, **kwargs)
         edited = len(entry.corrected)
-        show_info(f"Restored {layer.name}: {edited} edited slice{'s' * (edited != 1)}")
+        reviewed = len(set(entry.reviewed) - set(entry.corrected))
+        show_info(
+            f"Restored {layer.name}: {_count(edited, 'edited slice')}"
+            + (f", {reviewed} reviewed" if reviewed else "")
+        )
         return layer
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 edited slice"``, ``"3 edited slices"``."""
+    return f"{n} {noun}{'s' * (n != 1)}"

@@ -245,6 +245,7 @@ def test_brush_strokes_are_timed_into_the_effort_record(widget_and_layers, monke
     widget.refresh_status()
     assert 8 not in widget.edited_slices()
     assert "1.4 min editing" in widget.volumes_label.text()  # 10 + 20 + 15 + 40 s
+    assert "2 slices edited" in widget.volumes_label.text()
     effort = widget.session.sidecar("/out/labels.nii.gz", "labels")["effort"]
     seconds = {e["slice"]: e["seconds"] for e in effort["slices"]}
     assert seconds == {4: 30.0, 6: 55.0}  # slice 8's undone stroke left with its slice

@@ -466,7 +466,8 @@ class ReviewWidget(ScrollingDock):
             minutes = sum(seconds.get(k, 0.0) for k in listed) / 60.0
             self.volumes_label.setText(
                 f"pancreas (incl. tumour) {volumes['pancreas']:.1f} mL, "
-                f"tumour {volumes['tumour']:.1f} mL\n{len(session.edited)} slices edited, "
+                f"tumour {volumes['tumour']:.1f} mL\n{len(session.edited)} "
+                f"slice{'s' * (len(session.edited) != 1)} edited, "
                 f"{len(session.reviewed - set(session.edited))} reviewed; {minutes:.1f} min "
                 "editing"
             )
