@@ -477,3 +477,24 @@ def test_volume_properties():
     assert volume.spacing == pytest.approx((0.8, 0.8, 2.5))
     assert volume.axcodes == ("L", "A", "S")
     assert volume.shape == (2, 3, 4)
+
+
+def test_a_compressed_file_named_nii_and_a_plain_one_named_nii_gz_are_named(tmp_path):
+    # nibabel says only "Cannot work out file type" / "not a gzip file" (a tester)
+    data = np.zeros((20, 20, 3), np.int16)
+    packed = save(tmp_path / "real.nii.gz", data)
+    misnamed = tmp_path / "scan.nii"
+    misnamed.write_bytes(packed.read_bytes())
+    refuse("gzip-compressed but named .nii; name it .nii.gz", read_volume, misnamed)
+    plain = save(tmp_path / "real.nii", data)
+    misnamed = tmp_path / "plain.nii.gz"
+    misnamed.write_bytes(plain.read_bytes())
+    refuse("named .nii.gz but not compressed; name it .nii", read_volume, misnamed)
+
+
+@pytest.mark.parametrize("suffix", [".hdr", ".img"])
+def test_a_nifti_pair_is_named_with_how_to_convert_it(tmp_path, suffix):
+    pair = nib.Nifti1Pair(np.zeros((20, 20, 3), np.int16), AFFINE)
+    nib.save(pair, str(tmp_path / "scan.hdr"))
+    message = refuse("NIfTI or Analyze pair", read_volume, tmp_path / f"scan{suffix}")
+    assert "nib.save(nib.load('scan.hdr'), 'scan.nii.gz')" in message

@@ -22,7 +22,24 @@ from .volume import (
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
+#: The first two bytes of every gzip stream (RFC 1952).
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _check_compression_matches_name(path: Path) -> None:
+    """Name the mismatch when a file's gzip compression and its name disagree: nibabel then
+    says only "Cannot work out file type" or "not a gzip file" (a tester's renamed files)."""
+    with open(path, "rb") as file:
+        gzipped = file.read(2) == GZIP_MAGIC
+    named = path.name.lower().endswith(".gz")
+    if gzipped and not named:
+        raise VolumeError(f"{path}: the file is gzip-compressed but named .nii; name it .nii.gz")
+    if named and not gzipped:
+        raise VolumeError(f"{path}: the file is named .nii.gz but not compressed; name it .nii")
+
+
 def _load_nifti_image(path: Path) -> nib.Nifti1Image:
+    _check_compression_matches_name(path)
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for foreign or damaged files

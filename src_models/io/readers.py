@@ -11,6 +11,9 @@ from .nifti import NIFTI_SUFFIXES, read_nifti
 from .seg import is_seg_file, onto_grid, read_seg
 from .volume import Volume, VolumeError, label_array, on_grid_of
 
+#: The two files of a NIfTI-1 pair or an Analyze 7.5 image.
+PAIR_SUFFIXES = (".hdr", ".img")
+
 
 def _check_exists(path: Path) -> None:
     if not path.exists():
@@ -50,6 +53,13 @@ def read_volume(path: str | os.PathLike[str]) -> Volume:
         return read_seg(path)
     if is_dicom_file(path):
         return read_dicom_series(path.parent, series_of=path)
+    if path.name.lower().removesuffix(".gz").endswith(PAIR_SUFFIXES):
+        raise VolumeError(
+            f"{path}: a NIfTI or Analyze pair (.hdr header and .img voxels); napari-dsms reads "
+            "single-file NIfTI. Convert a NIfTI pair, whose header places the voxels, with "
+            "nibabel: nib.save(nib.load('scan.hdr'), 'scan.nii.gz'); an Analyze 7.5 file has "
+            "no orientation, so check left and right after converting it"
+        )
     raise VolumeError(
         f"{path}: neither a NIfTI file (.nii, .nii.gz) nor a DICOM file or series folder"
     )
