@@ -126,12 +126,16 @@ def fill_between_slices(
     Raises
     ------
     ValueError
-        ``labels`` is not 3D, or a known index lies outside the axis.
+        ``labels`` is not 3D, or a known index lies outside the axis or is not a whole number.
     """
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise ValueError(f"expected a 3D label volume, got shape {labels.shape}")
     length = labels.shape[axis]
+    known = list(known)
+    fractional = [k for k in known if float(k) != int(k)]
+    if fractional:  # int() would quietly make slice 2.5 slice 2
+        raise ValueError(f"known slice indices must be whole numbers, got {fractional}")
     indices = sorted({int(k) for k in known})
     if any(not -length <= k < length for k in indices):
         raise ValueError(f"known slices {indices} lie outside an axis of {length} slices")

@@ -62,6 +62,10 @@ def test_fewer_than_two_known_slices_change_nothing_and_bad_indices_are_refused(
         fill_between_slices(labels, [1, 5], axis=0)
     with pytest.raises(ValueError, match="3D"):
         fill_between_slices(labels[0], [0, 1])
+    with pytest.raises(ValueError, match="whole numbers, got \\[2.5\\]"):
+        fill_between_slices(labels, [1, 2.5], axis=0)  # not quietly slice 2
+    filled = fill_between_slices(labels, [1.0, np.int64(3)], axis=0)  # whole, in any type
+    np.testing.assert_array_equal(filled, fill_between_slices(labels, [1, 3], axis=0))
 
 
 @pytest.mark.slow
