@@ -126,12 +126,15 @@ def fill_between_slices(
     Raises
     ------
     ValueError
-        ``labels`` is not 3D, or a known index lies outside the axis or is not a whole number.
+        ``labels`` is not 3D, a known index lies outside the axis or is not a whole number
+        (or ``known`` is a boolean mask), or a known slice holds values other than 0, 1, 2.
     """
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise ValueError(f"expected a 3D label volume, got shape {labels.shape}")
     length = labels.shape[axis]
+    if np.asarray(known).dtype == bool:  # read as the indices 0 and 1 it would fill nothing
+        raise ValueError("known holds slice indices, got a boolean mask; pass np.flatnonzero(mask)")
     known = list(known)
     fractional = [k for k in known if float(k) != int(k)]
     if fractional:  # int() would quietly make slice 2.5 slice 2
@@ -144,6 +147,13 @@ def fill_between_slices(
     if len(indices) < 2:
         return out
     moved = np.moveaxis(labels, axis, 0)
+    for k in indices:  # a 3 would spread as pancreas, a 0.4 / 0.8 map as nothing (a tester)
+        values = np.unique(moved[k])
+        if not np.isin(values, (0, 1, 2)).all():
+            raise ValueError(
+                f"known slice {k} holds {values[~np.isin(values, (0, 1, 2))][:5].tolist()}, "
+                "not labels 0 (background), 1 (pancreas), 2 (tumour)"
+            )
     pancreas, tumour = moved >= 1, moved == 2
     filled = np.moveaxis(out, axis, 0)  # a view: writing it writes ``out``
     for k0, k1 in pairwise(indices):

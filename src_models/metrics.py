@@ -133,11 +133,19 @@ def volume_ml(mask_or_count: np.ndarray | int, spacing: Sequence[float] | float)
     """Volume in millilitres of a boolean mask (any shape) or a voxel count (an integer,
     Python's or numpy's).
 
-    ``spacing`` is the voxel size in mm along each axis, or the volume of one voxel in mm³ as
-    one number. Give the latter, ``|det|`` of the affine's 3 x 3 part
+    ``spacing`` is the voxel size in mm along each axis (signs, the axes' directions in an
+    affine's diagonal, are ignored), or the volume of one voxel in mm³ as one number. Give
+    the latter, ``|det|`` of the affine's 3 x 3 part
     (:func:`src_models.io.volume.voxel_volume_mm3`), whenever the affine is known: on a
     sheared grid (gantry tilt) the product of the axis spacings overstates every volume
     (by 6 % at 20 degrees).
+
+    Raises
+    ------
+    ValueError
+        As many spacings as axes are needed for a mask.
+    TypeError
+        A count that is not a whole number.
     """
     # A count as numpy gives it (mask.sum(), np.int64) is a number too: counting its nonzero
     # "voxels" gave 1 voxel for any count (0.001 mL for 1,000 voxels of 1 mm³, a tester).
@@ -147,8 +155,14 @@ def volume_ml(mask_or_count: np.ndarray | int, spacing: Sequence[float] | float)
         raise TypeError(f"a voxel count must be a whole number, got {mask_or_count!r}")
     else:
         count = int(np.count_nonzero(mask_or_count))
-    voxel = float(np.prod(np.asarray(spacing, dtype=np.float64)))
-    return count * voxel / 1000.0
+    sizes = np.abs(np.asarray(spacing, dtype=np.float64))  # np.diag(affine) of an LAS file
+    # holds -0.86 mm: a direction, not a negative size (a tester got -57.8 mL)
+    if sizes.ndim == 1 and np.ndim(mask_or_count) > 0 and len(sizes) != np.ndim(mask_or_count):
+        raise ValueError(
+            f"{len(sizes)} voxel spacings given for a {np.ndim(mask_or_count)}D mask; give one "
+            "per axis, or the voxel volume in mm³ as one number"
+        )
+    return count * float(np.prod(sizes)) / 1000.0
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,14 @@ def test_fewer_than_two_known_slices_change_nothing_and_bad_indices_are_refused(
         fill_between_slices(labels[0], [0, 1])
     with pytest.raises(ValueError, match="whole numbers, got \\[2.5\\]"):
         fill_between_slices(labels, [1, 2.5], axis=0)  # not quietly slice 2
+    mask = np.zeros(5, bool)
+    mask[[1, 3]] = True  # read as the indices 0 and 1 it filled nothing, without a word
+    with pytest.raises(ValueError, match="boolean mask; pass np.flatnonzero"):
+        fill_between_slices(labels, mask, axis=0)
+    odd = labels.copy()
+    odd[1, 0, 0] = 3
+    with pytest.raises(ValueError, match="known slice 1 holds \\[3\\]"):
+        fill_between_slices(odd, [1, 3], axis=0)
     filled = fill_between_slices(labels, [1.0, np.int64(3)], axis=0)  # whole, in any type
     np.testing.assert_array_equal(filled, fill_between_slices(labels, [1, 3], axis=0))
 

@@ -100,6 +100,11 @@ def test_volume_in_millilitres():
     assert volume_ml(np.count_nonzero(mask), 1.0) == pytest.approx(1.0)
     with pytest.raises(TypeError, match="whole number"):
         volume_ml(np.float64(12.5), 1.0)
+    # np.diag(affine) of an LAS file starts with -0.8: a direction, not a size (a tester got
+    # a negative volume); and a spacing per axis, not fewer
+    assert volume_ml(mask, (-0.5, 0.8, -0.8)) == pytest.approx(0.32)
+    with pytest.raises(ValueError, match="2 voxel spacings given for a 3D mask"):
+        volume_ml(mask, (0.5, 0.8))
 
 
 def test_summary_averages_cases_equally():

@@ -115,3 +115,17 @@ class TestArchitecture:
             optimizer.step()
             losses.append(loss.item())
         assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_every_architecture_takes_its_defining_options_repeated():
+    # a loop over the five passing restoration / skip_module broke on FCN with a TypeError
+    from src_models import build_model
+    from src_models.nets.registry import ARCHITECTURES, has_restoration
+
+    for name in ARCHITECTURES:
+        skip = {"kcmdrs_unet": "same_kernel", "dsmsc_unet": "multi_scale"}.get(name, "none")
+        model = build_model(name, width=2, depth=3, restoration=has_restoration(name),
+                            skip_module=skip)  # fmt: skip
+        assert model.config["arch"] == name
+    with pytest.raises(ValueError, match="restoration=True contradicts architecture 'fcn'"):
+        build_model("fcn", width=2, depth=3, restoration=True)

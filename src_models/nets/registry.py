@@ -7,6 +7,7 @@ so tests build tiny models and checkpoints rebuild theirs from ``model.config``.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from torch import nn
@@ -19,7 +20,9 @@ ARCHITECTURES: tuple[str, ...] = ("fcn", "unet", "drs_unet", "kcmdrs_unet", "dsm
 
 #: Name -> (class, the constructor arguments that define the architecture).
 _DEFINITIONS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
-    "fcn": (FCN, {}),
+    # FCN takes neither option; naming them lets ``build_model("fcn", restoration=False)``
+    # pass (a loop over the five architectures), and a contradiction fail, as for the others.
+    "fcn": (FCN, {"skip_module": "none", "restoration": False}),
     "unet": (UNet, {"skip_module": "none", "restoration": False}),
     "drs_unet": (UNet, {"skip_module": "none", "restoration": True}),
     "kcmdrs_unet": (UNet, {"skip_module": "same_kernel", "restoration": True}),
@@ -92,6 +95,8 @@ def build_model(name: str, **overrides: Any) -> nn.Module:
             raise ValueError(
                 f"{key}={overrides[key]!r} contradicts architecture {name!r} ({key}={value!r})"
             )
-    model = cls(**{**overrides, **fixed})
+    accepted = inspect.signature(cls).parameters
+    defining = {key: value for key, value in fixed.items() if key in accepted}
+    model = cls(**{**{k: v for k, v in overrides.items() if k not in fixed}, **defining})
     model.config = {"arch": name, **model.config}
     return model

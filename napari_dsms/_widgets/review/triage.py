@@ -309,7 +309,13 @@ class TriagePanel(QGroupBox):
         if len(known) < 2:
             refuse(self.status, "edit or mark reviewed at least two slices to fill between")
             return 0
-        changed, values, skipped = fill_changes(np.asarray(layer.data), known, session.spacing[0])
+        try:
+            changed, values, skipped = fill_changes(
+                np.asarray(layer.data), known, session.spacing[0]
+            )
+        except ValueError as error:  # a slice painted with another label than 1 or 2
+            refuse(self.status, f"{error}: paint it with label 1 or 2, or erase the rest")
+            return 0
         left = ""
         if skipped:
             gaps = ", ".join(f"{a}-{b}" for a, b in skipped)
