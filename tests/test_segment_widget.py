@@ -476,3 +476,22 @@ def test_a_ct_opened_later_is_the_one_segmented(make_napari_viewer, qtbot, model
     result = viewer.add_labels(data, **kwargs)
     assert review.image_layer is second and review.labels_layer is result
     assert widget.image_layer is first  # a labels layer is not a CT to segment
+
+
+def test_the_first_model_saved_on_a_fresh_install_is_listed_and_chosen(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    # The model folder did not exist when the dock opened, so it was never watched: the first
+    # fine-tuned model never reached the menu and Segment ran the bundled one (a tester).
+    folder = tmp_path / "fresh" / "models"
+    monkeypatch.setenv("DSMS_MODEL_DIR", str(folder))
+    monkeypatch.setattr(store, "BUNDLED_DIR", tmp_path / "bundled")
+    widget = SegmentWidget(make_napari_viewer())
+    qtbot.addWidget(widget)
+    torch.manual_seed(0)
+    saved = save_checkpoint(
+        folder / "dsmsc_unet-ft-ct-v1.pt", build_model("dsmsc_unet", width=4, depth=2),
+        preprocessing=PREPROCESSING,
+    )  # fmt: skip
+    qtbot.waitUntil(lambda: widget.checkpoint is not None, timeout=10_000)
+    assert Path(widget.checkpoint) == saved

@@ -10,6 +10,7 @@ the user model folder (a fine-tuning run, ``dsms train``) are listed, and select
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -153,6 +154,11 @@ class SegmentWidget(ScrollingDock):
         self.cancel_button.clicked.connect(self.cancel)
         self._watcher = QFileSystemWatcher(self)
         folder = user_model_dir()
+        # Made now if need be: a folder that did not exist yet could not be watched, so on a
+        # fresh install the first fine-tuned model never reached the menu, and Segment ran
+        # the bundled model again without a word (a tester).
+        with contextlib.suppress(OSError):  # read-only home: models are then saved elsewhere
+            folder.mkdir(parents=True, exist_ok=True)
         if folder.is_dir():
             self._watcher.addPath(str(folder))
         self._watcher.directoryChanged.connect(self._on_model_folder_changed)
