@@ -177,6 +177,24 @@ def test_fine_tune_updates_the_model_in_place(tmp_path):
     assert "the last of 2 rounds" in model_card(load_checkpoint(tmp_path / "again.pt")[1])
 
 
+def test_a_fine_tuned_bundled_model_is_not_bundled_and_keeps_its_base_training_date(tmp_path):
+    # A tester's fine-tuned copy said "bundled", "float16" and "Training (today)" for the
+    # base's 2500 steps of the day before, and nothing of the round's own length.
+    model, meta = load_checkpoint("unet")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(2, 64, 64)).astype(np.float32)
+    labels = np.zeros((2, 64, 64), dtype=np.uint8)
+    labels[:, 20:40, 20:40] = 1
+    run_to_end(fine_tune(model, meta, images, labels, (4.0, 4.0), steps=2, device="cpu",
+                         out=tmp_path / "tuned.pt"))  # fmt: skip
+    tuned = load_checkpoint(tmp_path / "tuned.pt")[1]
+    assert meta["provenance"]["bundled"] and meta["provenance"]["weights_dtype"] == "float16"
+    assert "bundled" not in tuned["provenance"] and "weights_dtype" not in tuned["provenance"]
+    card = model_card(tuned)
+    assert f"Training ({meta['provenance']['date'][:10]}):" in card
+    assert "Fine-tuned on corrections of an image (2 steps, " in card
+
+
 def test_fine_tune_stops_when_closed():
     model = build_model("unet", width=4)
     meta = {"preprocessing": PREP, "provenance": {}, "metrics": {}, "path": None}

@@ -343,6 +343,8 @@ def _fine_tune_line(record: dict[str, Any]) -> str:
     held_out = len(record.get("holdout_slices") or [])
     rounds = len(fine_tune_rounds({"provenance": {"fine_tune": record}}))
     last = f" (the last of {rounds} rounds)" if rounds > 1 else ""
+    if "steps" in record:  # the round's own length, beside the base's training line
+        last += f" ({record['steps']} steps, {float(record.get('elapsed_s', 0.0)):.0f} s)"
     if before is None or after is None or not held_out:
         return f"Fine-tuned on corrections of {image}{last}; no held-out slice measured it."
     text = (
@@ -406,7 +408,7 @@ def model_card(meta: dict[str, Any]) -> str:
                 if isinstance(planned, int) and planned > int(provenance["steps"])
                 else f"{provenance['steps']} steps"
             )
-            date = str(provenance.get("date") or "")[:10]
+            date = str(provenance.get("training_date") or provenance.get("date") or "")[:10]
             lines.append(
                 f"Training{f' ({date})' if date else ''}: {steps}, {minutes:.1f} min on "
                 f"{provenance.get('hardware') or provenance.get('device', '?')}"

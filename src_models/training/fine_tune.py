@@ -68,6 +68,10 @@ _SPLIT_KEYS = (*(k for k in LEARNT_KEYS if k != "fine_tune"), "test_patients", "
 #: values must not pass for the fine-tuned model's own.
 _STAMP_KEYS = ("date", "code_version", "torch_version")
 
+#: Facts of the base checkpoint's file, not of a model fine-tuned from it: a tester's
+#: fine-tuned copy said it was bundled and stored in float16 (it is neither).
+_FILE_KEYS = ("bundled", "weights_dtype")
+
 _VERSIONED = re.compile(r"^(?P<base>.+?)-ft-.+-v\d+$")
 
 
@@ -447,7 +451,12 @@ def _fine_tuned_meta(
 ) -> dict[str, Any]:
     """The input's metadata with this round recorded under ``provenance["fine_tune"]``."""
     new_meta = copy.deepcopy(dict(meta))
-    provenance = {k: v for k, v in new_meta.get("provenance", {}).items() if k not in _STAMP_KEYS}
+    base_provenance = new_meta.get("provenance", {})
+    provenance = {k: v for k, v in base_provenance.items() if k not in (*_STAMP_KEYS, *_FILE_KEYS)}
+    # The base's training ran on its own date: the new file's stamp must not date it (a
+    # tester's card read "Training (2026-12-01)" for a base trained the day before).
+    if "steps" in provenance and "training_date" not in provenance:
+        provenance["training_date"] = base_provenance.get("date")
     # The base's patient split no longer describes this model (it has now seen a new patient,
     # perhaps one of the base's test patients): kept with the round, not as the model's own.
     base_split = {k: provenance.pop(k) for k in _SPLIT_KEYS if k in provenance}
