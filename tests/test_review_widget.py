@@ -341,6 +341,21 @@ def test_region_of_interest_clears_outside_and_is_kept(widget_and_layers, tmp_pa
     # the region stays with the labels: a new dock finds it again
     again = ReviewWidget(viewer)
     assert again.session.roi == roi and again.region.first_spin.value() == 4
+    # a stray box first, then the real one: the newest counts, and the status says so (the
+    # first was taken without a word, a tester)
+    shapes.data = []
+    shapes.add_rectangles(np.array([[100, 100], [100, 103], [103, 103], [103, 100]], float))
+    shapes.add_rectangles(np.array(corners, dtype=float))
+    assert region.set_region().box == (190, 241, 190, 251)
+    assert "the last of 2 boxes drawn" in region.status.text()
+    # a deleted box layer is no box: its old rectangle is not used again
+    viewer.layers.remove(shapes)
+    assert region.set_region() is None and "no box drawn" in region.status.text()
+    region.draw_box().add_rectangles(np.array(corners, dtype=float))
+    assert region.set_region().box == (190, 241, 190, 251)
+    region.remove_region()  # takes the box off the screen too
+    assert not [layer for layer in viewer.layers if layer.name.endswith(" region")]
+    assert not region.use_box.isChecked() and "region_of_interest" not in labels.metadata
 
 
 def test_clearing_outside_the_region_names_corrected_slices_it_erases(

@@ -117,7 +117,7 @@ class RegionPanel(QGroupBox):
             refuse(self.status, "choose the labels layer first")
             return None
         viewer = self.review.viewer
-        if self._shapes is None or not any(same_layer(x, self._shapes) for x in viewer.layers):
+        if self._box_layer() is None:
             # 2D: napari shows it on every slice, as the region it marks applies to all of them
             # (a box drawn in 3D showed on its own slice only, a tester)
             self._shapes = viewer.add_shapes(
@@ -134,12 +134,24 @@ class RegionPanel(QGroupBox):
         self.use_box.setChecked(True)
         return self._shapes
 
+    def _box_layer(self) -> Shapes | None:
+        """The box's Shapes layer while it is in the viewer (a deleted one held its last box,
+        which Set region used again, a tester)."""
+        layers = self.review.viewer.layers
+        if self._shapes is None or not any(same_layer(x, self._shapes) for x in layers):
+            return None
+        return self._shapes
+
     def _box(self) -> tuple[int, int, int, int] | None:
-        """The first rectangle of the box layer, in the labels' rows and columns."""
-        labels, shapes = self.review.labels_layer, self._shapes
+        """The newest rectangle of the box layer, in the labels' rows and columns.
+
+        The newest: a tester's stray click made a 4-pixel box first, then the real one, and
+        the first was taken without a word.
+        """
+        labels, shapes = self.review.labels_layer, self._box_layer()
         if labels is None or shapes is None or not len(shapes.data):
             return None
-        world = np.array([shapes.data_to_world(v)[-2:] for v in np.asarray(shapes.data[0])])
+        world = np.array([shapes.data_to_world(v)[-2:] for v in np.asarray(shapes.data[-1])])
         corners = (world - np.asarray(labels.translate)[-2:]) / np.asarray(labels.scale)[-2:]
         rows, columns = labels.data.shape[-2:]
         r0, c0 = np.floor(corners.min(axis=0)).astype(int)
@@ -165,6 +177,12 @@ class RegionPanel(QGroupBox):
         session.roi = RegionOfInterest(first, last, box)
         labels.metadata[ROI] = session.roi.as_dict()
         self._show(session.roi)
+        drawn = len(self._shapes.data) if box is not None and self._shapes is not None else 0
+        if drawn > 1:
+            self.status.setText(
+                f"{self.status.text()} (the last of {drawn} boxes drawn; delete the others to "
+                "avoid confusion)"
+            )
         return session.roi
 
     def clear_outside(self) -> int:
@@ -190,10 +208,15 @@ class RegionPanel(QGroupBox):
         return int(len(voxels[0]))
 
     def remove_region(self, *_: Any) -> None:
-        """Forget the region: the whole CT counts again."""
+        """Forget the region, and take its box off the screen: the whole CT counts again."""
         session, labels = self.review.session, self.review.labels_layer
         if session is not None:
             session.roi = None
         if labels is not None:
             labels.metadata.pop(ROI, None)
+        shapes = self._box_layer()
+        if shapes is not None:  # a tester saw the box stay, "Only inside the box" ticked
+            self.review.viewer.layers.remove(shapes)
+        self._shapes = None
+        self.use_box.setChecked(False)
         self._show(None)
