@@ -53,6 +53,7 @@ from ._layers import (
     ROLE,
     SEGMENTATION,
     SHAPE,
+    SOURCE,
     TUMOUR_PROBABILITY,
     geometry_metadata,
     labels_layer_data,
@@ -309,6 +310,20 @@ def _put_labels(viewer: Any, image: Image, labels: np.ndarray, model: dict[str, 
 
 
 def _select_for_painting(viewer: Any, labels: Labels) -> Labels:
+    """Make the new result the layer painted, unless another result of the same CT holds the
+    user's edits: those stay selected (a tester segmented with the ensemble to compare, and
+    the next stroke went into the ensemble's labels)."""
+    for other in viewer.layers:
+        if (
+            isinstance(other, Labels)
+            and other is not labels
+            and other.data.shape == labels.data.shape
+            and PREDICTION in other.metadata
+            and other.metadata.get(SOURCE) == labels.metadata.get(SOURCE)
+            and not is_unedited(other)
+        ):
+            viewer.layers.selection.active = other  # napari selects a new layer by itself
+            return labels
     viewer.layers.selection.active = labels
     labels.selected_label = 1
     labels.mode = "paint"

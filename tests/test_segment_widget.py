@@ -120,6 +120,10 @@ def test_a_second_run_never_overwrites_edited_labels(make_napari_viewer, qtbot, 
     assert again is first  # unedited: data replaced in place
     assert not [n for n in viewer.layers if "reconstruction" in n.name]  # U-Net has no decoder
 
+    from napari_dsms._widgets.review import ReviewWidget
+
+    review = ReviewWidget(viewer)
+    qtbot.addWidget(review)
     edited = first.data.copy()
     edited[2, 5:9, 5:9] = 2
     first.data = edited
@@ -127,6 +131,10 @@ def test_a_second_run_never_overwrites_edited_labels(make_napari_viewer, qtbot, 
     assert second is not first and second.name == "phantom pancreas/tumour [tiny_unet] (2)"
     np.testing.assert_array_equal(first.data, edited)
     np.testing.assert_array_equal(second.data, second.metadata["prediction"])
+    # the corrections stay the layer painted and reviewed (a tester's next stroke went into
+    # the new result, segmented only to compare)
+    assert viewer.layers.selection.active is first
+    assert review.labels_layer is first and "A newer result" in review.editing_label.text()
 
 
 def test_cancel_stops_between_batches_and_adds_no_layer(make_napari_viewer, qtbot, model_dir):

@@ -301,6 +301,15 @@ class ReviewWidget(ScrollingDock):
             and image is not None
             and _belongs_to(layer, image, self._elsewhere())
         ):
+            if self._holds_corrections():  # segmenting again, with another model to compare:
+                # the corrections stay the layer reviewed (a tester's next stroke went into
+                # the new result)
+                self.editing_label.setText(
+                    f"{describe_labels(self.labels_layer, self._elsewhere())}\nA newer result, "
+                    f"{layer.name!r}, is open: your corrections stay here; choose it under "
+                    "Labels to review it instead."
+                )
+                return
             self._follow_newest()
 
     def _ct_of_new_result(self, layer: Layer) -> Image | None:
@@ -315,6 +324,13 @@ class ReviewWidget(ScrollingDock):
             if str(ct.metadata.get(SOURCE, "")) == source and _belongs_to(layer, ct):
                 return ct
         return None
+
+    def _holds_corrections(self) -> bool:
+        """Whether the labels under review hold slices the user edited or reviewed (counted
+        now: the last stroke's refresh may still be due)."""
+        self.refresh_status()
+        session = self.session
+        return session is not None and bool(session.edited or session.reviewed)
 
     def _busy(self) -> bool:
         triage = self.triage
