@@ -55,7 +55,7 @@ setup(
         ],
     },
     entry_points={
-        "console_scripts": ["dsms = src_models.cli:main"],
+        "console_scripts": ["dsms = src_models.cli:console"],
         "napari.manifest": ["napari-dsms = napari_dsms:napari.yaml"],
     },
     classifiers=[

@@ -14,6 +14,7 @@ import re
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 
 from .version import __version__
@@ -108,5 +109,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Show a warning as ``warning: ...``, one line, as the commands print their own."""
+    if not issubclass(category, UserWarning):
+        _python_showwarning(message, category, filename, lineno, file, line)
+        return
+    print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+
+_python_showwarning = warnings.showwarning
+
+
+def console(argv: Sequence[str] | None = None) -> int:
+    """The ``dsms`` console script and ``python -m src_models``: :func:`main`, with warnings that
+    reach the terminal shown as one ``warning: ...`` line each instead of Python's two lines
+    with a file name and a source line (a tester saw ``train.py:158: UserWarning: ...``).
+
+    :func:`main` itself leaves warnings alone, so Python callers and tests still catch them.
+    """
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return main(argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -159,6 +159,12 @@ def test_names_resolve_to_the_user_model_folder(tmp_path: Path, monkeypatch, sav
         load_checkpoint("nonexistent")
     with pytest.raises(CheckpointError, match="is a folder, not a checkpoint file"):
         load_checkpoint(user_model_dir())  # not "no such checkpoint file" (a tester)
+    # a user model named like a bundled one is not used by that name, and it is said
+    shadowed = save_checkpoint(
+        user_model_dir() / "unet.pt", build_model("unet", width=4), preprocessing=PREPROCESSING
+    )
+    with pytest.warns(UserWarning, match=f"your {shadowed} has the same name and is not used"):
+        assert resolve_checkpoint("unet").parent != shadowed.parent
 
 
 def test_no_code_loads_pickles_unsafely() -> None:

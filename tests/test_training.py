@@ -681,3 +681,24 @@ def test_evaluate_refuses_a_table_it_cannot_write_before_any_work(tmp_path, caps
     assert not missing.parent.exists()
     assert main([*argv[:-1], str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_the_command_shows_warnings_as_one_line(tmp_path, capsys):
+    # A tester saw "…/commands/train.py:158: UserWarning: no validation patient …" and its
+    # source line; the command's own warnings read "warning: …"
+    from src_models.cli import console
+
+    data = tmp_path / "cases"
+    data.mkdir()
+    labels = np.zeros((64, 64, 4), dtype=np.uint8)
+    labels[20:40, 20:40] = 1
+    image = np.where(labels > 0, 60, -1000).astype(np.int16)
+    nib.save(nib.Nifti1Image(image, np.diag([1.0, 1.0, 2.0, 1.0])), str(data / "a.nii.gz"))
+    nib.save(nib.Nifti1Image(labels, np.diag([1.0, 1.0, 2.0, 1.0])), str(data / "a_label.nii.gz"))
+    args = ["train", "--data", str(data), "--arch", "unet", "--width", "4", "--steps", "1",
+            "--batch-size", "2", "--patch-size", "32", "--out", str(tmp_path / "m.pt"),
+            "--device", "cpu", "--threads", "1"]  # fmt: skip
+    assert console(args) == 0
+    err = capsys.readouterr().err
+    assert "warning: no validation patient" in err
+    assert "UserWarning" not in err and "train.py" not in err

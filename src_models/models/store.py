@@ -80,7 +80,8 @@ def _named_files() -> list[tuple[Path, bool]]:
 def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
     """The checkpoint file that ``name_or_path`` means.
 
-    In order: an existing file; a bundled checkpoint of that name; a checkpoint of that stem in
+    In order: an existing file; a bundled checkpoint of that name (with a warning when the user
+    model folder holds one of the same name too); a checkpoint of that stem in
     :func:`user_model_dir`.
 
     Raises
@@ -92,10 +93,17 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
     if candidate.is_file():
         return candidate
     name = str(name_or_path)
-    for folder in (BUNDLED_DIR, user_model_dir()):
-        path = folder / f"{name}{SUFFIX}"
-        if path.is_file():
-            return path
+    bundled, own = (folder / f"{name}{SUFFIX}" for folder in (BUNDLED_DIR, user_model_dir()))
+    if bundled.is_file():
+        if own.is_file():  # a researcher's own dsmsc_unet.pt lost to the bundled one unseen
+            warnings.warn(
+                f"{name!r} names the bundled model; your {own} has the same name and is not "
+                "used: pass its path, or rename it",
+                stacklevel=2,
+            )
+        return bundled
+    if own.is_file():
+        return own
     if candidate.is_dir():  # after the names: a folder called like a model must not hide it
         raise CheckpointError(f"{candidate}: is a folder, not a checkpoint file (.pt)")
     available = [*sorted({path.stem for path, _ in _named_files()}), ENSEMBLE]
