@@ -177,6 +177,18 @@ def test_progress_batches_and_precision_are_reported():
     assert (stats.batch_size, stats.precision) == (3, "float32")
 
 
+def test_a_nan_volume_and_a_zero_batch_are_refused():
+    # read_volume refuses NaN files; an array built in Python reached the model (a tester),
+    # and batch_size=0 ran with the default batch
+    volume = _ramp_volume()
+    broken = Volume(volume.array.astype(np.float32), volume.affine)
+    broken.array[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="1 voxels are NaN or infinite"):
+        run_to_end(segment(broken, Threshold(), NATIVE, device="cpu"))
+    with pytest.raises(ValueError, match="batch size must be at least 1, got 0"):
+        run_to_end(segment(volume, Threshold(), NATIVE, device="cpu", batch_size=0))
+
+
 def test_closing_stops_between_batches_and_releases_memory(monkeypatch):
     released = []
     monkeypatch.setattr(inference_module, "release_memory", released.append)

@@ -373,7 +373,8 @@ def segment(
     Raises
     ------
     ValueError
-        Not a 3D volume, an unavailable device, or an unknown precision.
+        Not a 3D volume, NaN or infinite voxels, a batch size below 1, an unavailable device,
+        or an unknown precision.
     InsufficientMemoryError
         The outputs would not fit in the available memory, or the device runs out of memory
         even with one slice per batch.
@@ -383,11 +384,18 @@ def segment(
     dtype = autocast_dtype(torch_device, precision)
     preprocessing = dict((meta or {}).get("preprocessing") or DEFAULT_PREPROCESSING)
     array = np.asarray(volume.array)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        # read_volume refuses such files; an array built in Python reached the model, which
+        # returned NaN reconstructions and moved labels (a tester)
+        raise ValueError(
+            f"{getattr(volume, 'source', '') or 'volume'}: {int((~np.isfinite(array)).sum())} "
+            "voxels are NaN or infinite"
+        )
     canonical, _ = to_canonical(array, volume.affine)
     spacing = canonical_spacing(volume.affine)
     total = canonical.shape[0]
-    batch = int(batch_size or default_batch_size(torch_device))
-    if batch < 1:
+    batch = int(default_batch_size(torch_device) if batch_size is None else batch_size)
+    if batch < 1:  # 0 read as "the default" (a tester)
         raise ValueError(f"batch size must be at least 1, got {batch}")
     wants_reconstruction = reconstruct and _model_has_restoration(model)
     model_hw = model_size(canonical.shape[1:], spacing[1:], preprocessing)
