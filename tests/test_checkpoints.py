@@ -139,6 +139,10 @@ def test_metadata_must_be_plain_and_well_formed(tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match="hu_window"):
         save_checkpoint(tmp_path / "a.pt", model, preprocessing={"hu_window": [240, -100]})
+    # a config edited by hand no longer describes the weights: the file would never load
+    model.config["width"] = 8
+    with pytest.raises(ValueError, match="does not describe the model's weights"):
+        save_checkpoint(tmp_path / "a.pt", model, preprocessing=PREPROCESSING)
     assert not list(tmp_path.iterdir())
 
 

@@ -135,6 +135,7 @@ def save_checkpoint(
     config = getattr(model, "config", None)
     if not isinstance(config, dict) or config.get("arch") not in ARCHITECTURES:
         raise ValueError("model has no config with a known 'arch'; build it with build_model()")
+    _check_config_fits(model, config)
     stamp = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "code_version": __version__,
@@ -156,6 +157,25 @@ def save_checkpoint(
     with atomic_path(path) as temporary:
         torch.save(payload, temporary)
     return Path(path)
+
+
+def _check_config_fits(model: nn.Module, config: dict[str, Any]) -> None:
+    """Refuse to save weights that ``model.config`` does not describe: loading the file would
+    fail ("weights do not match the declared architecture"), after the save had succeeded (a
+    tester changed ``config["width"]`` by hand)."""
+    options = {key: value for key, value in config.items() if key != "arch"}
+    try:
+        rebuilt = build_model(config["arch"], **options)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"model.config does not build {config['arch']!r}: {error}") from None
+    expected = {key: tuple(t.shape) for key, t in rebuilt.state_dict().items()}
+    actual = {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    if expected != actual:
+        differing = sorted(set(expected.items()) ^ set(actual.items()))[:2]
+        raise ValueError(
+            f"model.config {options} does not describe the model's weights (for example "
+            f"{differing}); build the model with build_model() and leave its config alone"
+        )
 
 
 def _first_line(error: BaseException) -> str:
