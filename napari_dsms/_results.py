@@ -38,6 +38,7 @@ from src_models.inference.engine import reconstruction_error, segment
 from src_models.inference.results import SegmentationResult
 from src_models.io import Volume, VolumeError, check_ct
 from src_models.io.orientation import to_canonical
+from src_models.io.volume import format_ml
 from src_models.models.checkpoints import tumour_warning, validated_structures
 from src_models.models.store import load_checkpoint
 
@@ -383,7 +384,7 @@ def summary(image_name: str, output: SegmentationOutput) -> str:
     model = output.model_record()
     text = (
         f"{image_name} with {model['name']} ({model['arch']}):\n"
-        f"pancreas {stats.pancreas_ml:.1f} mL, tumour {stats.tumour_ml:.1f} mL\n"
+        f"pancreas {format_ml(stats.pancreas_ml)}, tumour {format_ml(stats.tumour_ml)}\n"
         f"{stats.foreground_slices} of {stats.total_slices} slices with foreground\n"
         f"{stats.seconds:.1f} s on {stats.device} ({stats.precision}, "
         f"batch {stats.batch_size})"

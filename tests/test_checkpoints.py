@@ -139,6 +139,13 @@ def test_metadata_must_be_plain_and_well_formed(tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match="hu_window"):
         save_checkpoint(tmp_path / "a.pt", model, preprocessing={"hu_window": [240, -100]})
+    # checking the config draws no random numbers: seeded runs stay reproducible
+    torch.manual_seed(0)
+    expected = torch.rand(1)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "b.pt", model, preprocessing=PREPROCESSING)
+    assert torch.equal(torch.rand(1), expected)
+    (tmp_path / "b.pt").unlink()
     # a config edited by hand no longer describes the weights: the file would never load
     model.config["width"] = 8
     with pytest.raises(ValueError, match="does not describe the model's weights"):

@@ -200,7 +200,11 @@ def test_info_describes_a_label_file_in_ml_not_hu(tmp_path, capsys):
     out = capsys.readouterr().out
     voxel_ml = abs(np.linalg.det(AFFINE[:3, :3])) / 1000
     assert "labels:      0 to 2 (uint8)" in out and "HU" not in out
-    assert f"pancreas {32 * voxel_ml:.1f} mL (tumour included), tumour {voxel_ml:.1f} mL" in out
+    from src_models.io.volume import format_ml
+
+    assert voxel_ml < 1  # a small tumour: not "0.0 mL" (a tester read it as nothing painted)
+    expected = f"pancreas {format_ml(32 * voxel_ml)} (tumour included), tumour {voxel_ml:.2g} mL"
+    assert expected in out
 
 
 def test_info_says_values_beyond_any_ct_scale_were_misread(tmp_path, capsys):

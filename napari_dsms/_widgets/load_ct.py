@@ -37,6 +37,7 @@ from src_models.io import (
     read_labels,
     read_volume,
 )
+from src_models.io.volume import format_ml
 from src_models.io.windows import CT_WINDOWS, DEFAULT_WINDOW
 
 from .._autosave import attach as attach_autosave
@@ -85,8 +86,8 @@ def _describe_labels(labels: Volume) -> str:
         [
             f"source:      {labels.source}",
             f"shape:       {' x '.join(str(n) for n in labels.shape)} (the CT's grid)",
-            f"labels:      pancreas (incl. tumour) {volumes['pancreas']:.1f} mL, "
-            f"tumour {volumes['tumour']:.1f} mL",
+            f"labels:      pancreas (incl. tumour) {format_ml(volumes['pancreas'])}, "
+            f"tumour {format_ml(volumes['tumour'])}",
         ]
     )
 

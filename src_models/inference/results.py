@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from ..io.orientation import from_canonical
+from ..io.volume import format_ml
 
 
 class VolumeLike(Protocol):
@@ -58,7 +59,7 @@ class SegmentationStats:
     def summary(self) -> str:
         """One line for the terminal and the widget's readout."""
         return (
-            f"pancreas {self.pancreas_ml:.1f} mL, tumour {self.tumour_ml:.1f} mL, "
+            f"pancreas {format_ml(self.pancreas_ml)}, tumour {format_ml(self.tumour_ml)}, "
             f"{self.foreground_slices}/{self.total_slices} slices with foreground, "
             f"{self.seconds:.1f} s on {self.device} ({self.precision}, batch {self.batch_size})"
         )

@@ -167,6 +167,15 @@ def label_array(values: np.ndarray, name: str = "labels") -> np.ndarray:
     return values.astype(np.uint8)
 
 
+def format_ml(millilitres: float) -> str:
+    """A volume for people to read: one decimal, but two significant digits under 1 mL, so
+    a small tumour (0.027 mL) does not read "0.0 mL", as if the stroke had done nothing (a
+    tester). Files and JSON keep the full figure."""
+    if 0 < abs(millilitres) < 1:
+        return f"{millilitres:.2g} mL"
+    return f"{millilitres:.1f} mL"
+
+
 def check_same_grid(volume: Volume, reference: Volume, what: str = "volume") -> None:
     """Refuse a volume whose shape or affine differs from ``reference``'s.
 
@@ -497,7 +506,8 @@ def describe(volume: Volume) -> str:
         counts = [np.count_nonzero(array >= 1), np.count_nonzero(array == 2)]
         pancreas, tumour = (n * volume.voxel_volume_mm3 / 1000 for n in counts)
         lines.append(
-            f"volumes:     pancreas {pancreas:.1f} mL (tumour included), tumour {tumour:.1f} mL"
+            f"volumes:     pancreas {format_ml(pancreas)} (tumour included), tumour "
+            f"{format_ml(tumour)}"
         )
     if "format" in info:
         lines.insert(2, f"format:      {info['format']}")

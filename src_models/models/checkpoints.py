@@ -164,8 +164,9 @@ def _check_config_fits(model: nn.Module, config: dict[str, Any]) -> None:
     fail ("weights do not match the declared architecture"), after the save had succeeded (a
     tester changed ``config["width"]`` by hand)."""
     options = {key: value for key, value in config.items() if key != "arch"}
-    try:
-        rebuilt = build_model(config["arch"], **options)
+    try:  # on the meta device (no memory, no arithmetic), leaving the caller's RNG as it was
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            rebuilt = build_model(config["arch"], **options)
     except (TypeError, ValueError) as error:
         raise ValueError(f"model.config does not build {config['arch']!r}: {error}") from None
     expected = {key: tuple(t.shape) for key, t in rebuilt.state_dict().items()}

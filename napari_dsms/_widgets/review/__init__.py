@@ -30,6 +30,7 @@ from qtpy.QtCore import QEvent, QTimer, Signal
 from qtpy.QtWidgets import QFormLayout, QGroupBox, QLabel, QVBoxLayout, QWidget
 
 from src_models import corrections
+from src_models.io.volume import format_ml
 
 from ..._autosave import attach as attach_autosave
 from ..._layers import (
@@ -481,8 +482,8 @@ class ReviewWidget(ScrollingDock):
             listed = set(session.edited) | session.reviewed  # as the side-car's totals
             minutes = sum(seconds.get(k, 0.0) for k in listed) / 60.0
             self.volumes_label.setText(
-                f"pancreas (incl. tumour) {volumes['pancreas']:.1f} mL, "
-                f"tumour {volumes['tumour']:.1f} mL\n{len(session.edited)} "
+                f"pancreas (incl. tumour) {format_ml(volumes['pancreas'])}, "
+                f"tumour {format_ml(volumes['tumour'])}\n{len(session.edited)} "
                 f"slice{'s' * (len(session.edited) != 1)} edited, "
                 f"{len(session.reviewed - set(session.edited))} reviewed; {minutes:.1f} min "
                 "editing"
