@@ -69,9 +69,15 @@ def test_a_label_file_opened_as_a_ct_is_read_as_labels(widget, qtbot, nih_label)
     assert "HU" not in widget.info.text() and "pancreas (incl. tumour)" in widget.info.text()
 
 
-def test_load_dicom_folder(widget, qtbot, nih_dicom):
+def test_load_dicom_folder(widget, qtbot, nih_dicom, monkeypatch):
+    told = []
+    monkeypatch.setattr("napari_dsms._widgets.load_ct.show_info", told.append)
     widget.load(nih_dicom)
     wait(widget, qtbot)
+    # the notice gives the shape in the file's order, as the panel does (it said 24 x 512 x 512
+    # beside the panel's 512 x 512 x 24, a tester)
+    assert told == [f"Opened {nih_dicom.name}: 512 x 512 x 24 voxels"]
+    assert "512 x 512 x 24" in widget.info.text()
     [image] = widget.viewer.layers
     assert image.data.shape == (24, 512, 512)
     assert tuple(image.scale) == pytest.approx(NIH_SCALE)

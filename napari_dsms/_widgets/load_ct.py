@@ -44,6 +44,7 @@ from .._autosave import attach as attach_autosave
 from .._layers import (
     ASSUMED_LAYOUT,
     REFERENCE,
+    SHAPE,
     LayerDataTuple,
     has_file_geometry,
     image_layer_data,
@@ -277,4 +278,5 @@ class LoadCTWidget(ScrollingDock):
         if kind == "image":
             self.viewer.reset_view()
         self.info.setText(text)
-        show_info(f"Opened {layer.name}: {' x '.join(str(n) for n in data.shape)} voxels")
+        shape = layer.metadata.get(SHAPE, data.shape)  # the file's order, as the panel says
+        show_info(f"Opened {layer.name}: {' x '.join(str(n) for n in shape)} voxels")
