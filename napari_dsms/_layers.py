@@ -390,6 +390,7 @@ def session_from_layer(
         name=name,
         affine=None if affine is None else np.asarray(affine, dtype=np.float64),
         source_shape=None if shape is None else tuple(int(n) for n in shape),
+        instance_numbers=(geometry.get(VOLUME_INFO) or {}).get("instance_numbers"),
         roi=RegionOfInterest.from_dict(metadata.get(ROI)),
         edits=[tuple(edit) for edit in metadata.get(EDIT_LOG) or ()],
     )

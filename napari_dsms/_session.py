@@ -249,6 +249,9 @@ class ReviewSession:
         The CT file's 4 x 4 affine, needed to write side-cars in file slice numbers.
     source_shape : tuple of int, optional
         The CT file's own array shape.
+    instance_numbers : list, optional
+        For a DICOM series, each source slice's InstanceNumber, which side-cars list beside
+        the slice numbers (what a PACS viewer shows).
     current : int
         The canonical slice shown.
     roi : RegionOfInterest, optional
@@ -274,6 +277,7 @@ class ReviewSession:
     name: str = "ct"
     affine: np.ndarray | None = None
     source_shape: tuple[int, ...] | None = None
+    instance_numbers: list[int | None] | None = None
     current: int = 0
     roi: RegionOfInterest | None = None
     edited: list[int] = field(default_factory=list)
@@ -531,6 +535,7 @@ class ReviewSession:
             plugin_version=__version__,
             effort=self.effort() if with_labels else None,
             tool_slices=self.tool_slices(),
+            instance_numbers=self.instance_numbers,
         )
         if self.roi is not None:
             content["region_of_interest"] = {

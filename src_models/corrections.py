@@ -264,6 +264,7 @@ def sidecar(
     now: _dt.datetime | None = None,
     effort: Mapping[str, Any] | None = None,
     tool_slices: Iterable[int] = (),
+    instance_numbers: Sequence[int | None] | None = None,
 ) -> dict[str, Any]:
     """Content of the JSON file written beside an export, so the file explains itself later.
 
@@ -297,6 +298,10 @@ def sidecar(
         into them (fill between slices, a refine round, the clean-up, clearing outside the
         region of interest) and nobody edited or reviewed them after. Without them a reader
         took every slice that was not edited for the model's own output.
+    instance_numbers
+        For a DICOM series, the InstanceNumber (0020,0013) of each source slice, in source
+        order (``Volume.info["instance_numbers"]``): every slice list then gives them too, as
+        ``instance_number``, the number a PACS viewer shows.
 
     Returns
     -------
@@ -331,6 +336,14 @@ def sidecar(
             "that made the labels",
         },
         "label_values": {"0": "background", "1": "pancreas", "2": "tumour"},
+        **_instance_numbers_of(
+            instance_numbers,
+            {
+                "edited_slices": edited_source,
+                "reviewed_slices": reviewed_source,
+                "tool_slices": tool_source,
+            },
+        ),
         "date": stamp,
         "plugin_version": plugin_version,
         "engine_version": __version__,
@@ -349,8 +362,26 @@ def sidecar(
         _, source = source_slice_indices([e["slice"] for e in slices], affine, source_shape)
         for entry, index in zip(slices, source, strict=True):
             entry["source_slice"] = index
+            if instance_numbers is not None and 0 <= index < len(instance_numbers):
+                entry["instance_number"] = instance_numbers[index]
         content["effort"] = {"slices": slices, "totals": dict(effort["totals"])}
     return content
+
+
+def _instance_numbers_of(
+    numbers: Sequence[int | None] | None, lists: Mapping[str, list[int]]
+) -> dict[str, Any]:
+    """The DICOM InstanceNumbers of the side-car's slice lists (by source index), as one
+    entry to merge into it; nothing without numbers."""
+    if not numbers:
+        return {}
+    return {
+        "instance_numbers": {
+            "meaning": "DICOM InstanceNumber (0020,0013) of each listed slice, as a PACS "
+            "viewer shows it",
+            **{name: [numbers[k] for k in source] for name, source in lists.items()},
+        }
+    }
 
 
 def _compact_number_lists(text: str) -> str:

@@ -87,6 +87,20 @@ def test_export_marks_corrected_model_labels_semiautomatic(tmp_path, ct_and_labe
         {"path": checkpoint, "arch": "unet"}, "x"
     ).checkpoint_sha256 in str(identification.AlgorithmParameters)
     assert len(corrected.SegmentSequence) == 1  # the removed tumour is left out
+    # the side-car names the corrected slices by their InstanceNumber too, as a PACS viewer
+    # shows them (a tester could not find "source slice 3" there)
+    import json
+
+    from src_models.corrections import sidecar_path
+
+    meta = {"metadata": metadata, "name": "labels", "scale": kwargs["scale"]}
+    [saved] = write_labels_layer(str(tmp_path / "s.dcm"), edited, meta)  # napari's Save
+    content = json.loads(sidecar_path(saved).read_text())
+    edited_source = content["edited_slices"]["source"]
+    assert edited_source and content["instance_numbers"]["edited_slices"] == [
+        ct.info["instance_numbers"][k] for k in edited_source
+    ]
+    assert None not in ct.info["instance_numbers"]
 
 
 def test_save_as_dcm_of_a_nifti_ct_is_refused(tmp_path, ct_and_labels):

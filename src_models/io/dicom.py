@@ -150,6 +150,15 @@ def _headers(folder: Path) -> list[tuple[Path, pydicom.Dataset]]:
     return found
 
 
+def _instance_number(ds: pydicom.Dataset) -> int | None:
+    """InstanceNumber (0020,0013), ``None`` when absent or not a number."""
+    try:
+        value = ds.get("InstanceNumber")
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _sop_class(ds: pydicom.Dataset) -> UID:
     """The file's SOP Class UID, from the data set or else its file meta (PS3.10)."""
     meta = getattr(ds, "file_meta", None)
@@ -500,4 +509,7 @@ def read_dicom_series(folder: Path, series_of: Path | None = None) -> Volume:
     info["slice_files"] = [frame.path.name for frame in frames]
     info["slice_frames"] = [frame.index for frame in frames]
     info["sop_instance_uids"] = [str(datasets[f.path].get("SOPInstanceUID", "")) for f in frames]
+    # What a PACS viewer shows as the image number ("Im 147"): how a radiologist finds a slice
+    # there (the series order counts from 0 at one end, a tester could not find "slice 3").
+    info["instance_numbers"] = [_instance_number(datasets[f.path]) for f in frames]
     return Volume(hu.transpose(2, 1, 0), affine, str(folder), description, info)
