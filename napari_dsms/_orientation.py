@@ -10,6 +10,7 @@ on the left); in 3D, where the camera can turn, none are shown.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from napari.layers import Image
@@ -21,6 +22,9 @@ AXIS_DIRECTIONS = (("I", "S"), ("A", "P"), ("R", "L"))
 
 #: Marker text is recognised by this prefix, so a user's own overlay text is left alone.
 PREFIX = "orientation: "
+
+#: Viewers whose markers are kept up to date already.
+_ATTACHED: weakref.WeakSet = weakref.WeakSet()
 
 #: Slider labels of the canonical axes: the slices each slider steps through.
 AXIS_LABELS = ("axial", "coronal", "sagittal")
@@ -92,8 +96,12 @@ def attach(viewer: Any) -> None:
     When the head-feet axis runs down the screen (a coronal or sagittal view), the camera's
     vertical axis is turned up (napari's ``camera.orientation2d``), so the head is at the top
     as radiologists read those views; in the axial view it points down again (anterior at the
-    top). A user's own later change of the camera is followed by the markers.
+    top). A user's own later change of the camera is followed by the markers. Each dock calls
+    it (the slider read "-3" with the Load CT dock alone, a tester); a viewer is attached once.
     """
+    if viewer in _ATTACHED:
+        return
+    _ATTACHED.add(viewer)
 
     def update(*_: Any) -> None:
         overlay = _text_overlay(viewer)

@@ -38,6 +38,8 @@ def test_load_nifti_then_labels_and_windows(widget, qtbot, nih_ct, nih_label):
     assert tuple(image.translate) == pytest.approx((-184.0, -439.140625, 0.0))
     assert tuple(image.contrast_limits) == CT_WINDOWS["abdomen"]
     assert np.asarray(image.metadata["affine"])[0, 0] == pytest.approx(-0.859375)
+    # with the Load CT dock alone the slider is named too (it read "-3", a tester)
+    assert tuple(viewer.dims.axis_labels) == ("axial", "coronal", "sagittal")
     assert "512 x 512 x 101" in widget.info.text() and "LAS" in widget.info.text()
 
     widget.load_labels(nih_label)

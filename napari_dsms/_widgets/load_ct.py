@@ -54,6 +54,7 @@ from .._layers import (
     reference_volume,
     style_labels,
 )
+from .._orientation import attach as attach_orientation
 from ._scroll import ScrollingDock
 from ._worker import report_error, start_job
 
@@ -115,6 +116,7 @@ class LoadCTWidget(ScrollingDock):
         self.viewer = napari_viewer
         self._jobs = 0  # reads in progress
         attach_autosave(napari_viewer)  # journals corrections, offers to restore them
+        attach_orientation(napari_viewer)  # slider names, A/P and R/L on the canvas
 
         self.open_nifti_button = QPushButton("Open NIfTI file…")
         self.open_dicom_button = QPushButton("Open DICOM folder…")

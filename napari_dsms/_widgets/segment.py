@@ -46,6 +46,7 @@ from src_models.nets.registry import ARCHITECTURES, DESCRIPTIONS
 
 from .._autosave import attach as attach_autosave
 from .._layers import ASSUMED_LAYOUT, SOURCE, has_file_geometry, is_ct_layer
+from .._orientation import attach as attach_orientation
 from .._results import ERROR_EXPLANATION, import_layer_dependencies, summary
 from ._pickers import choose, layer_picker, of_kind, same_layer
 from ._scroll import ScrollingDock
@@ -90,6 +91,7 @@ class SegmentWidget(ScrollingDock):
         #: chosen before it: the dock goes back to that one for other CTs than it was tuned on.
         self._auto: tuple[str, str | None] | None = None
         attach_autosave(napari_viewer)  # journals corrections, offers to restore them
+        attach_orientation(napari_viewer)  # slider names, A/P and R/L on the canvas
         self._browsed: dict[str, str] = {}  # path -> arch, for files chosen with Browse…
         self._last_checkpoint_index = 0
         self._known_checkpoints: set[str] = set()
