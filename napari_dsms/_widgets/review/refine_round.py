@@ -23,7 +23,8 @@ from src_models.models.store import load_checkpoint
 from src_models.refine import RefineResult, check_corrections, refine
 from src_models.training.loop import TrainEvent
 
-from ..._layers import LATEST_MODEL, MODEL
+from ..._layers import AUTOSAVE_KEY, LATEST_MODEL, MODEL
+from .._pickers import same_layer
 from .._worker import JobWorker, start_job
 from ._common import UndoWatch, canonical_volume, new_model_path, refuse
 
@@ -281,6 +282,7 @@ class RefineRoundPanel(QWidget):
         """Stop a round whose labels layer went away or is no longer the one reviewed."""
         layer = self._started.get("layer")
         if self._worker is not None and layer is not None and layer is not self.review.labels_layer:
+            self._started["why"] = _left_layer_note(layer, self.review.viewer)
             self._worker.quit()
 
     def _on_cancelled(self) -> None:
@@ -288,7 +290,8 @@ class RefineRoundPanel(QWidget):
         started, self._started = self._started, {}
         if started.get("model_path") is not None:
             Path(started["model_path"]).unlink(missing_ok=True)
-        self.status.setText("round cancelled: the labels and the model are unchanged")
+        why = started.get("why")
+        self.status.setText(why or "round cancelled: the labels and the model are unchanged")
 
     def _on_finished(self) -> None:
         if self._started:  # neither result nor abort came: Cancel landed as the round ended,
@@ -297,3 +300,18 @@ class RefineRoundPanel(QWidget):
         self.review.note_pause()  # the next stroke's time starts now
         self.button.setText(BUTTON_TEXT)
         self.button.setEnabled(True)
+
+
+def _left_layer_note(layer: Any, viewer: Any) -> str:
+    """Why a round stopped when its labels layer was no longer the one reviewed, and where
+    the corrections are when it left the viewer (a tester read "the labels and the model are
+    unchanged" about a layer just deleted)."""
+    if any(same_layer(layer, other) for other in viewer.layers):
+        return f"round stopped: another labels layer than {layer.name!r} is reviewed now"
+    kept = (
+        " Its corrections are in the autosave journal: reopen the CT to be offered them, or "
+        "run dsms recover --list."
+        if layer.metadata.get(AUTOSAVE_KEY)
+        else ""
+    )
+    return f"round stopped: its labels layer {layer.name!r} was removed.{kept}"
