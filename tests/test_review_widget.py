@@ -381,6 +381,9 @@ def test_metrics_between_model_output_and_corrected_labels(widget_and_layers):
     widget.refresh_status()
     assert widget.compare.prediction_choice[1] == "prediction"
     assert widget.compare.reference_combo.value is labels
+    # the kind first: at 1366 x 768 the menu cuts the names' ends, where both read alike
+    shown = widget.compare.prediction_combo.native.currentText()
+    assert shown == f"model output of {labels.name}"
     widget.go_to_slice(10)
     result = widget.compare.compute_metrics()
     from src_models.metrics import case_metrics

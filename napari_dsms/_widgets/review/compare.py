@@ -32,7 +32,9 @@ def _prediction_entries(layers: Iterable[Layer]) -> list[tuple[str, tuple[Layer,
     for layer in layers:
         if isinstance(layer, Labels):
             if PREDICTION in layer.metadata:
-                entries.append((f"{layer.name} (model output)", (layer, MODEL_OUTPUT)))
+                # the kind first: at 1366 x 768 the menu cuts the end of the name, and both
+                # entries read alike (a tester)
+                entries.append((f"model output of {layer.name}", (layer, MODEL_OUTPUT)))
             entries.append((layer.name, (layer, "")))
     return entries
 
@@ -59,7 +61,7 @@ class ComparePanel(QGroupBox):
         self.prediction_combo = layer_picker(
             review.viewer,
             _prediction_entries,
-            tooltip="Segmentation to score; '(model output)' is the prediction kept in a labels "
+            tooltip="Segmentation to score; 'model output of …' is the prediction kept in a labels "
             "layer before your corrections",
         )
         self.reference_combo = layer_picker(
