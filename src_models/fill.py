@@ -136,6 +136,8 @@ def fill_between_slices(
     if np.asarray(known).dtype == bool:  # read as the indices 0 and 1 it would fill nothing
         raise ValueError("known holds slice indices, got a boolean mask; pass np.flatnonzero(mask)")
     known = list(known)
+    if any(isinstance(k, bool | np.bool_) for k in known):  # np.True_ read as slice 1
+        raise ValueError(f"known holds slice indices, got booleans: {known}")
     fractional = [k for k in known if float(k) != int(k)]
     if fractional:  # int() would quietly make slice 2.5 slice 2
         raise ValueError(f"known slice indices must be whole numbers, got {fractional}")

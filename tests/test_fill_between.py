@@ -68,6 +68,8 @@ def test_fewer_than_two_known_slices_change_nothing_and_bad_indices_are_refused(
     mask[[1, 3]] = True  # read as the indices 0 and 1 it filled nothing, without a word
     with pytest.raises(ValueError, match="boolean mask; pass np.flatnonzero"):
         fill_between_slices(labels, mask, axis=0)
+    with pytest.raises(ValueError, match="got booleans"):
+        fill_between_slices(labels, [np.True_, 3], axis=0)  # was slice 1
     odd = labels.copy()
     odd[1, 0, 0] = 3
     with pytest.raises(ValueError, match="known slice 1 holds \\[3\\]"):

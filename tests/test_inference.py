@@ -187,6 +187,11 @@ def test_a_nan_volume_and_a_zero_batch_are_refused():
         run_to_end(segment(broken, Threshold(), NATIVE, device="cpu"))
     with pytest.raises(ValueError, match="batch size must be at least 1, got 0"):
         run_to_end(segment(volume, Threshold(), NATIVE, device="cpu", batch_size=0))
+    for odd in (2.5, True):  # ran as 2 and 1
+        with pytest.raises(ValueError, match="whole number"):
+            run_to_end(segment(volume, Threshold(), NATIVE, device="cpu", batch_size=odd))
+    with pytest.raises(TypeError, match=r"needs a volume with \.array and \.affine"):
+        run_to_end(segment(volume.array, Threshold(), NATIVE, device="cpu"))
 
 
 def test_closing_stops_between_batches_and_releases_memory(monkeypatch):

@@ -139,3 +139,12 @@ def test_large_volume_is_fast():
     started = time.perf_counter()
     case_metrics(prediction, reference)
     assert time.perf_counter() - started < 3.0
+
+
+def test_volumes_read_by_people_keep_small_ones_visible():
+    from src_models.io.volume import format_ml
+
+    # a 37-voxel tumour read "0.0 mL", as if the stroke had done nothing (a tester)
+    assert [format_ml(v) for v in (0.0, 0.00007, 0.027, 0.996, 1.0, 57.85)] == [
+        "0.0 mL", "< 0.001 mL", "0.027 mL", "0.996 mL", "1.0 mL", "57.9 mL"
+    ]  # fmt: skip

@@ -348,8 +348,13 @@ def test_region_of_interest_clears_outside_and_is_kept(widget_and_layers, tmp_pa
     shapes.add_rectangles(np.array(corners, dtype=float))
     assert region.set_region().box == (190, 241, 190, 251)
     assert "the last of 2 boxes drawn" in region.status.text()
-    # a deleted box layer is no box: its old rectangle is not used again
+    # a deleted box layer is no box: the region loses it at once (it stayed in force unseen,
+    # and Clear outside erased everything outside it), and its rectangle is not used again
     viewer.layers.remove(shapes)
+    assert widget.session.roi.box is None and not region.use_box.isChecked()
+    assert labels.metadata["region_of_interest"]["box_rows_columns"] is None
+    assert "the box layer was deleted" in region.status.text()
+    region.use_box.setChecked(True)
     assert region.set_region() is None and "no box drawn" in region.status.text()
     region.draw_box().add_rectangles(np.array(corners, dtype=float))
     assert region.set_region().box == (190, 241, 190, 251)

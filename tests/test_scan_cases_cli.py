@@ -203,7 +203,7 @@ def test_info_describes_a_label_file_in_ml_not_hu(tmp_path, capsys):
     from src_models.io.volume import format_ml
 
     assert voxel_ml < 1  # a small tumour: not "0.0 mL" (a tester read it as nothing painted)
-    expected = f"pancreas {format_ml(32 * voxel_ml)} (tumour included), tumour {voxel_ml:.2g} mL"
+    expected = f"pancreas {format_ml(32 * voxel_ml)} (tumour included), tumour {voxel_ml:.3f} mL"
     assert expected in out
 
 

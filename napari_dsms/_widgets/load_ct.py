@@ -87,7 +87,12 @@ def _describe_labels(labels: Volume) -> str:
     return "\n".join(
         [
             f"source:      {labels.source}",
-            f"shape:       {' x '.join(str(n) for n in labels.shape)} (the CT's grid)",
+            f"shape:       {' x '.join(str(n) for n in labels.shape)} (the CT's grid"
+            + (
+                f"; the file stores it in {''.join(labels.info['reoriented_from'])} order)"
+                if labels.info.get("reoriented_from")
+                else ")"
+            ),
             f"labels:      pancreas (incl. tumour) {format_ml(volumes['pancreas'])}, "
             f"tumour {format_ml(volumes['tumour'])}",
         ]

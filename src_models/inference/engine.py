@@ -383,6 +383,11 @@ def segment(
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
     dtype = autocast_dtype(torch_device, precision)
     preprocessing = dict((meta or {}).get("preprocessing") or DEFAULT_PREPROCESSING)
+    if not hasattr(volume, "array") or not hasattr(volume, "affine"):
+        raise TypeError(
+            f"segment() needs a volume with .array and .affine (src_models.read_volume, or "
+            f"src_models.io.Volume(array, affine)), got {type(volume).__name__}"
+        )
     array = np.asarray(volume.array)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         # read_volume refuses such files; an array built in Python reached the model, which
@@ -394,6 +399,10 @@ def segment(
     canonical, _ = to_canonical(array, volume.affine)
     spacing = canonical_spacing(volume.affine)
     total = canonical.shape[0]
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or int(batch_size) != batch_size
+    ):  # 2.5 ran as 2, True as 1 (a tester)
+        raise ValueError(f"batch size must be a whole number, got {batch_size!r}")
     batch = int(default_batch_size(torch_device) if batch_size is None else batch_size)
     if batch < 1:  # 0 read as "the default" (a tester)
         raise ValueError(f"batch size must be at least 1, got {batch}")

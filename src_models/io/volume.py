@@ -168,11 +168,13 @@ def label_array(values: np.ndarray, name: str = "labels") -> np.ndarray:
 
 
 def format_ml(millilitres: float) -> str:
-    """A volume for people to read: one decimal, but two significant digits under 1 mL, so
-    a small tumour (0.027 mL) does not read "0.0 mL", as if the stroke had done nothing (a
-    tester). Files and JSON keep the full figure."""
+    """A volume for people to read: one decimal, but three under 1 mL, so a small tumour
+    (0.027 mL) does not read "0.0 mL", as if the stroke had done nothing (a tester). Files and
+    JSON keep the full figure."""
+    if 0 < abs(millilitres) < 0.001:
+        return "< 0.001 mL"
     if 0 < abs(millilitres) < 1:
-        return f"{millilitres:.2g} mL"
+        return f"{millilitres:.3f} mL"
     return f"{millilitres:.1f} mL"
 
 

@@ -86,6 +86,23 @@ class RegionPanel(QGroupBox):
         self.status.setWordWrap(True)
         grid.addWidget(self.status, 3, 0, 1, 4)
         review.session_changed.connect(self._on_session_changed)
+        review.viewer.layers.events.removed.connect(self._on_layer_removed)
+
+    def _on_layer_removed(self, event: Any) -> None:
+        """The box goes with its layer: deleted, it stayed in force unseen, and Clear outside
+        erased everything outside it (a tester)."""
+        if self._shapes is None or not same_layer(event.value, self._shapes):
+            return
+        self._shapes = None
+        self.use_box.setChecked(False)
+        session, labels = self.review.session, self.review.labels_layer
+        if session is None or session.roi is None or session.roi.box is None:
+            return
+        session.roi = RegionOfInterest(session.roi.first, session.roi.last, None)
+        if labels is not None:
+            labels.metadata[ROI] = session.roi.as_dict()
+        self._show(session.roi)
+        self.status.setText(f"the box layer was deleted, so the box too: {self.status.text()}")
 
     def _on_session_changed(self) -> None:
         session = self.review.session
