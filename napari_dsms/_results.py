@@ -13,7 +13,7 @@ Every layer is named by the model that made it, so the results of two models nev
 SEGMENTATION``) with ``metadata[PREDICTION]``, an unedited copy of the model's labels, and
 ``metadata[MODEL]``, a dict with ``arch``, ``checkpoint`` (file path), ``name``, ``device`` and
 ``precision``. Models with a restoration decoder add ``"<image> reconstruction [<model>]"`` and
-``"<image> reconstruction error [<model>]"`` (Image layers on the CT's geometry with
+``"<image> error of reconstruction [<model>]"`` (Image layers on the CT's geometry with
 ``metadata[ROLE]`` and ``metadata[MODEL]``), and probability layers when asked for. A new run
 replaces the same model's layers of that image (never edited labels) and removes those of its
 layers it did not make this time (probabilities not asked for again); other models' layers stay.
@@ -111,9 +111,16 @@ def model_name(model: dict[str, Any] | None) -> str:
     return str(model.get("name") or Path(str(model.get("checkpoint", "model"))).stem)
 
 
+#: What a role's layer is called where the role's own word would read like another's: at
+#: 1366 x 768 napari's layer list cuts the middle of long names, and "ct reconstruction error
+#: [dsmsc_unet]" showed as "ct reconstruc… [dsmsc_unet]", like the reconstruction (two testers).
+LAYER_WORDS = {RECONSTRUCTION_ERROR: "error of reconstruction"}
+
+
 def layer_name(image_name: str, what: str, model: dict[str, Any] | None) -> str:
-    """Name of a result layer, ``"<image> <what> [<model>]"``: ``"ct reconstruction [unet]"``."""
-    return f"{image_name} {what} [{model_name(model)}]"
+    """Name of a result layer, ``"<image> <what> [<model>]"``: ``"ct reconstruction [unet]"``;
+    ``what`` is a role (:data:`LAYER_WORDS` words some) or a word."""
+    return f"{image_name} {LAYER_WORDS.get(what, what)} [{model_name(model)}]"
 
 
 def labels_name(image_name: str, model: dict[str, Any] | None) -> str:

@@ -86,7 +86,7 @@ def test_segmenting_the_phantom_adds_editable_labels_and_reconstruction(
     assert labels.colormap.map(np.array([1]))[0, 3] > 0  # fixed pancreas colour, opaque
 
     reconstruction = viewer.layers["phantom reconstruction [tiny_dsmsc_unet]"]
-    error = viewer.layers["phantom reconstruction error [tiny_dsmsc_unet]"]
+    error = viewer.layers["phantom error of reconstruction [tiny_dsmsc_unet]"]
     for layer in (reconstruction, error):
         assert isinstance(layer, Image)
         _assert_same_geometry(layer, image)
@@ -308,7 +308,7 @@ def test_results_of_two_models_never_mix(make_napari_viewer, qtbot, model_dir):
     names = {layer.name for layer in viewer.layers}
     assert {
         "phantom reconstruction [tiny_dsmsc_unet]",
-        "phantom reconstruction error [tiny_dsmsc_unet]",
+        "phantom error of reconstruction [tiny_dsmsc_unet]",
         "phantom pancreas probability [tiny_dsmsc_unet]",
         "phantom tumour probability [tiny_dsmsc_unet]",
     } <= names
