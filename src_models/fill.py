@@ -133,11 +133,12 @@ def fill_between_slices(
     if labels.ndim != 3:
         raise ValueError(f"expected a 3D label volume, got shape {labels.shape}")
     length = labels.shape[axis]
-    if np.asarray(known).dtype == bool:  # read as the indices 0 and 1 it would fill nothing
-        raise ValueError("known holds slice indices, got a boolean mask; pass np.flatnonzero(mask)")
     known = list(known)
-    if any(isinstance(k, bool | np.bool_) for k in known):  # np.True_ read as slice 1
-        raise ValueError(f"known holds slice indices, got booleans: {known}")
+    if any(isinstance(k, bool | np.bool_) for k in known):  # a mask read as slices 0 and 1
+        raise ValueError(
+            f"known holds slice indices, got booleans {known[:5]} (a boolean mask; pass "
+            "np.flatnonzero(mask))"
+        )
     fractional = [k for k in known if float(k) != int(k)]
     if fractional:  # int() would quietly make slice 2.5 slice 2
         raise ValueError(f"known slice indices must be whole numbers, got {fractional}")

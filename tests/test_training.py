@@ -584,18 +584,25 @@ def test_evaluate_says_which_cases_a_model_trained_on(tmp_path, capsys):
     )
 
 
-def test_evaluate_knows_a_training_volume_under_another_name(tmp_path, capsys):
-    """A byte-identical copy of the bundled default's training volume 0001, renamed, was
-    scored as held out (Dice 0.729, no warning): dsms train records its volumes' contents."""
-    import shutil
-
-    data = tmp_path / "cases"
+def _one_volume_case(data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A folder ``data`` holding one tiny labelled CT, a.nii.gz and a_label.nii.gz: (image,
+    labels)."""
     data.mkdir()
     labels = np.zeros((64, 64, 4), dtype=np.uint8)
     labels[20:40, 20:40] = 1
     image = np.where(labels > 0, 60, -1000).astype(np.int16)
     nib.save(nib.Nifti1Image(image, np.diag([1.0, 1.0, 2.0, 1.0])), str(data / "a.nii.gz"))
     nib.save(nib.Nifti1Image(labels, np.diag([1.0, 1.0, 2.0, 1.0])), str(data / "a_label.nii.gz"))
+    return image, labels
+
+
+def test_evaluate_knows_a_training_volume_under_another_name(tmp_path, capsys):
+    """A byte-identical copy of the bundled default's training volume 0001, renamed, was
+    scored as held out (Dice 0.729, no warning): dsms train records its volumes' contents."""
+    import shutil
+
+    data = tmp_path / "cases"
+    image, labels = _one_volume_case(data)
     out = tmp_path / "m.pt"
     args = ["train", "--data", str(data), "--arch", "unet", "--width", "4", "--steps", "1",
             "--batch-size", "2", "--patch-size", "32", "--out", str(out), "--device", "cpu",
@@ -689,12 +696,7 @@ def test_the_command_shows_warnings_as_one_line(tmp_path, capsys):
     from src_models.cli import console
 
     data = tmp_path / "cases"
-    data.mkdir()
-    labels = np.zeros((64, 64, 4), dtype=np.uint8)
-    labels[20:40, 20:40] = 1
-    image = np.where(labels > 0, 60, -1000).astype(np.int16)
-    nib.save(nib.Nifti1Image(image, np.diag([1.0, 1.0, 2.0, 1.0])), str(data / "a.nii.gz"))
-    nib.save(nib.Nifti1Image(labels, np.diag([1.0, 1.0, 2.0, 1.0])), str(data / "a_label.nii.gz"))
+    _one_volume_case(data)
     args = ["train", "--data", str(data), "--arch", "unet", "--width", "4", "--steps", "1",
             "--batch-size", "2", "--patch-size", "32", "--out", str(tmp_path / "m.pt"),
             "--device", "cpu", "--threads", "1"]  # fmt: skip

@@ -119,13 +119,20 @@ def _correct(labels, prediction, slices):
     labels.events.data(value=labels.data)
 
 
-def test_refine_round_fills_and_resegments_in_one_undo_step(dock, qtbot, tmp_path, monkeypatch):
-    monkeypatch.setenv("DSMS_MODEL_DIR", str(tmp_path / "models"))
-    widget, labels, prediction = dock
+def _correct_every_third(widget, labels, prediction) -> list[int]:
+    """Correct every third slice holding pancreas (from the second) and let the dock see it."""
     with_pancreas = np.flatnonzero(prediction.reshape(len(prediction), -1).any(axis=1))
     corrected = [int(k) for k in with_pancreas[1::3]]
     _correct(labels, prediction, corrected)
     widget.refresh_status()
+    return corrected
+
+
+def test_refine_round_fills_and_resegments_in_one_undo_step(dock, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("DSMS_MODEL_DIR", str(tmp_path / "models"))
+    widget, labels, prediction = dock
+    with_pancreas = np.flatnonzero(prediction.reshape(len(prediction), -1).any(axis=1))
+    corrected = _correct_every_third(widget, labels, prediction)
     before = np.array(labels.data)
     panel = widget.triage.refine_round
     worker = panel.start()
@@ -330,10 +337,7 @@ def test_closing_the_review_dock_stops_its_round(dock, qtbot, tmp_path, monkeypa
     monkeypatch.setenv("DSMS_MODEL_DIR", str(tmp_path / "models"))
     widget, labels, prediction = dock
     widget.viewer.window.add_dock_widget(widget, name="Review and fine-tune")
-    with_pancreas = np.flatnonzero(prediction.reshape(len(prediction), -1).any(axis=1))
-    corrected = [int(k) for k in with_pancreas[1::3]]
-    _correct(labels, prediction, corrected)
-    widget.refresh_status()
+    _correct_every_third(widget, labels, prediction)
     before = np.array(labels.data)
     panel = widget.triage.refine_round
     assert panel.start() is not None

@@ -412,7 +412,7 @@ class ReviewWidget(ScrollingDock):
         """A brush stroke or a tool's write: the user's strokes go into the edit log, a tool's
         write as a pause (the wait for it is not the user's editing time)."""
         session = self.session
-        if session is not None and not self._retired:
+        if session is not None:
             if session.tool_write_pending:
                 session.tool_write_pending = False
                 self.note_pause()
@@ -456,7 +456,7 @@ class ReviewWidget(ScrollingDock):
         script may replace the layer's data or its prediction.
         """
         session, layer = self.session, self.labels_layer
-        if session is not None and layer is not None and not self._retired:
+        if session is not None and layer is not None:
             session.set_prediction(layer.metadata.get(PREDICTION))
             model = layer.metadata.get(MODEL)
             session.model = dict(model) if isinstance(model, dict) else None

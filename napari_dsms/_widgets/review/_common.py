@@ -24,6 +24,17 @@ def refuse(label: QLabel, message: str) -> None:
     show_warning(message)
 
 
+def cancel_after_step(worker: Any, button: Any, status: QLabel) -> bool:
+    """Ask a running job to stop after its current step, greying its Cancel ``button`` and
+    saying so in ``status``; whether a job was running."""
+    if worker is None:
+        return False
+    button.setEnabled(False)
+    status.setText("cancelling after the current step…")
+    worker.quit()
+    return True
+
+
 def canonical_volume(
     image: np.ndarray, spacing: tuple[float, float, float], source: str = ""
 ) -> Volume:

@@ -40,7 +40,7 @@ from ..._layers import CONTOUR_WIDTH, MODEL, PREDICTION, ROI
 from ..._session import FineTuneInputs, RegionOfInterest
 from .._worker import JobWorker, SegmentationRun, start_job
 from ..loss_plot import LossPlot
-from ._common import new_model_path, refuse
+from ._common import cancel_after_step, new_model_path, refuse
 
 if TYPE_CHECKING:
     from . import ReviewWidget
@@ -271,12 +271,7 @@ class FineTunePanel(QGroupBox):
 
         Returns whether a run was going on.
         """
-        if self._worker is None:
-            return False
-        self.cancel_button.setEnabled(False)
-        self.fine_tune_label.setText("cancelling after the current step…")
-        self._worker.quit()
-        return True
+        return cancel_after_step(self._worker, self.cancel_button, self.fine_tune_label)
 
     def _on_fine_tune_event(self, event: TrainEvent) -> None:
         if event.kind == "step":

@@ -26,7 +26,7 @@ from src_models.training.loop import TrainEvent
 from ..._layers import AUTOSAVE_KEY, LATEST_MODEL, MODEL
 from .._pickers import same_layer
 from .._worker import JobWorker, start_job
-from ._common import UndoWatch, canonical_volume, new_model_path, refuse
+from ._common import UndoWatch, cancel_after_step, canonical_volume, new_model_path, refuse
 
 if TYPE_CHECKING:
     from . import ReviewWidget
@@ -144,12 +144,7 @@ class RefineRoundPanel(QWidget):
 
     def cancel(self) -> bool:
         """Stop the running round after its current step; whether one was running."""
-        if self._worker is None:
-            return False
-        self.button.setEnabled(False)
-        self.status.setText("cancelling after the current step…")
-        self._worker.quit()
-        return True
+        return cancel_after_step(self._worker, self.button, self.status)
 
     def latest_checkpoint(self) -> str | None:
         """The model a round starts from: the last round's, else the one that made the labels."""
