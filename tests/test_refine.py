@@ -254,6 +254,8 @@ def test_refine_command_runs_the_quick_round_by_default(tmp_path, case, tiny, ca
     assert main(args) == 0
     recorded = load_checkpoint(saved)[1]["provenance"]["fine_tune"]
     assert recorded["config"]["steps"] == 200 and recorded["config"]["time_budget_s"] == 40.0
+    # the network and its preprocessing are the base's: no default width or window recorded
+    assert not {"arch", "width", "preprocessing"} & set(recorded["config"])
     assert 0 < recorded["steps"] <= 200
     assert "200" in capsys.readouterr().err  # the progress bar counts to 200 steps
 

@@ -72,6 +72,11 @@ _STAMP_KEYS = ("date", "code_version", "torch_version")
 #: fine-tuned copy said it was bundled and stored in float16 (it is neither).
 _FILE_KEYS = ("bundled", "weights_dtype")
 
+#: Fields of a :class:`TrainConfig` that fine-tuning never uses: the network and its
+#: preprocessing are the base checkpoint's. Recorded, they read as the model's own (a tester
+#: found ``width: 32`` in the provenance of a width-16 model).
+_UNUSED_CONFIG_KEYS = ("arch", "width", "preprocessing")
+
 _VERSIONED = re.compile(r"^(?P<base>.+?)-ft-.+-v\d+$")
 
 
@@ -468,7 +473,9 @@ def _fine_tuned_meta(
         "slices": int(slices),
         "steps": loop.state.step,
         "elapsed_s": round(loop.state.elapsed_s, 1),
-        "config": config.to_dict(),
+        "config": {
+            k: v for k, v in config.to_dict().items() if k not in _UNUSED_CONFIG_KEYS
+        },
         "metrics_before": before,
         "metrics_after": after,
     }
