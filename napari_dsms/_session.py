@@ -25,7 +25,8 @@ from src_models.inference.postprocess import keep_largest_components
 from src_models.io.volume import voxel_volume_mm3
 from src_models.metrics import StructureMetrics, case_metrics
 from src_models.models.checkpoints import HELD_OUT_TOLERANCE
-from src_models.training.fine_tune import split_holdout
+from src_models.refine import learns
+from src_models.training.fine_tune import MIN_SLICES_FOR_HOLDOUT, split_holdout
 from src_models.version import __version__
 
 #: A held-out slice with less pancreas than this share of the corrected slices' median area
@@ -553,8 +554,10 @@ class ReviewSession:
         Raises
         ------
         src_models.corrections.CorrectionsError
-            The labels belong to another image, keep no model output, or hold no correction
-            with pancreas; the message tells the user what to do.
+            The labels belong to another image, keep no model output, hold no correction
+            with pancreas, too few corrections to check the model
+            (:func:`src_models.refine.learns`), or corrected slices with values other than
+            0, 1, 2; the message tells the user what to do.
         """
         if not self.fits_image:
             raise corrections.CorrectionsError(
@@ -577,8 +580,22 @@ class ReviewSession:
                     "no corrected slice lies inside the region of interest "
                     f"(slices {self.roi.first} to {self.roi.last}): nothing is learnt outside it"
                 )
+        odd = [k for k in chosen if data[k].min() < 0 or data[k].max() > 2]
+        if odd:  # Fill between, Refine round and Export refuse them too (a tester's label 3)
+            raise corrections.CorrectionsError(
+                f"corrected slice{'s' * (len(odd) > 1)} {', '.join(map(str, odd))} hold values "
+                "other than 0 (background), 1 (pancreas) or 2 (tumour): repaint them first"
+            )
         edited = set(corrections.edited_slices(data, self._edit_reference()))
-        train, holdout = split_holdout(chosen, accepted=[k for k in chosen if k not in edited])
+        accepted = [k for k in chosen if k not in edited]
+        if not learns(None, chosen, accepted):  # the rule of a refine round's fine-tuning
+            raise corrections.CorrectionsError(
+                f"fine-tuning needs at least {MIN_SLICES_FOR_HOLDOUT} corrected slices, 2 of "
+                f"them edited (now {len(chosen)}, {len(chosen) - len(accepted)} edited): one is "
+                "held out to check the model, and a model fine-tuned on two slices at the "
+                "organ's ends, with nothing to check it, lost most of the organ"
+            )
+        train, holdout = split_holdout(chosen, accepted=accepted)
         hu = np.asarray(self.image)
         if self.roi is not None and self.roi.box is not None:  # learn inside the box only
             r0, r1, c0, c1 = self.roi.box

@@ -110,6 +110,9 @@ class FineTuneResult:
     too_few_steps
         The guarded round ended before :data:`MIN_GUARDED_STEPS` steps (a busy CPU, a short
         time limit, ``steps`` set low).
+    held_out_steps
+        Of :attr:`steps`, those made after the guard kept the model, on every corrected slice
+        with the held-out ones (``learn_held_out`` of :func:`fine_tune`); 0 when none.
     """
 
     checkpoint: Path | None
@@ -123,6 +126,7 @@ class FineTuneResult:
     meta: dict[str, Any] = field(default_factory=dict)
     kept_previous: bool = False
     too_few_steps: bool = False
+    held_out_steps: int = 0
 
     @property
     def stopped_by_time(self) -> bool:
@@ -151,6 +155,8 @@ class FineTuneResult:
             )
         if self.kept_previous:
             text += ": kept the previous model"
+        if self.held_out_steps:
+            text += f"; the last {self.held_out_steps} steps learnt from the held-out slices too"
         if self.stopped_by_time:
             text += (
                 f". The time limit stopped it at {self.steps} of {self.planned_steps} steps: "
@@ -305,6 +311,7 @@ def fine_tune(
     provenance: Mapping[str, Any] | None = None,
     guard: bool = False,
     config: TrainConfig | None = None,
+    learn_held_out: float = 0.0,
 ) -> Generator[TrainEvent, None, FineTuneResult]:
     """Fine-tune ``model`` in place on a few corrected slices; a generator of ``TrainEvent``.
 
@@ -343,6 +350,12 @@ def fine_tune(
     config
         Full control of the loop; ``steps``, ``time_budget_s``, ``device`` and ``seed`` given
         explicitly still win.
+    learn_held_out
+        After a guarded round that kept its model, go on for this share of its steps on every
+        slice, the held-out ones included: they have judged the round, and the user corrected
+        them too (:data:`src_models.refine.LEARN_HELD_OUT`). These steps are not judged
+        again, so ``metrics_after`` stays the guard's figure. A ``time_budget_s`` given
+        covers both parts.
 
     Yields
     ------
@@ -367,6 +380,10 @@ def fine_tune(
         if time_budget_s is not None
         else (base.time_budget_s if steps is None else None)
     )
+    held_out = val_images_hu is not None and val_labels is not None and len(val_images_hu) > 0
+    learn_held_out = learn_held_out if guard and held_out else 0.0
+    if time_budget_s is not None:  # the caller's seconds cover both parts
+        budget = time_budget_s / (1.0 + learn_held_out)
     config = replace(
         base,
         steps=steps if steps is not None else base.steps,
@@ -382,18 +399,21 @@ def fine_tune(
     cached = cache_arrays(
         patient, np.asarray(images_hu), np.asarray(labels), spacing_yx, preprocessing
     )
-    held_out = val_images_hu is not None and val_labels is not None and len(val_images_hu) > 0
     previous = copy.deepcopy(model.state_dict()) if guard else None
     torch.manual_seed(seed)
     window = preprocessing["hu_window"]
-    sampler = SliceSampler(
-        [cached],
-        min(config.patch_size, max(cached.images.shape[1:])),
-        float(window[1]) - float(window[0]),
-        config.augmentation,
-        foreground_fraction=config.foreground_fraction,
-        seed=seed,
-    )
+
+    def sampler_of(slices: Any, seed: int) -> SliceSampler:
+        return SliceSampler(
+            [slices],
+            min(config.patch_size, max(slices.images.shape[1:])),
+            float(window[1]) - float(window[0]),
+            config.augmentation,
+            foreground_fraction=config.foreground_fraction,
+            seed=seed,
+        )
+
+    sampler = sampler_of(cached, seed)
     dev = resolve_device(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -403,6 +423,7 @@ def fine_tune(
         before = held_out_metrics(model, meta, val_images_hu, val_labels, spacing_yx, dev)
     loop = _Loop(model, sampler, config, dev)
     finished = False
+    follow_up: _Loop | None = None
     try:
         if held_out:
             yield TrainEvent("validation", 0, config.steps, 0.0, metrics=before)
@@ -412,6 +433,29 @@ def fine_tune(
             yield TrainEvent(
                 "validation", loop.state.step, config.steps, loop.state.elapsed_s, metrics=after
             )
+        keeps = loop.state.step >= MIN_GUARDED_STEPS and not _is_worse(before, after)
+        if learn_held_out > 0 and keeps:
+            all_slices = cache_arrays(
+                patient,
+                np.concatenate([np.asarray(images_hu), np.asarray(val_images_hu)]),
+                np.concatenate([np.asarray(labels), np.asarray(val_labels)]),
+                spacing_yx,
+                preprocessing,
+            )
+            left = None if time_budget_s is None else max(time_budget_s - loop.state.elapsed_s, 0)
+            follow_up = _Loop(
+                model,
+                sampler_of(all_slices, seed + 1),
+                replace(
+                    config, steps=max(round(learn_held_out * loop.state.step), 1),
+                    time_budget_s=left, min_steps=0, warmup_fraction=0.0, seed=seed + 1,
+                ),
+                dev,
+            )  # fmt: skip
+            done, total = loop.state.step, loop.state.step + follow_up.config.steps
+            for event in follow_up.run(lambda: ({}, None)):  # one progress count to the end
+                yield replace(event, step=done + event.step, total_steps=total,
+                              elapsed_s=loop.state.elapsed_s + event.elapsed_s)  # fmt: skip
         finished = True
     finally:
         if not finished and previous is not None:  # cancelled: an unchecked guarded round
@@ -423,7 +467,13 @@ def fine_tune(
     kept_previous = previous is not None and (too_few_steps or _is_worse(before, after))
     if kept_previous:
         model.load_state_dict(previous)
-    new_meta = _fine_tuned_meta(meta, base_path, len(images_hu), loop, config, before, after)
+    extra_steps = follow_up.state.step if follow_up is not None else 0
+    steps_done = loop.state.step + extra_steps
+    elapsed = loop.state.elapsed_s + (follow_up.state.elapsed_s if follow_up is not None else 0)
+    new_meta = _fine_tuned_meta(
+        meta, base_path, len(images_hu), (steps_done, elapsed), config, before, after
+    )
+    new_meta["provenance"]["fine_tune"]["held_out_steps"] = extra_steps
     new_meta["provenance"]["fine_tune"].update(provenance or {})
     new_meta["provenance"]["fine_tune"]["kept_previous"] = kept_previous
     new_meta["provenance"]["fine_tune"]["too_few_steps"] = too_few_steps
@@ -435,9 +485,10 @@ def fine_tune(
         )  # fmt: skip
         new_meta["path"] = str(saved)
     result = FineTuneResult(
-        saved, base_path, loop.state.step, loop.state.elapsed_s, before, after,
-        planned_steps=config.steps, model=model, meta=new_meta, kept_previous=kept_previous,
-        too_few_steps=too_few_steps,
+        saved, base_path, steps_done, elapsed, before, after,
+        planned_steps=config.steps + (follow_up.config.steps if follow_up is not None else 0),
+        model=model, meta=new_meta, kept_previous=kept_previous, too_few_steps=too_few_steps,
+        held_out_steps=extra_steps,
     )  # fmt: skip
     yield TrainEvent(
         "done", result.steps, config.steps, result.elapsed_s, metrics=after, checkpoint=saved
@@ -449,12 +500,15 @@ def _fine_tuned_meta(
     meta: Mapping[str, Any],
     base_path: Path | None,
     slices: int,
-    loop: _Loop,
+    done: tuple[int, float],
     config: TrainConfig,
     before: dict[str, float],
     after: dict[str, float],
 ) -> dict[str, Any]:
-    """The input's metadata with this round recorded under ``provenance["fine_tune"]``."""
+    """The input's metadata with this round recorded under ``provenance["fine_tune"]``.
+
+    ``done`` is the round's (steps, seconds).
+    """
     new_meta = copy.deepcopy(dict(meta))
     base_provenance = new_meta.get("provenance", {})
     provenance = {k: v for k, v in base_provenance.items() if k not in (*_STAMP_KEYS, *_FILE_KEYS)}
@@ -471,8 +525,8 @@ def _fine_tuned_meta(
         "base": meta.get("path"),
         "base_checkpoint": str(base_path) if base_path else None,
         "slices": int(slices),
-        "steps": loop.state.step,
-        "elapsed_s": round(loop.state.elapsed_s, 1),
+        "steps": done[0],
+        "elapsed_s": round(done[1], 1),
         "config": {
             k: v for k, v in config.to_dict().items() if k not in _UNUSED_CONFIG_KEYS
         },
