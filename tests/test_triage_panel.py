@@ -346,3 +346,24 @@ def test_closing_the_review_dock_stops_its_round(dock, qtbot, tmp_path, monkeypa
     np.testing.assert_array_equal(labels.data, before)
     assert "cancelled" in panel.status.text()
     assert not list((tmp_path / "models").glob("*.pt"))  # no model of a round nobody saw
+
+
+def test_a_round_that_changes_nothing_offers_no_undo(dock, qtbot, tmp_path, monkeypatch):
+    """After a round that wrote nothing, the status said "Ctrl+Z reverts them": a tester's
+    Ctrl+Z then undid the correction painted just before (no undo step had been added)."""
+    from napari_dsms._session import RegionOfInterest
+
+    monkeypatch.setenv("DSMS_MODEL_DIR", str(tmp_path / "models"))
+    widget, labels, prediction = dock
+    with_pancreas = np.flatnonzero(prediction.reshape(len(prediction), -1).any(axis=1))
+    k = int(with_pancreas[len(with_pancreas) // 2])
+    _correct(labels, prediction, [k])
+    widget.refresh_status()
+    widget.session.roi = RegionOfInterest(k, k)  # the round may write nowhere else
+    before = np.array(labels.data)
+    panel = widget.triage.refine_round
+    assert panel.start() is not None
+    qtbot.waitUntil(lambda: not panel.is_running, timeout=120_000)
+    np.testing.assert_array_equal(labels.data, before)
+    assert "no other slice changed (0 voxels)" in panel.status.text()
+    assert "Ctrl+Z" not in panel.status.text()

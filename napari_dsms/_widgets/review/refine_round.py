@@ -264,12 +264,18 @@ class RefineRoundPanel(QWidget):
         kept = f"{len(started['known']) - reviewed} edited" + (
             f" and {reviewed} reviewed" if reviewed else ""
         )  # a tester read "8 corrected slices" for 5 edited and 3 only reviewed
+        # No write, no undo step: Ctrl+Z would undo the user's last stroke (a tester lost a
+        # correction to the hint after a round that changed nothing).
+        reverts = f"{changed[0].size} voxels; Ctrl+Z reverts them" if len(slices) else "0 voxels"
         self.status.setText(
-            f"{kept} slices{painted} kept; {where} changed "
-            f"({changed[0].size} voxels; Ctrl+Z reverts them). {model_line(result)}"
+            f"{kept} slices{painted} kept; {where} changed ({reverts}). {model_line(result)}"
             f"{_outside_note(started['outside'])}"
         )
-        show_info(f"Refine round: {len(slices)} slices changed (Ctrl+Z)")
+        show_info(
+            f"Refine round: {len(slices)} slices changed (Ctrl+Z)"
+            if len(slices)
+            else "Refine round: no slice changed"
+        )
         self.review.refresh_status()
         self.review.reveal(self.status)
 
