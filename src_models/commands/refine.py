@@ -35,7 +35,7 @@ from ..io.atomic import check_writable_folder
 from ..io.orientation import head_feet_axis
 from ..jobs import run_to_end
 from ..models.store import load_checkpoint
-from ..refine import ROUND_TRAINING, check_corrections, learns, refine
+from ..refine import LEARN_HELD_OUT, ROUND_TRAINING, check_corrections, learns, refine
 from ..training.fine_tune import MIN_SLICES_FOR_HOLDOUT
 from ..training.loop import TrainEvent
 from ..version import __version__
@@ -131,14 +131,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help=f"fine-tuning steps, no time limit (default {ROUND_TRAINING.steps} within "
-        f"{ROUND_TRAINING.time_budget_s:.0f} s; 0: none)",
+        f"{ROUND_TRAINING.time_budget_s:.0f} s; 0: none); a model the check keeps then makes "
+        f"{LEARN_HELD_OUT:g} times as many on all corrected slices",
     )
     length.add_argument(
         "--seconds",
         type=float,
         metavar="S",
-        help=f"time limit of the {ROUND_TRAINING.steps} fine-tuning steps "
-        f"(default {ROUND_TRAINING.time_budget_s:.0f} s)",
+        help=f"time limit of the fine-tuning, the steps after the check included (default "
+        f"{ROUND_TRAINING.time_budget_s:.0f} s for {ROUND_TRAINING.steps} steps, then "
+        f"{LEARN_HELD_OUT:g} times as many)",
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument(
@@ -205,9 +207,10 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_checkpoint(args.model)
     for text in doubts:  # once the run will go ahead: a refused run gets one error line
         print(f"warning: {text}", file=sys.stderr)
-    # As the round's fine-tuning reads them: --seconds, else the default cap unless --steps.
+    # As the round's fine-tuning reads them: --seconds (both parts), else the default cap and
+    # the steps on the held-out slices after it, unless --steps.
     limit = args.seconds if args.seconds is not None else (
-        ROUND_TRAINING.time_budget_s if args.steps is None else None
+        ROUND_TRAINING.time_budget_s * (1 + LEARN_HELD_OUT) if args.steps is None else None
     )  # fmt: skip
     # The bar's remaining time counts all steps; on a busy CPU it read 19:55 for a 40 s round.
     tuning = "fine-tuning" + (f" (about {limit:.0f} s)" if limit is not None else "")
