@@ -215,6 +215,11 @@ class JournalEntry:
         return [int(s) for s in self.record.get("reviewed_slices", [])]
 
     @property
+    def tool_slices(self) -> list[int]:
+        """Slices a tool wrote into (fill between, clean-up, a refine round)."""
+        return [int(s) for s in self.record.get("tool_slices", [])]
+
+    @property
     def corrected(self) -> list[int]:
         """The user's corrections: edited slices less those only tools changed."""
         return [int(s) for s in self.record.get("corrected_slices", self.edited)]
@@ -222,11 +227,10 @@ class JournalEntry:
     def baseline(self) -> np.ndarray | None:
         """The prediction with the tools' changes (fill between, clean-up, refine round) folded
         in, as the session measured corrections against; ``None`` without tool changes."""
-        tool_slices = [int(s) for s in self.record.get("tool_slices", [])]
         prediction = self.prediction()
-        if not tool_slices or prediction is None:
+        if not self.tool_slices or prediction is None:
             return None
-        prediction[tool_slices] = _load(self.path, "tool")
+        prediction[self.tool_slices] = _load(self.path, "tool")
         return prediction
 
     @property

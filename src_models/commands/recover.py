@@ -103,6 +103,9 @@ def _recover(volume: Volume, entry: JournalEntry, output: Path) -> None:
             model=entry.record.get("model"),
             edited=entry.corrected,
             reviewed=entry.reviewed,
+            # as napari's export: slices a tool wrote that nobody checked after (a tester's
+            # recovered side-car listed none of a fill between's 38, so they read as the model's)
+            tool_slices=sorted(set(entry.tool_slices) - set(entry.corrected) - set(entry.reviewed)),
             plugin_version=str(entry.record.get("plugin_version", "")),
         )
         content["recovered_from"] = {
