@@ -225,7 +225,9 @@ def test_recover_takes_the_session_with_work_and_can_pick_another(ct_file, tmp_p
     assert "no edits" in capsys.readouterr().out
     # the side-car tells the tool's slice from the model's own (as napari's export does)
     content = json.loads(newest.with_name("newest.json").read_text())
-    assert content["tool_slices"]["canonical"] == [3] and content["edited_slices"]["canonical"] == []
+    assert (
+        content["tool_slices"]["canonical"] == [3] and content["edited_slices"]["canonical"] == []
+    )
     assert main(["recover", str(ct_file), "-o", str(tmp_path / "x.nii.gz"), "--session", "zz"]) == 2
     assert "no autosaved session" in capsys.readouterr().err
 

@@ -21,6 +21,7 @@ from src_models.inference.preprocessing import DEFAULT_PREPROCESSING
 from src_models.io import Volume, read_labels, read_volume
 from src_models.io.orientation import to_canonical
 from src_models.jobs import run_to_end
+from src_models.phantom import make_phantom
 
 #: Source z range of the crop: 20 slices through the pancreas of patient 0001.
 CROP = slice(36, 56)
@@ -757,3 +758,24 @@ def test_orientation_markers_follow_the_displayed_axes(make_napari_viewer, case)
     for layer in list(viewer.layers):
         layer.visible = layer is other
     assert overlay.text == "orientation: unknown (other came from another reader)"
+
+
+def test_labels_with_corrections_opened_into_an_empty_dock_are_not_a_newer_result(
+    make_napari_viewer, qtbot
+):
+    """After Restore, the dock chose the restored layer as it came and then said "A newer
+    result, '<that layer>', is open: your corrections stay here" about the layer itself."""
+    image, truth = make_phantom(seed=1, shape=(32, 32, 8), spacing=(4.0, 4.0, 3.0))
+    viewer = make_napari_viewer()
+    data, kwargs, _ = image_layer_data(image, name="ct")
+    ct = viewer.add_image(data, **kwargs)
+    widget = ReviewWidget(viewer)
+    qtbot.addWidget(widget)
+    prediction = np.array(to_canonical(truth.array, truth.affine)[0])
+    restored = prediction.copy()
+    restored[4] = 0  # a correction, as the autosave brings it back
+    data, kwargs, _ = labels_layer_data(restored, ct, name="ct pancreas/tumour")
+    kwargs["metadata"].update(prediction=prediction)
+    labels = viewer.add_labels(data, **kwargs)
+    assert widget.labels_layer is labels and widget.session.edited == [4]
+    assert "newer result" not in widget.editing_label.text()

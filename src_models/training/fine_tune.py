@@ -527,9 +527,7 @@ def _fine_tuned_meta(
         "slices": int(slices),
         "steps": done[0],
         "elapsed_s": round(done[1], 1),
-        "config": {
-            k: v for k, v in config.to_dict().items() if k not in _UNUSED_CONFIG_KEYS
-        },
+        "config": {k: v for k, v in config.to_dict().items() if k not in _UNUSED_CONFIG_KEYS},
         "metrics_before": before,
         "metrics_after": after,
     }

@@ -297,6 +297,8 @@ class ReviewWidget(ScrollingDock):
         if ct is not None:  # segmented another open CT: review that one (a tester's DICOM
             choose(self.image_combo, ct)  # result was paired with the NIfTI CT and refused)
             return
+        if same_layer(layer, self.labels_layer):  # chosen as it came (a restored session):
+            return  # it is no newer result than itself (a tester's dock said it was)
         if (
             PREDICTION in layer.metadata
             and image is not None
