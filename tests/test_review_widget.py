@@ -408,6 +408,14 @@ def test_metrics_between_model_output_and_corrected_labels(widget_and_layers):
     widget.compare.compare_pair(labels, labels)
     widget.compare.compute_metrics()
     assert "volume, tumour: no tumour in either" in widget.compare.metrics_label.text()
+    # a tumour the other layer lacks: its PPV is not a perfect 1.000 (0 of 0 voxels right)
+    painted = np.where(reference > 0, 1, 0).astype(reference.dtype)
+    painted[10][reference[10] > 0] = 2
+    with_tumour = viewer.add_labels(painted, scale=labels.scale, name="with tumour")
+    widget.compare.compare_pair(labels, with_tumour)
+    widget.compare.compute_metrics()
+    text = widget.compare.metrics_label.text()
+    assert "volume, tumour: Dice 0.000  PPV n/a (none predicted)  sens. 0.000" in text
     # figures of labels that changed since are not left on screen
     labels.data_setitem((np.array([0]), np.array([0]), np.array([0])), 1)
     assert "compute again" in widget.compare.metrics_label.text()

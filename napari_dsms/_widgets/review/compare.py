@@ -152,8 +152,9 @@ def _describe(result: dict[str, dict[str, Any]], current: int) -> str:
                 # Dice of two empty masks is 1 by convention; it says nothing about the model.
                 lines.append(f"{title}, {structure}: no {structure} in either")
                 continue
-            lines.append(
-                f"{title}, {structure}: Dice {m.dice:.3f}  PPV {m.ppv:.3f}  "
-                f"sens. {m.sensitivity:.3f}"
-            )
+            # A ratio over nothing is 1 by the metrics' convention (src_models.metrics); shown
+            # here it read as a perfect PPV for a model that found no tumour (a tester).
+            ppv = f"{m.ppv:.3f}" if m.predicted_ml > 0 else "n/a (none predicted)"
+            sens = f"{m.sensitivity:.3f}" if m.in_reference else "n/a (none in the reference)"
+            lines.append(f"{title}, {structure}: Dice {m.dice:.3f}  PPV {ppv}  sens. {sens}")
     return "\n".join(lines)
