@@ -156,3 +156,31 @@ def test_an_image_from_another_reader_is_described_not_refused(make_napari_viewe
     assert "plain (4 x 8 x 8, from another reader)" in text
     assert "geometry:    unknown" in text and "axial slices" in text
     assert LoadCTWidget(viewer).info.text() == text  # docked after it
+
+
+def test_a_reference_opened_beside_labels_being_corrected_leaves_them_the_brush(
+    widget, qtbot, tmp_path
+):
+    """napari selects a new layer: a tester's next brush stroke after Open labels went into
+    the manual reference instead of the labels being corrected."""
+    viewer = widget.viewer
+    affine = np.diag([-0.8, -0.8, 2.5, 1.0])
+    ct = np.full((24, 20, 6), 40, dtype=np.int16)
+    nib.save(nib.Nifti1Image(ct, affine), str(tmp_path / "ct.nii.gz"))
+    reference = np.zeros(ct.shape, dtype=np.uint8)
+    reference[8:14, 6:12, 2:4] = 1
+    nib.save(nib.Nifti1Image(reference, affine), str(tmp_path / "label.nii.gz"))
+    widget.load(tmp_path / "ct.nii.gz")
+    wait(widget, qtbot)
+    [image] = viewer.layers
+    corrected = viewer.add_labels(
+        np.zeros(image.data.shape, dtype=np.uint8), scale=image.scale, translate=image.translate,
+        name="ct pancreas/tumour",
+    )  # fmt: skip
+    assert viewer.layers.selection.active is corrected
+    widget.load_labels(tmp_path / "label.nii.gz")
+    wait(widget, qtbot)
+    opened = viewer.layers[-1]
+    assert opened is not corrected and opened.contour  # the reference, outlined
+    assert viewer.layers.selection.active is corrected
+    assert "painting stays on 'ct pancreas/tumour'" in widget.info.text()

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.layers import Image, Layer
+from napari.layers import Image, Labels, Layer
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QComboBox,
@@ -44,6 +44,7 @@ from .._autosave import attach as attach_autosave
 from .._layers import (
     ASSUMED_LAYOUT,
     REFERENCE,
+    ROLE,
     SHAPE,
     LayerDataTuple,
     has_file_geometry,
@@ -275,13 +276,23 @@ class LoadCTWidget(ScrollingDock):
 
     def _add_layer(self, result: tuple[LayerDataTuple, str]) -> None:
         (data, kwargs, kind), text = result
+        previous = self.viewer.layers.selection.active
         try:
             layer = self.viewer.add_layer(Layer.create(data, kwargs, kind))
         except Exception as exc:  # a layer napari refuses must not take the viewer down
             report_error(exc, "Open")
             return
         style_labels(layer)
-        self.viewer.layers.selection.active = layer
+        # A reference opened beside the labels being corrected does not take the brush: a
+        # tester's next stroke went into the manual reference (napari selects a new layer).
+        keeps_brush = (
+            layer.metadata.get(ROLE) == REFERENCE
+            and isinstance(previous, Labels)
+            and previous.metadata.get(ROLE) != REFERENCE
+        )
+        self.viewer.layers.selection.active = previous if keeps_brush else layer
+        if keeps_brush:
+            text += f"\nOpened as a reference (outlined); painting stays on {previous.name!r}"
         if kind == "image":
             self.viewer.reset_view()
         self.info.setText(text)
