@@ -202,6 +202,10 @@ def test_fine_tune_report_says_when_the_time_limit_cut_the_run(tmp_path) -> None
     assert report.stopped_by_time
     text = report.summary()
     assert "m-ft-ct-v1.pt" in text and "0.638 -> 0.748" in text and "99 of 400" in text
+    assert "allow more time" in text
+    # two steps short: said, but no advice that more time would give a better model (a tester)
+    nearly = FineTuneResult(tmp_path / "b.pt", tmp_path / "m.pt", 198, 40.0, planned_steps=200)
+    assert "198 of 200 steps" in nearly.summary() and "allow more time" not in nearly.summary()
     complete = FineTuneResult(tmp_path / "a.pt", tmp_path / "m.pt", 400, 120.0, planned_steps=400)
     assert not complete.stopped_by_time and "time limit" not in complete.summary()
 

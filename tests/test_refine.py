@@ -283,6 +283,8 @@ def test_refine_command_runs_the_quick_round_by_default(tmp_path, case, tiny, ca
         (lambda a: a.__setitem__("--reviewed", "15,16"), "slice 16 not in --corrected"),
         # all accepted unchanged: none may be held out, so nothing would check the model
         (lambda a: a.__setitem__("--reviewed", "15,18"), "fewer than 2 of them edited"),
+        (lambda a: a.__setitem__("--save-model", a["--model"]), "exists already; --save-model"),
+        (lambda a: a.__setitem__("--save-model", "/nowhere/m.pt"), "folder /nowhere does not"),
         (lambda a: a.__setitem__("--save-model", "/proc/m.pt"), "/proc"),  # not writable, even
     ],  # for root: refused before fine-tuning, not after it
 )

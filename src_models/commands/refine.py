@@ -175,10 +175,10 @@ def run(args: argparse.Namespace) -> int:
     if save_model is not None and save_model.suffix != ".pt":
         # the model menus and --model list checkpoints by this ending (a tester saved m.txt)
         raise ValueError(f"{save_model}: --save-model writes a checkpoint; name it *.pt")
-    if save_model is not None and (save_model.exists() or not save_model.parent.is_dir()):
-        raise ValueError(
-            f"{save_model}: exists already or its folder is missing; --save-model writes a new file"
-        )
+    if save_model is not None and save_model.exists():
+        raise ValueError(f"{save_model}: exists already; --save-model writes a new file")
+    if save_model is not None and not save_model.parent.is_dir():
+        raise ValueError(f"{save_model}: its folder {save_model.parent} does not exist")
     stray = sorted(set(args.reviewed) - set(args.corrected))
     if stray:
         raise ValueError(
