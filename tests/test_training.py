@@ -286,6 +286,34 @@ def test_a_kept_round_then_learns_from_its_held_out_slices_too(tmp_path, monkeyp
     assert recorded["steps"] == 6 and recorded["held_out_steps"] == 2
 
 
+@pytest.mark.parametrize(("load", "during"), [(1.2, 1), (0.3, 2), (None, 2)])
+def test_fine_tuning_leaves_the_cores_other_processes_keep_busy(monkeypatch, load, during):
+    """Beside another busy process a tester's 2-thread round fitted 20 steps in 2 minutes (1
+    thread: 200 in 38 s) and learnt nothing; the threads follow the load, then come back."""
+    from src_models.inference import devices
+
+    def getloadavg():
+        if load is None:
+            raise OSError("no load average here")  # as on Windows: torch's count stays
+        return (load, load, load)
+
+    monkeypatch.setattr(devices.os, "getloadavg", getloadavg)
+    monkeypatch.setattr(devices.os, "cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = build_model("unet", width=4)
+        meta = {"preprocessing": PREP, "provenance": {}, "metrics": {}, "path": None}
+        images = np.zeros((2, 40, 40), dtype=np.float32)
+        labels = np.zeros((2, 40, 40), dtype=np.uint8)
+        labels[:, 10:20, 10:20] = 1
+        events = fine_tune(model, meta, images, labels, None, steps=2, device="cpu")
+        seen = [torch.get_num_threads() for event in events if event.kind == "step"]
+        assert set(seen) == {during} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_guard_keeps_the_previous_model_when_a_round_makes_it_worse(tmp_path, monkeypatch):
     """Slices that teach "no pancreas" make the held-out Dice fall: the weights come back."""
     monkeypatch.setattr(tuning, "MIN_GUARDED_STEPS", 1)  # the Dice decides, not the length

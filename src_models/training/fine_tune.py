@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..corrections import image_stem, slug
-from ..inference.devices import release_memory, resolve_device
+from ..inference.devices import release_memory, resolve_device, threads_beside_load
 from ..inference.engine import segment
 from ..inference.preprocessing import FALLBACK_SPACING_MM
 from ..io import Volume
@@ -414,16 +414,17 @@ def fine_tune(
 
     sampler = sampler_of(cached, seed)
     dev = resolve_device(config.device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":  # restored below: the viewer's inference keeps its own count
+        torch.set_num_threads(config.threads or threads_beside_load(threads))
     before: dict[str, float] = {}
     after: dict[str, float] = {}
-    if held_out:  # before the loop is built: it puts the model in training mode
-        before = held_out_metrics(model, meta, val_images_hu, val_labels, spacing_yx, dev)
-    loop = _Loop(model, sampler, config, dev)
     finished = False
     follow_up: _Loop | None = None
     try:
+        if held_out:  # before the loop is built: it puts the model in training mode
+            before = held_out_metrics(model, meta, val_images_hu, val_labels, spacing_yx, dev)
+        loop = _Loop(model, sampler, config, dev)
         if held_out:
             yield TrainEvent("validation", 0, config.steps, 0.0, metrics=before)
         yield from loop.run(lambda: ({}, None))
@@ -457,6 +458,7 @@ def fine_tune(
                               elapsed_s=loop.state.elapsed_s + event.elapsed_s)  # fmt: skip
         finished = True
     finally:
+        torch.set_num_threads(threads)
         if not finished and previous is not None:  # cancelled: an unchecked guarded round
             model.load_state_dict(previous)  # (a tester's cancelled refine kept 5 steps)
         model.to("cpu", memory_format=torch.contiguous_format).eval()
