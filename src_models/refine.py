@@ -119,9 +119,10 @@ ROUND_TRAINING = replace(
 #: fine_tune`'s ``learn_held_out``): held out, a fifth of the user's corrections only judged the
 #: round. Measured on the NIH volume 0001 with the cross-validation fold model that never saw it
 #: (10 evenly spaced corrections shifted by -2 to 2 slices, 200 steps, whole-volume Dice after
-#: the round; ``benchmarks/correction_loop.py --placements``): mean 0.8761 without, 0.8774 with
-#: 0.3 (60 steps) and 0.8793 with 0.5 (100 steps), higher in 4 of the 5 placements; 400 steps
-#: without it gave 0.8778 (docs/correction-loop.md).
+#: the round; ``benchmarks/correction_loop.py --placements 200 --threads 1``): mean 0.8784
+#: against 0.8763 without, higher in 3 of the 5 placements and within 0.002 in the others; a
+#: first trial gave 0.8774 with 0.3 (60 steps) and 0.8793 with 0.5 against 0.8761 (2 threads,
+#: side by side). 400 steps without it gave 0.8778 (docs/correction-loop.md).
 LEARN_HELD_OUT = 0.5
 
 #: What :func:`refine` yields: training events while fine-tuning, then ``(done, total)``.
