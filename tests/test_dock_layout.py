@@ -155,6 +155,39 @@ def test_a_finished_round_scrolls_its_report_into_view(make_napari_viewer, qtbot
     assert in_view()
 
 
+def test_fill_between_scrolls_its_result_into_view(make_napari_viewer, qtbot):
+    """With the triage list filled, Fill between's result line lay below the fold at 1366 x 768
+    and only the toast said what it did (a tester)."""
+    import numpy as np
+
+    from napari_dsms._layers import labels_layer_data
+    from napari_dsms.demo import open_demo_viewer
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(*LAPTOP)
+    open_demo_viewer(viewer=viewer, tabify=False)
+    review = next(w for name, w in viewer.window.dock_widgets.items() if "Review" in name)
+    ct = review.image_layer
+    prediction = np.zeros(ct.data.shape, dtype=np.uint8)
+    data, kwargs, _ = labels_layer_data(prediction.copy(), ct, name="ct pancreas/tumour")
+    kwargs["metadata"].update(prediction=prediction)
+    labels = viewer.add_labels(data, **kwargs)
+    review.select_labels(labels)
+    middle = ct.data.shape[1] // 2
+    for k in (2, 8):  # two corrected slices with a gap to fill
+        labels.data[k, middle - 5 : middle + 5, middle - 5 : middle + 5] = 1
+    labels.events.data(value=labels.data)
+    status = review.triage.status
+    viewport = review._scroll.viewport()
+    review._scroll.verticalScrollBar().setValue(0)
+    _settle(qtbot)
+    assert status.mapTo(viewport, status.rect().topLeft()).y() > viewport.height()  # premise
+    assert review.triage.fill_between() > 0
+    _settle(qtbot)
+    top = status.mapTo(viewport, status.rect().topLeft()).y()
+    assert 0 <= top and top + status.height() <= viewport.height()
+
+
 @pytest.mark.parametrize("tabify", [False, True])
 def test_tabbed_docks_take_the_column_when_their_controls_grow(
     make_napari_viewer, qtbot, nih_ct, tabify

@@ -338,4 +338,5 @@ class TriagePanel(QGroupBox):
         )
         show_info(f"Fill between changed {count} voxels; Ctrl+Z reverts it")
         self.review.refresh_status()
-        return count
+        self.review.reveal(self.status)  # below the fold at 1366 x 768 once triage has filled
+        return count  # its list (a tester saw only the toast)
