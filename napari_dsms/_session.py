@@ -583,7 +583,8 @@ class ReviewSession:
         odd = [k for k in chosen if data[k].min() < 0 or data[k].max() > 2]
         if odd:  # Fill between, Refine round and Export refuse them too (a tester's label 3)
             raise corrections.CorrectionsError(
-                f"corrected slice{'s' * (len(odd) > 1)} {', '.join(map(str, odd))} hold values "
+                f"corrected slice{'s' * (len(odd) > 1)} {', '.join(map(str, odd))} "
+                f"{'hold' if len(odd) > 1 else 'holds'} values "
                 "other than 0 (background), 1 (pancreas) or 2 (tumour): repaint them first"
             )
         edited = set(corrections.edited_slices(data, self._edit_reference()))

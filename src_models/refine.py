@@ -68,6 +68,7 @@ from .training.fine_tune import (
     MIN_SLICES_FOR_HOLDOUT,
     FineTuneResult,
     fine_tune,
+    learnt_slices,
     split_holdout,
 )
 from .training.loop import TrainEvent
@@ -124,6 +125,12 @@ ROUND_TRAINING = replace(
 #: first trial gave 0.8774 with 0.3 (60 steps) and 0.8793 with 0.5 against 0.8761 (2 threads,
 #: side by side). 400 steps without it gave 0.8778 (docs/correction-loop.md).
 LEARN_HELD_OUT = 0.5
+
+#: Why a round did not fine-tune when its model has learnt from every edited slice already.
+LEARNT_ALREADY = (
+    "the model did not learn: it has learnt from every edited slice in an earlier round, so "
+    "none is left to check it on; correct more slices for it to learn more"
+)
 
 #: What :func:`refine` yields: training events while fine-tuning, then ``(done, total)``.
 RefineProgress = TrainEvent | tuple[int, int]
@@ -359,7 +366,8 @@ def check_corrections(
     odd = sorted(in_file[k] for k in slices if canonical[k].min() < 0 or canonical[k].max() > 2)
     if odd:
         raise ValueError(
-            f"corrected slice{'s' * (len(odd) > 1)} {', '.join(map(str, odd))} hold values other "
+            f"corrected slice{'s' * (len(odd) > 1)} {', '.join(map(str, odd))} "
+            f"{'hold' if len(odd) > 1 else 'holds'} values other "
             "than 0 (background), 1 (pancreas) or 2 (tumour)"
         )
     canonical = np.clip(canonical, 0, 2).astype(np.uint8)
@@ -445,9 +453,13 @@ def refine(
     if steps != 0 and not learn:
         note = not_learning_note(corrected, reviewed)
     if learn:
+        key = source_digest or content_key(canonical, volume.affine)
         # file -> canonical: the same flip as canonical -> file, which is its own inverse
         accepted = source_slice_indices(reviewed, volume.affine, np.shape(volume.array))[1]
-        train, holdout = split_holdout(slices, accepted=accepted)
+        train, holdout = split_holdout(slices, accepted=accepted, learnt=learnt_slices(meta, key))
+        if not holdout:  # every edited slice was learnt in an earlier round: none judges it
+            learn, note = False, LEARNT_ALREADY
+    if learn:
         tuned = yield from fine_tune(
             model, meta, canonical[train], canonical_labels[train], spacing[1:],
             steps=steps, time_budget_s=seconds, device=device, seed=seed,
@@ -455,7 +467,7 @@ def refine(
             out=out, guard=True, config=ROUND_TRAINING, learn_held_out=LEARN_HELD_OUT,
             provenance={"slices": train, "holdout_slices": holdout,
                         "source_image": str(getattr(volume, "source", "") or ""),
-                        "source_digest": source_digest or content_key(canonical, volume.affine),
+                        "source_digest": key,
                         "slice_index_convention": "canonical axial index (axis 0, to superior)"},
         )  # fmt: skip
         model, meta = tuned.model, tuned.meta

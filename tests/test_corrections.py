@@ -105,6 +105,10 @@ def test_slices_accepted_unchanged_are_never_held_out() -> None:
     assert sorted(train + holdout) == slices
     # only one drawn slice: it is trained on, none is held out
     assert split_holdout(slices, accepted=slices[1:]) == (slices, [])
+    # slices an earlier round learnt are not held out either; with none other, none is
+    train, holdout = split_holdout(slices, learnt=[10, 20, 30, 40, 50])
+    assert len(holdout) == 1 and set(holdout) <= {60, 70} and sorted(train + holdout) == slices
+    assert split_holdout(slices, learnt=slices) == (slices, [])
 
 
 def test_training_slices_and_refusals() -> None:

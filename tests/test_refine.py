@@ -95,6 +95,31 @@ def test_a_round_judges_the_model_on_drawn_slices_not_on_accepted_ones(case, tin
     assert set(first) <= set(held["slices"])  # still learnt from
 
 
+def test_the_next_round_is_judged_on_slices_the_model_has_not_learnt(case, tiny, monkeypatch):
+    """A kept round learns its held-out slices too; a tester's next round held out the same
+    slice again, scored the model 0.884 there before learning (its memory) and threw away
+    what it learnt. Now later rounds hold out only new corrections, and a round with none
+    does not fine-tune and says why."""
+    from src_models.refine import LEARNT_ALREADY
+    from src_models.training import fine_tune as tuning
+
+    monkeypatch.setattr(tuning, "MIN_GUARDED_STEPS", 1)
+    monkeypatch.setattr(tuning, "_is_worse", lambda before, after: False)
+    image, reference, corrected, user = _every_third_slice(case)
+    model, meta = load_checkpoint(tiny)
+    first = run_to_end(refine(image, user, corrected, model, meta, steps=2, device="cpu"))
+    assert first.fine_tune.held_out_steps == 1 and first.holdout
+    new = [k for k in _with_pancreas(reference.array) if k not in corrected][1:4:2]
+    more = sorted(corrected + new)
+    user[..., new] = reference.array[..., new]
+    second = run_to_end(refine(image, user, more, first.fine_tune.model, first.fine_tune.meta,
+                               steps=2, device="cpu"))  # fmt: skip
+    assert second.holdout and set(second.holdout) <= set(new)
+    again = run_to_end(refine(image, user, more, second.fine_tune.model, second.fine_tune.meta,
+                              steps=2, device="cpu"))  # fmt: skip
+    assert again.fine_tune is None and LEARNT_ALREADY in again.summary()
+
+
 def test_a_round_on_slices_accepted_unchanged_does_not_learn_and_says_why(case, tiny):
     """A tester's round on reviewed slices alone saved a model that nothing had checked."""
     image, _, corrected, user = _every_third_slice(case)
@@ -257,7 +282,9 @@ def test_refine_command_runs_the_quick_round_by_default(tmp_path, case, tiny, ca
     # the network and its preprocessing are the base's: no default width or window recorded
     assert not {"arch", "width", "preprocessing"} & set(recorded["config"])
     assert 0 < recorded["steps"] <= 200
-    assert "200" in capsys.readouterr().err  # the progress bar counts to 200 steps
+    # the bar counts to the 300 steps planned: 200, then 100 on every slice if the guard
+    # keeps the model (a bar that reached 200/200 and went on to 201/300 looked finished)
+    assert "/300" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -285,6 +312,7 @@ def test_refine_command_runs_the_quick_round_by_default(tmp_path, case, tiny, ca
         (lambda a: a.__setitem__("--reviewed", "15,18"), "fewer than 2 of them edited"),
         (lambda a: a.__setitem__("--save-model", a["--model"]), "exists already; --save-model"),
         (lambda a: a.__setitem__("--save-model", "/nowhere/m.pt"), "folder /nowhere does not"),
+        (lambda a: a.__setitem__("--save-model", a["--model"] + "/m.pt"), "a file, not a folder"),
         (lambda a: a.__setitem__("--save-model", "/proc/m.pt"), "/proc"),  # not writable, even
     ],  # for root: refused before fine-tuning, not after it
 )

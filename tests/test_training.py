@@ -242,14 +242,18 @@ def test_a_slow_round_goes_on_to_the_steps_its_guard_needs(monkeypatch, floor, e
     events = fine_tune(model, meta, images, labels, None, device="cpu", config=config,
                        time_budget_s=40.0)  # fmt: skip
     assert [e.step for e in events if e.kind == "step"][-1] == 40
-    # ... both parts of it when a kept round goes on with its held-out slices (20 + 10 s)
+    # ... both parts of it when a kept round goes on with its held-out slices: the guarded
+    # part first, whole (a tester's 30 s shared out left it under the guard's 100 steps)
     monkeypatch.setattr(tuning, "MIN_GUARDED_STEPS", 1)
     monkeypatch.setattr(tuning, "_is_worse", lambda before, after: False)
-    clock = iter(range(10_000))
-    events = fine_tune(model, meta, images, labels, None, device="cpu", config=config,
-                       time_budget_s=30.0, guard=True, val_images_hu=images[:1],
-                       val_labels=labels[:1], learn_held_out=0.5)  # fmt: skip
-    assert [e.step for e in events if e.kind == "step"][-1] == 30
+    for planned, guarded, after in ((300, 30, 0), (16, 16, 8)):
+        clock = iter(range(10_000))
+        result = run_to_end(
+            fine_tune(model, meta, images, labels, None, device="cpu",
+                      config=replace(config, steps=planned), time_budget_s=30.0, guard=True,
+                      val_images_hu=images[:1], val_labels=labels[:1], learn_held_out=0.5)
+        )  # fmt: skip
+        assert (result.steps - result.held_out_steps, result.held_out_steps) == (guarded, after)
 
 
 def test_a_kept_round_then_learns_from_its_held_out_slices_too(tmp_path, monkeypatch):
@@ -272,7 +276,7 @@ def test_a_kept_round_then_learns_from_its_held_out_slices_too(tmp_path, monkeyp
         )
     )  # fmt: skip
     steps = [(e.step, e.total_steps) for e in events if e.kind == "step"]
-    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4), (5, 6), (6, 6)]
+    assert steps == [(1, 6), (2, 6), (3, 6), (4, 6), (5, 6), (6, 6)]  # one count, to the end
     assert learnt_from == [2, 3]  # the round on two slices, then on all three
     result = run_to_end(
         fine_tune(

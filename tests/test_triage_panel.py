@@ -10,7 +10,7 @@ import torch
 
 from napari_dsms._layers import image_layer_data, labels_layer_data
 from napari_dsms._widgets.review import ReviewWidget
-from napari_dsms._widgets.review.refine_round import LATEST_MODEL, changed_slices
+from napari_dsms._widgets.review.refine_round import LATEST_MODEL, changed_slices, model_line
 from napari_dsms._widgets.review.triage import fill_changes
 from src_models import build_model, save_checkpoint
 from src_models.io.orientation import to_canonical
@@ -175,6 +175,21 @@ def test_refine_round_without_corrections_says_what_to_do(dock):
 def test_the_round_lists_changed_slices_as_ranges():
     assert changed_slices(np.array([3, 1, 2, 7])) == "slices 1-3, 7"
     assert changed_slices(np.array([1, 3, 5, 7, 9])) == "5 slices from 1 to 9"
+
+
+def test_the_round_status_tells_of_the_steps_on_the_held_out_slices():
+    """The dock's line never said the model went on to learn from the held-out slices (the
+    CLI did), and called 297 of 299 steps "stopped by the time limit" (a tester)."""
+    from src_models.refine import RefineResult
+    from src_models.training.fine_tune import FineTuneResult
+
+    tuned = FineTuneResult(
+        None, None, 297, 61.0, {"dice_pancreas": 0.425}, {"dice_pancreas": 0.715},
+        planned_steps=299, held_out_steps=99,
+    )  # fmt: skip
+    line = model_line(RefineResult(np.zeros((2, 2, 2), np.uint8), np.eye(4), [0], [], tuned))
+    assert "then 99 steps on every corrected slice, the held-out ones too" in line
+    assert "time limit" not in line
 
 
 def test_fill_between_leaves_gaps_over_30_mm_as_they_were():

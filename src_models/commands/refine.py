@@ -178,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
     if save_model is not None and save_model.exists():
         raise ValueError(f"{save_model}: exists already; --save-model writes a new file")
     if save_model is not None and not save_model.parent.is_dir():
-        raise ValueError(f"{save_model}: its folder {save_model.parent} does not exist")
+        what = "is a file, not a folder" if save_model.parent.exists() else "does not exist"
+        raise ValueError(f"{save_model}: its folder {save_model.parent} {what}")
     stray = sorted(set(args.reviewed) - set(args.corrected))
     if stray:
         raise ValueError(

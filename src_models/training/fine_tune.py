@@ -170,6 +170,7 @@ def split_holdout(
     min_slices: int = MIN_SLICES_FOR_HOLDOUT,
     *,
     accepted: Iterable[int] = (),
+    learnt: Iterable[int] = (),
 ) -> tuple[list[int], list[int]]:
     """Split corrected slices into those to fine-tune on and those to measure on.
 
@@ -190,6 +191,11 @@ def split_holdout(
         the model drew them, so they score it near 1 before any learning and any change as a
         loss (a tester's round fell from 0.999 to 0.755 on one and kept the previous model).
         Held-out slices come from the others, and at least one of those is trained on.
+    learnt
+        Slices the model has learnt from in an earlier round (:func:`learnt_slices`). Never
+        held out either: it would score them high before learning, and judge the round
+        against its memory (a tester's second round fell from 0.884 on such a slice and was
+        thrown away). With only such slices left, nothing is held out.
 
     Returns
     -------
@@ -202,14 +208,43 @@ def split_holdout(
         return ordered, []
     skipped = {int(s) for s in accepted}
     drawn = [s for s in ordered if s not in skipped]
-    count = min(len(drawn) - 1, max(1, round(n * fraction)))
+    seen = {int(s) for s in learnt}
+    fresh = [s for s in drawn if s not in seen]
+    count = min(len(drawn) - 1, len(fresh), max(1, round(n * fraction)))
     if count < 1:
         return ordered, []
     # The centre of each of ``count`` equal bins over the sorted list.
-    positions = {int((k + 0.5) * len(drawn) / count) for k in range(count)}
-    holdout = [drawn[p] for p in sorted(positions)]
+    positions = {int((k + 0.5) * len(fresh) / count) for k in range(count)}
+    holdout = [fresh[p] for p in sorted(positions)]
     held = set(holdout)
     return [s for s in ordered if s not in held], holdout
+
+
+def learnt_slices(meta: Mapping[str, Any], source_key: str) -> set[int]:
+    """Canonical slices of one CT that a fine-tuned model has learnt from, round after round.
+
+    Read from ``meta["provenance"]["fine_tune"]`` and the rounds before it (``earlier``):
+    the slices each round trained on, and its held-out slices when the model went on to learn
+    them too (``held_out_steps``); rounds the guard threw away taught nothing.
+
+    Parameters
+    ----------
+    meta
+        A checkpoint's metadata (:func:`~src_models.models.store.load_checkpoint`).
+    source_key
+        :func:`~src_models.autosave.content_key` of the CT: rounds on other CTs do not count.
+    """
+    found: set[int] = set()
+    record = (meta.get("provenance") or {}).get("fine_tune")
+    while isinstance(record, Mapping):
+        if record.get("source_digest") == source_key and not record.get("kept_previous"):
+            trained = record.get("slices")
+            if isinstance(trained, list):  # a count in records of plain fine_tune calls
+                found.update(int(k) for k in trained)
+            if record.get("held_out_steps"):
+                found.update(int(k) for k in record.get("holdout_slices") or ())
+        record = record.get("earlier")
+    return found
 
 
 def fine_tuned_path(model_dir: str | Path, base_checkpoint: str | Path, image: str) -> Path:
@@ -354,7 +389,8 @@ def fine_tune(
         slice, the held-out ones included: they have judged the round, and the user corrected
         them too (:data:`src_models.refine.LEARN_HELD_OUT`). These steps are not judged
         again, so ``metrics_after`` stays the guard's figure. A ``time_budget_s`` given
-        covers both parts.
+        covers both parts: the guarded one first (shortened, it could fall below
+        :data:`MIN_GUARDED_STEPS`; a tester's 30 s round did), then what time is left.
 
     Yields
     ------
@@ -381,8 +417,6 @@ def fine_tune(
     )
     held_out = val_images_hu is not None and val_labels is not None and len(val_images_hu) > 0
     learn_held_out = learn_held_out if guard and held_out else 0.0
-    if time_budget_s is not None:  # the caller's seconds cover both parts
-        budget = time_budget_s / (1.0 + learn_held_out)
     config = replace(
         base,
         steps=steps if steps is not None else base.steps,
@@ -427,14 +461,19 @@ def fine_tune(
         loop = _Loop(model, sampler, config, dev)
         if held_out:
             yield TrainEvent("validation", 0, config.steps, 0.0, metrics=before)
-        yield from loop.run(lambda: ({}, None))
+        # The steps planned after the guard count from the start: a bar at 200/200 that went
+        # on to 201/300 looked finished, then restarted (a tester).
+        planned_after = round(learn_held_out * config.steps)
+        for event in loop.run(lambda: ({}, None)):
+            yield replace(event, total_steps=event.total_steps + planned_after)
         if held_out:
             after = held_out_metrics(model, meta, val_images_hu, val_labels, spacing_yx, dev)
             yield TrainEvent(
                 "validation", loop.state.step, config.steps, loop.state.elapsed_s, metrics=after
             )
         keeps = loop.state.step >= MIN_GUARDED_STEPS and not _is_worse(before, after)
-        if learn_held_out > 0 and keeps:
+        left = None if time_budget_s is None else time_budget_s - loop.state.elapsed_s
+        if learn_held_out > 0 and keeps and (left is None or left > 0):
             all_slices = cache_arrays(
                 patient,
                 np.concatenate([np.asarray(images_hu), np.asarray(val_images_hu)]),
@@ -442,7 +481,6 @@ def fine_tune(
                 spacing_yx,
                 preprocessing,
             )
-            left = None if time_budget_s is None else max(time_budget_s - loop.state.elapsed_s, 0)
             follow_up = _Loop(
                 model,
                 sampler_of(all_slices, seed + 1),

@@ -65,7 +65,7 @@ def model_line(result: RefineResult) -> str:
         reason = result.note or "the model did not learn (no fine-tuning)"
         return reason[0].upper() + reason[1:] + "."
     steps = f"{tuned.steps} steps in {tuned.elapsed_s:.0f} s"
-    if tuned.stopped_by_time:
+    if tuned.stopped_by_time and tuned.steps < 0.9 * tuned.planned_steps:  # not 297 of 299
         steps += f" (the time limit stopped it before {tuned.planned_steps})"
     measured = ""
     if tuned.metrics_before and tuned.metrics_after:
@@ -82,7 +82,12 @@ def model_line(result: RefineResult) -> str:
         )
     if tuned.kept_previous:
         return f"The model learnt nothing useful: {steps}{measured}; the previous one stays."
-    return f"The model learnt from them: {steps}{measured}; the next round starts from it."
+    then = (
+        f"; then {tuned.held_out_steps} steps on every corrected slice, the held-out ones too"
+        if tuned.held_out_steps
+        else ""
+    )
+    return f"The model learnt from them: {steps}{measured}{then}; the next round starts from it."
 
 
 def _outside_note(slices: list[int]) -> str:
