@@ -14,6 +14,7 @@ session from arrays, and a journal can write it down and read it back.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -548,8 +549,14 @@ class ReviewSession:
             }
         return content
 
-    def fine_tune_inputs(self, include_reviewed: bool = False) -> FineTuneInputs:
+    def fine_tune_inputs(
+        self, include_reviewed: bool = False, learnt: Iterable[int] = ()
+    ) -> FineTuneInputs:
         """The corrected slices to learn from, split into training and held-out slices.
+
+        ``learnt`` are slices the base model learnt from in an earlier round
+        (:func:`src_models.training.fine_tune.learnt_slices`): never held out, since the model
+        would score them from memory.
 
         Raises
         ------
@@ -596,7 +603,13 @@ class ReviewSession:
                 "held out to check the model, and a model fine-tuned on two slices at the "
                 "organ's ends, with nothing to check it, lost most of the organ"
             )
-        train, holdout = split_holdout(chosen, accepted=accepted)
+        train, holdout = split_holdout(chosen, accepted=accepted, learnt=learnt)
+        if not holdout:
+            raise corrections.CorrectionsError(
+                "the base model has learnt from every edited slice already (an earlier round): "
+                "correct more slices for it to learn more, or choose a base model that has not "
+                "seen them"
+            )
         hu = np.asarray(self.image)
         if self.roi is not None and self.roi.box is not None:  # learn inside the box only
             r0, r1, c0, c1 = self.roi.box

@@ -203,6 +203,11 @@ def test_fine_tune_needs_slices_to_check_the_model_and_labels_it_can_learn() -> 
     session.labels[6, 0:3, 0:3] = 1
     session.refresh()
     assert session.fine_tune_inputs(include_reviewed=True).holdout
+    # slices the base model learnt in an earlier round are not held out: it would score them
+    # from memory; with no other edited slice, it is said
+    assert session.fine_tune_inputs(True, learnt=[3]).holdout == [6]
+    with pytest.raises(CorrectionsError, match="learnt from every edited slice"):
+        session.fine_tune_inputs(True, learnt=[3, 6])
     session.labels[6, 0, 0] = 3
     session.refresh()
     with pytest.raises(CorrectionsError, match=r"corrected slice 6 hold.* other than 0"):

@@ -656,6 +656,25 @@ def test_fine_tune_refuses_when_there_is_nothing_to_learn(widget_and_layers, qtb
     assert not widget.fine_tune.is_busy
 
 
+def test_fine_tune_from_a_model_that_learnt_these_slices_is_refused(widget_and_layers, case):
+    """Held out, a slice the base model learnt in a refine round scores from memory: such
+    slices are not held out, and with no other edited slice the button says why."""
+    widget, viewer, image, labels, reference = widget_and_layers
+    _correct(labels, reference)
+    widget.refresh_status()
+    model, meta = load_checkpoint(case["checkpoint"])
+    round_record = {"source_digest": widget.session.content_key(), "slices": CORRECTED,
+                    "kept_previous": False}  # fmt: skip
+    base = save_checkpoint(
+        case["checkpoint"].parent / "round1.pt", model, preprocessing=meta["preprocessing"],
+        provenance={"fine_tune": round_record},
+    )  # fmt: skip
+    widget.fine_tune.refresh_checkpoints()
+    assert widget.fine_tune.select_checkpoint(base)
+    assert widget.fine_tune.fine_tune() is None
+    assert "learnt from every edited slice" in widget.fine_tune.fine_tune_label.text()
+
+
 def test_base_model_defaults_to_the_checkpoint_that_made_the_labels(widget_and_layers, case):
     widget, viewer, image, labels, reference = widget_and_layers
     elsewhere = case["ct"].parent / "browsed.pt"

@@ -235,6 +235,8 @@ def learnt_slices(meta: Mapping[str, Any], source_key: str) -> set[int]:
         :func:`~src_models.autosave.content_key` of the CT: rounds on other CTs do not count.
     """
     found: set[int] = set()
+    if not source_key:  # a CT without its file geometry: its rounds cannot be told apart
+        return found
     record = (meta.get("provenance") or {}).get("fine_tune")
     while isinstance(record, Mapping):
         if record.get("source_digest") == source_key and not record.get("kept_previous"):

@@ -212,14 +212,15 @@ class FineTunePanel(QGroupBox):
         if session is None:
             refuse(self.fine_tune_label, "choose the image and its corrected labels layer first")
             return None
-        try:
-            inputs = session.fine_tune_inputs(self.include_reviewed.isChecked())
-        except corrections.CorrectionsError as error:
-            refuse(self.fine_tune_label, str(error))
-            return None
         checkpoint = self.checkpoint_combo.currentData()
         if not checkpoint:
             refuse(self.fine_tune_label, "no base model: no checkpoint is installed or chosen")
+            return None
+        try:
+            learnt = tuning.learnt_slices(read_metadata(checkpoint), session.content_key())
+            inputs = session.fine_tune_inputs(self.include_reviewed.isChecked(), learnt)
+        except (corrections.CorrectionsError, CheckpointError) as error:
+            refuse(self.fine_tune_label, str(error))
             return None
         output = new_model_path(
             self.fine_tune_label, checkpoint, inputs.source, "the fine-tuned model"
