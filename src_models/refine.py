@@ -10,7 +10,8 @@ A user corrects a few slices (or accepts them as they are); :func:`refine` then
 3. fills the slices between corrected slices by shape-based interpolation
    (:func:`~src_models.fill.fill_between_slices`) and adds the model's pancreas within
    :data:`BAND_MM` of the interpolated shape (interpolation cuts corners where the organ bends);
-   when the guard kept the fine-tuned model because it learnt, that model instead moves the
+   when the model learnt from this CT's corrections (a guard, this round's or an earlier one's,
+   kept it), that model instead moves the
    interpolated boundary by its confidence (:func:`moved_boundary`, up to 4 mm either way);
    between corrections more than :data:`MAX_GAP_MM` apart the model's labels stay (two
    corrections at the organ's two ends must not erase the organ between them);
@@ -239,7 +240,8 @@ def combine(
 
     Between the corrected slices: the interpolated shape, widened by the model's pancreas
     where it lies within :data:`BAND_MM` of that shape, or, given ``learnt_probability`` (the
-    pancreas probability, (S, P, L), of a model the round's guard kept because it learnt),
+    pancreas probability, (S, P, L), of a model that learnt from this CT's corrections: this
+    round's guard or an earlier one's kept it),
     the interpolated shape's boundary moved by the model's confidence (:func:`moved_boundary`);
     between two corrections more than :data:`MAX_GAP_MM` apart, the model's labels. Beyond
     them: where the outermost corrected slice looks like an end of the organ
@@ -450,13 +452,11 @@ def refine(
     canonical, _ = to_canonical(np.asarray(volume.array), volume.affine)
     spacing = canonical_spacing(volume.affine)
     tuned, note = None, ""
+    key = source_digest or content_key(canonical, volume.affine)
     if steps != 0 and not learn:
         note = not_learning_note(corrected, reviewed)
     if learn:
-        key = source_digest or content_key(canonical, volume.affine)
-        # file -> canonical: the same flip as canonical -> file, which is its own inverse
-        accepted = source_slice_indices(reviewed, volume.affine, np.shape(volume.array))[1]
-        train, holdout = split_holdout(slices, accepted=accepted, learnt=learnt_slices(meta, key))
+        train, holdout = split_round(volume, slices, reviewed, meta, key)
         if not holdout:  # every edited slice was learnt in an earlier round: none judges it
             learn, note = False, LEARNT_ALREADY
     if learn:
@@ -471,7 +471,10 @@ def refine(
                         "slice_index_convention": "canonical axial index (axis 0, to superior)"},
         )  # fmt: skip
         model, meta = tuned.model, tuned.meta
-    learnt = tuned is not None and not tuned.kept_previous
+    # Only a model that has learnt from this CT's corrections, in this round or an earlier one,
+    # moves the interpolated boundary: the untuned model lost 0.04 there, while a round that
+    # kept an earlier round's model fell back to the band rule and lost 0.004 (a tester).
+    learnt = bool(learnt_slices(meta, key))
     segmentation = yield from relay(
         segment(volume, model, meta, device=device, reconstruct=False, probabilities=learnt),
         0,
@@ -484,6 +487,23 @@ def refine(
     changed = [int(k) for k in np.flatnonzero(differs) if int(k) not in set(slices)]
     affine = np.asarray(volume.affine, dtype=np.float64)
     return RefineResult(result, affine, slices, changed, tuned, note)
+
+
+def split_round(
+    volume: VolumeLike, slices: Sequence[int], reviewed: Iterable[int], meta: Mapping[str, Any],
+    source_key: str,
+) -> tuple[list[int], list[int]]:  # fmt: skip
+    """The round's canonical corrected ``slices`` as (train, held out) for its guard.
+
+    Never held out: a slice accepted unchanged (``reviewed``, file indices), which the model
+    drew, nor one that an earlier round of this CT (``source_key``, the CT's
+    :func:`~src_models.autosave.content_key`) taught ``meta``'s model
+    (:func:`~src_models.training.fine_tune.split_holdout`). Nothing is held out when no other
+    edited slice is left: the round then does not fine-tune (:data:`LEARNT_ALREADY`).
+    """
+    # file -> canonical: the same flip as canonical -> file, which is its own inverse
+    accepted = source_slice_indices(reviewed, volume.affine, np.shape(volume.array))[1]
+    return split_holdout(slices, accepted=accepted, learnt=learnt_slices(meta, source_key))
 
 
 def learns(steps: int | None, corrected: Iterable[int], reviewed: Iterable[int] = ()) -> bool:

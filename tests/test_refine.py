@@ -115,9 +115,46 @@ def test_the_next_round_is_judged_on_slices_the_model_has_not_learnt(case, tiny,
     second = run_to_end(refine(image, user, more, first.fine_tune.model, first.fine_tune.meta,
                                steps=2, device="cpu"))  # fmt: skip
     assert second.holdout and set(second.holdout) <= set(new)
+    import src_models.refine as rounds
+
+    fused_with = []  # the model moving the filled boundary, or None for the band rule
+    real_combine = rounds.combine
+    monkeypatch.setattr(rounds, "combine", lambda *a: fused_with.append(a[4]) or real_combine(*a))
     again = run_to_end(refine(image, user, more, second.fine_tune.model, second.fine_tune.meta,
                               steps=2, device="cpu"))  # fmt: skip
     assert again.fine_tune is None and LEARNT_ALREADY in again.summary()
+    # its model learnt this CT in earlier rounds: it still moves the boundary (the band rule,
+    # meant for an untuned model, lost 0.004 here for a tester)
+    assert fused_with[-1] is not None
+    fresh, fresh_meta = load_checkpoint(tiny)
+    run_to_end(refine(image, user, more, fresh, fresh_meta, steps=0, device="cpu"))
+    assert fused_with[-1] is None  # an untuned model never does
+
+
+def test_refine_command_with_nothing_new_to_learn(tmp_path, case, tiny, capsys, monkeypatch):
+    """A tester's chain of rounds broke: a round whose edited slices the model had all learnt
+    ignored --save-model and exited 0 without the file. It is now refused before any work;
+    without --save-model the round runs, says why it did not learn, and shows no step bar."""
+    from src_models.training import fine_tune as tuning
+
+    monkeypatch.setattr(tuning, "MIN_GUARDED_STEPS", 1)
+    monkeypatch.setattr(tuning, "_is_worse", lambda before, after: False)
+    ct, labels = _files(tmp_path, case, flip=False)
+    corrected = ",".join(str(int(k)) for k in _with_pancreas(read_labels(labels).array)[::3])
+    common = ["refine", str(ct), "--labels", str(labels), "--corrected", corrected,
+              "--steps", "2", "--device", "cpu"]  # fmt: skip
+    first = tmp_path / "r1.pt"
+    assert main([*common, "-o", str(tmp_path / "o1.nii.gz"), "--model", str(tiny),
+                 "--save-model", str(first)]) == 0  # fmt: skip
+    capsys.readouterr()
+    again = [*common, "-o", str(tmp_path / "o2.nii.gz"), "--model", str(first)]
+    assert main([*again, "--save-model", str(tmp_path / "r2.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "no new model to save" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r2.pt").exists() and not (tmp_path / "o2.nii.gz").exists()
+    assert main(again) == 0
+    captured = capsys.readouterr()
+    assert "learnt from every edited slice" in captured.out and "step" not in captured.err
 
 
 def test_a_round_on_slices_accepted_unchanged_does_not_learn_and_says_why(case, tiny):

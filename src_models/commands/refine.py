@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..autosave import content_key
 from ..inference.devices import resolve_device
 from ..io import (
     FORMATS,
@@ -32,10 +33,17 @@ from ..io import (
     write_output,
 )
 from ..io.atomic import check_writable_folder
-from ..io.orientation import head_feet_axis
+from ..io.orientation import head_feet_axis, to_canonical
 from ..jobs import run_to_end
 from ..models.store import load_checkpoint
-from ..refine import LEARN_HELD_OUT, ROUND_TRAINING, check_corrections, learns, refine
+from ..refine import (
+    LEARN_HELD_OUT,
+    ROUND_TRAINING,
+    check_corrections,
+    learns,
+    refine,
+    split_round,
+)
 from ..training.fine_tune import MIN_SLICES_FOR_HOLDOUT
 from ..training.loop import TrainEvent
 from ..version import __version__
@@ -202,10 +210,19 @@ def run(args: argparse.Namespace) -> int:
     doubts = check_ct(volume)
     labels = read_corrections(labels_path, volume, args.corrected)
     try:
-        check_corrections(volume, labels, args.corrected, learn=learn)
+        _, slices = check_corrections(volume, labels, args.corrected, learn=learn)
     except ValueError as error:
         raise ValueError(f"{labels_path}: {error}") from None
     model, meta = load_checkpoint(args.model)
+    key = content_key(to_canonical(np.asarray(volume.array), volume.affine)[0], volume.affine)
+    if learn and not split_round(volume, slices, args.reviewed, meta, key)[1]:
+        if save_model is not None:  # a tester's chain of rounds broke at a missing r3.pt
+            raise ValueError(
+                "--save-model: the model has learnt from every edited slice in an earlier "
+                "round, so this round does not fine-tune and there is no new model to save; "
+                "correct more slices, or use --model's checkpoint as it is"
+            )
+        learn = False  # the round says why; no bar counts steps that will not come
     for text in doubts:  # once the run will go ahead: a refused run gets one error line
         print(f"warning: {text}", file=sys.stderr)
     # As the round's fine-tuning reads them: --seconds (both parts), else the default cap and
@@ -233,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         with bar:
             job = refine(
                 volume, labels, args.corrected, model, meta, steps=args.steps,
-                reviewed=args.reviewed,
+                reviewed=args.reviewed, source_digest=key,
                 seconds=args.seconds, device=str(device),
                 out=str(save_model) if save_model else None,
             )  # fmt: skip

@@ -457,21 +457,21 @@ def fine_tune(
     after: dict[str, float] = {}
     finished = False
     follow_up: _Loop | None = None
+    # The steps planned after the guard count from the start: a bar at 200/200 that went on
+    # to 201/300 looked finished, then restarted (a tester).
+    total = config.steps + round(learn_held_out * config.steps)
     try:
         if held_out:  # before the loop is built: it puts the model in training mode
             before = held_out_metrics(model, meta, val_images_hu, val_labels, spacing_yx, dev)
         loop = _Loop(model, sampler, config, dev)
         if held_out:
-            yield TrainEvent("validation", 0, config.steps, 0.0, metrics=before)
-        # The steps planned after the guard count from the start: a bar at 200/200 that went
-        # on to 201/300 looked finished, then restarted (a tester).
-        planned_after = round(learn_held_out * config.steps)
+            yield TrainEvent("validation", 0, total, 0.0, metrics=before)
         for event in loop.run(lambda: ({}, None)):
-            yield replace(event, total_steps=event.total_steps + planned_after)
+            yield replace(event, total_steps=total)
         if held_out:
             after = held_out_metrics(model, meta, val_images_hu, val_labels, spacing_yx, dev)
             yield TrainEvent(
-                "validation", loop.state.step, config.steps, loop.state.elapsed_s, metrics=after
+                "validation", loop.state.step, total, loop.state.elapsed_s, metrics=after
             )
         keeps = loop.state.step >= MIN_GUARDED_STEPS and not _is_worse(before, after)
         left = None if time_budget_s is None else time_budget_s - loop.state.elapsed_s
