@@ -208,7 +208,9 @@ def test_fine_tune_stops_when_closed():
     # a guarded round (dsms refine, Refine round) closed before its check hands back the
     # weights it was given: a tester's cancelled refine left the model 5 steps trained
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    events = fine_tune(model, meta, images, labels, None, steps=100, device="cpu", guard=True)
+    events = fine_tune(model, meta, images[:1], labels[:1], None, steps=100, device="cpu",
+                       guard=True, val_images_hu=images[1:], val_labels=labels[1:])  # fmt: skip
+    next(events)  # the held-out check before the first step
     for _ in range(3):
         next(events)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -277,6 +279,7 @@ def test_a_kept_round_then_learns_from_its_held_out_slices_too(tmp_path, monkeyp
     )  # fmt: skip
     steps = [(e.step, e.total_steps) for e in events if e.kind == "step"]
     assert steps == [(1, 6), (2, 6), (3, 6), (4, 6), (5, 6), (6, 6)]  # one count, to the end
+    assert (events[-1].kind, events[-1].step, events[-1].total_steps) == ("done", 6, 6)
     assert learnt_from == [2, 3]  # the round on two slices, then on all three
     result = run_to_end(
         fine_tune(
@@ -316,6 +319,22 @@ def test_fine_tuning_leaves_the_cores_other_processes_keep_busy(monkeypatch, loa
         assert set(seen) == {during} and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_guard_needs_held_out_slices_to_judge_by():
+    """Given no held-out slices, a guarded round was kept unchecked and its summary said
+    nothing of it (a tester, from Python); held-out images without labels were dropped."""
+    model = build_model("unet", width=4)
+    meta = {"preprocessing": PREP, "provenance": {}, "metrics": {}, "path": None}
+    images = np.zeros((2, 40, 40), dtype=np.float32)
+    labels = np.ones((2, 40, 40), dtype=np.uint8)
+    empty = np.zeros((0, 40, 40), dtype=np.float32)
+    with pytest.raises(ValueError, match="guard=True needs held-out"):
+        next(fine_tune(model, meta, images, labels, None, steps=2, device="cpu", guard=True,
+                       val_images_hu=empty, val_labels=empty.astype(np.uint8)))  # fmt: skip
+    with pytest.raises(ValueError, match="images and labels together"):
+        next(fine_tune(model, meta, images, labels, None, steps=2, device="cpu",
+                       val_images_hu=images[:1]))  # fmt: skip
 
 
 def test_guard_keeps_the_previous_model_when_a_round_makes_it_worse(tmp_path, monkeypatch):

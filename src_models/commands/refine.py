@@ -146,9 +146,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seconds",
         type=float,
         metavar="S",
-        help=f"time limit of the fine-tuning, the steps after the check included (default "
-        f"{ROUND_TRAINING.time_budget_s:.0f} s for {ROUND_TRAINING.steps} steps, then "
-        f"{LEARN_HELD_OUT:g} times as many)",
+        help=f"time limit of the fine-tuning, the steps after the check included; it adds no "
+        f"steps (default {ROUND_TRAINING.time_budget_s:.0f} s for {ROUND_TRAINING.steps} steps, "
+        f"then {LEARN_HELD_OUT:g} times as many; for more steps use --steps)",
     )
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument(

@@ -387,12 +387,13 @@ def fine_tune(
         Full control of the loop; ``steps``, ``time_budget_s``, ``device`` and ``seed`` given
         explicitly still win.
     learn_held_out
-        After a guarded round that kept its model, go on for this share of its steps on every
-        slice, the held-out ones included: they have judged the round, and the user corrected
-        them too (:data:`src_models.refine.LEARN_HELD_OUT`). These steps are not judged
-        again, so ``metrics_after`` stays the guard's figure. A ``time_budget_s`` given
-        covers both parts: the guarded one first (shortened, it could fall below
-        :data:`MIN_GUARDED_STEPS`; a tester's 30 s round did), then what time is left.
+        With ``guard`` (else ignored): after a round the guard kept, go on for this share of
+        its steps on every slice, the held-out ones included: they have judged the round, and
+        the user corrected them too (:data:`src_models.refine.LEARN_HELD_OUT`). These steps
+        are not judged again, so ``metrics_after`` stays the guard's figure. A
+        ``time_budget_s`` given covers both parts: the guarded one first (shortened, it
+        could fall below :data:`MIN_GUARDED_STEPS`; a tester's 30 s round did), then what
+        time is left.
 
     Yields
     ------
@@ -408,9 +409,19 @@ def fine_tune(
     ------
     FileExistsError
         ``out`` exists (it could be a model someone relies on); raised before any training.
+    ValueError
+        ``guard`` without held-out slices (nothing could judge the round: it was kept
+        unchecked, found by a tester), or held-out images without their labels.
     """
     if out is not None and Path(out).exists():
         raise FileExistsError(f"{out}: already exists; fine-tuned models never replace one")
+    if (val_images_hu is None) != (val_labels is None):
+        raise ValueError("give the held-out slices' images and labels together, or neither")
+    if guard and (val_images_hu is None or len(val_images_hu) == 0):
+        raise ValueError(
+            "guard=True needs held-out corrected slices (val_images_hu, val_labels) to judge "
+            "the round; split_holdout gives them"
+        )
     base = config or FINE_TUNE_DEFAULTS
     budget = (
         time_budget_s
@@ -532,7 +543,12 @@ def fine_tune(
         held_out_steps=extra_steps,
     )  # fmt: skip
     yield TrainEvent(
-        "done", result.steps, config.steps, result.elapsed_s, metrics=after, checkpoint=saved
+        "done",
+        result.steps,
+        result.planned_steps,
+        result.elapsed_s,
+        metrics=after,
+        checkpoint=saved,
     )
     return result
 
