@@ -195,12 +195,17 @@ def test_a_fine_tuned_bundled_model_is_not_bundled_and_keeps_its_base_training_d
     assert "Fine-tuned on corrections of an image (2 steps, " in card
 
 
-def test_fine_tune_stops_when_closed():
-    model = build_model("unet", width=4)
+def _square_round() -> tuple[torch.nn.Module, dict, np.ndarray, np.ndarray]:
+    """A fresh tiny model and two blank 40 x 40 slices with a square of pancreas each."""
     meta = {"preprocessing": PREP, "provenance": {}, "metrics": {}, "path": None}
     images = np.zeros((2, 40, 40), dtype=np.float32)
     labels = np.zeros((2, 40, 40), dtype=np.uint8)
     labels[:, 10:20, 10:20] = 1
+    return build_model("unet", width=4), meta, images, labels
+
+
+def test_fine_tune_stops_when_closed():
+    model, meta, images, labels = _square_round()
     events = fine_tune(model, meta, images, labels, None, steps=100, device="cpu")
     assert next(events).step == 1
     events.close()
@@ -228,11 +233,7 @@ def test_a_slow_round_goes_on_to_the_steps_its_guard_needs(monkeypatch, floor, e
 
     clock = iter(range(10_000))  # one second per step: 40 steps would fit in the budget
     monkeypatch.setattr(training_loop.time, "perf_counter", lambda: float(next(clock)))
-    model = build_model("unet", width=4)
-    meta = {"preprocessing": PREP, "provenance": {}, "metrics": {}, "path": None}
-    images = np.zeros((2, 40, 40), dtype=np.float32)
-    labels = np.zeros((2, 40, 40), dtype=np.uint8)
-    labels[:, 10:20, 10:20] = 1
+    model, meta, images, labels = _square_round()
     config = replace(ROUND_TRAINING, patch_size=32, batch_size=1, min_steps=floor, steps=300)
     events = list(fine_tune(model, meta, images, labels, None, device="cpu", config=config))
     steps = [e for e in events if e.kind == "step"]
@@ -309,11 +310,7 @@ def test_fine_tuning_leaves_the_cores_other_processes_keep_busy(monkeypatch, loa
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        model = build_model("unet", width=4)
-        meta = {"preprocessing": PREP, "provenance": {}, "metrics": {}, "path": None}
-        images = np.zeros((2, 40, 40), dtype=np.float32)
-        labels = np.zeros((2, 40, 40), dtype=np.uint8)
-        labels[:, 10:20, 10:20] = 1
+        model, meta, images, labels = _square_round()
         events = fine_tune(model, meta, images, labels, None, steps=2, device="cpu")
         seen = [torch.get_num_threads() for event in events if event.kind == "step"]
         assert set(seen) == {during} and torch.get_num_threads() == 2

@@ -56,7 +56,8 @@ def threads_beside_load(available: int) -> int:
     whole step waits. On the workplace's 2-core CPU with one core busy, 20 fine-tuning steps
     took 7.7 to 9.7 s on 2 threads against 3.8 to 3.9 s on 1; beside another 2-thread process
     a tester's refine round fitted 20 steps in 2 minutes where 1 thread fits 200 in 38 s, and
-    its guard threw the round away. Quiet, the second thread saves about a tenth.
+    its guard threw the round away. Quiet, the second thread nearly halves a step
+    (``benchmarks/busy_cpu_threads.py``, docs/benchmarks.md).
 
     Parameters
     ----------
@@ -69,7 +70,7 @@ def threads_beside_load(available: int) -> int:
         ``available`` less the cores the 1-minute load average (``os.getloadavg``) keeps busy,
         rounded, and at least 1; ``available`` where the load is unknown (Windows). The load
         counts this process's own work of the last minute too (segmenting just before):
-        then one thread fewer, which on a quiet machine costs about a tenth.
+        then one thread fewer, which on a quiet machine makes a step up to 1.8 times longer.
     """
     try:
         load = os.getloadavg()[0]

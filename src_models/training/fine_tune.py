@@ -36,7 +36,7 @@ from ..jobs import run_to_end
 from ..metrics import METRICS, STRUCTURES, case_metrics, summarise
 from ..models.checkpoints import save_checkpoint
 from ..models.store import load_checkpoint
-from .data import SliceSampler, cache_arrays
+from .data import CachedCase, SliceSampler, cache_arrays
 from .loop import LEARNT_KEYS, TrainConfig, TrainEvent, _Loop
 
 #: Fine-tuning defaults, measured on 2 shared CPU cores (docs/training.md): the bundled
@@ -449,7 +449,7 @@ def fine_tune(
     torch.manual_seed(seed)
     window = preprocessing["hu_window"]
 
-    def sampler_of(slices: Any, seed: int) -> SliceSampler:
+    def sampler_of(slices: CachedCase, seed: int) -> SliceSampler:
         return SliceSampler(
             [slices],
             min(config.patch_size, max(slices.images.shape[1:])),
@@ -484,9 +484,10 @@ def fine_tune(
             yield TrainEvent(
                 "validation", loop.state.step, total, loop.state.elapsed_s, metrics=after
             )
-        keeps = loop.state.step >= MIN_GUARDED_STEPS and not _is_worse(before, after)
+        too_few_steps = previous is not None and loop.state.step < MIN_GUARDED_STEPS
+        kept_previous = previous is not None and (too_few_steps or _is_worse(before, after))
         left = None if time_budget_s is None else time_budget_s - loop.state.elapsed_s
-        if learn_held_out > 0 and keeps and (left is None or left > 0):
+        if learn_held_out > 0 and not kept_previous and (left is None or left > 0):
             all_slices = cache_arrays(
                 patient,
                 np.concatenate([np.asarray(images_hu), np.asarray(val_images_hu)]),
@@ -515,8 +516,6 @@ def fine_tune(
         model.to("cpu", memory_format=torch.contiguous_format).eval()
         release_memory(dev)
     base_path = Path(meta["path"]) if meta.get("path") else None
-    too_few_steps = previous is not None and loop.state.step < MIN_GUARDED_STEPS
-    kept_previous = previous is not None and (too_few_steps or _is_worse(before, after))
     if kept_previous:
         model.load_state_dict(previous)
     extra_steps = follow_up.state.step if follow_up is not None else 0
