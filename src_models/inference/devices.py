@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -54,10 +55,15 @@ def threads_beside_load(available: int) -> int:
     torch's thread pool waits at every parallel region until each thread has done its part; a
     thread that shares its core with another busy process arrives a time slice late, and the
     whole step waits. On the workplace's 2-core CPU with one core busy, 20 fine-tuning steps
-    took 7.7 to 9.7 s on 2 threads against 3.8 to 3.9 s on 1; beside another 2-thread process
-    a tester's refine round fitted 20 steps in 2 minutes where 1 thread fits 200 in 38 s, and
-    its guard threw the round away. Quiet, the second thread nearly halves a step
-    (``benchmarks/busy_cpu_threads.py``, docs/benchmarks.md).
+    took 8.7 s on 2 threads against 4.9 s on 1; beside another 2-thread process a tester's
+    refine round fitted 20 steps in 2 minutes where 1 thread fits 200 in 38 s, and its guard
+    threw the round away. Quiet, the second thread nearly halves a step (2.9 s against 5.3 s;
+    ``benchmarks/busy_cpu_threads.py``, docs/benchmarks.md).
+
+    The busy cores are counted now, from the kernel's count of runnable threads (the fourth
+    field of ``/proc/loadavg``, less the caller), the least of a few readings 20 ms apart; not
+    from the 1-minute load average, which counts this process's own segmenting of the last
+    minute too and would halve a quiet machine's speed.
 
     Parameters
     ----------
@@ -67,14 +73,30 @@ def threads_beside_load(available: int) -> int:
     Returns
     -------
     int
-        ``available`` less the cores the 1-minute load average (``os.getloadavg``) keeps busy,
-        rounded, and at least 1; ``available`` where the load is unknown (Windows). The load
-        counts this process's own work of the last minute too (segmenting just before):
-        then one thread fewer, which on a quiet machine makes a step up to 1.8 times longer.
+        ``available`` less the busy cores, at least 1; ``available`` where the count is
+        unknown (no ``/proc``: macOS, Windows).
     """
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return available
+    readings = []
+    for _ in range(_READINGS):
+        runnable = _runnable_threads()
+        if runnable is None:
+            return available
+        readings.append(runnable)
+        time.sleep(0.02)
+    busy = max(min(readings) - 1, 0)  # the thread reading it is one of them
     cores = os.cpu_count() or available
-    return max(1, min(available, cores - int(load + 0.5)))
+    return max(1, min(available, cores - busy))
+
+
+#: Readings of the runnable threads: the least is taken (a blip, or this process's own torch
+#: threads still spinning after its last parallel region, shows in one of them).
+_READINGS = 5
+
+
+def _runnable_threads() -> int | None:
+    """Threads runnable on the machine now (``/proc/loadavg``), ``None`` where unknown."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as handle:
+            return int(handle.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
